@@ -1,0 +1,92 @@
+//! `rootstock`: a Kubernetes CRI runtime. This binary is the node daemon (gRPC over a unix
+//! socket) plus a few operator commands; the domain logic lives in the library crates.
+
+mod config;
+mod daemon;
+mod error;
+mod image;
+mod runtime;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(name = "rootstock", version, about = "Kubernetes CRI runtime daemon")]
+struct Cli {
+    /// Configuration file (TOML). Optional at its default path: every key has a default.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Override `root_dir` (persistent store: images, metadata).
+    #[arg(long, global = true, value_name = "DIR")]
+    root_dir: Option<PathBuf>,
+    /// Override `state_dir` (per-boot state: sandboxes, containers).
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Override `socket` (the CRI endpoint).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default when no command is given).
+    Serve,
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the embedded default configuration as TOML.
+    Default,
+    /// Print the effective configuration (file, then command-line overrides) as TOML.
+    Show,
+}
+
+fn main() -> ExitCode {
+    // Printed by hand: anyhow's `Termination` would add a backtrace when RUST_BACKTRACE is set.
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rootstock: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        root_dir: cli.root_dir,
+        state_dir: cli.state_dir,
+        socket: cli.socket,
+    };
+    let effective = || Config::load(cli.config.as_deref()).map(|c| c.with_overrides(overrides));
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config { command } => {
+            let config = match command {
+                ConfigCommand::Default => Config::default(),
+                ConfigCommand::Show => effective()?,
+            };
+            print!("{}", config.to_toml()?);
+            Ok(())
+        }
+        Command::Serve => {
+            let config = effective()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(daemon::run(config))
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The rootstock daemon under test: the real binary, a private root, state dir and socket per
+//! test, a CRI client over the socket, and a guaranteed stop and clean-up (also on panic).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// How long the daemon may take to answer on its socket after being started.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The `rootstock` binary: `$ROOTSTOCK_BIN`, else the one cargo built next to this test
+/// (`target/<profile>/rootstock`; `make test` builds it before running the tests).
+pub fn rootstock_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("ROOTSTOCK_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary> → target/<profile>/rootstock
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("rootstock"))
+        .expect("test binary has no target dir");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build --bins` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `rootstock ARGS…` to completion (for commands and start-ups expected to fail).
+/// A daemon that keeps running past `timeout` is killed and the test fails.
+pub fn run_rootstock(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(rootstock_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning rootstock");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("waiting for rootstock").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collecting output");
+            panic!(
+                "rootstock {args:?} still running after {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collecting output")
+}
+
+/// A private daemon. Dropping it stops the daemon (SIGTERM, then SIGKILL) and removes its
+/// directories.
+pub struct Daemon {
+    child: Option<Child>,
+    dir: TempDir,
+    extra_config: String,
+    /// The CRI socket.
+    pub socket: PathBuf,
+    /// `root_dir`: the persistent store.
+    pub root_dir: PathBuf,
+    /// `state_dir`: per-boot state.
+    pub state_dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with the embedded defaults and private paths.
+    pub async fn start() -> Self {
+        Self::start_with_config("").await
+    }
+
+    /// Starts a daemon whose config file holds `extra_config` (TOML); the paths are always
+    /// the private ones, given as command-line overrides.
+    pub async fn start_with_config(extra_config: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rootstock-e2e-")
+            .tempdir()
+            .expect("creating the daemon's temp dir");
+        let mut daemon = Self {
+            child: None,
+            socket: dir.path().join("state/rootstock.sock"),
+            root_dir: dir.path().join("root"),
+            state_dir: dir.path().join("state"),
+            extra_config: extra_config.to_owned(),
+            dir,
+        };
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// The daemon's config file (written at every start).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Everything the daemon has logged so far (all starts).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The running daemon's pid.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("daemon not running").id() as i32)
+    }
+
+    /// The command-line arguments that point the binary at this daemon's paths.
+    pub fn path_args(&self) -> Vec<String> {
+        [
+            ("--config", &self.config_path()),
+            ("--root-dir", &self.root_dir),
+            ("--state-dir", &self.state_dir),
+            ("--socket", &self.socket),
+        ]
+        .iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+
+    async fn spawn(&mut self) {
+        fs::write(self.config_path(), &self.extra_config).expect("writing config");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("opening daemon log");
+        let mut cmd = Command::new(rootstock_bin());
+        cmd.args(self.path_args())
+            .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; the closure touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                // A test process that dies (even SIGKILLed) takes its daemon with it.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawning rootstock");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "rootstock exited at start-up ({status}); log:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "rootstock did not answer within {START_DEADLINE:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A gRPC channel over the daemon's unix socket.
+    pub async fn channel(&self) -> Channel {
+        let socket = self.socket.clone();
+        Endpoint::try_from("http://[::]:50051")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connecting to the daemon's socket")
+    }
+
+    /// A CRI `RuntimeService` client, as kubelet has.
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
+    /// A CRI `ImageService` client, as kubelet has.
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await)
+    }
+
+    /// Sends `signal` and waits (up to `timeout`) for the daemon to exit; `None` if it did not.
+    /// Async so that clients on the test's runtime keep running (they must see the daemon's
+    /// GOAWAY for a graceful shutdown to finish).
+    pub async fn signal_and_wait(
+        &mut self,
+        signal: Signal,
+        timeout: Duration,
+    ) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    /// Starts the daemon again on the same paths after it was stopped or killed.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        self.spawn().await;
+    }
+
+    /// SIGKILLs the daemon (no clean shutdown) and starts it again on the same paths.
+    pub async fn kill_and_restart(&mut self) {
+        self.signal_and_wait(Signal::SIGKILL, Duration::from_secs(10))
+            .await
+            .expect("daemon did not die on SIGKILL");
+        self.spawn().await;
+    }
+
+    /// Stops the daemon cleanly (SIGTERM) and starts it again on the same paths.
+    pub async fn restart(&mut self) {
+        self.signal_and_wait(Signal::SIGTERM, Duration::from_secs(15))
+            .await
+            .expect("daemon did not stop on SIGTERM");
+        self.spawn().await;
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // This blocks the test's runtime, so its clients cannot answer the daemon's GOAWAY
+        // and a graceful shutdown would wait for them: give it a short while, then kill.
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
