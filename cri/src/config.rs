@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rootstock_imagestore::ImagesConfig;
 use rootstock_runtime::RuntimeConfig;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,8 @@ pub struct Config {
     pub cgroup_driver: CgroupDriver,
     /// OCI runtime handlers.
     pub runtime: RuntimeConfig,
+    /// Image store and registries.
+    pub images: ImagesConfig,
 }
 
 /// How cgroups are managed. kubelet's `cgroupDriver` must match what `RuntimeConfig` reports.
@@ -48,6 +51,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             cgroup_driver: CgroupDriver::Cgroupfs,
             runtime: RuntimeConfig::default(),
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -81,6 +85,11 @@ pub enum ConfigError {
         path: PathBuf,
         key: &'static str,
         message: &'static str,
+    },
+    #[error("{path}: [images] {source}")]
+    Images {
+        path: PathBuf,
+        source: rootstock_imagestore::Error,
     },
     #[error("cannot print the configuration as TOML: {0}")]
     Serialize(#[from] toml::ser::Error),
@@ -153,6 +162,14 @@ impl Config {
                           (and cgroupDriver: cgroupfs in kubelet's configuration)",
             });
         }
+        // Checked now (files exist, mirrors parse), so a typo is not found at the first pull.
+        config
+            .images
+            .validate()
+            .map_err(|source| ConfigError::Images {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(config)
     }
 

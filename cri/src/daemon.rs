@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use rootstock_imagestore::ImageStore;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -42,9 +43,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "rootstock serving CRI v1"
     );
 
+    let store = {
+        let (root, images) = (config.root_dir.clone(), config.images.clone());
+        tokio::task::spawn_blocking(move || ImageStore::open(&root, &images))
+            .await
+            .context("opening the image store")??
+    };
     let config = Arc::new(config);
     let runtime = RuntimeServiceServer::new(RuntimeApi::new(config.clone()));
-    let images = ImageServiceServer::new(ImageApi::new(config.clone()));
+    let images = ImageServiceServer::new(ImageApi::new(Arc::new(store)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = req.uri().path()))

@@ -10,18 +10,38 @@ pub enum CriError {
     /// An RPC rootstock does not serve yet; named so the caller knows which.
     #[error("{0} is not implemented by rootstock yet")]
     Unimplemented(&'static str),
+    /// The request itself is malformed (a missing field, a bad value).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A bug or an environment failure the caller cannot fix by changing the request.
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Image(#[from] rootstock_imagestore::Error),
 }
 
 impl From<CriError> for Status {
     fn from(err: CriError) -> Self {
         let code = match &err {
             CriError::Unimplemented(_) => Code::Unimplemented,
+            CriError::InvalidArgument(_) => Code::InvalidArgument,
             CriError::Internal(_) => Code::Internal,
+            CriError::Image(e) => image_code(e.kind()),
         };
         Status::new(code, err.to_string())
+    }
+}
+
+fn image_code(kind: rootstock_imagestore::ErrorKind) -> Code {
+    use rootstock_imagestore::ErrorKind as K;
+    match kind {
+        K::NotFound => Code::NotFound,
+        K::InvalidArgument => Code::InvalidArgument,
+        K::Unauthenticated => Code::Unauthenticated,
+        K::PermissionDenied => Code::PermissionDenied,
+        K::Unavailable => Code::Unavailable,
+        K::FailedPrecondition => Code::FailedPrecondition,
+        K::Internal => Code::Internal,
     }
 }
 

@@ -5,3 +5,4 @@
 pub mod daemon;
 pub mod fixtures;
 pub mod registry;
+pub mod token;

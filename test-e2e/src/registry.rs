@@ -2,23 +2,28 @@
 //!
 //! [`Registry::start`] runs Debian's `/usr/bin/docker-registry` (distribution 2.8) on a free
 //! loopback port with filesystem storage in its own temp dir; dropping the value kills it and
-//! removes the dir. Options ([`RegistryOptions`]) add htpasswd Basic auth, TLS and raw config.
+//! removes the dir. Options ([`RegistryOptions`]) add htpasswd Basic auth, token auth (with a
+//! [`crate::token::TokenServer`]), TLS and raw config.
 //! The harness pushes fixture images ([`crate::fixtures`]) over the real Distribution HTTP API
 //! and reads the registry's access log so tests can count what a client fetched.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use tempfile::TempDir;
 
 use crate::fixtures::{Image, Index, sha256_digest};
+use crate::token::TokenServer;
 
 /// The registry binary (Debian package `docker-registry`).
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -39,10 +44,31 @@ pub struct RegistryOptions {
     /// Serve HTTPS with this certificate and key.
     pub tls: Option<TlsFiles>,
     /// Raw YAML appended to the generated config at top level (for sections the options do
-    /// not cover, e.g. `auth: token: …` or `notifications:`). It must not repeat a top-level
-    /// key the harness writes: `version`, `log`, `storage`, `http`, and `auth` when
-    /// `basic_auth` is set.
+    /// not cover, e.g. `notifications:`). It must not repeat a top-level key the harness
+    /// writes: `version`, `log`, `storage`, `http`, and `auth` when `basic_auth` or
+    /// `token_auth` is set.
     pub extra_yaml: String,
+    /// Token auth (`auth: token:`) against a token server; the harness's own requests answer
+    /// the registry's Bearer challenges with tokens fetched as `TokenAuth::credentials`.
+    /// Exclusive with `basic_auth`.
+    pub token_auth: Option<TokenAuth>,
+}
+
+/// The registry's `auth: token:` section, and the credentials the harness fetches its own
+/// tokens with.
+#[derive(Clone, Debug)]
+pub struct TokenAuth {
+    /// Where clients fetch tokens (`http://127.0.0.1:PORT/token`).
+    pub realm: String,
+    /// The `service` of the challenge, the tokens' `aud`.
+    pub service: String,
+    /// The tokens' `iss` the registry trusts.
+    pub issuer: String,
+    /// PEM certificates the token signatures must chain to (`rootcertbundle`); written into
+    /// the registry's dir, so the token server need not outlive the registry's start.
+    pub root_cert_pem: String,
+    /// `(user, password)` the harness sends to the realm; `None` fetches anonymous tokens.
+    pub credentials: Option<(String, String)>,
 }
 
 /// The server certificate the registry presents, and the CA a client must trust for it.
@@ -65,6 +91,18 @@ impl RegistryOptions {
     /// Serves HTTPS (see [`TlsFiles`]; [`TestCa`] makes them).
     pub fn tls(mut self, tls: TlsFiles) -> Self {
         self.tls = Some(tls);
+        self
+    }
+    /// Requires tokens from `server` (its realm, service, issuer and certificate); the
+    /// harness's own requests fetch them as the server's first user.
+    pub fn token_auth(mut self, server: &TokenServer) -> Self {
+        self.token_auth = Some(TokenAuth {
+            realm: server.realm(),
+            service: server.service().to_owned(),
+            issuer: server.issuer().to_owned(),
+            root_cert_pem: server.cert_pem().to_owned(),
+            credentials: server.harness_credentials(),
+        });
         self
     }
     /// Appends raw top-level YAML to the config.
@@ -187,6 +225,8 @@ pub struct Registry {
     options: RegistryOptions,
     client: reqwest::Client,
     syncs: AtomicU64,
+    /// Token auth: the harness's tokens by repository name (`""` for `/v2/` itself).
+    tokens: Mutex<HashMap<String, String>>,
 }
 
 /// The User-Agent of the harness's own requests, so tests can tell them from the daemon's.
@@ -217,6 +257,14 @@ impl Registry {
             .tempdir()
             .expect("creating the registry's temp dir");
         fs::create_dir(dir.path().join("storage")).expect("creating the storage dir");
+        assert!(
+            options.basic_auth.is_none() || options.token_auth.is_none(),
+            "RegistryOptions: basic_auth and token_auth exclude each other"
+        );
+        if let Some(token) = &options.token_auth {
+            fs::write(dir.path().join("token-roots.pem"), &token.root_cert_pem)
+                .expect("writing the token rootcertbundle");
+        }
         if let Some((user, password)) = &options.basic_auth {
             let hash = bcrypt::hash(password, 4).expect("bcrypt-hashing the test password");
             fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n"))
@@ -245,6 +293,7 @@ impl Registry {
                         options,
                         client,
                         syncs: AtomicU64::new(0),
+                        tokens: Mutex::new(HashMap::new()),
                     };
                 }
                 Err(log) => {
@@ -319,13 +368,110 @@ impl Registry {
         &self.client
     }
 
-    /// A request to `path` with the harness's credentials (if the registry has Basic auth).
+    /// A request to `path` with the harness's credentials: Basic if the registry has Basic
+    /// auth; with token auth, the Bearer token the harness already holds for the path's
+    /// repository, if any (send it with [`Registry::send`] to get one on a challenge).
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let req = self.client.request(method, self.url(path));
-        match &self.options.basic_auth {
-            Some((user, password)) => req.basic_auth(user, Some(password)),
-            None => req,
+        self.authorize(self.client.request(method, self.url(path)), path)
+    }
+
+    /// Adds the harness's credentials for `path` (see [`Registry::request`]).
+    fn authorize(&self, req: reqwest::RequestBuilder, path: &str) -> reqwest::RequestBuilder {
+        if let Some((user, password)) = &self.options.basic_auth {
+            return req.basic_auth(user, Some(password));
         }
+        if self.options.token_auth.is_some() {
+            let repo = repository_of(path).unwrap_or_default();
+            if let Some(token) = self.tokens.lock().unwrap().get(repo) {
+                return req.bearer_auth(token);
+            }
+        }
+        req
+    }
+
+    /// Sends `req` (built by [`Registry::request`] or on [`Registry::client`]). With token
+    /// auth, a 401 carrying a Bearer challenge makes the harness fetch a token from the
+    /// challenge's realm with its credentials — asking for `pull,push,delete` on each
+    /// challenged repository — and send the request once more with it. Any other response,
+    /// or a failed token fetch, is returned as is. Panics if the request fails at the HTTP
+    /// level (or, with token auth, has a streaming body that cannot be resent).
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Response {
+        let (client, request) = req.build_split();
+        let request = request.expect("building the request");
+        let Some(token_auth) = &self.options.token_auth else {
+            return client.execute(request).await.expect("sending the request");
+        };
+        let mut retry = request
+            .try_clone()
+            .expect("with token auth, request bodies must be resendable (not streams)");
+        let res = client.execute(request).await.expect("sending the request");
+        if res.status() != StatusCode::UNAUTHORIZED {
+            return res;
+        }
+        let Some(challenge) = res
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_bearer_challenge)
+        else {
+            return res;
+        };
+        let Some(token) = self.fetch_token(token_auth, &challenge).await else {
+            return res;
+        };
+        {
+            let mut tokens = self.tokens.lock().unwrap();
+            if challenge.repositories.is_empty() {
+                tokens.insert(String::new(), token.clone());
+            }
+            for repo in &challenge.repositories {
+                tokens.insert(repo.clone(), token.clone());
+            }
+        }
+        retry.headers_mut().insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("a JWT is a header value"),
+        );
+        client.execute(retry).await.expect("resending the request")
+    }
+
+    /// Fetches a token for `challenge` as the harness; `None` if the realm refuses.
+    async fn fetch_token(&self, auth: &TokenAuth, challenge: &BearerChallenge) -> Option<String> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(service) = &challenge.service {
+            query.push(("service", service.clone()));
+        }
+        for scope in &challenge.scopes {
+            // The harness is the registry's administrator: ask for everything on a repository
+            // so one token serves HEAD, upload and PUT alike.
+            let scope = match crate::token::Access::parse_scope(scope) {
+                Some(a) if a.resource_type == "repository" => {
+                    format!("repository:{}:pull,push,delete", a.name)
+                }
+                _ => scope.clone(),
+            };
+            query.push(("scope", scope));
+        }
+        let realm = challenge.realm.as_deref().unwrap_or(&auth.realm);
+        let query: Vec<String> = query
+            .iter()
+            .map(|(name, value)| format!("{name}={}", url_encode(value)))
+            .collect();
+        let separator = if realm.contains('?') { '&' } else { '?' };
+        let url = format!("{realm}{separator}{}", query.join("&"));
+        let mut req = self.client.get(url);
+        if let Some((user, password)) = &auth.credentials {
+            req = req.basic_auth(user, Some(password));
+        }
+        let res = req.send().await.expect("fetching a token from the realm");
+        if res.status() != StatusCode::OK {
+            return None;
+        }
+        let body: serde_json::Value = res.json().await.expect("the token response is JSON");
+        body.get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_owned)
     }
 
     /// The registry's stdout and stderr so far (logrus lines and the access log).
@@ -381,18 +527,14 @@ impl Registry {
     pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> String {
         let digest = sha256_digest(bytes);
         let head = self
-            .request(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}"))
-            .send()
-            .await
-            .expect("HEAD blob");
+            .send(self.request(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}")))
+            .await;
         if head.status() == StatusCode::OK {
             return digest;
         }
         let post = self
-            .request(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
-            .send()
-            .await
-            .expect("POST blob upload");
+            .send(self.request(Method::POST, &format!("/v2/{repo}/blobs/uploads/")))
+            .await;
         assert_eq!(
             post.status(),
             StatusCode::ACCEPTED,
@@ -415,15 +557,12 @@ impl Registry {
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str("digest=");
         url.push_str(&digest);
-        let mut put = self
-            .client
-            .put(url)
+        let put = self.client.put(url);
+        let put = self
+            .authorize(put, &format!("/v2/{repo}/blobs/uploads/"))
             .header("content-type", "application/octet-stream")
             .body(bytes.to_vec());
-        if let Some((user, password)) = &self.options.basic_auth {
-            put = put.basic_auth(user, Some(password));
-        }
-        let put = put.send().await.expect("PUT blob");
+        let put = self.send(put).await;
         assert_eq!(
             put.status(),
             StatusCode::CREATED,
@@ -443,12 +582,12 @@ impl Registry {
         bytes: &[u8],
     ) -> String {
         let res = self
-            .request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
-            .header("content-type", media_type)
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .expect("PUT manifest");
+            .send(
+                self.request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
+                    .header("content-type", media_type)
+                    .body(bytes.to_vec()),
+            )
+            .await;
         let status = res.status();
         let digest = res
             .headers()
@@ -521,11 +660,11 @@ impl Registry {
         ]
         .join(", ");
         let res = self
-            .request(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
-            .header("accept", accept)
-            .send()
-            .await
-            .expect("GET manifest");
+            .send(
+                self.request(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
+                    .header("accept", accept),
+            )
+            .await;
         assert_eq!(
             res.status(),
             StatusCode::OK,
@@ -551,10 +690,8 @@ impl Registry {
     /// Fetches the blob `digest` of `repo`.
     pub async fn blob(&self, repo: &str, digest: &str) -> Vec<u8> {
         let res = self
-            .request(Method::GET, &format!("/v2/{repo}/blobs/{digest}"))
-            .send()
-            .await
-            .expect("GET blob");
+            .send(self.request(Method::GET, &format!("/v2/{repo}/blobs/{digest}")))
+            .await;
         assert_eq!(
             res.status(),
             StatusCode::OK,
@@ -598,6 +735,18 @@ fn config_yaml(dir: &Path, port: u16, options: &RegistryOptions) -> String {
         yaml.push_str(&format!(
             "auth:\n  htpasswd:\n    realm: rootstock-test\n    path: {}\n",
             dir.join("htpasswd").display()
+        ));
+    }
+    if let Some(token) = &options.token_auth {
+        // JSON strings are valid YAML scalars: the realm's `:` and `/` need quoting.
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        yaml.push_str(&format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    \
+             rootcertbundle: {}\n",
+            q(&token.realm),
+            q(&token.service),
+            q(&token.issuer),
+            q(&dir.join("token-roots.pem").display().to_string()),
         ));
     }
     yaml.push_str(&options.extra_yaml);
@@ -700,6 +849,100 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The repository a Distribution API path names: `/v2/<name>/{manifests,blobs,tags}/…`.
+fn repository_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/")?;
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    ["/manifests/", "/blobs/", "/tags/"]
+        .iter()
+        .filter_map(|marker| rest.rfind(marker).map(|i| &rest[..i]))
+        .max_by_key(|name| name.len())
+        .filter(|name| !name.is_empty())
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The parameters of a `WWW-Authenticate: Bearer …` challenge.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BearerChallenge {
+    realm: Option<String>,
+    service: Option<String>,
+    /// The `scope` parameter split at spaces (`repository:foo:pull,push`).
+    scopes: Vec<String>,
+    /// The repositories the scopes name.
+    repositories: Vec<String>,
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"[,error="…"]`; `None` for other schemes.
+fn parse_bearer_challenge(header: &str) -> Option<BearerChallenge> {
+    let (scheme, mut rest) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut challenge = BearerChallenge::default();
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        let Some((name, after)) = rest.split_once('=') else {
+            break;
+        };
+        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+            // A quoted string; `\x` escapes `x`.
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, e)) = chars.next() {
+                            value.push(e);
+                        }
+                    }
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].to_owned(), &after[end..])
+        };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "realm" => challenge.realm = Some(value),
+            "service" => challenge.service = Some(value),
+            "scope" => challenge.scopes.extend(
+                value
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
+            _ => {}
+        }
+        rest = after;
+    }
+    challenge.repositories = challenge
+        .scopes
+        .iter()
+        .filter_map(|s| crate::token::Access::parse_scope(s))
+        .filter(|a| a.resource_type == "repository")
+        .map(|a| a.name)
+        .collect();
+    Some(challenge)
+}
+
 /// Parses an access-log line (Apache combined format, as gorilla/handlers writes it):
 /// `127.0.0.1 - - [23/Nov/2026:20:02:53 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"`.
 /// The registry's logrus lines (`time="…" level=…`) give `None`.
@@ -746,5 +989,32 @@ mod tests {
         );
         let logrus = r#"time="2026-11-23T20:02:53Z" level=info msg="response completed" http.request.uri=/v2/"#;
         assert_eq!(parse_access_line(logrus), None);
+    }
+
+    #[test]
+    fn bearer_challenges_parse() {
+        let c = parse_bearer_challenge(
+            r#"Bearer realm="http://127.0.0.1:9/token",service="reg",scope="repository:a/b:push,pull repository:c:pull",error="insufficient_scope""#,
+        )
+        .unwrap();
+        assert_eq!(c.realm.as_deref(), Some("http://127.0.0.1:9/token"));
+        assert_eq!(c.service.as_deref(), Some("reg"));
+        assert_eq!(c.scopes, ["repository:a/b:push,pull", "repository:c:pull"]);
+        assert_eq!(c.repositories, ["a/b", "c"]);
+        assert_eq!(parse_bearer_challenge(r#"Basic realm="x""#), None);
+        let bare = parse_bearer_challenge(r#"Bearer realm="r",service="s""#).unwrap();
+        assert!(bare.scopes.is_empty() && bare.repositories.is_empty());
+    }
+
+    #[test]
+    fn repositories_of_api_paths() {
+        assert_eq!(
+            repository_of("/v2/busybox/manifests/latest"),
+            Some("busybox")
+        );
+        assert_eq!(repository_of("/v2/a/b/blobs/sha256:00"), Some("a/b"));
+        assert_eq!(repository_of("/v2/a/blobs/uploads/"), Some("a"));
+        assert_eq!(repository_of("/v2/a/tags/list?n=1"), Some("a"));
+        assert_eq!(repository_of("/v2/"), None);
     }
 }

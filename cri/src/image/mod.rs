@@ -1,23 +1,28 @@
-//! `ImageService`: the dispatch table, one module per RPC family.
+//! `ImageService`: the dispatch table. Each RPC family lives in its own module as inherent
+//! methods on [`ImageApi`]; this table only unwraps the request and converts the result.
+
+mod fs_info;
+mod pull;
+mod remove;
+mod status;
 
 use std::sync::Arc;
 
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::*;
+use rootstock_imagestore::ImageStore;
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
-use crate::error::not_yet;
+use crate::error::reply;
 
 /// State shared by the image RPCs.
 pub struct ImageApi {
-    #[allow(dead_code)] // read by the image handlers once they exist
-    config: Arc<Config>,
+    store: Arc<ImageStore>,
 }
 
 impl ImageApi {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    pub fn new(store: Arc<ImageStore>) -> Self {
+        Self { store }
     }
 }
 
@@ -25,36 +30,46 @@ impl ImageApi {
 impl ImageService for ImageApi {
     async fn list_images(
         &self,
-        _req: Request<ListImagesRequest>,
+        req: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        not_yet("ListImages")
+        reply(self.list(req.into_inner()))
     }
 
     async fn image_status(
         &self,
-        _req: Request<ImageStatusRequest>,
+        req: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
-        not_yet("ImageStatus")
+        reply(self.status(req.into_inner()))
     }
 
     async fn pull_image(
         &self,
-        _req: Request<PullImageRequest>,
+        req: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        not_yet("PullImage")
+        reply(self.pull(req.into_inner()).await)
     }
 
     async fn remove_image(
         &self,
-        _req: Request<RemoveImageRequest>,
+        req: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        not_yet("RemoveImage")
+        reply(self.remove(req.into_inner()).await)
     }
 
     async fn image_fs_info(
         &self,
         _req: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        not_yet("ImageFsInfo")
+        reply(self.fs_info())
+    }
+}
+
+/// The image name of a request's `ImageSpec`, which CRI allows to be absent.
+fn image_name(spec: Option<&ImageSpec>) -> Result<&str, crate::error::CriError> {
+    match spec.map(|s| s.image.trim()) {
+        Some(name) if !name.is_empty() => Ok(name),
+        _ => Err(crate::error::CriError::InvalidArgument(
+            "no image given (ImageSpec.image is empty)".to_owned(),
+        )),
     }
 }

@@ -1,0 +1,34 @@
+//! rootstock's image store: references, the registry client, the content-addressed blob
+//! store, image metadata, and the layer-sink seam the tree cache plugs into.
+//!
+//! The gRPC `ImageService` uses [`ImageStore`]:
+//!
+//! ```no_run
+//! # async fn demo() -> rootstock_imagestore::Result<()> {
+//! use rootstock_imagestore::{ImageStore, ImagesConfig};
+//! let store = ImageStore::open("/var/lib/rootstock".as_ref(), &ImagesConfig::default())?;
+//! let image = store.pull("busybox", None).await?;
+//! assert!(store.status(image.id.as_str())?.is_some());
+//! store.remove("busybox").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Errors are one enum, [`Error`]; [`Error::kind`] picks the gRPC status code.
+
+pub mod blobs;
+pub mod config;
+pub mod error;
+pub mod layer;
+pub mod manifest;
+pub mod metadata;
+pub mod reference;
+pub mod registry;
+pub mod store;
+
+pub use config::{ImagesConfig, RegistryConfig};
+pub use error::{Error, ErrorKind, Result};
+pub use layer::{BlobLayerSink, LayerInput, LayerSink};
+pub use manifest::RuntimeConfig;
+pub use reference::{ChainId, Digest, ImageLookup, ImageRef, ReferenceError};
+pub use registry::Credentials;
+pub use store::{FsUsage, Image, ImageStore, ImageUser};

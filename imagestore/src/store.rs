@@ -1,0 +1,1028 @@
+//! [`ImageStore`]: the façade the gRPC `ImageService` calls.
+//!
+//! Concurrency and garbage:
+//! * Every blob and layer a pull is about to use is *leased* (an in-memory refcount) before
+//!   the pull looks for it, and released only after the image record is committed. Taking a
+//!   lease and collecting garbage both happen under `gc_lock`, so a `RemoveImage` can never
+//!   delete a blob between a pull finding it and the pull's image naming it.
+//! * Garbage collection is by candidates, never by walking the store: removing an image (or
+//!   failing a pull) offers exactly the blobs and layers it held; those that no image names
+//!   and no pull leases are deleted (metadata first, then files). The one walk is at
+//!   [`ImageStore::open`], which sweeps what a crash left between a blob's commit and its
+//!   image's.
+//! * A pull runs in its own task: if the RPC is cancelled the pull still finishes (or cleans
+//!   up), as with Docker; nothing is left half-done by a dropped future.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tracing::{debug, info, warn};
+
+use crate::blobs::{BlobStore, ChannelReader, FlightLocks, VerifyingReader, create_private_dir};
+use crate::config::ImagesConfig;
+use crate::error::{Error, Result};
+use crate::layer::{BlobLayerSink, LayerInput, LayerSink};
+use crate::manifest::{
+    Compression, DOCKER_CONFIG, Descriptor, ImageConfigFile, Manifest, OCI_CONFIG, RuntimeConfig,
+    choose_platform, host_platform,
+};
+use crate::metadata::{ImageChanges, ImageRecord, LayerRef, Metadata};
+use crate::reference::{ChainId, Digest, ImageLookup, ImageRef};
+use crate::registry::{Credentials, RegistryClient, Session};
+
+/// Largest config blob accepted (configs are read whole; real ones are a few KiB).
+const MAX_CONFIG_SIZE: u64 = 16 << 20;
+/// Layers downloaded at once per pull.
+const PARALLEL_LAYERS: usize = 3;
+/// A pull running longer than this logs progress, and again every such interval.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+const RECORD_VERSION: u32 = 1;
+/// Whole-layer attempts when the connection drops mid-blob.
+const LAYER_ATTEMPTS: u32 = 3;
+const LAYER_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The user an image runs as, from its config's `User`, as CRI `ImageStatus` wants it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum ImageUser {
+    /// No user set (the runtime's default, root).
+    Unset,
+    /// A numeric uid (`User` was `1000` or `1000:1000`) → `Image.uid`.
+    Uid(i64),
+    /// A user name (`User` was `nobody` or `nobody:nogroup`) → `Image.username`.
+    Name(String),
+}
+
+impl ImageUser {
+    /// Parse an image config `User`: the part before `:`, numeric → uid, else a name.
+    pub fn parse(user: &str) -> ImageUser {
+        let user = user.split(':').next().unwrap_or_default();
+        if user.is_empty() {
+            ImageUser::Unset
+        } else if let Ok(uid) = user.parse::<i64>() {
+            ImageUser::Uid(uid)
+        } else {
+            ImageUser::Name(user.to_string())
+        }
+    }
+}
+
+/// An image as the CRI `Image` message and the runtime need it. `Serialize` gives the JSON
+/// object for `ImageStatus(verbose)`'s `info` map.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Image {
+    /// `sha256:<config digest>`: `Image.id`, and what kubelet passes to `CreateContainer`.
+    pub id: Digest,
+    /// `Image.repo_tags` (`docker.io/library/busybox:latest`).
+    pub repo_tags: Vec<String>,
+    /// `Image.repo_digests` (`docker.io/library/busybox@sha256:…`).
+    pub repo_digests: Vec<String>,
+    /// `Image.size` in bytes (compressed layers + config + manifest (+ index), as containerd).
+    pub size: u64,
+    /// `Image.uid` / `Image.username`.
+    pub user: ImageUser,
+    /// Entrypoint, cmd, env, working dir, stop signal, volumes, labels… for the runtime.
+    pub config: RuntimeConfig,
+    /// The config's `created`, RFC 3339.
+    pub created: Option<String>,
+    /// Layer diff_ids, bottom first.
+    pub diff_ids: Vec<Digest>,
+    /// Chain id of the top layer (the tree the container will mount, issue 5).
+    pub chain_id: Option<ChainId>,
+    /// The layers as the manifest listed them.
+    pub layers: Vec<LayerRef>,
+    /// `Image.pinned`: always false (no pinning policy yet).
+    pub pinned: bool,
+}
+
+impl From<&ImageRecord> for Image {
+    fn from(r: &ImageRecord) -> Image {
+        Image {
+            id: r.id.clone(),
+            repo_tags: r.repo_tags.clone(),
+            repo_digests: r.repo_digests.clone(),
+            size: r.size,
+            user: ImageUser::parse(&r.config.user),
+            config: r.config.clone(),
+            created: r.created.clone(),
+            diff_ids: r.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            chain_id: r.chain_id.clone(),
+            layers: r.layers.clone(),
+            pinned: false,
+        }
+    }
+}
+
+/// What `ImageFsInfo` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsUsage {
+    /// The store's root directory (containerd likewise reports its snapshotter root; kubelet's
+    /// cAdvisor resolves the filesystem holding it).
+    pub mountpoint: PathBuf,
+    /// Bytes the store occupies on disk (blocks, as `du`).
+    pub used_bytes: u64,
+    /// Inodes the store uses.
+    pub inodes_used: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    images: HashMap<Digest, ImageRecord>,
+    refs: HashMap<String, Digest>,
+}
+
+struct Inner {
+    root: PathBuf,
+    blobs: Arc<BlobStore>,
+    meta: Arc<Metadata>,
+    sink: Arc<dyn LayerSink>,
+    registry: RegistryClient,
+    index: RwLock<Index>,
+    /// Serialises image commits, lease taking and garbage collection.
+    gc_lock: tokio::sync::Mutex<()>,
+    leases: Mutex<HashMap<Digest, usize>>,
+    flights: FlightLocks,
+    db_bytes: AtomicU64,
+}
+
+/// The image store. Cheap to clone (an `Arc`); all methods take `&self` and may run
+/// concurrently.
+#[derive(Clone)]
+pub struct ImageStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore")
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn file_disk_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Interrupted {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })?
+}
+
+/// Leases a pull holds; released on drop.
+struct Leases {
+    inner: Arc<Inner>,
+    held: Vec<Digest>,
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        let mut leases = match self.inner.leases.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        for d in self.held.drain(..) {
+            if let Some(n) = leases.get_mut(&d) {
+                *n -= 1;
+                if *n == 0 {
+                    leases.remove(&d);
+                }
+            }
+        }
+    }
+}
+
+/// Pull progress, logged by a ticker for long pulls.
+struct Progress {
+    reference: String,
+    total: AtomicU64,
+    done: AtomicU64,
+    started: Instant,
+}
+
+impl Progress {
+    fn log(&self, final_id: Option<&Digest>) {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let done = self.done.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = mib(done) / secs;
+        match final_id {
+            Some(id) => info!(
+                image = %self.reference, %id,
+                "pulled {:.1} MiB in {secs:.1}s ({rate:.1} MiB/s)", mib(done)
+            ),
+            None => info!(
+                image = %self.reference,
+                "pulling: {:.1} of {:.1} MiB downloaded, {rate:.1} MiB/s", mib(done), mib(total)
+            ),
+        }
+    }
+}
+
+impl ImageStore {
+    /// Open the store at `root`: create its directories (mode 0700), clear `tmp/`, open the
+    /// metadata, sweep what a crash left unreferenced, and load the images into memory.
+    /// Blocking (call it before serving, or in `spawn_blocking`).
+    pub fn open(root: &Path, config: &ImagesConfig) -> Result<Self> {
+        config.validate()?;
+        create_private_dir(root)?;
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("clear tmp", &tmp, e))?;
+        }
+        create_private_dir(&tmp)?;
+        let meta = Arc::new(Metadata::open(&root.join("meta.redb"))?);
+        let blobs = Arc::new(BlobStore::open(root)?);
+        let sink: Arc<dyn LayerSink> = Arc::new(BlobLayerSink::new(blobs.clone(), meta.clone()));
+        let mut index = Index::default();
+        for record in meta.images()? {
+            index.images.insert(record.id.clone(), record);
+        }
+        for (r, id) in meta.refs()? {
+            index.refs.insert(r, id);
+        }
+        let inner = Inner {
+            root: root.to_path_buf(),
+            blobs,
+            meta,
+            sink,
+            registry: RegistryClient::new(config),
+            index: RwLock::new(index),
+            gc_lock: tokio::sync::Mutex::new(()),
+            leases: Mutex::new(HashMap::new()),
+            flights: FlightLocks::default(),
+            db_bytes: AtomicU64::new(0),
+        };
+        inner.sweep_orphans()?;
+        inner.refresh_db_size();
+        Ok(ImageStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Pull `reference` for linux/amd64 and return the image. `auth` are the CRI
+    /// `AuthConfig` credentials for the image's registry. A failed pull leaves no image
+    /// record and no blob outside `tmp/` (unless another image or pull holds it).
+    pub async fn pull(&self, reference: &str, auth: Option<Credentials>) -> Result<Image> {
+        let image =
+            ImageRef::parse(reference).map_err(|e| Error::invalid_reference(reference, e))?;
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.pull(image, auth).await })
+            .await
+            .map_err(|e| Error::Interrupted {
+                what: format!("pull of {reference}"),
+                detail: e.to_string(),
+            })?
+    }
+
+    /// The image `reference` names — a tag, a digest reference, a full id (`sha256:<hex>` or
+    /// 64 hex), or a unique id prefix of at least 4 hex characters (tried when no name
+    /// matches) — or `None`. Errors only for a malformed reference or an ambiguous prefix.
+    pub fn status(&self, reference: &str) -> Result<Option<Image>> {
+        let index = self.inner.read_index();
+        Ok(resolve(&index, reference)?
+            .and_then(|id| index.images.get(&id))
+            .map(Image::from))
+    }
+
+    /// Every image, from memory.
+    pub fn list(&self) -> Vec<Image> {
+        let index = self.inner.read_index();
+        let mut images: Vec<Image> = index.images.values().map(Image::from).collect();
+        images.sort_by(|a, b| a.id.cmp(&b.id));
+        images
+    }
+
+    /// Remove the image `reference` names (any tag, digest or id) with every tag and digest,
+    /// and delete the blobs and layers nothing else holds. An absent image is `Ok`: the CRI
+    /// makes `RemoveImage` idempotent (critest `image.go`).
+    pub async fn remove(&self, reference: &str) -> Result<()> {
+        let id = {
+            let index = self.inner.read_index();
+            resolve(&index, reference)?
+        };
+        let Some(id) = id else {
+            debug!(image = reference, "remove: no such image");
+            return Ok(());
+        };
+        let _guard = self.inner.gc_lock.lock().await;
+        let Some(record) = self.inner.read_index().images.get(&id).cloned() else {
+            return Ok(());
+        };
+        let changes = ImageChanges {
+            delete: vec![id.clone()],
+            delete_refs: record
+                .repo_tags
+                .iter()
+                .chain(record.repo_digests.iter())
+                .cloned()
+                .collect(),
+            ..Default::default()
+        };
+        let inner = self.inner.clone();
+        blocking("remove image", move || {
+            inner.meta.apply(&changes)?;
+            {
+                let mut index = inner.write_index();
+                index.images.remove(&id);
+                for r in &changes.delete_refs {
+                    if index.refs.get(r) == Some(&id) {
+                        index.refs.remove(r);
+                    }
+                }
+            }
+            info!(%id, tags = ?record.repo_tags, "removed image");
+            let diff_ids: Vec<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
+            inner.collect(&record.blobs, &diff_ids)?;
+            inner.refresh_db_size();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Bytes and inodes the store uses, from counters kept up to date by pulls and removals.
+    pub fn fs_usage(&self) -> FsUsage {
+        let (blob_bytes, blob_files) = self.inner.blobs.usage();
+        // root, blobs, blobs/sha256, tmp, meta.redb
+        let fixed_inodes = 5;
+        FsUsage {
+            mountpoint: self.inner.root.clone(),
+            used_bytes: blob_bytes + self.inner.db_bytes.load(Ordering::Relaxed),
+            inodes_used: blob_files + fixed_inodes,
+        }
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The blob store (manifests, configs, and layer blobs while they are kept).
+    pub fn blobs(&self) -> &BlobStore {
+        &self.inner.blobs
+    }
+
+    /// The metadata database (for the tree cache and tooling).
+    pub fn metadata(&self) -> &Metadata {
+        &self.inner.meta
+    }
+}
+
+/// Resolve a lookup string to an image id.
+fn resolve(index: &Index, input: &str) -> Result<Option<Digest>> {
+    let lookup = ImageLookup::parse(input).map_err(|e| Error::invalid_reference(input, e))?;
+    let by_prefix = |prefix: &str| -> Result<Option<Digest>> {
+        let matches: Vec<&Digest> = index
+            .images
+            .keys()
+            .filter(|id| id.hex().starts_with(prefix))
+            .collect();
+        match matches.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some((*one).clone())),
+            many => Err(Error::AmbiguousId {
+                prefix: prefix.to_string(),
+                count: many.len(),
+            }),
+        }
+    };
+    match lookup {
+        ImageLookup::Id(id) => Ok(index.images.contains_key(&id).then_some(id)),
+        ImageLookup::Prefix(p) => by_prefix(&p),
+        ImageLookup::Name { reference, prefix } => {
+            let key = match reference.digest() {
+                Some(d) => reference.repo_digest(d),
+                None => reference
+                    .repo_tag()
+                    .unwrap_or_else(|| reference.to_string()),
+            };
+            if let Some(id) = index.refs.get(&key) {
+                return Ok(Some(id.clone()));
+            }
+            match prefix {
+                Some(p) => by_prefix(&p),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        match self.index.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        match self.index.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn refresh_db_size(&self) {
+        self.db_bytes
+            .store(file_disk_bytes(self.meta.path()), Ordering::Relaxed);
+    }
+
+    /// Take leases on `digests` (under `gc_lock`, so no collection is half-way).
+    async fn lease(self: &Arc<Self>, leases: &mut Leases, digests: &[Digest]) {
+        let _guard = self.gc_lock.lock().await;
+        let mut map = match self.leases.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        for d in digests {
+            *map.entry(d.clone()).or_insert(0) += 1;
+            leases.held.push(d.clone());
+        }
+    }
+
+    /// Delete those of `blobs` and layers `diff_ids` that no image names and no pull leases.
+    /// Caller holds `gc_lock`. Blocking.
+    fn collect(&self, blobs: &[Digest], diff_ids: &[Digest]) -> Result<()> {
+        let (held_blobs, held_layers) = {
+            let index = self.read_index();
+            let mut held_blobs = HashSet::new();
+            let mut held_layers = HashSet::new();
+            for record in index.images.values() {
+                held_blobs.extend(record.blobs.iter().cloned());
+                held_layers.extend(record.layers.iter().map(|l| l.diff_id.clone()));
+            }
+            (held_blobs, held_layers)
+        };
+        let leased: HashSet<Digest> = match self.leases.lock() {
+            Ok(l) => l.keys().cloned().collect(),
+            Err(p) => p.into_inner().keys().cloned().collect(),
+        };
+        let mut layers = Vec::new();
+        for diff_id in diff_ids.iter().collect::<BTreeSet<_>>() {
+            if held_layers.contains(diff_id) || leased.contains(diff_id) {
+                continue;
+            }
+            if let Some(record) = self.meta.layer(diff_id)? {
+                layers.push(record);
+            }
+        }
+        if !layers.is_empty() {
+            debug!(count = layers.len(), "removing unreferenced layers");
+            self.sink.remove(&layers)?;
+        }
+        let doomed: Vec<Digest> = blobs
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|d| !held_blobs.contains(*d) && !leased.contains(*d))
+            .cloned()
+            .collect();
+        self.blobs.remove(&doomed)
+    }
+
+    /// At open: drop layer records no image names, and blobs neither an image nor a layer
+    /// names (a crash between a blob's commit and its image's leaves those).
+    fn sweep_orphans(&self) -> Result<()> {
+        let index = self.read_index();
+        let mut held_blobs: HashSet<Digest> = HashSet::new();
+        let mut held_layers: HashSet<Digest> = HashSet::new();
+        for record in index.images.values() {
+            held_blobs.extend(record.blobs.iter().cloned());
+            held_layers.extend(record.layers.iter().map(|l| l.diff_id.clone()));
+        }
+        drop(index);
+        let orphan_layers: Vec<_> = self
+            .meta
+            .layers()?
+            .into_iter()
+            .filter(|l| !held_layers.contains(&l.diff_id))
+            .collect();
+        if !orphan_layers.is_empty() {
+            warn!(
+                count = orphan_layers.len(),
+                "removing layers no image references"
+            );
+            self.sink.remove(&orphan_layers)?;
+        }
+        for layer in self.meta.layers()? {
+            if let Some(blob) = layer.blob {
+                held_blobs.insert(blob);
+            }
+        }
+        let orphan_blobs: Vec<Digest> = self
+            .blobs
+            .list()?
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|d| !held_blobs.contains(d))
+            .collect();
+        if !orphan_blobs.is_empty() {
+            warn!(
+                count = orphan_blobs.len(),
+                "removing blobs no image references"
+            );
+            self.blobs.remove(&orphan_blobs)?;
+        }
+        Ok(())
+    }
+
+    async fn pull(self: Arc<Self>, image: ImageRef, auth: Option<Credentials>) -> Result<Image> {
+        let progress = Arc::new(Progress {
+            reference: image.to_string(),
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        let ticker = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(PROGRESS_INTERVAL);
+                interval.tick().await;
+                loop {
+                    interval.tick().await;
+                    progress.log(None);
+                }
+            })
+        };
+        let mut leases = Leases {
+            inner: self.clone(),
+            held: Vec::new(),
+        };
+        let mut touched = Touched::default();
+        let result = self
+            .pull_steps(&image, auth.as_ref(), &progress, &mut leases, &mut touched)
+            .await;
+        ticker.abort();
+        drop(leases);
+        match result {
+            Ok(img) => {
+                progress.log(Some(&img.id));
+                Ok(img)
+            }
+            Err(e) => {
+                warn!(image = %image, error = %e, "pull failed");
+                // Leave no trace: what this pull committed and nothing else holds goes.
+                let _guard = self.gc_lock.lock().await;
+                let inner = self.clone();
+                let cleanup = blocking("pull cleanup", move || {
+                    inner.collect(&touched.blobs, &touched.diff_ids)
+                })
+                .await;
+                if let Err(c) = cleanup {
+                    warn!(image = %image, error = %c, "cleanup after failed pull");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn pull_steps(
+        self: &Arc<Self>,
+        image: &ImageRef,
+        auth: Option<&Credentials>,
+        progress: &Arc<Progress>,
+        leases: &mut Leases,
+        touched: &mut Touched,
+    ) -> Result<Image> {
+        let reference = image.to_string();
+        let (session, top_bytes, top_digest) = self.registry.resolve(image, auth).await?;
+        debug!(image = %reference, host = session.host(), digest = %top_digest, "resolved");
+        let mut manifests: Vec<(Digest, Bytes)> = vec![(top_digest.clone(), top_bytes.clone())];
+        let manifest = match Manifest::parse(&reference, &top_digest, &top_bytes)? {
+            Manifest::Image(m) => m,
+            Manifest::Index(entries) => {
+                let want = host_platform();
+                let entry =
+                    choose_platform(&entries, &want).ok_or_else(|| Error::NoMatchingPlatform {
+                        reference: reference.clone(),
+                        platform: want.to_string(),
+                        available: entries
+                            .iter()
+                            .filter_map(|e| e.platform.as_ref().map(|p| p.to_string()))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
+                let (bytes, digest) = session.fetch_manifest(entry.digest.as_str()).await?;
+                if bytes.len() as u64 != entry.size {
+                    return Err(Error::BlobSizeMismatch {
+                        digest: entry.digest.clone(),
+                        expected: entry.size,
+                        actual: bytes.len() as u64,
+                    });
+                }
+                let m = match Manifest::parse(&reference, &digest, &bytes)? {
+                    Manifest::Image(m) => m,
+                    Manifest::Index(_) => {
+                        return Err(Error::InvalidContent {
+                            reference: reference.clone(),
+                            what: "index".into(),
+                            digest: top_digest.clone(),
+                            reason: "its linux/amd64 entry is another index".into(),
+                        });
+                    }
+                };
+                manifests.push((digest, bytes));
+                m
+            }
+        };
+        if manifest.config.media_type != OCI_CONFIG && manifest.config.media_type != DOCKER_CONFIG {
+            return Err(Error::UnsupportedMediaType {
+                reference: reference.clone(),
+                what: "config".into(),
+                media_type: manifest.config.media_type.clone(),
+            });
+        }
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            if Compression::of_layer_media_type(&layer.media_type).is_none() {
+                return Err(Error::UnsupportedMediaType {
+                    reference: reference.clone(),
+                    what: format!("layer {i}"),
+                    media_type: layer.media_type.clone(),
+                });
+            }
+        }
+        let total: u64 = manifest.layers.iter().map(|l| l.size).sum::<u64>() + manifest.config.size;
+        progress.total.store(total, Ordering::Relaxed);
+
+        // Manifests and config: lease, then fetch once, then commit.
+        let mut small: Vec<Digest> = manifests.iter().map(|(d, _)| d.clone()).collect();
+        small.push(manifest.config.digest.clone());
+        self.lease(leases, &small).await;
+        touched.blobs.extend(small.iter().cloned());
+        for (digest, bytes) in &manifests {
+            let (inner, digest, bytes) = (self.clone(), digest.clone(), bytes.clone());
+            blocking("store manifest", move || {
+                inner
+                    .blobs
+                    .put_verified(&digest, bytes.len() as u64, &bytes)
+            })
+            .await?;
+        }
+        let config_bytes = self.fetch_config(&session, &manifest.config).await?;
+        progress
+            .done
+            .fetch_add(manifest.config.size, Ordering::Relaxed);
+        let config = ImageConfigFile::parse(&reference, &manifest.config.digest, &config_bytes)?;
+        let diff_ids = config.rootfs.diff_ids.clone();
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(Error::LayerCountMismatch {
+                reference: reference.clone(),
+                layers: manifest.layers.len(),
+                diff_ids: diff_ids.len(),
+            });
+        }
+        self.lease(leases, &diff_ids).await;
+        touched.diff_ids.extend(diff_ids.iter().cloned());
+
+        // Layers, a few at a time; every started layer runs to its end so nothing is still
+        // writing when a failed pull cleans up.
+        let failed = Arc::new(AtomicBool::new(false));
+        let session = Arc::new(session);
+        let inputs: Vec<LayerInput> = manifest
+            .layers
+            .iter()
+            .zip(&diff_ids)
+            .enumerate()
+            .map(|(index, (desc, diff_id))| LayerInput {
+                index,
+                digest: desc.digest.clone(),
+                media_type: desc.media_type.clone(),
+                size: desc.size,
+                diff_id: diff_id.clone(),
+            })
+            .collect();
+        let results: Vec<Result<()>> =
+            futures_util::stream::iter(inputs.into_iter().zip(manifest.layers.iter().cloned()))
+                .map(|(input, desc)| {
+                    let (inner, session, failed, progress) = (
+                        self.clone(),
+                        session.clone(),
+                        failed.clone(),
+                        progress.clone(),
+                    );
+                    async move {
+                        if failed.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let r = inner.pull_layer(&session, input, desc, &progress).await;
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        r
+                    }
+                })
+                .buffered(PARALLEL_LAYERS)
+                .collect()
+                .await;
+        for r in results {
+            r?;
+        }
+
+        // Commit the image.
+        let layers: Vec<LayerRef> = manifest
+            .layers
+            .iter()
+            .zip(&diff_ids)
+            .map(|(d, diff_id)| LayerRef {
+                digest: d.digest.clone(),
+                media_type: d.media_type.clone(),
+                size: d.size,
+                diff_id: diff_id.clone(),
+            })
+            .collect();
+        let size = total + manifests.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        let record = ImageRecord {
+            version: RECORD_VERSION,
+            id: manifest.config.digest.clone(),
+            repo_tags: image.repo_tag().into_iter().collect(),
+            repo_digests: vec![image.repo_digest(&top_digest)],
+            size,
+            config: config.config.clone(),
+            created: config.created.clone(),
+            chain_id: ChainId::of(&diff_ids),
+            layers,
+            blobs: small,
+            pulled_at: now_secs(),
+        };
+        let _guard = self.gc_lock.lock().await;
+        let inner = self.clone();
+        let committed = blocking("commit image", move || inner.commit_image(record)).await?;
+        self.refresh_db_size();
+        Ok(Image::from(&committed))
+    }
+
+    async fn fetch_config(&self, session: &Session, desc: &Descriptor) -> Result<Bytes> {
+        let _flight = self.flights.lock(&format!("blob:{}", desc.digest)).await;
+        if self.blobs.contains(&desc.digest) {
+            let (blobs, digest) = (self.blobs.clone(), desc.digest.clone());
+            return blocking("read config", move || blobs.read(&digest))
+                .await
+                .map(Bytes::from);
+        }
+        let bytes = session.fetch_small_blob(desc, MAX_CONFIG_SIZE).await?;
+        let (blobs, digest, data, size) = (
+            self.blobs.clone(),
+            desc.digest.clone(),
+            bytes.clone(),
+            desc.size,
+        );
+        blocking("store config", move || {
+            blobs.put_verified(&digest, size, &data)
+        })
+        .await?;
+        Ok(bytes)
+    }
+
+    async fn pull_layer(
+        self: &Arc<Self>,
+        session: &Session,
+        input: LayerInput,
+        desc: Descriptor,
+        progress: &Arc<Progress>,
+    ) -> Result<()> {
+        let _flight = self.flights.lock(&format!("layer:{}", input.diff_id)).await;
+        let (sink, diff_id) = (self.sink.clone(), input.diff_id.clone());
+        if blocking("look up layer", move || sink.lookup(&diff_id))
+            .await?
+            .is_some()
+        {
+            debug!(diff_id = %input.diff_id, "layer already present");
+            return Ok(());
+        }
+        // A connection lost mid-blob restarts the layer (the sink committed nothing).
+        let mut delay = LAYER_RETRY_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self
+                .download_layer(session, input.clone(), &desc, progress)
+                .await
+            {
+                Err(e) if e.is_transient() && attempt < LAYER_ATTEMPTS => {
+                    warn!(digest = %input.digest, attempt, error = %e,
+                        "layer download failed, retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn download_layer(
+        self: &Arc<Self>,
+        session: &Session,
+        input: LayerInput,
+        desc: &Descriptor,
+        progress: &Arc<Progress>,
+    ) -> Result<()> {
+        let mut stream = session.open_blob(desc).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(16);
+        let sink = self.sink.clone();
+        let layer = input.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut reader =
+                VerifyingReader::new(ChannelReader::new(rx), layer.digest.clone(), layer.size);
+            sink.commit(&layer, &mut reader)
+        });
+        while let Some(chunk) = stream.next().await {
+            let failed = chunk.is_err();
+            if let Ok(c) = &chunk {
+                progress.done.fetch_add(c.len() as u64, Ordering::Relaxed);
+            }
+            // A closed channel means the sink stopped (and will report why).
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+        drop(tx);
+        let record = writer.await.map_err(|e| Error::Interrupted {
+            what: format!("layer {}", input.digest),
+            detail: e.to_string(),
+        })??;
+        debug!(diff_id = %record.diff_id, size = record.size, "layer committed");
+        Ok(())
+    }
+
+    /// Write `record` (merged with an existing image of the same id) and move its tag away
+    /// from any other image. Caller holds `gc_lock`. Blocking.
+    fn commit_image(&self, record: ImageRecord) -> Result<ImageRecord> {
+        let mut changes = ImageChanges::default();
+        let merged = {
+            let index = self.read_index();
+            let mut merged = match index.images.get(&record.id) {
+                Some(existing) => {
+                    let mut m = existing.clone();
+                    for t in &record.repo_tags {
+                        if !m.repo_tags.contains(t) {
+                            m.repo_tags.push(t.clone());
+                        }
+                    }
+                    for d in &record.repo_digests {
+                        if !m.repo_digests.contains(d) {
+                            m.repo_digests.push(d.clone());
+                        }
+                    }
+                    for b in &record.blobs {
+                        if !m.blobs.contains(b) {
+                            m.blobs.push(b.clone());
+                        }
+                    }
+                    m
+                }
+                None => record.clone(),
+            };
+            merged.version = RECORD_VERSION;
+            // A tag names one image: moving it here takes it from its previous holder
+            // (which stays, untagged, until removed, as with containerd).
+            for r in record.repo_tags.iter().chain(record.repo_digests.iter()) {
+                if let Some(old_id) = index.refs.get(r)
+                    && old_id != &record.id
+                    && let Some(old) = index.images.get(old_id)
+                {
+                    let mut old = changes
+                        .put
+                        .iter()
+                        .find(|p| &p.id == old_id)
+                        .cloned()
+                        .unwrap_or_else(|| old.clone());
+                    old.repo_tags.retain(|t| t != r);
+                    old.repo_digests.retain(|t| t != r);
+                    changes.put.retain(|p| &p.id != old_id);
+                    changes.put.push(old);
+                }
+                changes.put_refs.push((r.clone(), record.id.clone()));
+            }
+            merged
+        };
+        changes.put.push(merged.clone());
+        self.meta.apply(&changes)?;
+        let mut index = self.write_index();
+        for r in &changes.put {
+            index.images.insert(r.id.clone(), r.clone());
+        }
+        for (r, id) in &changes.put_refs {
+            index.refs.insert(r.clone(), id.clone());
+        }
+        Ok(merged)
+    }
+}
+
+/// What a pull committed or relied on, offered to the collector if it fails.
+#[derive(Default)]
+struct Touched {
+    blobs: Vec<Digest>,
+    diff_ids: Vec<Digest>,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn record(id: Digest, tag: &str) -> ImageRecord {
+        ImageRecord {
+            version: 1,
+            id,
+            repo_tags: vec![tag.to_string()],
+            repo_digests: vec![],
+            size: 0,
+            config: RuntimeConfig::default(),
+            created: None,
+            layers: vec![],
+            chain_id: None,
+            blobs: vec![],
+            pulled_at: 0,
+        }
+    }
+
+    #[test]
+    fn lookups_resolve_names_ids_and_unique_prefixes() {
+        let a = Digest::from_hex(&format!("abcd1{}", "0".repeat(59))).unwrap();
+        let b = Digest::from_hex(&format!("abcd2{}", "0".repeat(59))).unwrap();
+        let mut index = Index::default();
+        for (id, tag) in [
+            (&a, "docker.io/library/a:latest"),
+            (&b, "docker.io/library/b:1"),
+        ] {
+            index.images.insert(id.clone(), record(id.clone(), tag));
+            index.refs.insert(tag.to_string(), id.clone());
+        }
+        assert_eq!(resolve(&index, "a").unwrap(), Some(a.clone()));
+        assert_eq!(
+            resolve(&index, "docker.io/library/b:1").unwrap(),
+            Some(b.clone())
+        );
+        assert_eq!(resolve(&index, "b").unwrap(), None);
+        assert_eq!(resolve(&index, a.as_str()).unwrap(), Some(a.clone()));
+        assert_eq!(resolve(&index, "abcd1").unwrap(), Some(a.clone()));
+        assert_eq!(resolve(&index, "sha256:abcd2").unwrap(), Some(b));
+        let err = resolve(&index, "abcd").unwrap_err();
+        assert!(matches!(err, Error::AmbiguousId { count: 2, .. }), "{err}");
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+        assert_eq!(resolve(&index, "ffff").unwrap(), None);
+        let json = serde_json::to_value(Image::from(&record(a, "x"))).unwrap();
+        assert!(json.is_object());
+    }
+
+    #[test]
+    fn user_is_uid_or_name() {
+        assert_eq!(ImageUser::parse(""), ImageUser::Unset);
+        assert_eq!(ImageUser::parse("1000"), ImageUser::Uid(1000));
+        assert_eq!(ImageUser::parse("1000:50"), ImageUser::Uid(1000));
+        assert_eq!(
+            ImageUser::parse("nobody:nogroup"),
+            ImageUser::Name("nobody".into())
+        );
+        assert_eq!(ImageUser::parse(":5"), ImageUser::Unset);
+    }
+
+    #[test]
+    fn open_creates_private_dirs_and_reopens() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        {
+            let store = ImageStore::open(&root, &ImagesConfig::default()).unwrap();
+            assert!(store.list().is_empty());
+            std::fs::write(root.join("tmp/leftover"), b"x").unwrap();
+            assert_eq!(store.fs_usage().mountpoint, root);
+        }
+        let store = ImageStore::open(&root, &ImagesConfig::default()).unwrap();
+        assert!(!root.join("tmp/leftover").exists());
+        for d in ["", "blobs", "blobs/sha256", "tmp"] {
+            let mode = std::fs::metadata(root.join(d))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700, "{d}");
+        }
+        assert_eq!(store.status("busybox").unwrap(), None);
+        assert!(matches!(
+            store.status("Busy Box").unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        ));
+    }
+}
