@@ -8,7 +8,7 @@ CARGO     ?= cargo
 ## Build in release mode and run the daemon in the foreground with the embedded defaults.
 run: deps-run
 	$(CARGO) build --release --bin rootstock
-	./target/release/rootstock
+	./target/release/rootstock --default-network
 
 ## Run the whole test suite (unit, integration and end-to-end tests).
 test: deps-test host-prep

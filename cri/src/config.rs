@@ -7,6 +7,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use rootstock_cni::CniConfig;
 use rootstock_imagestore::ImagesConfig;
 use rootstock_runtime::RuntimeConfig;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Image store and registries.
     pub images: ImagesConfig,
+    /// Pod networking.
+    pub cni: CniConfig,
 }
 
 /// How cgroups are managed. kubelet's `cgroupDriver` must match what `RuntimeConfig` reports.
@@ -52,6 +55,7 @@ impl Default for Config {
             cgroup_driver: CgroupDriver::Cgroupfs,
             runtime: RuntimeConfig::default(),
             images: ImagesConfig::default(),
+            cni: CniConfig::default(),
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct Overrides {
     pub root_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    /// Turn `cni.default_network` on.
+    pub default_network: bool,
 }
 
 /// Why a configuration could not be used.
@@ -182,6 +188,9 @@ impl Config {
         }
         if let Some(socket) = o.socket {
             self.socket = socket;
+        }
+        if o.default_network {
+            self.cni.default_network = true;
         }
         self
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use rootstock_cni::CniManager;
 use rootstock_imagestore::ImageStore;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -49,8 +50,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("opening the image store")??
     };
+    let cni = Arc::new(CniManager::new(config.cni.clone(), &config.root_dir));
+    // Picks up a network config written after start-up; ends with the manager.
+    let _cni_watcher = cni.spawn_watcher();
     let config = Arc::new(config);
-    let runtime = RuntimeServiceServer::new(RuntimeApi::new(config.clone()));
+    let runtime = RuntimeServiceServer::new(RuntimeApi::new(config.clone(), cni));
     let images = ImageServiceServer::new(ImageApi::new(Arc::new(store)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()

@@ -30,6 +30,10 @@ struct Cli {
     /// Override `socket` (the CRI endpoint).
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Use the built-in bridge network (bridge + host-local on 10.88.0.0/16 + portmap) when no
+    /// CNI config exists: for standalone use, never on a cluster node.
+    #[arg(long, global = true)]
+    default_network: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -69,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         root_dir: cli.root_dir,
         state_dir: cli.state_dir,
         socket: cli.socket,
+        default_network: cli.default_network,
     };
     let effective = || Config::load(cli.config.as_deref()).map(|c| c.with_overrides(overrides));
     match cli.command.unwrap_or(Command::Serve) {

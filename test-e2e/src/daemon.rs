@@ -109,6 +109,26 @@ impl Daemon {
         self.dir.path().join("config.toml")
     }
 
+    /// The daemon's private CNI config dir (empty at start: NetworkReady is false), unless the
+    /// test's own config has a `[cni]` table.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
+    /// The config file's text: the test's own, plus private CNI dirs so that no test daemon
+    /// ever reads the host's `/etc/cni/net.d` or shares a result cache.
+    fn config_text(&self) -> String {
+        let mut text = self.extra_config.clone();
+        if !text.contains("[cni]") {
+            text.push_str(&format!(
+                "\n[cni]\nconf_dirs = [\"{}\"]\ncache_dir = \"{}\"\n",
+                self.cni_conf_dir().display(),
+                self.dir.path().join("cni-cache").display()
+            ));
+        }
+        text
+    }
+
     /// Everything the daemon has logged so far (all starts).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
@@ -133,7 +153,8 @@ impl Daemon {
     }
 
     async fn spawn(&mut self) {
-        fs::write(self.config_path(), &self.extra_config).expect("writing config");
+        fs::write(self.config_path(), self.config_text()).expect("writing config");
+        fs::create_dir_all(self.cni_conf_dir()).expect("creating the CNI conf dir");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)

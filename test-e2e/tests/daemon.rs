@@ -248,3 +248,42 @@ fn printed_default_config_parses_back_to_the_default() {
     );
     assert_eq!(String::from_utf8(out.stdout).unwrap(), default);
 }
+
+/// kubelet marks the node Ready only once the runtime's network is: a conflist written after
+/// start-up must be picked up without a restart.
+#[tokio::test]
+async fn network_becomes_ready_when_a_conflist_appears() {
+    let daemon = Daemon::start().await;
+    let mut rt = daemon.runtime().await;
+    let network_ready = |status: StatusResponse| {
+        let c = status.status.unwrap().conditions;
+        c.into_iter().find(|c| c.r#type == "NetworkReady").unwrap()
+    };
+    let before = network_ready(
+        rt.status(StatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(!before.status);
+    assert_eq!(before.reason, "NetworkPluginNotReady");
+
+    let conflist = r#"{"cniVersion": "1.0.0", "name": "e2e-ready", "plugins": [
+        {"type": "bridge", "bridge": "rsk-unused0", "ipam": {"type": "host-local",
+         "ranges": [[{"subnet": "10.199.250.0/24"}]]}}]}"#;
+    std::fs::write(daemon.cni_conf_dir().join("10-e2e.conflist"), conflist).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = network_ready(
+            rt.status(StatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        if now.status {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still not ready: {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -21,7 +21,11 @@ impl RuntimeApi {
         })
     }
 
-    pub(super) fn runtime_status(&self, req: StatusRequest) -> Result<StatusResponse, CriError> {
+    pub(super) async fn runtime_status(
+        &self,
+        req: StatusRequest,
+    ) -> Result<StatusResponse, CriError> {
+        let network = self.cni.status().await;
         let conditions = vec![
             RuntimeCondition {
                 r#type: "RuntimeReady".to_owned(),
@@ -31,9 +35,9 @@ impl RuntimeApi {
             },
             RuntimeCondition {
                 r#type: "NetworkReady".to_owned(),
-                status: false,
-                reason: "NetworkPluginNotReady".to_owned(),
-                message: "rootstock does not set up pod networking yet (no CNI support)".to_owned(),
+                status: network.ready,
+                reason: network.reason.clone(),
+                message: network.message.clone(),
             },
         ];
         // crictl >= 1.30 decodes every info value as a JSON object and drops anything else.
@@ -42,6 +46,13 @@ impl RuntimeApi {
             let config = serde_json::to_string(&*self.config)
                 .map_err(|e| CriError::Internal(format!("encoding the configuration: {e}")))?;
             info.insert("config".to_owned(), config);
+            let cni = serde_json::json!({
+                "ready": network.ready,
+                "network": network.network,
+                "source": network.source,
+                "message": network.message,
+            });
+            info.insert("cni".to_owned(), cni.to_string());
         }
         let features = Some(RuntimeHandlerFeatures {
             recursive_read_only_mounts: false,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
+use rootstock_cni::CniManager;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -18,11 +19,12 @@ use crate::error::{not_yet, reply};
 /// State shared by the runtime RPCs.
 pub struct RuntimeApi {
     config: Arc<Config>,
+    cni: Arc<CniManager>,
 }
 
 impl RuntimeApi {
-    pub fn new(config: Arc<Config>) -> Self {
-        Self { config }
+    pub fn new(config: Arc<Config>, cni: Arc<CniManager>) -> Self {
+        Self { config, cni }
     }
 }
 
@@ -43,7 +45,7 @@ impl RuntimeService for RuntimeApi {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        reply(self.runtime_status(req.into_inner()))
+        reply(self.runtime_status(req.into_inner()).await)
     }
 
     async fn runtime_config(

@@ -1,0 +1,761 @@
+//! The façade the runtime calls: network readiness, and ADD/DEL/CHECK of a pod sandbox.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::cache::{CacheEntry, ResultCache};
+use crate::config::CniConfig;
+use crate::conflist::{self, NetworkConfigList};
+use crate::error::{CniError, Result};
+use crate::exec::{self, CniCommand, InvokeArgs};
+use crate::netns;
+use crate::result::CniResult;
+
+/// The interface name inside the pod (kubelet and every CRI runtime use `eth0`).
+pub const POD_IFNAME: &str = "eth0";
+
+/// Transport protocol of a port mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// A CRI `PortMapping`, passed to plugins declaring the `portMappings` capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port inside the pod.
+    pub container_port: u16,
+    /// Port on the node; 0 means "no host port" and the mapping is not passed on.
+    pub host_port: u16,
+    /// Host address to bind; empty means all.
+    pub host_ip: String,
+}
+
+/// Traffic shaping, passed to plugins declaring the `bandwidth` capability (bits per second
+/// and bits, as the `bandwidth` plugin's runtimeConfig expects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bandwidth {
+    /// Ingress rate, bit/s.
+    pub ingress_rate: u64,
+    /// Ingress burst, bits.
+    pub ingress_burst: u64,
+    /// Egress rate, bit/s.
+    pub egress_rate: u64,
+    /// Egress burst, bits.
+    pub egress_burst: u64,
+}
+
+/// The pod's DNS config, passed to plugins declaring the `dns` capability.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// resolv.conf options.
+    pub options: Vec<String>,
+}
+
+/// What ADD needs to know about a pod sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetwork {
+    /// The sandbox id; used as `CNI_CONTAINERID` and `K8S_POD_INFRA_CONTAINER_ID`.
+    pub sandbox_id: String,
+    /// The pinned network namespace of the sandbox.
+    pub netns_path: PathBuf,
+    /// Pod name (`K8S_POD_NAME`).
+    pub pod_name: String,
+    /// Pod namespace (`K8S_POD_NAMESPACE`).
+    pub pod_namespace: String,
+    /// Pod UID (`K8S_POD_UID`).
+    pub pod_uid: String,
+    /// Port mappings of the sandbox config.
+    pub port_mappings: Vec<PortMapping>,
+    /// Traffic shaping, if the pod asks for it.
+    pub bandwidth: Option<Bandwidth>,
+    /// DNS config, if any.
+    pub dns: Option<DnsConfig>,
+}
+
+/// The outcome of ADD (also rebuilt from the cache after a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetworkStatus {
+    /// The network the pod is attached to.
+    pub network: String,
+    /// The pod's IPs, IPv4 first (the first is kubelet's primary pod IP).
+    pub ips: Vec<IpAddr>,
+    /// The whole parsed result (interfaces, all IPs, DNS).
+    pub result: CniResult,
+}
+
+/// Network readiness, for the CRI `Status` `NetworkReady` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkStatus {
+    /// True when a valid network config is loaded.
+    pub ready: bool,
+    /// CamelCase reason when not ready (`NetworkPluginNotReady`, as containerd says).
+    pub reason: String,
+    /// Human-readable detail: the network and its file, or why there is none.
+    pub message: String,
+    /// Name of the network in use.
+    pub network: Option<String>,
+    /// File it came from (or the built-in marker).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct NetState {
+    network: Option<Arc<NetworkConfigList>>,
+    rejected: Vec<(PathBuf, String)>,
+    scanned_at: Option<Instant>,
+}
+
+/// Runs CNI for pod sandboxes. `Send + Sync`; share it in an `Arc`. It owns no runtime and
+/// starts no task unless [`CniManager::spawn_watcher`] is called.
+#[derive(Debug)]
+pub struct CniManager {
+    config: CniConfig,
+    cache: ResultCache,
+    state: Mutex<NetState>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave their plain data inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CniManager {
+    /// A manager for `config`; the cache lives in `config.cache_dir` or `<root_dir>/cni/cache`.
+    /// The conf dirs are first read on the first `status()`/`setup()` (or `refresh()`).
+    pub fn new(config: CniConfig, root_dir: &Path) -> Self {
+        let cache = ResultCache::new(config.cache_dir_in(root_dir));
+        Self {
+            config,
+            cache,
+            state: Mutex::new(NetState::default()),
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CniConfig {
+        &self.config
+    }
+
+    /// Re-reads the conf dirs now (off the async runtime) and returns the new readiness.
+    pub async fn refresh(&self) -> NetworkStatus {
+        let dirs = self.config.conf_dirs.clone();
+        let scan = tokio::task::spawn_blocking(move || conflist::scan(&dirs))
+            .await
+            .unwrap_or_default();
+        self.apply_scan(scan)
+    }
+
+    fn apply_scan(&self, scan: conflist::ScanResult) -> NetworkStatus {
+        for (path, why) in &scan.rejected {
+            tracing::debug!(path = %path.display(), %why, "CNI config rejected");
+        }
+        let network = match scan.network {
+            Some(n) => Some(n),
+            None if self.config.default_network => match NetworkConfigList::builtin_default() {
+                Ok(n) => Some(n),
+                Err(err) => {
+                    tracing::error!(%err, "built-in CNI network is invalid");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut st = lock(&self.state);
+        let old = st
+            .network
+            .as_ref()
+            .map(|n| (n.name.clone(), n.source.clone(), n.raw.clone()));
+        let new = network
+            .as_ref()
+            .map(|n| (n.name.clone(), n.source.clone(), n.raw.clone()));
+        if old != new {
+            match &network {
+                Some(n) => {
+                    tracing::info!(network = %n.name, source = %n.source.display(), "CNI network config loaded")
+                }
+                None => {
+                    tracing::warn!(dirs = ?self.config.conf_dirs, "no valid CNI network config")
+                }
+            }
+        }
+        st.network = network.map(Arc::new);
+        st.rejected = scan.rejected;
+        st.scanned_at = Some(Instant::now());
+        Self::status_of(&st, &self.config)
+    }
+
+    fn status_of(st: &NetState, config: &CniConfig) -> NetworkStatus {
+        match &st.network {
+            Some(n) => NetworkStatus {
+                ready: true,
+                reason: String::new(),
+                message: format!("network {} from {}", n.name, n.source.display()),
+                network: Some(n.name.clone()),
+                source: Some(n.source.clone()),
+            },
+            None => {
+                let mut message = format!("no valid CNI network config in {:?}", config.conf_dirs);
+                for (path, why) in &st.rejected {
+                    message.push_str(&format!("; {}: {why}", path.display()));
+                }
+                NetworkStatus {
+                    ready: false,
+                    reason: "NetworkPluginNotReady".into(),
+                    message,
+                    network: None,
+                    source: None,
+                }
+            }
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.config.poll_interval_ms.max(100))
+    }
+
+    /// Network readiness. The conf dirs are re-read when the last read is older than the poll
+    /// interval, so a config written after start-up is seen without a restart even when no
+    /// watcher runs.
+    pub async fn status(&self) -> NetworkStatus {
+        {
+            let st = lock(&self.state);
+            if st
+                .scanned_at
+                .is_some_and(|t| t.elapsed() < self.poll_interval())
+            {
+                return Self::status_of(&st, &self.config);
+            }
+        }
+        self.refresh().await
+    }
+
+    /// Polls the conf dirs every `poll_interval_ms` on the caller's runtime, logging changes.
+    /// Stops by itself when the manager is dropped.
+    pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let interval = self.poll_interval();
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                me.refresh().await;
+                drop(me);
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+
+    async fn current_network(&self) -> Result<Arc<NetworkConfigList>> {
+        let status = self.status().await;
+        let st = lock(&self.state);
+        st.network.clone().ok_or(CniError::NetworkNotReady {
+            reason: status.message,
+        })
+    }
+
+    async fn lock_sandbox(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = lock(&self.locks).entry(id.to_string()).or_default().clone();
+        m.lock_owned().await
+    }
+
+    fn unlock_sandbox(&self, guard: tokio::sync::OwnedMutexGuard<()>) {
+        drop(guard);
+        lock(&self.locks).retain(|_, m| Arc::strong_count(m) > 1);
+    }
+
+    /// Attaches the sandbox to the network: brings `lo` up, runs ADD through the plugin chain
+    /// and caches config and result. On failure, DEL is run for every plugin ADD reached, so
+    /// nothing is left behind; the error names the plugin. Calling it again for an attached
+    /// sandbox returns the cached status.
+    pub async fn setup(&self, pod: &PodNetwork) -> Result<PodNetworkStatus> {
+        validate_id(&pod.sandbox_id)?;
+        let guard = self.lock_sandbox(&pod.sandbox_id).await;
+        let r = self.setup_locked(pod).await;
+        self.unlock_sandbox(guard);
+        r
+    }
+
+    async fn setup_locked(&self, pod: &PodNetwork) -> Result<PodNetworkStatus> {
+        let id = pod.sandbox_id.as_str();
+        if let Some((path, entry)) = self.find_entry(id).await? {
+            if entry.netns == pod.netns_path
+                && let Some(result) = &entry.result
+            {
+                return status_from(&entry.network, result, &path);
+            }
+            // A half-done or stale attachment: undo it before attaching anew.
+            self.del_entry(&path, &entry).await?;
+        }
+        let network = self.current_network().await?;
+        if !netns::is_netns(&pod.netns_path) {
+            return Err(CniError::Netns {
+                path: pod.netns_path.clone(),
+                op: "check",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not a mounted network namespace",
+                ),
+            });
+        }
+        netns::loopback_up(&pod.netns_path).await?;
+        // Resolve every binary first: a missing one fails ADD before anything ran.
+        let paths = network
+            .plugins
+            .iter()
+            .map(|p| exec::find_plugin(&p.plugin_type, &self.config.bin_dirs))
+            .collect::<Result<Vec<_>>>()?;
+
+        let mut entry = CacheEntry::new(
+            &network.name,
+            id,
+            POD_IFNAME,
+            &pod.netns_path,
+            network.raw.clone(),
+            cni_args(pod),
+            capability_args(pod),
+        );
+        let cache_path = self.store(entry.clone()).await?;
+
+        let args = InvokeArgs {
+            command: CniCommand::Add,
+            network: &network.name,
+            container_id: id,
+            netns: Some(&pod.netns_path),
+            ifname: POD_IFNAME,
+            cni_args: &entry.cni_args,
+            bin_dirs: &self.config.bin_dirs,
+            timeout: self.timeout(),
+        };
+        let mut prev: Option<Value> = None;
+        for (i, (plugin, path)) in network.plugins.iter().zip(&paths).enumerate() {
+            let stdin = plugin_stdin(&network, plugin, prev.as_ref(), &entry.capability_args)?;
+            match exec::invoke(&plugin.plugin_type, path, &args, &stdin).await {
+                Ok(Some(r)) => prev = Some(r),
+                // A plugin printing nothing passes the previous result on.
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(sandbox = id, %err, "CNI ADD failed, running DEL");
+                    entry.result = prev;
+                    // Cleanup covers the failed plugin too: it may have half-configured.
+                    if let Err(del_err) = self
+                        .del_plugins(&network, &entry, i + 1, Some(&pod.netns_path))
+                        .await
+                    {
+                        // The cache entry stays, so teardown can retry the DEL later.
+                        tracing::error!(sandbox = id, err = %del_err, "CNI DEL after failed ADD failed");
+                        let _ = self.store(entry).await;
+                    } else if let Err(rm_err) = self.remove(&cache_path).await {
+                        // Only a stale entry is left; a later teardown finds nothing to undo.
+                        tracing::warn!(sandbox = id, err = %rm_err, "removing CNI cache entry");
+                    }
+                    // The plugin's error is what the caller must see, not the cleanup's.
+                    return Err(err);
+                }
+            }
+        }
+        let Some(result) = prev else {
+            return Err(CniError::InvalidResult {
+                plugin: network
+                    .plugins
+                    .last()
+                    .map(|p| p.plugin_type.clone())
+                    .unwrap_or_default(),
+                reason: "ADD produced no result".into(),
+            });
+        };
+        entry.result = Some(result.clone());
+        self.store(entry).await?;
+        let status = status_from(&network.name, &result, &cache_path)?;
+        tracing::info!(sandbox = id, network = %network.name, ips = ?status.ips, "CNI ADD done");
+        Ok(status)
+    }
+
+    /// Detaches the sandbox: DEL through the cached plugin chain in reverse order with the
+    /// cached config and result, then drops the cache entry. Idempotent: no entry means
+    /// nothing to do (CRI: StopPodSandbox of a stopped sandbox is OK). Works after the netns
+    /// is gone: `CNI_NETNS` is then left out, which the spec allows for DEL, and IPAM still
+    /// releases the address. On error the entry is kept so a later call retries.
+    pub async fn teardown(&self, sandbox_id: &str) -> Result<()> {
+        validate_id(sandbox_id)?;
+        let guard = self.lock_sandbox(sandbox_id).await;
+        let r = async {
+            match self.find_entry(sandbox_id).await? {
+                Some((path, entry)) => self.del_entry(&path, &entry).await,
+                None => Ok(()),
+            }
+        }
+        .await;
+        self.unlock_sandbox(guard);
+        r
+    }
+
+    /// Runs CHECK through the cached chain with the cached result (CNI spec ≥ 0.4.0). A list
+    /// with `disableCheck` or an older version passes without running plugins.
+    pub async fn check(&self, sandbox_id: &str) -> Result<()> {
+        validate_id(sandbox_id)?;
+        let guard = self.lock_sandbox(sandbox_id).await;
+        let r = self.check_locked(sandbox_id).await;
+        self.unlock_sandbox(guard);
+        r
+    }
+
+    async fn check_locked(&self, id: &str) -> Result<()> {
+        let not_attached = || CniError::NotAttached {
+            sandbox_id: id.to_string(),
+        };
+        let (path, entry) = self.find_entry(id).await?.ok_or_else(not_attached)?;
+        let result = entry.result.as_ref().ok_or_else(not_attached)?;
+        let network = NetworkConfigList::from_value(entry.config.clone(), &path)?;
+        if network.disable_check || network.cni_version.starts_with("0.3") {
+            return Ok(());
+        }
+        let args = InvokeArgs {
+            command: CniCommand::Check,
+            network: &network.name,
+            container_id: id,
+            netns: Some(&entry.netns),
+            ifname: &entry.ifname,
+            cni_args: &entry.cni_args,
+            bin_dirs: &self.config.bin_dirs,
+            timeout: self.timeout(),
+        };
+        for plugin in &network.plugins {
+            let bin = exec::find_plugin(&plugin.plugin_type, &self.config.bin_dirs)?;
+            let stdin = plugin_stdin(&network, plugin, Some(result), &entry.capability_args)?;
+            exec::invoke(&plugin.plugin_type, &bin, &args, &stdin).await?;
+        }
+        Ok(())
+    }
+
+    /// The cached attachment of a sandbox (its IPs after a daemon restart), if any.
+    pub async fn attachment(&self, sandbox_id: &str) -> Result<Option<PodNetworkStatus>> {
+        validate_id(sandbox_id)?;
+        match self.find_entry(sandbox_id).await? {
+            Some((path, entry)) => match &entry.result {
+                Some(r) => status_from(&entry.network, r, &path).map(Some),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Sandbox ids with a cache entry: at start-up, the runtime tears down those whose sandbox
+    /// no longer exists (a crash interrupted their StopPodSandbox).
+    pub async fn attached_sandbox_ids(&self) -> Result<Vec<String>> {
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || cache.container_ids())
+            .await
+            .map_err(join_err(&self.config.cache_dir_in(Path::new(""))))?
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.config.plugin_timeout_secs.max(1))
+    }
+
+    async fn find_entry(&self, id: &str) -> Result<Option<(PathBuf, CacheEntry)>> {
+        let cache = self.cache.clone();
+        let id2 = id.to_string();
+        tokio::task::spawn_blocking(move || cache.find(&id2, POD_IFNAME))
+            .await
+            .map_err(join_err(Path::new(id)))?
+    }
+
+    async fn store(&self, entry: CacheEntry) -> Result<PathBuf> {
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || cache.store(&entry))
+            .await
+            .map_err(join_err(Path::new("cache")))?
+    }
+
+    async fn remove(&self, path: &Path) -> Result<()> {
+        let cache = self.cache.clone();
+        let p = path.to_path_buf();
+        tokio::task::spawn_blocking(move || cache.remove(&p))
+            .await
+            .map_err(join_err(path))?
+    }
+
+    async fn del_entry(&self, path: &Path, entry: &CacheEntry) -> Result<()> {
+        let network = NetworkConfigList::from_value(entry.config.clone(), path)?;
+        let netns = netns::is_netns(&entry.netns).then_some(entry.netns.as_path());
+        self.del_plugins(&network, entry, network.plugins.len(), netns)
+            .await?;
+        self.remove(path).await?;
+        tracing::info!(sandbox = %entry.container_id, network = %network.name, "CNI DEL done");
+        Ok(())
+    }
+
+    /// DEL of `plugins[..count]` in reverse order. Every plugin is tried even when one fails
+    /// (so a failing portmap does not keep bridge/host-local from releasing the IP); the first
+    /// error is returned.
+    async fn del_plugins(
+        &self,
+        network: &NetworkConfigList,
+        entry: &CacheEntry,
+        count: usize,
+        netns: Option<&Path>,
+    ) -> Result<()> {
+        let args = InvokeArgs {
+            command: CniCommand::Del,
+            network: &network.name,
+            container_id: &entry.container_id,
+            netns,
+            ifname: &entry.ifname,
+            cni_args: &entry.cni_args,
+            bin_dirs: &self.config.bin_dirs,
+            timeout: self.timeout(),
+        };
+        // prevResult on DEL exists since spec 0.4.0.
+        let prev = entry
+            .result
+            .as_ref()
+            .filter(|_| !network.cni_version.starts_with("0.3"));
+        let mut first_err = None;
+        for plugin in network.plugins.iter().take(count).rev() {
+            let r = async {
+                let bin = exec::find_plugin(&plugin.plugin_type, &self.config.bin_dirs)?;
+                let stdin = plugin_stdin(network, plugin, prev, &entry.capability_args)?;
+                exec::invoke(&plugin.plugin_type, &bin, &args, &stdin).await
+            }
+            .await;
+            if let Err(err) = r {
+                tracing::warn!(sandbox = %entry.container_id, %err, "CNI DEL failed");
+                first_err.get_or_insert(err);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn join_err(path: &Path) -> impl FnOnce(tokio::task::JoinError) -> CniError + '_ {
+    move |e| CniError::Cache {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+fn status_from(network: &str, result: &Value, path: &Path) -> Result<PodNetworkStatus> {
+    let result = CniResult::parse(result).map_err(|reason| CniError::CorruptCache {
+        path: path.to_path_buf(),
+        reason,
+    })?;
+    Ok(PodNetworkStatus {
+        network: network.to_string(),
+        ips: result.pod_ips(),
+        result,
+    })
+}
+
+/// The sandbox id becomes `CNI_CONTAINERID`, a cache file name and part of iptables chain
+/// names: keep it to the characters libcni accepts.
+fn validate_id(id: &str) -> Result<()> {
+    let bad = |reason: &str| CniError::InvalidSandboxId {
+        sandbox_id: id.to_string(),
+        reason: reason.to_string(),
+    };
+    if id.is_empty() {
+        return Err(bad("empty"));
+    }
+    if id.len() > 128 {
+        return Err(bad("longer than 128 characters"));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        || id.starts_with(['.', '-'])
+    {
+        return Err(bad("must match [a-zA-Z0-9_][a-zA-Z0-9_.-]*"));
+    }
+    Ok(())
+}
+
+/// `CNI_ARGS`: `IgnoreUnknown=1` first, or host-local rejects the K8S_* keys it does not know
+/// (containernetworking `pkg/types/args.go`).
+fn cni_args(pod: &PodNetwork) -> String {
+    format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+        pod.pod_namespace, pod.pod_name, pod.sandbox_id, pod.pod_uid
+    )
+}
+
+/// The capability arguments in the well-known `runtimeConfig` shapes (CNI
+/// `CONVENTIONS.md`). Mappings without a host port are not port mappings (containerd and
+/// CRI-O drop them too).
+fn capability_args(pod: &PodNetwork) -> Map<String, Value> {
+    let mut m = Map::new();
+    let ports: Vec<Value> = pod
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port != 0)
+        .map(|p| {
+            let mut v = json!({
+                "hostPort": p.host_port,
+                "containerPort": p.container_port,
+                "protocol": p.protocol,
+            });
+            if !p.host_ip.is_empty()
+                && let Some(o) = v.as_object_mut()
+            {
+                o.insert("hostIP".into(), Value::String(p.host_ip.clone()));
+            }
+            v
+        })
+        .collect();
+    if !ports.is_empty() {
+        m.insert("portMappings".into(), Value::Array(ports));
+    }
+    if let Some(b) = &pod.bandwidth {
+        m.insert(
+            "bandwidth".into(),
+            json!({
+                "ingressRate": b.ingress_rate,
+                "ingressBurst": b.ingress_burst,
+                "egressRate": b.egress_rate,
+                "egressBurst": b.egress_burst,
+            }),
+        );
+    }
+    if let Some(d) = &pod.dns {
+        m.insert(
+            "dns".into(),
+            json!({ "servers": d.servers, "searches": d.searches, "options": d.options }),
+        );
+    }
+    m
+}
+
+/// A plugin's stdin (CNI spec, "Deriving execution configuration from plugin
+/// configuration"): its own object plus the list's `name` and `cniVersion`, `prevResult`, and
+/// `runtimeConfig` with only the capabilities it declares.
+fn plugin_stdin(
+    network: &NetworkConfigList,
+    plugin: &conflist::PluginConfig,
+    prev: Option<&Value>,
+    caps: &Map<String, Value>,
+) -> Result<Vec<u8>> {
+    let mut conf = plugin.conf.clone();
+    conf.insert("name".into(), Value::String(network.name.clone()));
+    conf.insert(
+        "cniVersion".into(),
+        Value::String(network.cni_version.clone()),
+    );
+    match prev {
+        Some(p) => {
+            conf.insert("prevResult".into(), p.clone());
+        }
+        None => {
+            conf.remove("prevResult");
+        }
+    }
+    let mut rc = Map::new();
+    for cap in plugin.capabilities() {
+        if let Some(v) = caps.get(&cap) {
+            rc.insert(cap, v.clone());
+        }
+    }
+    if !rc.is_empty() {
+        conf.insert("runtimeConfig".into(), Value::Object(rc));
+    }
+    serde_json::to_vec(&conf).map_err(|e| CniError::InvalidConfig {
+        path: network.source.clone(),
+        reason: format!("serialize config of plugin {}: {e}", plugin.plugin_type),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn pod() -> PodNetwork {
+        PodNetwork {
+            sandbox_id: "sb1".into(),
+            netns_path: "/run/x".into(),
+            pod_name: "web".into(),
+            pod_namespace: "default".into(),
+            pod_uid: "uid-1".into(),
+            port_mappings: vec![
+                PortMapping {
+                    protocol: Protocol::Tcp,
+                    container_port: 80,
+                    host_port: 8080,
+                    host_ip: "127.0.0.1".into(),
+                },
+                PortMapping {
+                    protocol: Protocol::Udp,
+                    container_port: 53,
+                    host_port: 0,
+                    host_ip: String::new(),
+                },
+            ],
+            bandwidth: None,
+            dns: Some(DnsConfig {
+                servers: vec!["10.0.0.10".into()],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn cni_args_start_with_ignore_unknown() {
+        assert_eq!(
+            cni_args(&pod()),
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=sb1;K8S_POD_UID=uid-1"
+        );
+    }
+
+    #[test]
+    fn plugins_get_name_version_prev_result_and_only_declared_capabilities() {
+        let n = NetworkConfigList::builtin_default().unwrap();
+        let caps = capability_args(&pod());
+        let prev = json!({"cniVersion": "1.0.0", "ips": []});
+        let bridge: Value =
+            serde_json::from_slice(&plugin_stdin(&n, &n.plugins[0], None, &caps).unwrap()).unwrap();
+        assert_eq!(bridge["name"], "rootstock");
+        assert_eq!(bridge["cniVersion"], "1.0.0");
+        assert!(bridge.get("runtimeConfig").is_none());
+        assert!(bridge.get("prevResult").is_none());
+        let portmap: Value =
+            serde_json::from_slice(&plugin_stdin(&n, &n.plugins[1], Some(&prev), &caps).unwrap())
+                .unwrap();
+        assert_eq!(portmap["prevResult"], prev);
+        assert_eq!(
+            portmap["runtimeConfig"],
+            json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}]})
+        );
+    }
+
+    #[test]
+    fn sandbox_ids_are_validated() {
+        assert!(validate_id("0123abcdef").is_ok());
+        for bad in ["", "../x", "a b", "-x", "a/b"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn manager_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<CniManager>();
+    }
+}

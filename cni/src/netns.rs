@@ -1,0 +1,180 @@
+//! Network namespace helpers: bring `lo` up inside a namespace with netlink, and create/pin or
+//! unpin a namespace at a path.
+//!
+//! `setns(2)` and `unshare(2)` change only the calling *thread*. Doing either on a tokio worker
+//! would leave that worker (and every task later scheduled on it) in the pod's namespace, so
+//! each operation runs on a fresh OS thread that exits afterwards.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use nix::sched::CloneFlags;
+
+use crate::error::{CniError, Result};
+
+fn netns_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(nix::Error) -> CniError + 'a {
+    move |e| CniError::Netns {
+        path: path.to_path_buf(),
+        op,
+        source: std::io::Error::from(e),
+    }
+}
+
+/// Runs `f` on a dedicated OS thread and awaits its answer without blocking the runtime.
+async fn on_own_thread<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("rootstock-netns".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|source| CniError::Netns {
+            path: path.to_path_buf(),
+            op: "spawn thread",
+            source,
+        })?;
+    rx.await.map_err(|_| CniError::Netns {
+        path: path.to_path_buf(),
+        op: "netns thread",
+        source: std::io::Error::other("the thread ended without an answer"),
+    })?
+}
+
+/// True when `path` is a mounted network namespace (nsfs). A plain file left behind, or a
+/// missing path, is not: DEL then runs without `CNI_NETNS` (plugins reject a non-nsfs path).
+pub fn is_netns(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Brings the loopback interface up inside the namespace at `netns` (a new namespace has `lo`
+/// down; CNI plugins only configure `eth0`).
+pub async fn loopback_up(netns: &Path) -> Result<()> {
+    let path = netns.to_path_buf();
+    on_own_thread(netns, move || loopback_up_blocking(&path)).await
+}
+
+/// Blocking form of [`loopback_up`]; must be called on a thread that may change namespace and
+/// is discarded afterwards (it is left in `netns`).
+fn loopback_up_blocking(netns: &Path) -> Result<()> {
+    let f = File::open(netns).map_err(|source| CniError::Netns {
+        path: netns.to_path_buf(),
+        op: "open",
+        source,
+    })?;
+    nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).map_err(netns_err(netns, "setns"))?;
+    // The netlink socket belongs to the namespace of the thread that creates it, hence a
+    // runtime of this thread's own (current-thread: it starts no other threads).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|source| CniError::Netns {
+            path: netns.to_path_buf(),
+            op: "netlink runtime",
+            source,
+        })?;
+    let nl_err = |e: String| CniError::Netlink {
+        path: netns.to_path_buf(),
+        reason: e,
+    };
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| nl_err(e.to_string()))?;
+        let conn_task = tokio::spawn(conn);
+        let res = async {
+            let link = handle
+                .link()
+                .get()
+                .match_name("lo".to_string())
+                .execute()
+                .try_next()
+                .await
+                .map_err(|e| nl_err(format!("get lo: {e}")))?
+                .ok_or_else(|| nl_err("no lo interface".into()))?;
+            handle
+                .link()
+                .set(
+                    rtnetlink::LinkUnspec::new_with_index(link.header.index)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| nl_err(format!("set lo up: {e}")))
+        }
+        .await;
+        conn_task.abort();
+        res
+    })
+}
+
+/// Creates a new network namespace and pins it by bind-mounting it onto `path` (created as an
+/// empty file; its parent must exist). The namespace lives as long as the mount, independent
+/// of any process.
+pub async fn create_netns(path: &Path) -> Result<()> {
+    let p = path.to_path_buf();
+    on_own_thread(path, move || create_netns_blocking(&p)).await
+}
+
+fn create_netns_blocking(path: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| CniError::Netns {
+            path: path.to_path_buf(),
+            op: "create mount point",
+            source,
+        })?;
+    let res = (|| {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(netns_err(path, "unshare"))?;
+        // `/proc/thread-self`, not `/proc/self`: only this thread is in the new namespace.
+        nix::mount::mount(
+            Some(Path::new("/proc/thread-self/ns/net")),
+            path,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(netns_err(path, "bind mount"))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    res
+}
+
+/// Unpins the namespace at `path`: unmount (lazily, so a process still inside keeps it
+/// alive but the path is freed) and remove the file. Absent or not mounted is fine.
+pub async fn remove_netns(path: &Path) -> Result<()> {
+    let p: PathBuf = path.to_path_buf();
+    tokio::task::spawn_blocking(move || remove_netns_blocking(&p))
+        .await
+        .map_err(|e| CniError::Netns {
+            path: path.to_path_buf(),
+            op: "unmount",
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+/// Blocking form of [`remove_netns`] (usable from `Drop` guards).
+pub fn remove_netns_blocking(path: &Path) -> Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        // EINVAL: not a mount point (already unmounted); ENOENT: gone.
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(netns_err(path, "unmount")(e)),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CniError::Netns {
+            path: path.to_path_buf(),
+            op: "remove",
+            source,
+        }),
+    }
+}

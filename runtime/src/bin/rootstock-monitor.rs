@@ -1,0 +1,574 @@
+//! `rootstock-monitor`: one per container, the container's parent for its whole life.
+//!
+//! It detaches from the daemon (fork + `setsid`, so a SIGKILL of the daemon or its process
+//! group leaves it running), makes itself child subreaper *before* running
+//! `<runtime> create` (so `runc init`, and every orphan of the container, is reparented to
+//! it rather than to PID 1), reports "created" or the runtime's error on its stdout, then
+//! turns the container's stdout/stderr pipes into the CRI log file, reopens that file on
+//! SIGUSR1, and when the container's init exits records exit code, time and OOM kill in the
+//! run directory and exits.
+//!
+//! Single-threaded, std + libc/nix only, no async runtime: it must stay around 1 MiB RSS.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use rootstock_runtime::cgroup::CgroupLayout;
+use rootstock_runtime::crilog::{self, CriLogFile, Stream};
+use rootstock_runtime::monitor::{
+    CONSOLE_SOCKET_FILE, EXIT_FILE, ExitRecord, INIT_PID_FILE, MonitorArgs, RUNTIME_LOG_FILE,
+};
+use rootstock_runtime::util;
+
+/// How long output is still drained after init exited. Processes that inherited the pipes
+/// die with init (private PID namespace) or are killed by us (`--kill-all`); this bounds the
+/// wait for anything else that kept a copy.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "pin-namespaces")
+    {
+        return pin_namespaces();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "pod-init") {
+        return pod_init();
+    }
+    let args = match MonitorArgs::parse(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            report(&format!("error monitor: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    // SAFETY: no thread has been started yet, so the child is a complete copy of a
+    // single-threaded process and may run arbitrary code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { .. }) => return ExitCode::SUCCESS,
+        Ok(ForkResult::Child) => {}
+        Err(e) => {
+            report(&format!("error monitor: fork: {e}"));
+            return ExitCode::FAILURE;
+        }
+    }
+    // Own session: the daemon's process group and controlling terminal are no longer ours.
+    if let Err(e) = nix::unistd::setsid() {
+        report(&format!("error monitor: setsid: {e}"));
+        return ExitCode::FAILURE;
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rootstock-monitor {}: {e}", args.id);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the one-line report to the daemon (our stdout is its pipe).
+fn report(line: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(line.replace('\n', " ").as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Points stdout at /dev/null so the daemon's pipe sees EOF: the report is complete.
+fn close_report_channel() -> Result<(), String> {
+    let null = File::options()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    nix::unistd::dup2_stdout(null.as_fd()).map_err(|e| format!("dup2 stdout: {e}"))
+}
+
+fn run(args: &MonitorArgs) -> Result<(), String> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| {
+        let m = format!("set child subreaper: {e}");
+        report(&format!("error monitor: {m}"));
+        m
+    })?;
+    let (mut container, sfd, mut log) = match create(args) {
+        Ok(v) => v,
+        Err(e) => {
+            report(&format!("error {e}"));
+            return Err(e);
+        }
+    };
+    report(&format!("ok {} {}", std::process::id(), container.init_pid));
+    close_report_channel()?;
+
+    let layout = CgroupLayout::detect();
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        if container.exit.is_some() && container.out.is_none() && container.err.is_none() {
+            break;
+        }
+        let timeout = match drain_deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                PollTimeout::from(u16::try_from(left.as_millis()).unwrap_or(u16::MAX))
+            }
+            None => PollTimeout::NONE,
+        };
+        let (sig_ready, out_ready, err_ready) = {
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let ready_mask = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
+            let out_idx = container.out.as_ref().map(|p| {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let err_idx = container.err.as_ref().map(|p| {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(format!("poll: {e}")),
+            }
+            let ready = |i: Option<usize>| {
+                i.and_then(|i| fds[i].revents())
+                    .is_some_and(|r| r.intersects(ready_mask))
+            };
+            (ready(Some(0)), ready(out_idx), ready(err_idx))
+        };
+        if out_ready {
+            pump(&mut container.out, Stream::Stdout, &mut log);
+        }
+        if err_ready {
+            pump(&mut container.err, Stream::Stderr, &mut log);
+        }
+        if sig_ready {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => container.reap(),
+                    Ok(Signal::SIGUSR1) => {
+                        if let Err(e) = log.reopen() {
+                            eprintln!("reopen {}: {e}", args.log_path.display());
+                        }
+                    }
+                    // SIGTERM/SIGINT/SIGHUP are blocked and ignored: the monitor must outlive
+                    // its container, and stopping the container is the OCI runtime's job.
+                    _ => {}
+                }
+            }
+            if container.exit.is_some() && drain_deadline.is_none() {
+                if args.kill_all {
+                    kill_cgroup(&layout, &args.cgroup, &mut container);
+                }
+                drain_deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
+            }
+        }
+    }
+    let Some((exit_code, signal, exited_at)) = container.exit else {
+        return Err("init exit status lost".to_owned());
+    };
+    // Read before anyone runs `<runtime> delete`, which removes the cgroup: the daemon only
+    // deletes after it has seen the exit file written below.
+    let oom_killed = layout
+        .oom_kill_count(&args.cgroup)
+        .map(|n| n > 0)
+        .unwrap_or(false);
+    let record = ExitRecord {
+        version: 1,
+        exit_code,
+        signal,
+        exited_at_unix_nanos: exited_at,
+        oom_killed,
+    };
+    record
+        .write(&args.run_dir)
+        .map_err(|e| format!("write {EXIT_FILE}: {e}"))
+}
+
+struct Container {
+    init_pid: i32,
+    /// The container's stdout pipe, or with a terminal the pty master.
+    out: Option<File>,
+    err: Option<File>,
+    /// (exit code, signal, time) once init has been reaped.
+    exit: Option<(i32, Option<i32>, i64)>,
+}
+
+impl Container {
+    /// Reaps every exited child (we are subreaper: orphans of the container land here too).
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == self.init_pid => {
+                    self.exit = Some((code, None, util::now_unix_nanos()));
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == self.init_pid => {
+                    let n = sig as i32;
+                    self.exit = Some((128 + n, Some(n), util::now_unix_nanos()));
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    eprintln!("waitpid: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn pump(pipe: &mut Option<File>, stream: Stream, log: &mut CriLogFile) {
+    let Some(p) = pipe.as_mut() else { return };
+    let mut buf = [0u8; 32 * 1024];
+    match p.read(&mut buf) {
+        Ok(0) => *pipe = None,
+        Ok(n) => {
+            let ts = crilog::format_timestamp(SystemTime::now());
+            let mut records = Vec::with_capacity(n + 64);
+            crilog::encode_chunk(&mut records, &ts, stream, &buf[..n]);
+            if let Err(e) = log.write_records(&records) {
+                eprintln!("write container log: {e}");
+            }
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+            ) => {}
+        Err(e) => {
+            eprintln!("read container {stream:?}: {e}");
+            *pipe = None;
+        }
+    }
+}
+
+/// Runs `<runtime> create` with the container's stdio on our pipes.
+fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), String> {
+    nix::unistd::chdir(&args.run_dir)
+        .map_err(|e| format!("monitor: chdir {}: {e}", args.run_dir.display()))?;
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    // Blocked before the runtime is spawned, so no SIGCHLD can be lost; std's Command
+    // resets the mask in its children.
+    mask.thread_block()
+        .map_err(|e| format!("monitor: block signals: {e}"))?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("monitor: signalfd: {e}"))?;
+    let log = CriLogFile::open(&args.log_path)
+        .map_err(|e| format!("open container log {}: {e}", args.log_path.display()))?;
+    let (out_r, out_w) = io::pipe().map_err(|e| format!("monitor: pipe: {e}"))?;
+    let (mut err_r, err_w) = io::pipe().map_err(|e| format!("monitor: pipe: {e}"))?;
+    let runtime_log = args.run_dir.join(RUNTIME_LOG_FILE);
+    let pid_file = args.run_dir.join(INIT_PID_FILE);
+    let console = if args.tty {
+        // Relative to our cwd (the run directory, inherited by the runtime): a unix socket
+        // path is limited to 108 bytes, and `<state_dir>/containers/<64 hex>/…` nears it.
+        let path = std::path::PathBuf::from(CONSOLE_SOCKET_FILE);
+        let _ = fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| format!("monitor: bind {}: {e}", path.display()))?;
+        Some((listener, path))
+    } else {
+        None
+    };
+    let mut cmd = Command::new(&args.runtime);
+    cmd.arg("--root")
+        .arg(&args.runtime_root)
+        .arg("--log")
+        .arg(&runtime_log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("create")
+        .arg("--bundle")
+        .arg(&args.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file);
+    if let Some((_, path)) = &console {
+        cmd.arg("--console-socket").arg(path);
+    }
+    cmd.arg(&args.id)
+        .stdin(Stdio::null())
+        .stdout(out_w)
+        .stderr(err_w);
+    let spawned = cmd.spawn();
+    // Drop our copies of the write ends (held by the Command): from here on only the
+    // container holds them, so EOF means the container's side is closed.
+    drop(cmd);
+    let mut child = spawned.map_err(|e| format!("run {}: {e}", args.runtime.display()))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("wait for {} create: {e}", args.runtime.display()))?;
+    if !status.success() {
+        // The runtime's own stderr went to our pipe; we never copied it into the
+        // container's log. Its JSON log has the clearest message.
+        let mut message = last_runtime_error(&runtime_log);
+        if message.is_empty() {
+            message = read_available(&mut err_r);
+        }
+        if message.is_empty() {
+            message = format!("{} create: {status}", args.runtime.display());
+        }
+        return Err(message);
+    }
+    let init_pid = fs::read_to_string(&pid_file)
+        .map_err(|e| format!("read {}: {e}", pid_file.display()))?
+        .trim()
+        .parse::<i32>()
+        .map_err(|e| format!("parse {}: {e}", pid_file.display()))?;
+    let (out, err) = match console {
+        // With a terminal the container writes to the pty; the runtime has sent us its
+        // master during `create` (the connection was queued in the listen backlog).
+        Some((listener, path)) => {
+            let master = receive_pty_master(&listener)?;
+            let _ = fs::remove_file(path);
+            (Some(master), None)
+        }
+        None => (
+            Some(File::from(std::os::fd::OwnedFd::from(out_r))),
+            Some(File::from(std::os::fd::OwnedFd::from(err_r))),
+        ),
+    };
+    let mut container = Container {
+        init_pid,
+        out,
+        err,
+        exit: None,
+    };
+    // `create` exited: its SIGCHLD is pending; nothing else of ours can have exited yet,
+    // but reaping now keeps the loop's invariant simple.
+    container.reap();
+    Ok((container, sfd, log))
+}
+
+/// Accepts the runtime's connection on the console socket and takes the pty master it sent
+/// (`SCM_RIGHTS`).
+fn receive_pty_master(listener: &UnixListener) -> Result<File, String> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("console socket: {e}"))?;
+    let (stream, _) = listener
+        .accept()
+        .map_err(|e| format!("console socket: the runtime sent no terminal: {e}"))?;
+    let mut buf = [0u8; 4096];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("console socket: recvmsg: {e}"))?;
+    let cmsgs = msg
+        .cmsgs()
+        .map_err(|e| format!("console socket: control message: {e}"))?;
+    for c in cmsgs {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed `fd` in our table for this message
+            // (SCM_RIGHTS); nothing else owns it, so taking ownership is sound.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            for &extra in &fds[1..] {
+                // SAFETY: as above; unexpected extra descriptors are closed at once.
+                drop(unsafe { OwnedFd::from_raw_fd(extra) });
+            }
+            return Ok(File::from(owned));
+        }
+    }
+    Err("console socket: no file descriptor received".to_owned())
+}
+
+/// The message of the last `"level":"error"` line of the runtime's JSON log.
+fn last_runtime_error(path: &Path) -> String {
+    let Ok(text) = fs::read_to_string(path) else {
+        return String::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+        .filter_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
+        .next_back()
+        .unwrap_or_default()
+}
+
+fn read_available(pipe: &mut io::PipeReader) -> String {
+    // The runtime has exited; whatever it wrote is in the pipe. Non-blocking, because a
+    // leftover `runc init` might still hold the write end.
+    if nix::fcntl::fcntl(
+        pipe.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .is_err()
+    {
+        return String::new();
+    }
+    let mut buf = vec![0u8; 8192];
+    let n = pipe.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).trim().to_owned()
+}
+
+/// SIGKILLs every process left in the container's cgroup (its init is gone, and without a
+/// private PID namespace the kernel will not do it), reaping those that were ours.
+fn kill_cgroup(layout: &CgroupLayout, cgroup: &str, container: &mut Container) {
+    for _ in 0..100 {
+        let pids = match layout.procs(cgroup) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("list cgroup {cgroup}: {e}");
+                return;
+            }
+        };
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        container.reap();
+    }
+    eprintln!("processes left in cgroup {cgroup} after repeated SIGKILL");
+}
+
+/// `rootstock-monitor pin-namespaces [--net] [--ipc] [--uts] [--hostname H] [--sysctl K=V]…`:
+/// the short-lived child of a pod sandbox. It unshares the namespaces, sets the hostname in
+/// the new UTS namespace and applies the sysctls from inside them (a `/proc/sys` file acts
+/// on the opener's namespaces), reports `ok <pid>`, and waits for EOF on stdin while the
+/// daemon bind-mounts `/proc/<pid>/ns/*`; then it exits and the pod has no process.
+fn pin_namespaces() -> ExitCode {
+    match pin_namespaces_inner() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&format!("error {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pin_namespaces_inner() -> Result<(), String> {
+    use nix::sched::{CloneFlags, unshare};
+    let mut flags = CloneFlags::empty();
+    let mut hostname = None;
+    let mut sysctls = Vec::new();
+    let mut it = std::env::args().skip(2);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--net" => flags |= CloneFlags::CLONE_NEWNET,
+            "--ipc" => flags |= CloneFlags::CLONE_NEWIPC,
+            "--uts" => flags |= CloneFlags::CLONE_NEWUTS,
+            "--hostname" => hostname = Some(it.next().ok_or("--hostname needs a value")?),
+            "--sysctl" => sysctls.push(it.next().ok_or("--sysctl needs a value")?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+    if let Some(h) = hostname {
+        nix::unistd::sethostname(&h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
+    }
+    for kv in sysctls {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("sysctl {kv:?}: no '='"))?;
+        // Kubernetes accepts both `net.ipv4.ip_forward` and `net/ipv4/conf/eth0.1/…`.
+        let rel = if k.contains('/') {
+            k.to_owned()
+        } else {
+            k.replace('.', "/")
+        };
+        if rel.starts_with('/') || rel.split('/').any(|c| c.is_empty() || c == "..") {
+            return Err(format!("sysctl {k:?}: invalid name"));
+        }
+        let path = format!("/proc/sys/{rel}");
+        fs::write(&path, v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
+    }
+    report(&format!("ok {}", std::process::id()));
+    let mut sink = Vec::new();
+    let _ = io::stdin().read_to_end(&mut sink);
+    Ok(())
+}
+
+/// `rootstock-monitor pod-init`: PID 1 of a pod's shared PID namespace (CRI `POD` mode).
+/// The process the daemon starts leaves the daemon's session, unshares the PID namespace
+/// and forks; the child is PID 1 of the new namespace, the parent reports `ok <host pid of
+/// the child>` and exits. PID 1 reaps every orphan of the pod and exits on SIGTERM (a PID 1
+/// ignores signals it has no handler for, hence the signalfd).
+fn pod_init() -> ExitCode {
+    if let Err(e) = nix::unistd::setsid() {
+        report(&format!("error setsid: {e}"));
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+        report(&format!("error unshare pid namespace: {e}"));
+        return ExitCode::FAILURE;
+    }
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    if let Err(e) = mask.thread_block() {
+        report(&format!("error block signals: {e}"));
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: single-threaded process; the child runs ordinary code after fork.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => {
+            report(&format!("ok {child}"));
+            ExitCode::SUCCESS
+        }
+        Ok(ForkResult::Child) => {
+            let _ = close_report_channel();
+            let _ = nix::unistd::chdir("/");
+            let Ok(sfd) = SignalFd::new(&mask) else {
+                return ExitCode::FAILURE;
+            };
+            loop {
+                loop {
+                    match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                        Ok(_) | Err(Errno::EINTR) => {}
+                        Err(_) => break,
+                    }
+                }
+                match sfd.read_signal() {
+                    Ok(Some(info)) if info.ssi_signo != Signal::SIGCHLD as u32 => {
+                        return ExitCode::SUCCESS;
+                    }
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) => return ExitCode::FAILURE,
+                }
+            }
+        }
+        Err(e) => {
+            report(&format!("error fork: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}

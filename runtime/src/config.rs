@@ -1,0 +1,46 @@
+//! The `[runtime]` section of the daemon's configuration.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// OCI runtime handlers (the CRI `RuntimeClass` handler names) and which one an empty
+/// handler means.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Handler used when a sandbox names none (kubelet sends "" without a RuntimeClass).
+    pub default_handler: String,
+    /// Handler name → OCI runtime binary.
+    pub handlers: BTreeMap<String, HandlerConfig>,
+    /// `rootstock-monitor` binary; empty means the one next to the daemon's executable.
+    pub monitor_binary: PathBuf,
+    /// How long CreateContainer waits for the monitor's report of `<runtime> create`.
+    pub create_timeout_secs: u64,
+}
+
+/// One OCI runtime driven through its command line (`create`, `start`, `kill`, `delete`…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// Path of the binary, or a bare name looked up in `PATH`.
+    pub binary: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let handler = |binary: &str| HandlerConfig {
+            binary: PathBuf::from(binary),
+        };
+        Self {
+            default_handler: "runc".to_owned(),
+            handlers: BTreeMap::from([
+                ("runc".to_owned(), handler("runc")),
+                ("crun".to_owned(), handler("crun")),
+            ]),
+            monitor_binary: PathBuf::new(),
+            create_timeout_secs: 60,
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Pod sandboxes and containers: namespaces, cgroups, mounts, the OCI runtime spec, the
+//! per-container monitor, state persistence and recovery. Knows nothing about gRPC.
+//!
+//! Everything here blocks (fork/exec, waitpid, fsync): the daemon calls it from
+//! `spawn_blocking`. The crate has no async runtime and no global state.
+//!
+//! How the daemon drives it:
+//! ```text
+//! start-up        Runtime::open(RuntimeOptions { state_dir, layers_dir, config }) -> (rt, report)
+//! RunPodSandbox   rt.create_sandbox(SandboxSpec) -> SandboxInfo; CNI ADD on info.netns_path()
+//! CreateContainer ContainerSpec { namespaces: sb.container_namespaces(),
+//!                                 hostname: sb.container_hostname(),
+//!                                 sandbox_mounts: sb.container_mounts(), .. }
+//!                 rt.create_container(CreateRequest { id, handler, spec, rootfs_lower, log_path, client_data })
+//! StartContainer  rt.start_container(&id)
+//! StopContainer   rt.stop_container(&id, signal, timeout)      (unknown id: Ok)
+//! RemoveContainer rt.remove_container(&id)                     (unknown id: Ok)
+//! Status / List   rt.container(&id), rt.list_containers()
+//! ExecSync        rt.exec_sync(&id, &ExecRequest, Some(timeout))  (Error::ExecTimeout → DeadlineExceeded)
+//! ReopenLog       rt.reopen_container_log(&id)
+//! UpdateResources rt.update_container_resources(&id, &Resources)
+//! StopPodSandbox  (stop containers, CNI DEL) rt.stop_sandbox(&id)
+//! RemovePodSandbox (remove containers) rt.remove_sandbox(&id)
+//! ```
+//! Errors carry an [`ErrorKind`] for the one place that maps them to gRPC codes.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cgroup;
+pub mod config;
+pub mod crilog;
+pub mod error;
+pub mod id;
+pub mod monitor;
+pub mod oci;
+pub mod recovery;
+pub mod rootfs;
+pub mod runtime;
+pub mod sandbox;
+pub mod spec;
+pub mod state;
+pub mod user;
+pub mod util;
+
+pub use config::{HandlerConfig, RuntimeConfig};
+pub use error::{Error, ErrorKind, Result};
+pub use id::{ContainerId, SandboxId};
+pub use runtime::{ContainerInfo, CreateRequest, Runtime, RuntimeOptions};
+pub use sandbox::{DnsConfig, SandboxInfo, SandboxPidMode, SandboxSpec, SandboxState};
+pub use state::{ContainerRecord, ContainerState, ExitInfo, ExitReason};

@@ -1,0 +1,166 @@
+//! Rebuilding the runtime's view from disk at daemon start-up: records, exit files, monitor
+//! liveness (pid *and* start time) and the boot id.
+//!
+//! - A run directory without a record is a create that never completed (the daemon died
+//!   between the mount and the acknowledgement, possibly leaving `runc init` waiting): it is
+//!   deleted, unmounted and removed.
+//! - A record from another boot: the container cannot be running; it becomes
+//!   Exited(Unknown), and the OCI runtime's leftover state is deleted.
+//! - Created/Running records: the exit file, if the monitor wrote one meanwhile, decides;
+//!   a monitor that is gone without one means Exited(Unknown).
+//! - A record that cannot be parsed is kept as Unknown (listable, removable), never fatal.
+
+use std::fs;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::id::ContainerId;
+use crate::runtime::{Runtime, RuntimeOptions, STATE_FILE, lock};
+use crate::state::{ContainerRecord, ContainerState, ExitInfo, RECORD_VERSION};
+use crate::util;
+
+/// What recovery found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Containers loaded (in any state).
+    pub loaded: Vec<ContainerId>,
+    /// Half-created containers that were cleaned up.
+    pub cleaned_up: Vec<ContainerId>,
+    /// Containers from a previous boot, now Exited(Unknown).
+    pub previous_boot: Vec<ContainerId>,
+    /// Records that could not be read (kept as Unknown), with the reason.
+    pub unreadable: Vec<(ContainerId, String)>,
+}
+
+impl Runtime {
+    /// Opens the runtime and recovers every container found under the state directory.
+    pub fn open(opts: RuntimeOptions) -> Result<(Self, RecoveryReport)> {
+        let rt = Runtime::new(opts)?;
+        rt.recover_sandboxes()?;
+        let report = rt.recover()?;
+        Ok((rt, report))
+    }
+
+    fn recover(&self) -> Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        let dir = self.opts.state_dir.join("containers");
+        let entries = fs::read_dir(&dir).map_err(|e| Error::io("read directory", &dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(id) = ContainerId::new(&name) else {
+                tracing::warn!("ignoring {}: not a container id", entry.path().display());
+                continue;
+            };
+            match self.recover_one(&id, &mut report) {
+                Ok(Some(rec)) => {
+                    report.loaded.push(id.clone());
+                    lock(&self.containers).insert(id, Arc::new(Mutex::new(rec)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(container = %id, "recovery: {e}");
+                    report.unreadable.push((id.clone(), e.to_string()));
+                    lock(&self.containers)
+                        .insert(id.clone(), Arc::new(Mutex::new(self.unknown_record(&id))));
+                }
+            }
+        }
+        // Writable layers whose container is gone entirely (crash between removing the run
+        // directory and the layer).
+        if let Ok(layers) = fs::read_dir(&self.opts.layers_dir) {
+            for l in layers.flatten() {
+                let Ok(id) = ContainerId::new(l.file_name().to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                if !self.run_dir(&id).exists()
+                    && let Err(e) = fs::remove_dir_all(l.path())
+                {
+                    tracing::warn!(container = %id, "remove orphaned layer: {e}");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn recover_one(
+        &self,
+        id: &ContainerId,
+        report: &mut RecoveryReport,
+    ) -> Result<Option<ContainerRecord>> {
+        let path = self.run_dir(id).join(STATE_FILE);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.clean_half_created(id)?;
+                report.cleaned_up.push(id.clone());
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        let mut rec: ContainerRecord =
+            serde_json::from_slice(&data).map_err(|e| Error::ReadState {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        if rec.version != RECORD_VERSION {
+            return Err(Error::ReadState {
+                path,
+                message: format!("unsupported record version {}", rec.version),
+            });
+        }
+        if rec.boot_id != self.boot_id {
+            if !rec.state.is_final() {
+                let mut next = rec.clone();
+                next.state = ContainerState::Exited(ExitInfo::unknown(util::now_unix_nanos()));
+                self.transition(&mut rec, next)?;
+            }
+            // The previous boot's OCI state and mount are stale; the record stays until
+            // kubelet removes the container.
+            if let Ok(oci) = self.handler(&rec.handler)
+                && let Err(e) = oci.delete(id, true)
+            {
+                tracing::warn!(container = %id, "delete stale runtime state: {e}");
+            }
+            report.previous_boot.push(id.clone());
+            return Ok(Some(rec));
+        }
+        self.refresh(&mut rec)?;
+        Ok(Some(rec))
+    }
+
+    fn clean_half_created(&self, id: &ContainerId) -> Result<()> {
+        // We do not know which handler it was created with: ask each (delete is idempotent).
+        for oci in self.handlers.values() {
+            if let Err(e) = oci.delete(id, true) {
+                tracing::warn!(container = %id, handler = oci.handler(), "delete half-created: {e}");
+            }
+        }
+        self.rootfs(id).unmount()?;
+        for d in [self.run_dir(id), self.layer_dir(id)] {
+            match fs::remove_dir_all(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &d, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn unknown_record(&self, id: &ContainerId) -> ContainerRecord {
+        ContainerRecord {
+            version: RECORD_VERSION,
+            id: id.clone(),
+            handler: self.opts.config.default_handler.clone(),
+            state: ContainerState::Unknown,
+            created_at_unix_nanos: 0,
+            started_at_unix_nanos: None,
+            monitor: None,
+            init_pid: 0,
+            boot_id: self.boot_id.clone(),
+            cgroup_path: String::new(),
+            kill_all_on_exit: false,
+            log_path: Default::default(),
+            client_data: serde_json::Value::Null,
+        }
+    }
+}

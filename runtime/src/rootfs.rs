@@ -1,0 +1,153 @@
+//! The container's root filesystem: one overlayfs mount with the image's flattened tree as
+//! the only lower directory and a private upper/work pair.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::error::{Error, Result};
+
+/// An overlay mount this crate made. It deliberately does not unmount on drop: the mount
+/// must outlive the daemon process (a restarted daemon finds it again with
+/// [`OverlayRootfs::at`]); unmounting is the explicit [`OverlayRootfs::unmount`], and error
+/// paths use it through their cleanup guards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayRootfs {
+    target: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+}
+
+fn check_option_path(p: &Path) -> Result<&str> {
+    let s = p.to_str().ok_or_else(|| {
+        Error::InvalidArgument(format!("overlay path {} is not UTF-8", p.display()))
+    })?;
+    // overlayfs splits its options on ',' and lowerdir lists on ':'; such paths would need
+    // escaping the kernel only partly supports.
+    if s.contains([',', ':', '\\']) {
+        return Err(Error::InvalidArgument(format!(
+            "overlay path {s:?} contains ',', ':' or '\\'"
+        )));
+    }
+    Ok(s)
+}
+
+impl OverlayRootfs {
+    /// Names a (possibly) existing mount at `target` with its upper/work under `layer_dir`.
+    pub fn at(target: &Path, layer_dir: &Path) -> Self {
+        Self {
+            target: target.to_owned(),
+            upper: layer_dir.join("upper"),
+            work: layer_dir.join("work"),
+        }
+    }
+
+    /// Creates `target` and `<layer_dir>/{upper,work}` and mounts
+    /// `overlay(lowerdir=lower, upperdir, workdir)` on `target`.
+    pub fn mount(lower: &Path, target: &Path, layer_dir: &Path) -> Result<Self> {
+        let me = Self::at(target, layer_dir);
+        for d in [&me.target, &me.upper, &me.work] {
+            fs::create_dir_all(d).map_err(|e| Error::io("create directory", d, e))?;
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            check_option_path(lower)?,
+            check_option_path(&me.upper)?,
+            check_option_path(&me.work)?
+        );
+        mount(
+            Some("overlay"),
+            &me.target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|source| Error::Mount {
+            op: "mount overlay at",
+            target: me.target.clone(),
+            source,
+        })?;
+        Ok(me)
+    }
+
+    /// The mount point (the bundle's rootfs).
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The writable layer (for disk-usage stats).
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    /// Unmounts; an absent mount is success (idempotent removal after a crash or reboot).
+    pub fn unmount(&self) -> Result<()> {
+        loop {
+            match umount2(&self.target, MntFlags::UMOUNT_NOFOLLOW) {
+                // Stacked mounts (a retry after a partial failure) are peeled one by one.
+                Ok(()) => continue,
+                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => return Ok(()),
+                Err(source) => {
+                    return Err(Error::Mount {
+                        op: "unmount",
+                        target: self.target.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Whether something is mounted exactly at `path` (from `/proc/self/mountinfo`).
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Some(want) = path.to_str() else {
+        return false;
+    };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Some(n) = s
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(n);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescape() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn rejects_option_separators() {
+        assert!(check_option_path(Path::new("/a,b")).is_err());
+        assert!(check_option_path(Path::new("/a:b")).is_err());
+    }
+}

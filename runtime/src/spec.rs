@@ -1,0 +1,815 @@
+//! Building the OCI runtime spec (`config.json`) from typed inputs: the CRI container
+//! config as plain values ([`ContainerSpec`]) plus the image config ([`ImageConfig`]).
+//!
+//! The builder is a sequence of small steps (`process`, `mounts`, `namespaces`,
+//! `security`, `resources`), each owning one family of fields, so the security-context and
+//! resources families can grow without touching the others.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup,
+    LinuxDeviceType, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources,
+    Mount, Process, Root, Spec, User,
+};
+
+use crate::error::{Error, Result};
+use crate::id::ContainerId;
+use crate::user::{self, UserRequest};
+
+/// The image config values a container inherits (OCI image config `config` section).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `Env` (`KEY=VALUE`).
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+    /// `User`.
+    pub user: String,
+}
+
+/// How a container gets one of its network/IPC/UTS namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NamespaceMode {
+    /// A new namespace of its own.
+    #[default]
+    Private,
+    /// Join the namespace pinned at this path (the sandbox's).
+    Path(PathBuf),
+    /// The node's namespace (hostNetwork, hostIPC).
+    Host,
+}
+
+/// How a container gets its PID namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PidMode {
+    /// Its own (CRI `CONTAINER`): init exiting takes every process with it.
+    #[default]
+    Private,
+    /// The pod's shared namespace, pinned at this path (CRI `POD`).
+    Pod(PathBuf),
+    /// The node's (hostPID).
+    Host,
+}
+
+/// The container's namespaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    /// Network.
+    pub network: NamespaceMode,
+    /// IPC.
+    pub ipc: NamespaceMode,
+    /// UTS (hostname).
+    pub uts: NamespaceMode,
+    /// PID.
+    pub pid: PidMode,
+}
+
+impl Namespaces {
+    /// Without a private PID namespace the kernel does not kill the container's other
+    /// processes when its init exits: the monitor (and StopContainer) must.
+    pub fn needs_kill_all(&self) -> bool {
+        !matches!(self.pid, PidMode::Private)
+    }
+}
+
+/// Mount propagation (CRI `MountPropagation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// `rprivate`.
+    #[default]
+    Private,
+    /// `rslave`: host mounts appear in the container.
+    HostToContainer,
+    /// `rshared`: both ways.
+    Bidirectional,
+}
+
+/// A bind mount into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Where it appears in the container.
+    pub container_path: PathBuf,
+    /// What is mounted.
+    pub host_path: PathBuf,
+    /// Mounted read-only.
+    pub readonly: bool,
+    /// Propagation.
+    pub propagation: Propagation,
+}
+
+/// The CRI security context fields (issue 7 fills in more of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityContext {
+    /// `run_as_user`.
+    pub run_as_user: Option<u32>,
+    /// `run_as_username`.
+    pub run_as_username: Option<String>,
+    /// `run_as_group`.
+    pub run_as_group: Option<u32>,
+    /// `supplemental_groups`.
+    pub supplemental_groups: Vec<u32>,
+    /// `readonly_rootfs`.
+    pub readonly_rootfs: bool,
+    /// `no_new_privs`.
+    pub no_new_privs: bool,
+    /// `privileged` (not supported yet: refused).
+    pub privileged: bool,
+    /// `capabilities.add_capabilities` (`CAP_X`, `X` or `ALL`).
+    pub add_capabilities: Vec<String>,
+    /// `capabilities.drop_capabilities`.
+    pub drop_capabilities: Vec<String>,
+    /// `masked_paths`; `None` keeps the defaults.
+    pub masked_paths: Option<Vec<String>>,
+    /// `readonly_paths`; `None` keeps the defaults.
+    pub readonly_paths: Option<Vec<String>>,
+}
+
+/// The CRI `LinuxContainerResources` fields. CRI's "0 = unset" becomes `None` at the
+/// gRPC boundary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// `oom_score_adj`; clamped when the node cannot lower it.
+    pub oom_score_adj: Option<i32>,
+    /// `cpu_shares`.
+    pub cpu_shares: Option<u64>,
+    /// `cpu_quota` (µs per period).
+    pub cpu_quota: Option<i64>,
+    /// `cpu_period` (µs).
+    pub cpu_period: Option<u64>,
+    /// `cpuset_cpus`.
+    pub cpuset_cpus: Option<String>,
+    /// `cpuset_mems`.
+    pub cpuset_mems: Option<String>,
+    /// `memory_limit_in_bytes`; swap is limited to the same value (no swap use), as
+    /// containerd does.
+    pub memory_limit_bytes: Option<i64>,
+    /// Pids limit.
+    pub pids_limit: Option<i64>,
+}
+
+/// The cgroup part of [`Resources`] as OCI `LinuxResources` (no device rules: `update`
+/// uses this as is; `build` adds the device rules).
+pub fn linux_resources(r: &Resources) -> LinuxResources {
+    let mut out = LinuxResources::default();
+    if r.cpu_shares.is_some()
+        || r.cpu_quota.is_some()
+        || r.cpu_period.is_some()
+        || r.cpuset_cpus.is_some()
+        || r.cpuset_mems.is_some()
+    {
+        let mut cpu = LinuxCpu::default();
+        cpu.set_shares(r.cpu_shares);
+        cpu.set_quota(r.cpu_quota);
+        cpu.set_period(r.cpu_period);
+        cpu.set_cpus(r.cpuset_cpus.clone());
+        cpu.set_mems(r.cpuset_mems.clone());
+        out.set_cpu(Some(cpu));
+    }
+    if let Some(limit) = r.memory_limit_bytes {
+        let mut mem = LinuxMemory::default();
+        mem.set_limit(Some(limit));
+        mem.set_swap(Some(limit));
+        out.set_memory(Some(mem));
+    }
+    if let Some(limit) = r.pids_limit {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(limit);
+        out.set_pids(Some(pids));
+    }
+    out
+}
+
+/// A container as CRI's CreateContainer describes it, in plain values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// CRI `command` (replaces the image's entrypoint).
+    pub command: Vec<String>,
+    /// CRI `args` (replace the image's cmd).
+    pub args: Vec<String>,
+    /// CRI `envs`, in order; they win over the image's.
+    pub env: Vec<(String, String)>,
+    /// CRI `working_dir`; the image's, then `/`, when empty.
+    pub working_dir: Option<String>,
+    /// The image config values.
+    pub image: ImageConfig,
+    /// The pod's hostname (set in the spec unless the UTS namespace is the host's).
+    pub hostname: Option<String>,
+    /// CRI mounts (kubelet's volumes, `/etc/hosts`, termination log…).
+    pub mounts: Vec<BindMount>,
+    /// Runtime-provided mounts (`/etc/hostname`, `/etc/resolv.conf`, `/dev/shm`…), skipped
+    /// when a CRI mount targets the same path.
+    pub sandbox_mounts: Vec<BindMount>,
+    /// Namespaces.
+    pub namespaces: Namespaces,
+    /// The pod cgroup (kubelet's `cgroup_parent`); the container's is `<parent>/<id>`.
+    pub cgroup_parent: String,
+    /// Security context.
+    pub security: SecurityContext,
+    /// Resources.
+    pub resources: Resources,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// OCI annotations to pass to the runtime.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Facts about the node, probed once at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The daemon's own `oom_score_adj`.
+    pub oom_score_adj: i32,
+    /// Whether processes we start may lower `oom_score_adj` (`CAP_SYS_RESOURCE`).
+    pub can_lower_oom_score_adj: bool,
+}
+
+impl HostFacts {
+    /// Reads `/proc/self/oom_score_adj` and the effective capability set.
+    pub fn probe() -> Self {
+        let oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        const CAP_SYS_RESOURCE: u32 = 24;
+        let cap_eff = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .unwrap_or(0);
+        Self {
+            oom_score_adj,
+            can_lower_oom_score_adj: cap_eff & (1 << CAP_SYS_RESOURCE) != 0,
+        }
+    }
+}
+
+/// A built spec and what was adjusted on the way.
+#[derive(Debug, Clone)]
+pub struct BuiltSpec {
+    /// The OCI spec.
+    pub spec: Spec,
+    /// The container's cgroup path (`<cgroup_parent>/<id>`).
+    pub cgroup_path: String,
+    /// The requested `oom_score_adj` was raised to what the node allows.
+    pub oom_score_adj_clamped: Option<(i32, i32)>,
+}
+
+/// The capabilities containerd and CRI-O grant a non-privileged container.
+pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// Paths masked by default (containerd's list).
+pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/scsi",
+];
+
+/// Paths made read-only by default (containerd's list).
+pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds the spec for container `id` whose root filesystem is mounted at `rootfs` (the
+/// image's tree is read there for `/etc/passwd`).
+pub fn build(
+    id: &ContainerId,
+    s: &ContainerSpec,
+    rootfs: &Path,
+    host: &HostFacts,
+) -> Result<BuiltSpec> {
+    let spec_err = |message: String| Error::Spec {
+        id: id.to_string(),
+        message,
+    };
+    if s.security.privileged {
+        return Err(Error::InvalidArgument(format!(
+            "container {id}: privileged containers are not supported yet"
+        )));
+    }
+    let cgroup_path = cgroup_path(&s.cgroup_parent, id);
+    let (process, oom_score_adj_clamped) = process(s, rootfs, host)?;
+    let mut root = Root::default();
+    root.set_path(rootfs.to_owned());
+    root.set_readonly(Some(s.security.readonly_rootfs));
+
+    let (mounts, rootfs_propagation) = mounts(s);
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces(&s.namespaces))
+        .cgroups_path(PathBuf::from(&cgroup_path))
+        .resources(resources(s))
+        .masked_paths(s.security.masked_paths.clone().unwrap_or_else(|| {
+            DEFAULT_MASKED_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect()
+        }))
+        .readonly_paths(s.security.readonly_paths.clone().unwrap_or_else(|| {
+            DEFAULT_READONLY_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect()
+        }));
+    let linux = match rootfs_propagation {
+        Some(p) => linux.rootfs_propagation(p),
+        None => linux,
+    }
+    .build()
+    .map_err(|e| spec_err(e.to_string()))?;
+
+    let mut spec = Spec::default();
+    spec.set_process(Some(process));
+    spec.set_root(Some(root));
+    spec.set_mounts(Some(mounts));
+    spec.set_linux(Some(linux));
+    // hostNetwork/host UTS: no hostname in the spec (runc refuses to set one without a
+    // private UTS namespace).
+    spec.set_hostname(match s.namespaces.uts {
+        NamespaceMode::Host => None,
+        _ => s.hostname.clone(),
+    });
+    spec.set_annotations(Some(
+        s.annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<HashMap<_, _>>(),
+    ));
+    Ok(BuiltSpec {
+        spec,
+        cgroup_path,
+        oom_score_adj_clamped,
+    })
+}
+
+/// `<cgroup_parent>/<id>`, absolute (cgroupfs driver).
+pub fn cgroup_path(parent: &str, id: &ContainerId) -> String {
+    let parent = parent.trim_end_matches('/');
+    if parent.is_empty() {
+        format!("/{id}")
+    } else if parent.starts_with('/') {
+        format!("{parent}/{id}")
+    } else {
+        format!("/{parent}/{id}")
+    }
+}
+
+/// CRI's override rules (containerd's, inherited from Docker): `command` replaces the
+/// entrypoint, and then the image's cmd is not used either; `args` alone replace the cmd.
+pub fn process_args(s: &ContainerSpec) -> Vec<String> {
+    let mut command = s.command.clone();
+    let mut args = s.args.clone();
+    if command.is_empty() {
+        if args.is_empty() {
+            args = s.image.cmd.clone();
+        }
+        // `ENTRYPOINT [""]` means "no entrypoint".
+        if !(s.image.entrypoint.len() == 1 && s.image.entrypoint[0].is_empty()) {
+            command = s.image.entrypoint.clone();
+        }
+    }
+    command.extend(args);
+    command
+}
+
+/// Image env, then CRI env replacing same-named keys, then `HOSTNAME`; `PATH` defaulted.
+pub fn process_env(s: &ContainerSpec) -> Vec<String> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match env.iter_mut().find(|(ek, _)| ek == k) {
+        Some(e) => e.1 = v.to_owned(),
+        None => env.push((k.to_owned(), v.to_owned())),
+    };
+    for kv in &s.image.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        set(k, v);
+    }
+    if let Some(h) = &s.hostname {
+        // Before the CRI env: a container that sets HOSTNAME itself keeps its value.
+        set("HOSTNAME", h);
+    }
+    for (k, v) in &s.env {
+        set(k, v);
+    }
+    let mut out: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !out.iter().any(|e| e.starts_with("PATH=")) {
+        out.insert(0, DEFAULT_PATH.to_owned());
+    }
+    out
+}
+
+fn process(
+    s: &ContainerSpec,
+    rootfs: &Path,
+    host: &HostFacts,
+) -> Result<(Process, Option<(i32, i32)>)> {
+    let args = process_args(s);
+    if args.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no command specified: neither the container config nor the image has one".to_owned(),
+        ));
+    }
+    let resolved = user::resolve(
+        rootfs,
+        &UserRequest {
+            image_user: &s.image.user,
+            run_as_user: s.security.run_as_user,
+            run_as_username: s.security.run_as_username.as_deref(),
+            run_as_group: s.security.run_as_group,
+            supplemental_groups: &s.security.supplemental_groups,
+        },
+    )?;
+    let mut user = User::default();
+    user.set_uid(resolved.uid);
+    user.set_gid(resolved.gid);
+    user.set_additional_gids(
+        (!resolved.additional_gids.is_empty()).then_some(resolved.additional_gids),
+    );
+
+    let cwd = s
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| Some(s.image.working_dir.clone()).filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".to_owned());
+
+    let (oom, clamped) = match s.resources.oom_score_adj {
+        Some(adj) if adj < host.oom_score_adj && !host.can_lower_oom_score_adj => {
+            (Some(host.oom_score_adj), Some((adj, host.oom_score_adj)))
+        }
+        other => (other, None),
+    };
+
+    let mut p = Process::default();
+    p.set_terminal(Some(s.tty));
+    p.set_args(Some(args));
+    p.set_env(Some(process_env(s)));
+    p.set_cwd(PathBuf::from(cwd));
+    p.set_user(user);
+    p.set_capabilities(Some(capabilities(&s.security)?));
+    p.set_no_new_privileges(Some(s.security.no_new_privs));
+    // Inherit the monitor's rlimits: never raise a hard limit above the daemon's own.
+    p.set_rlimits(None);
+    p.set_oom_score_adj(oom);
+    Ok((p, clamped))
+}
+
+fn parse_cap(name: &str) -> Result<Capability> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    Capability::from_str(bare)
+        .map_err(|_| Error::InvalidArgument(format!("unknown capability {name:?}")))
+}
+
+fn all_capabilities() -> Vec<Capability> {
+    [
+        "AUDIT_CONTROL",
+        "AUDIT_READ",
+        "AUDIT_WRITE",
+        "BLOCK_SUSPEND",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "KILL",
+        "LEASE",
+        "LINUX_IMMUTABLE",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "MKNOD",
+        "NET_ADMIN",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_RAW",
+        "PERFMON",
+        "SETGID",
+        "SETFCAP",
+        "SETPCAP",
+        "SETUID",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_CHROOT",
+        "SYS_MODULE",
+        "SYS_NICE",
+        "SYS_PACCT",
+        "SYS_PTRACE",
+        "SYS_RAWIO",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "SYSLOG",
+        "WAKE_ALARM",
+    ]
+    .iter()
+    .filter_map(|n| Capability::from_str(n).ok())
+    .collect()
+}
+
+/// Default set, then drops, then adds (`ALL` in either expands to every capability), as
+/// containerd applies them.
+fn capabilities(sc: &SecurityContext) -> Result<LinuxCapabilities> {
+    let mut set: Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    for d in &sc.drop_capabilities {
+        if d.eq_ignore_ascii_case("ALL") {
+            set.clear();
+        } else {
+            set.remove(&parse_cap(d)?);
+        }
+    }
+    for a in &sc.add_capabilities {
+        if a.eq_ignore_ascii_case("ALL") {
+            set.extend(all_capabilities());
+        } else {
+            set.insert(parse_cap(a)?);
+        }
+    }
+    let mut caps = LinuxCapabilities::default();
+    caps.set_bounding(Some(set.clone()));
+    caps.set_effective(Some(set.clone()));
+    caps.set_permitted(Some(set));
+    // Empty inheritable and ambient sets, as containerd ≥ 1.7 does (CVE-2022-24769).
+    caps.set_inheritable(Some(Capabilities::new()));
+    caps.set_ambient(Some(Capabilities::new()));
+    Ok(caps)
+}
+
+fn bind(m: &BindMount) -> Mount {
+    let mut options = vec![
+        "rbind".to_owned(),
+        match m.propagation {
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => "rslave",
+            Propagation::Bidirectional => "rshared",
+        }
+        .to_owned(),
+        if m.readonly { "ro" } else { "rw" }.to_owned(),
+    ];
+    options.dedup();
+    let mut mount = Mount::default();
+    mount.set_destination(m.container_path.clone());
+    mount.set_typ(Some("bind".to_owned()));
+    mount.set_source(Some(m.host_path.clone()));
+    mount.set_options(Some(options));
+    mount
+}
+
+/// Default mounts, then runtime-provided ones not overridden by CRI, then CRI mounts,
+/// parents before children. Returns the rootfs propagation the mounts need.
+fn mounts(s: &ContainerSpec) -> (Vec<Mount>, Option<String>) {
+    let cri_targets: Vec<&Path> = s
+        .mounts
+        .iter()
+        .map(|m| m.container_path.as_path())
+        .collect();
+    let extra: Vec<&BindMount> = s
+        .sandbox_mounts
+        .iter()
+        .filter(|m| !cri_targets.contains(&m.container_path.as_path()))
+        .chain(s.mounts.iter())
+        .collect();
+    let mut out: Vec<Mount> = oci_spec::runtime::get_default_mounts()
+        .into_iter()
+        // A mount we or kubelet provide at the same place replaces the default one.
+        .filter(|d| !extra.iter().any(|m| m.container_path == *d.destination()))
+        .collect();
+    let mut user: Vec<&BindMount> = extra;
+    // Stable sort by depth, so `/a` is mounted before `/a/b` whatever the request order.
+    user.sort_by_key(|m| m.container_path.components().count());
+    out.extend(user.iter().map(|m| bind(m)));
+    let propagation = if s
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::Bidirectional)
+    {
+        Some("rshared".to_owned())
+    } else if s
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::HostToContainer)
+    {
+        Some("rslave".to_owned())
+    } else {
+        None
+    };
+    (out, propagation)
+}
+
+fn namespaces(n: &Namespaces) -> Vec<LinuxNamespace> {
+    let mut out = Vec::new();
+    let mut ns = |typ: LinuxNamespaceType, path: Option<PathBuf>| {
+        let mut l = LinuxNamespace::default();
+        l.set_typ(typ);
+        l.set_path(path);
+        out.push(l);
+    };
+    ns(LinuxNamespaceType::Mount, None);
+    for (mode, typ) in [
+        (&n.network, LinuxNamespaceType::Network),
+        (&n.ipc, LinuxNamespaceType::Ipc),
+        (&n.uts, LinuxNamespaceType::Uts),
+    ] {
+        match mode {
+            NamespaceMode::Private => ns(typ, None),
+            NamespaceMode::Path(p) => ns(typ, Some(p.clone())),
+            NamespaceMode::Host => {}
+        }
+    }
+    match &n.pid {
+        PidMode::Private => ns(LinuxNamespaceType::Pid, None),
+        PidMode::Pod(p) => ns(LinuxNamespaceType::Pid, Some(p.clone())),
+        PidMode::Host => {}
+    }
+    out
+}
+
+fn device_rule(
+    allow: bool,
+    typ: Option<LinuxDeviceType>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
+    let mut d = LinuxDeviceCgroup::default();
+    d.set_allow(allow);
+    d.set_typ(typ);
+    d.set_major(major);
+    d.set_minor(minor);
+    d.set_access(Some(access.to_owned()));
+    d
+}
+
+/// Device cgroup: deny everything, then allow the standard character devices (null, zero,
+/// full, random, urandom, tty, ptmx, pts), as containerd's default spec does.
+fn resources(s: &ContainerSpec) -> LinuxResources {
+    let c = Some(LinuxDeviceType::C);
+    let mut devices = vec![device_rule(false, None, None, None, "rwm")];
+    for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2)] {
+        devices.push(device_rule(true, c, Some(major), Some(minor), "rwm"));
+    }
+    devices.push(device_rule(true, c, Some(136), None, "rwm"));
+    let mut r = linux_resources(&s.resources);
+    r.set_devices(Some(devices));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ContainerSpec {
+        ContainerSpec {
+            image: ImageConfig {
+                entrypoint: vec!["/entry".into()],
+                cmd: vec!["serve".into()],
+                env: vec!["PATH=/bin".into(), "A=image".into(), "B=image".into()],
+                working_dir: "/srv".into(),
+                user: String::new(),
+            },
+            cgroup_parent: "/kubepods/pod1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn args_follow_cri_override_rules() {
+        let mut s = base();
+        assert_eq!(process_args(&s), ["/entry", "serve"]);
+        s.args = vec!["x".into()];
+        assert_eq!(process_args(&s), ["/entry", "x"]);
+        s.command = vec!["/bin/sh".into()];
+        s.args = vec![];
+        assert_eq!(process_args(&s), ["/bin/sh"]);
+        s.args = vec!["-c".into(), "true".into()];
+        assert_eq!(process_args(&s), ["/bin/sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn cri_env_wins_and_hostname_is_set() {
+        let mut s = base();
+        s.env = vec![("B".into(), "cri".into()), ("C".into(), "cri".into())];
+        s.hostname = Some("pod-a".into());
+        assert_eq!(
+            process_env(&s),
+            ["PATH=/bin", "A=image", "B=cri", "HOSTNAME=pod-a", "C=cri"]
+        );
+        s.image.env.clear();
+        assert!(process_env(&s)[0].starts_with("PATH=/usr/local/sbin"));
+    }
+
+    #[test]
+    fn spec_has_paths_namespaces_and_clamped_oom() {
+        let mut s = base();
+        s.namespaces.network = NamespaceMode::Path("/run/ns/net".into());
+        s.namespaces.uts = NamespaceMode::Host;
+        s.namespaces.pid = PidMode::Host;
+        s.hostname = Some("h".into());
+        s.resources.oom_score_adj = Some(-997);
+        s.mounts.push(BindMount {
+            container_path: "/data/sub".into(),
+            host_path: "/x".into(),
+            readonly: true,
+            propagation: Propagation::HostToContainer,
+        });
+        s.mounts.push(BindMount {
+            container_path: "/data".into(),
+            host_path: "/y".into(),
+            readonly: false,
+            propagation: Propagation::Private,
+        });
+        s.sandbox_mounts.push(BindMount {
+            container_path: "/dev/shm".into(),
+            host_path: "/run/shm".into(),
+            readonly: false,
+            propagation: Propagation::Private,
+        });
+        let id = ContainerId::new("c1").unwrap();
+        let host = HostFacts {
+            oom_score_adj: 0,
+            can_lower_oom_score_adj: false,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let b = build(&id, &s, dir.path(), &host).unwrap();
+        assert_eq!(b.cgroup_path, "/kubepods/pod1/c1");
+        assert_eq!(b.oom_score_adj_clamped, Some((-997, 0)));
+        let json = serde_json::to_value(&b.spec).unwrap();
+        assert_eq!(json["process"]["oomScoreAdj"], 0);
+        assert!(json.get("hostname").is_none());
+        let ns = json["linux"]["namespaces"].as_array().unwrap();
+        let types: Vec<&str> = ns.iter().map(|n| n["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["mount", "network", "ipc"]);
+        assert_eq!(ns[1]["path"], "/run/ns/net");
+        assert_eq!(json["linux"]["rootfsPropagation"], "rslave");
+        let dests: Vec<&str> = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        let data = dests.iter().position(|d| *d == "/data").unwrap();
+        let sub = dests.iter().position(|d| *d == "/data/sub").unwrap();
+        assert!(data < sub);
+        assert_eq!(dests.iter().filter(|d| **d == "/dev/shm").count(), 1);
+        assert_eq!(json["root"]["readonly"], false);
+        assert_eq!(json["process"]["cwd"], "/srv");
+    }
+
+    #[test]
+    fn capabilities_add_and_drop() {
+        let sc = SecurityContext {
+            drop_capabilities: vec!["ALL".into()],
+            add_capabilities: vec!["CAP_NET_ADMIN".into(), "kill".into()],
+            ..Default::default()
+        };
+        let caps = capabilities(&sc).unwrap();
+        let b = caps.bounding().clone().unwrap();
+        assert_eq!(b.len(), 2);
+        assert!(b.contains(&Capability::NetAdmin));
+        assert!(
+            capabilities(&SecurityContext {
+                add_capabilities: vec!["NOPE".into()],
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! Pod sandboxes without a pause process: pinned namespaces, hostname, DNS, sysctls, and
+//! containers joining them. Needs root and the monitor binary (see containers.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use common::Env;
+use rootstock_runtime::oci::ExecRequest;
+use rootstock_runtime::{
+    ContainerId, DnsConfig, SandboxId, SandboxInfo, SandboxPidMode, SandboxSpec,
+};
+
+fn exec(env: &Env, id: &ContainerId, cmd: &str) -> String {
+    let req = ExecRequest {
+        args: vec!["sh".into(), "-c".into(), cmd.into()],
+        ..Default::default()
+    };
+    let out = env
+        .rt
+        .exec_sync(id, &req, Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn sandbox_spec(name: &str, host_network: bool) -> SandboxSpec {
+    SandboxSpec {
+        id: SandboxId::new(format!("{name}-{}", std::process::id())).unwrap(),
+        hostname: "pod-a".into(),
+        host_network,
+        host_ipc: host_network,
+        pid: SandboxPidMode::Container,
+        dns: Some(DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        sysctls: if host_network {
+            BTreeMap::new()
+        } else {
+            BTreeMap::from([(
+                "net.ipv4.ip_unprivileged_port_start".to_owned(),
+                "80".to_owned(),
+            )])
+        },
+        client_data: serde_json::Value::Null,
+    }
+}
+
+fn run_in(env: &Env, sb: &SandboxInfo, name: &str) -> ContainerId {
+    let mut spec = env.spec(&["sleep", "1000"]);
+    spec.namespaces = sb.container_namespaces();
+    spec.hostname = sb.container_hostname();
+    spec.sandbox_mounts = sb.container_mounts();
+    let c = env
+        .rt
+        .create_container(env.request(name, "runc", spec))
+        .unwrap();
+    env.rt.start_container(&c.record.id).unwrap();
+    c.record.id
+}
+
+/// Inodes of every process's namespace of `kind`.
+fn process_ns_inodes(kind: &str) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::metadata(e.path().join("ns").join(kind)).ok())
+        .map(|m| m.ino())
+        .collect()
+}
+
+#[test]
+fn pod_namespaces_are_pinned_without_a_process_and_shared_by_containers() {
+    let env = Env::new();
+    let sb = env.rt.create_sandbox(sandbox_spec("pod", false)).unwrap();
+    let netns = sb.netns_path().unwrap();
+    let net_ino = std::fs::metadata(&netns).unwrap().ino();
+    let host_ino = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    assert_ne!(net_ino, host_ino);
+    // No pause process: nothing lives in the pod's namespaces yet.
+    assert!(!process_ns_inodes("net").contains(&net_ino));
+    assert!(
+        !process_ns_inodes("uts")
+            .contains(&std::fs::metadata(sb.dir.join("ns/uts")).unwrap().ino())
+    );
+
+    let a = run_in(&env, &sb, "pod-c1");
+    let b = run_in(&env, &sb, "pod-c2");
+    let na = exec(&env, &a, "readlink /proc/self/ns/net");
+    assert_eq!(na, exec(&env, &b, "readlink /proc/self/ns/net"));
+    assert_eq!(na, format!("net:[{net_ino}]"));
+    assert_eq!(exec(&env, &a, "hostname"), "pod-a");
+    assert_eq!(exec(&env, &a, "cat /etc/hostname"), "pod-a");
+    assert_eq!(exec(&env, &a, "echo $HOSTNAME"), "pod-a");
+    assert!(exec(&env, &a, "cat /etc/resolv.conf").contains("nameserver 10.96.0.10"));
+    assert!(exec(&env, &a, "cat /etc/hosts").contains("pod-a"));
+    assert_eq!(
+        exec(
+            &env,
+            &b,
+            "cat /proc/sys/net/ipv4/ip_unprivileged_port_start"
+        ),
+        "80"
+    );
+    // Default pods: private PID namespaces, each container is PID 1 of its own.
+    assert_eq!(exec(&env, &a, "ps -o args | grep -c '^sleep'"), "1");
+    assert!(exec(&env, &a, "grep /dev/shm /proc/mounts").contains("tmpfs"));
+
+    for id in [&a, &b] {
+        env.rt.remove_container(id).unwrap();
+    }
+    env.rt.stop_sandbox(&sb.record.id).unwrap();
+    env.rt.stop_sandbox(&sb.record.id).unwrap();
+    assert!(common::mounts_under(&sb.dir).is_empty());
+    env.rt.remove_sandbox(&sb.record.id).unwrap();
+    env.rt.remove_sandbox(&sb.record.id).unwrap();
+    assert!(!sb.dir.exists());
+}
+
+#[test]
+fn host_network_pod_uses_the_node_namespaces() {
+    let env = Env::new();
+    let sb = env
+        .rt
+        .create_sandbox(sandbox_spec("hostnet", true))
+        .unwrap();
+    assert!(sb.netns_path().is_none());
+    let c = run_in(&env, &sb, "hostnet-c1");
+    let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(
+        exec(&env, &c, "readlink /proc/self/ns/net"),
+        host_net.to_string_lossy()
+    );
+    let node = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(exec(&env, &c, "hostname"), node);
+    env.rt.remove_container(&c).unwrap();
+    env.rt.remove_sandbox(&sb.record.id).unwrap();
+    assert!(common::mounts_under(env.dir.path()).is_empty());
+}
+
+#[test]
+fn sandboxes_survive_a_reload() {
+    let env = Env::new();
+    let sb = env
+        .rt
+        .create_sandbox(sandbox_spec("reload", false))
+        .unwrap();
+    let (rt2, _) = rootstock_runtime::Runtime::open(common::options(env.dir.path())).unwrap();
+    let again = rt2.sandbox(&sb.record.id).unwrap();
+    assert_eq!(again.record, sb.record);
+    assert!(again.netns_path().unwrap().exists());
+    rt2.remove_sandbox(&sb.record.id).unwrap();
+    env.rt.remove_sandbox(&sb.record.id).unwrap();
+    assert!(common::mounts_under(env.dir.path()).is_empty());
+}
+
+#[test]
+fn pod_shared_pid_namespace_lets_containers_see_each_other_and_stop_leaves_nothing() {
+    let env = Env::new();
+    let mut spec = sandbox_spec("pidpod", false);
+    spec.pid = SandboxPidMode::Pod;
+    let sb = env.rt.create_sandbox(spec).unwrap();
+    let init = sb.record.pod_init.unwrap();
+    assert!(init.is_alive());
+    let a = run_in(&env, &sb, "pidpod-c1");
+    let b = run_in(&env, &sb, "pidpod-c2");
+    // Both `sleep 1000` inits are visible from either container; PID 1 is the pod init.
+    assert_eq!(exec(&env, &a, "ps -o args | grep -c '^sleep'"), "2");
+    assert_eq!(
+        exec(&env, &b, "readlink /proc/self/ns/pid"),
+        exec(&env, &a, "readlink /proc/self/ns/pid")
+    );
+    // A container without a private PID namespace: a stop kills every process of it.
+    exec(&env, &a, "sleep 4321 >/dev/null 2>&1 &");
+    env.rt
+        .stop_container(&a, libc::SIGTERM, Duration::from_secs(1))
+        .unwrap();
+    assert!(!exec(&env, &b, "ps -o args").contains("sleep 4321"));
+    env.rt.remove_container(&a).unwrap();
+    env.rt.remove_container(&b).unwrap();
+    env.rt.stop_sandbox(&sb.record.id).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while init.is_alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pod init survived stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.rt.remove_sandbox(&sb.record.id).unwrap();
+}
