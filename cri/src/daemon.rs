@@ -15,6 +15,7 @@ use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use rootstock_cni::CniManager;
 use rootstock_imagestore::ImageStore;
+use rootstock_runtime::{Runtime, RuntimeOptions};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -50,12 +51,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("opening the image store")??
     };
+    let store = Arc::new(store);
+    let rt = Arc::new(open_runtime(&config).await?);
     let cni = Arc::new(CniManager::new(config.cni.clone(), &config.root_dir));
+    release_orphan_networks(&cni, &rt).await;
+    release_orphan_leases(&store, &rt).await;
     // Picks up a network config written after start-up; ends with the manager.
     let _cni_watcher = cni.spawn_watcher();
     let config = Arc::new(config);
-    let runtime = RuntimeServiceServer::new(RuntimeApi::new(config.clone(), cni));
-    let images = ImageServiceServer::new(ImageApi::new(Arc::new(store)));
+    let runtime =
+        RuntimeServiceServer::new(RuntimeApi::new(config.clone(), cni, rt, store.clone()));
+    let images = ImageServiceServer::new(ImageApi::new(store.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = req.uri().path()))
@@ -87,11 +93,99 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
+    // After the server: no pull is in flight any more. The marker it writes lets the next
+    // start skip the unclean-start object sweep.
+    if let Err(e) = store.close().await {
+        warn!(error = %e, "could not close the image store cleanly");
+    }
     if let Err(e) = fs::remove_file(&config.socket) {
         warn!(socket = %config.socket.display(), error = %e, "could not remove the socket");
     }
     info!("stopped");
     result
+}
+
+/// Opens the runtime over `<state_dir>` and `<root_dir>/containers` and rebuilds every
+/// sandbox and container from disk (running containers stay running: their monitors outlived
+/// the previous daemon).
+async fn open_runtime(config: &Config) -> anyhow::Result<Runtime> {
+    let opts = RuntimeOptions {
+        state_dir: config.state_dir.clone(),
+        layers_dir: config.root_dir.join("containers"),
+        config: config.runtime.clone(),
+    };
+    let (rt, report) = tokio::task::spawn_blocking(move || Runtime::open(opts))
+        .await
+        .context("opening the runtime")?
+        .context("opening the runtime")?;
+    info!(
+        loaded = report.loaded.len(),
+        cleaned_up = report.cleaned_up.len(),
+        previous_boot = report.previous_boot.len(),
+        unreadable = report.unreadable.len(),
+        sandboxes = rt.list_sandboxes().len(),
+        "runtime state recovered"
+    );
+    for id in &report.cleaned_up {
+        info!(container = %id, "recovery: removed a half-created container");
+    }
+    for id in &report.previous_boot {
+        info!(container = %id, "recovery: container of a previous boot marked exited");
+    }
+    for (id, why) in &report.unreadable {
+        warn!(container = %id, "recovery: unreadable container record: {why}");
+    }
+    Ok(rt)
+}
+
+/// CNI DEL for every cached attachment whose sandbox no longer exists: a crash interrupted
+/// its StopPodSandbox or RemovePodSandbox, and its IP would otherwise stay allocated.
+/// Failures are logged; the cache entry stays, so the next start-up retries.
+async fn release_orphan_networks(cni: &CniManager, rt: &Runtime) {
+    let ids = match cni.attached_sandbox_ids().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            warn!("recovery: listing CNI attachments: {e}");
+            return;
+        }
+    };
+    let known: std::collections::HashSet<String> = rt
+        .list_sandboxes()
+        .into_iter()
+        .map(|s| s.record.id.to_string())
+        .collect();
+    for id in ids.into_iter().filter(|id| !known.contains(id)) {
+        match cni.teardown(&id).await {
+            Ok(()) => info!(sandbox = %id, "recovery: released the network of a removed sandbox"),
+            Err(e) => warn!(sandbox = %id, "recovery: CNI teardown: {e}"),
+        }
+    }
+}
+
+/// Gives back image tree leases whose container no longer exists (a crash between
+/// RemoveContainer's teardown and its release, or a half-created container recovery
+/// removed), so their trees can be collected. Lease ids are container ids.
+async fn release_orphan_leases(store: &ImageStore, rt: &Runtime) {
+    let leases = match store.metadata().leases() {
+        Ok(leases) => leases,
+        Err(e) => {
+            warn!("recovery: listing image tree leases: {e}");
+            return;
+        }
+    };
+    let known: std::collections::HashSet<String> = rt
+        .list_containers()
+        .into_iter()
+        .map(|c| c.record.id.to_string())
+        .collect();
+    for lease in leases.into_iter().filter(|l| !known.contains(&l.id)) {
+        match store.release(&lease.id).await {
+            Ok(()) => {
+                info!(lease = %lease.id, "recovery: released the tree lease of a removed container")
+            }
+            Err(e) => warn!(lease = %lease.id, "recovery: releasing a tree lease: {e}"),
+        }
+    }
 }
 
 fn init_tracing(level: &str) -> anyhow::Result<()> {

@@ -16,8 +16,35 @@ pub enum CriError {
     /// A bug or an environment failure the caller cannot fix by changing the request.
     #[error("{0}")]
     Internal(String),
+    /// The named object does not exist (a sandbox a container is created in, an image).
+    #[error("{0}")]
+    NotFound(String),
+    /// A name in use by a live object; the message names the holder (kubelet then retries
+    /// with the next attempt).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The object is in a state that forbids the call (a container in a stopped sandbox).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Image(#[from] rootstock_imagestore::Error),
+    // Boxed: these variants are large and every handler's `Result` carries the enum.
+    #[error(transparent)]
+    Runtime(Box<rootstock_runtime::Error>),
+    #[error(transparent)]
+    Cni(Box<rootstock_cni::CniError>),
+}
+
+impl From<rootstock_runtime::Error> for CriError {
+    fn from(err: rootstock_runtime::Error) -> Self {
+        CriError::Runtime(Box::new(err))
+    }
+}
+
+impl From<rootstock_cni::CniError> for CriError {
+    fn from(err: rootstock_cni::CniError) -> Self {
+        CriError::Cni(Box::new(err))
+    }
 }
 
 impl From<CriError> for Status {
@@ -26,7 +53,12 @@ impl From<CriError> for Status {
             CriError::Unimplemented(_) => Code::Unimplemented,
             CriError::InvalidArgument(_) => Code::InvalidArgument,
             CriError::Internal(_) => Code::Internal,
+            CriError::NotFound(_) => Code::NotFound,
+            CriError::AlreadyExists(_) => Code::AlreadyExists,
+            CriError::FailedPrecondition(_) => Code::FailedPrecondition,
             CriError::Image(e) => image_code(e.kind()),
+            CriError::Runtime(e) => runtime_code(e.kind()),
+            CriError::Cni(e) => cni_code(e),
         };
         Status::new(code, err.to_string())
     }
@@ -42,6 +74,30 @@ fn image_code(kind: rootstock_imagestore::ErrorKind) -> Code {
         K::Unavailable => Code::Unavailable,
         K::FailedPrecondition => Code::FailedPrecondition,
         K::Internal => Code::Internal,
+    }
+}
+
+fn runtime_code(kind: rootstock_runtime::ErrorKind) -> Code {
+    use rootstock_runtime::ErrorKind as K;
+    match kind {
+        K::NotFound => Code::NotFound,
+        K::InvalidArgument => Code::InvalidArgument,
+        K::FailedPrecondition => Code::FailedPrecondition,
+        K::AlreadyExists => Code::AlreadyExists,
+        // kubelet maps an ExecSync DeadlineExceeded to a probe timeout (remote_runtime.go).
+        K::DeadlineExceeded => Code::DeadlineExceeded,
+        K::Internal => Code::Internal,
+    }
+}
+
+/// CNI failures are the node's (plugins, config, cache), except a bad id or a missing
+/// attachment, which the caller can act on.
+fn cni_code(err: &rootstock_cni::CniError) -> Code {
+    use rootstock_cni::CniError as E;
+    match err {
+        E::InvalidSandboxId { .. } => Code::InvalidArgument,
+        E::NotAttached { .. } | E::NetworkNotReady { .. } => Code::FailedPrecondition,
+        _ => Code::Internal,
     }
 }
 

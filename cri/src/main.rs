@@ -47,6 +47,17 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Image store maintenance (refuses while a daemon holds the root lock).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Check objects against their digests, trees for completeness, and references.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +94,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ConfigCommand::Show => effective()?,
             };
             print!("{}", config.to_toml()?);
+            Ok(())
+        }
+        Command::Store {
+            command: StoreCommand::Verify,
+        } => {
+            let config = effective()?;
+            let report = rootstock_imagestore::verify::verify_offline(&config.root_dir)
+                .with_context(|| format!("verifying the store {}", config.root_dir.display()))?;
+            print!("{report}");
+            anyhow::ensure!(report.is_clean(), "the store has problems");
             Ok(())
         }
         Command::Serve => {

@@ -30,6 +30,12 @@ use crate::error::{Error, Result};
 pub struct ImagesConfig {
     /// Per-registry-host settings, keyed by `host[:port]` (`docker.io`, `127.0.0.1:5000`).
     pub registries: BTreeMap<String, RegistryConfig>,
+    /// Keep each layer's compressed blob in `blobs/` besides its unpacked tree (default
+    /// false: layers are streamed into the tree cache and the blob is not stored).
+    pub keep_layer_blobs: bool,
+    /// Create device nodes a layer carries (default false: they are skipped with a warning;
+    /// the runtime mounts its own `/dev`, so an image's nodes are never visible anyway).
+    pub allow_device_nodes: bool,
 }
 
 /// Settings for one registry host (or mirror host).

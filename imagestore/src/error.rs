@@ -282,6 +282,38 @@ pub enum Error {
         /// The database file.
         path: PathBuf,
     },
+    /// A layer entry would escape its tree or is otherwise unsafe or malformed; the layer
+    /// is refused as a whole.
+    #[error("layer {index} ({digest}) refused: entry {entry:?}: {reason}")]
+    LayerRefused {
+        /// The compressed blob's digest.
+        digest: Digest,
+        /// Index of the layer in the manifest.
+        index: usize,
+        /// The entry's path as the tar names it ("" when the stream itself is bad).
+        entry: String,
+        /// Why.
+        reason: String,
+    },
+    /// Rendering an image's flattened tree failed on its content (not on I/O).
+    #[error("tree {chain_id}: layer {diff_id}: {reason}")]
+    Render {
+        /// The chain id being rendered.
+        chain_id: String,
+        /// The layer being applied.
+        diff_id: Digest,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No image by that name or id.
+    #[error("image {reference:?} not found")]
+    ImageNotFound {
+        /// What the caller gave.
+        reference: String,
+    },
+    /// The store was closed (clean shutdown under way).
+    #[error("the image store is closed")]
+    Closed,
     /// A background task panicked or was cancelled.
     #[error("{what} was interrupted: {detail}")]
     Interrupted {
@@ -320,7 +352,11 @@ impl Error {
             | Decompress { .. }
             | LayerCountMismatch { .. }
             | TooLarge { .. }
+            | LayerRefused { .. }
+            | Render { .. }
+            | Closed
             | StoreLocked { .. } => ErrorKind::FailedPrecondition,
+            ImageNotFound { .. } => ErrorKind::NotFound,
             Io { .. } | Metadata { .. } | Interrupted { .. } => ErrorKind::Internal,
         }
     }

@@ -3,10 +3,9 @@
 //! The pull hands a sink each layer it does not already have, as a blocking `Read` of the
 //! compressed blob that verifies size and digest as it goes and reports end-of-stream only
 //! when both checks passed ([`crate::blobs::VerifyingReader`]). The sink decompresses, checks
-//! the uncompressed tar against the config's diff_id, and commits. Today's sink,
-//! [`BlobLayerSink`], keeps the compressed blob in the blob store; the tree cache (issue 5)
-//! plugs in a sink that unpacks into file objects and layer trees instead, without touching
-//! the registry code.
+//! the uncompressed tar against the config's diff_id, and commits. The store uses
+//! [`crate::TreeLayerSink`] (file objects and layer trees); [`BlobLayerSink`], which only
+//! keeps the compressed blob, remains for tools and tests that want blobs without unpacking.
 
 use std::io::{self, Read, Write};
 use std::path::Path;

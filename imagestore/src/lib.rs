@@ -13,17 +13,29 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Layers are unpacked by [`TreeLayerSink`] into deduplicated file objects and layer trees,
+//! and each image gets one flattened tree ([`Image::tree_path`]). The runtime holds a tree
+//! for a container with [`ImageStore::lease_tree`] / [`ImageStore::release`] and mounts it
+//! with [`overlay::OverlayMount`]; the daemon calls [`ImageStore::close`] on shutdown;
+//! `rootstock store verify` is [`verify::verify_offline`].
+//!
 //! Errors are one enum, [`Error`]; [`Error::kind`] picks the gRPC status code.
 
 pub mod blobs;
 pub mod config;
 pub mod error;
+pub mod failpoint;
+mod fsutil;
 pub mod layer;
 pub mod manifest;
 pub mod metadata;
+pub mod overlay;
 pub mod reference;
 pub mod registry;
+mod render;
 pub mod store;
+pub mod unpack;
+pub mod verify;
 
 pub use config::{ImagesConfig, RegistryConfig};
 pub use error::{Error, ErrorKind, Result};
@@ -32,3 +44,4 @@ pub use manifest::RuntimeConfig;
 pub use reference::{ChainId, Digest, ImageLookup, ImageRef, ReferenceError};
 pub use registry::Credentials;
 pub use store::{FsUsage, Image, ImageStore, ImageUser};
+pub use unpack::TreeLayerSink;

@@ -108,6 +108,9 @@ pub struct TreeRecord {
     pub path: PathBuf,
     /// When it was rendered, seconds since the epoch.
     pub created: u64,
+    /// Entries rendered (layer entries and hard links applied), for `verify`.
+    #[serde(default)]
+    pub entries: u64,
 }
 
 /// A hold on a tree by a container (issue 5): GC keeps what a lease names.
@@ -483,6 +486,7 @@ mod tests {
             diff_ids: vec![Digest::of(b"c")],
             path: "/x".into(),
             created: 0,
+            entries: 0,
         })
         .unwrap();
         meta.put_lease(&LeaseRecord {

@@ -10,6 +10,14 @@
 //!   and no pull leases are deleted (metadata first, then files). The one walk is at
 //!   [`ImageStore::open`], which sweeps what a crash left between a blob's commit and its
 //!   image's.
+//! * Trees: after its layers, a pull renders (or finds) the tree of its top chain id, under a
+//!   lease on the chain, before committing the image. Trees nothing holds (no image, no
+//!   persisted container lease in the `leases` table, no pull) go with the image; objects
+//!   whose link count fell to 1 then go in a sweep that takes `store_guard` exclusively,
+//!   while every pull holds it shared, so the sweep never races an unpack or a render.
+//! * Crash safety: [`ImageStore::close`] writes a clean-shutdown marker that `open` consumes;
+//!   without it, `open` removes objects no committed layer names (torn by a power loss)
+//!   before returning, i.e. before any pull is served.
 //! * A pull runs in its own task: if the RPC is cancelled the pull still finishes (or cleans
 //!   up), as with Docker; nothing is left half-done by a dropped future.
 
@@ -26,14 +34,17 @@ use tracing::{debug, info, warn};
 use crate::blobs::{BlobStore, ChannelReader, FlightLocks, VerifyingReader, create_private_dir};
 use crate::config::ImagesConfig;
 use crate::error::{Error, Result};
-use crate::layer::{BlobLayerSink, LayerInput, LayerSink};
+use crate::fsutil;
+use crate::layer::{LayerInput, LayerSink};
 use crate::manifest::{
     Compression, DOCKER_CONFIG, Descriptor, ImageConfigFile, Manifest, OCI_CONFIG, RuntimeConfig,
     choose_platform, host_platform,
 };
 use crate::metadata::{ImageChanges, ImageRecord, LayerRef, Metadata};
+use crate::metadata::{LeaseRecord, TreeRecord};
 use crate::reference::{ChainId, Digest, ImageLookup, ImageRef};
 use crate::registry::{Credentials, RegistryClient, Session};
+use crate::unpack::{LayerManifest, StorePaths, TreeLayerSink, object_rel};
 
 /// Largest config blob accepted (configs are read whole; real ones are a few KiB).
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
@@ -97,6 +108,17 @@ pub struct Image {
     pub layers: Vec<LayerRef>,
     /// `Image.pinned`: always false (no pinning policy yet).
     pub pinned: bool,
+    /// The flattened root filesystem (`trees/<chainid-hex>`), `None` for an image without
+    /// layers. Mount it through [`crate::overlay::OverlayMount`] while holding a lease
+    /// ([`ImageStore::lease_tree`]) so GC keeps it.
+    pub tree: Option<PathBuf>,
+}
+
+impl Image {
+    /// The image's flattened tree, the single `lowerdir` of its containers.
+    pub fn tree_path(&self) -> Option<&Path> {
+        self.tree.as_deref()
+    }
 }
 
 impl From<&ImageRecord> for Image {
@@ -113,6 +135,7 @@ impl From<&ImageRecord> for Image {
             chain_id: r.chain_id.clone(),
             layers: r.layers.clone(),
             pinned: false,
+            tree: None,
         }
     }
 }
@@ -147,7 +170,18 @@ struct Inner {
     leases: Mutex<HashMap<Digest, usize>>,
     flights: FlightLocks,
     db_bytes: AtomicU64,
+    paths: StorePaths,
+    /// Pulls (unpack, render, commit) hold it shared; the object sweep takes it alone, so a
+    /// sweep never deletes an object a pull is about to link.
+    store_guard: tokio::sync::RwLock<()>,
+    closed: AtomicBool,
+    /// (bytes, inodes) of the store, hard links counted once; refreshed after each change.
+    usage: (AtomicU64, AtomicU64),
 }
+
+/// Written by [`ImageStore::close`], removed at open: its absence at open means the last run
+/// did not stop cleanly, and objects no committed layer names may be torn.
+const CLEAN_MARKER: &str = "clean-shutdown";
 
 /// The image store. Cheap to clone (an `Arc`); all methods take `&self` and may run
 /// concurrently.
@@ -253,9 +287,39 @@ impl ImageStore {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("clear tmp", &tmp, e))?;
         }
         create_private_dir(&tmp)?;
+        // Trees are mounted as overlay lowers; the kernel stacks overlays at most two deep,
+        // so a store on overlayfs (e.g. inside a container) cannot serve containers.
+        const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+        if let Ok(fs) = rustix::fs::statfs(root)
+            && fs.f_type == OVERLAYFS_SUPER_MAGIC
+        {
+            return Err(Error::Config {
+                key: "root_dir".into(),
+                reason: format!(
+                    "{} is on overlayfs; container root filesystems are overlays of the \
+                     image trees kept here, and overlayfs cannot be stacked on itself: put \
+                     root_dir on ext4 or xfs (a volume, not a container's writable layer)",
+                    root.display()
+                ),
+            });
+        }
+        let paths = StorePaths::new(root);
+        paths.create()?;
         let meta = Arc::new(Metadata::open(&root.join("meta.redb"))?);
         let blobs = Arc::new(BlobStore::open(root)?);
-        let sink: Arc<dyn LayerSink> = Arc::new(BlobLayerSink::new(blobs.clone(), meta.clone()));
+        let sink: Arc<dyn LayerSink> = Arc::new(TreeLayerSink::new(
+            root,
+            meta.clone(),
+            blobs.clone(),
+            config.keep_layer_blobs,
+            config.allow_device_nodes,
+        ));
+        let marker = root.join(CLEAN_MARKER);
+        let clean = marker.exists();
+        if clean {
+            std::fs::remove_file(&marker).map_err(|e| Error::io("remove marker", &marker, e))?;
+            crate::blobs::sync_dir(root)?;
+        }
         let mut index = Index::default();
         for record in meta.images()? {
             index.images.insert(record.id.clone(), record);
@@ -274,9 +338,19 @@ impl ImageStore {
             leases: Mutex::new(HashMap::new()),
             flights: FlightLocks::default(),
             db_bytes: AtomicU64::new(0),
+            paths,
+            store_guard: tokio::sync::RwLock::new(()),
+            closed: AtomicBool::new(false),
+            usage: (AtomicU64::new(0), AtomicU64::new(0)),
         };
         inner.sweep_orphans()?;
+        inner.sweep_trees_and_layer_dirs()?;
+        if !clean {
+            inner.sweep_unreferenced_objects()?;
+        }
+        inner.sweep_objects()?;
         inner.refresh_db_size();
+        inner.refresh_usage();
         Ok(ImageStore {
             inner: Arc::new(inner),
         })
@@ -304,13 +378,13 @@ impl ImageStore {
         let index = self.inner.read_index();
         Ok(resolve(&index, reference)?
             .and_then(|id| index.images.get(&id))
-            .map(Image::from))
+            .map(|r| self.inner.image(r)))
     }
 
     /// Every image, from memory.
     pub fn list(&self) -> Vec<Image> {
         let index = self.inner.read_index();
-        let mut images: Vec<Image> = index.images.values().map(Image::from).collect();
+        let mut images: Vec<Image> = index.images.values().map(|r| self.inner.image(r)).collect();
         images.sort_by(|a, b| a.id.cmp(&b.id));
         images
     }
@@ -355,23 +429,115 @@ impl ImageStore {
             }
             info!(%id, tags = ?record.repo_tags, "removed image");
             let diff_ids: Vec<Digest> = record.layers.iter().map(|l| l.diff_id.clone()).collect();
-            inner.collect(&record.blobs, &diff_ids)?;
+            let chains: Vec<ChainId> = record.chain_id.iter().cloned().collect();
+            inner.collect(&record.blobs, &diff_ids, &chains)?;
             inner.refresh_db_size();
             Ok(())
+        })
+        .await?;
+        drop(_guard);
+        self.inner.clone().sweep_objects_guarded().await
+    }
+
+    /// Bytes and inodes the store really uses (blocks, hard links counted once), from a
+    /// cache refreshed after every pull, removal and release.
+    pub fn fs_usage(&self) -> FsUsage {
+        FsUsage {
+            mountpoint: self.inner.root.clone(),
+            used_bytes: self.inner.usage.0.load(Ordering::Relaxed)
+                + self.inner.db_bytes.load(Ordering::Relaxed),
+            inodes_used: self.inner.usage.1.load(Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// Hold the flattened tree of the image `reference` names (tag, digest or id) for a
+    /// container, under `lease_id` (e.g. the container id), and return its path. The lease
+    /// is persisted: the tree survives `RemoveImage` and restarts until [`Self::release`].
+    /// Taking the same lease again is fine (it moves to this image's tree).
+    pub async fn lease_tree(&self, reference: &str, lease_id: &str) -> Result<PathBuf> {
+        let _guard = self.inner.gc_lock.lock().await;
+        let record = {
+            let index = self.inner.read_index();
+            resolve(&index, reference)?.and_then(|id| index.images.get(&id).cloned())
+        };
+        let Some(record) = record else {
+            return Err(Error::ImageNotFound {
+                reference: reference.to_string(),
+            });
+        };
+        let Some(chain_id) = record.chain_id.clone() else {
+            return Err(Error::ImageNotFound {
+                reference: format!("{reference} (an image without layers has no tree)"),
+            });
+        };
+        let inner = self.inner.clone();
+        let lease_id = lease_id.to_string();
+        blocking("lease tree", move || {
+            let tree = inner
+                .meta
+                .tree(&chain_id)?
+                .ok_or_else(|| Error::ImageNotFound {
+                    reference: format!("tree {chain_id}"),
+                })?;
+            inner.meta.put_lease(&LeaseRecord {
+                version: 1,
+                id: lease_id,
+                chain_id,
+                created: now_secs(),
+            })?;
+            Ok(tree.path)
         })
         .await
     }
 
-    /// Bytes and inodes the store uses, from counters kept up to date by pulls and removals.
-    pub fn fs_usage(&self) -> FsUsage {
-        let (blob_bytes, blob_files) = self.inner.blobs.usage();
-        // root, blobs, blobs/sha256, tmp, meta.redb
-        let fixed_inodes = 5;
-        FsUsage {
-            mountpoint: self.inner.root.clone(),
-            used_bytes: blob_bytes + self.inner.db_bytes.load(Ordering::Relaxed),
-            inodes_used: blob_files + fixed_inodes,
-        }
+    /// Drop the lease `lease_id`; the tree goes if no image or other lease holds it.
+    /// Releasing an unknown lease is fine (idempotent, like the CRI removals it backs).
+    pub async fn release(&self, lease_id: &str) -> Result<()> {
+        let guard = self.inner.gc_lock.lock().await;
+        let inner = self.inner.clone();
+        let lease_id = lease_id.to_string();
+        blocking("release lease", move || {
+            let chain = inner
+                .meta
+                .leases()?
+                .into_iter()
+                .find(|l| l.id == lease_id)
+                .map(|l| l.chain_id);
+            inner.meta.delete_lease(&lease_id)?;
+            if let Some(chain) = chain {
+                inner.collect(&[], &[], &[chain])?;
+            }
+            Ok(())
+        })
+        .await?;
+        drop(guard);
+        self.inner.clone().sweep_objects_guarded().await
+    }
+
+    /// Stop accepting pulls, wait for those in flight, and write the clean-shutdown marker,
+    /// so the next open skips the unclean-start object sweep. The daemon calls it on
+    /// SIGTERM/SIGINT after the gRPC server stopped. Idempotent.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let _all = self.inner.store_guard.write().await;
+        let _gc = self.inner.gc_lock.lock().await;
+        let root = self.inner.root.clone();
+        blocking("close store", move || {
+            fsutil::sync_fs(&root).map_err(|e| Error::io("sync", &root, e))?;
+            let marker = root.join(CLEAN_MARKER);
+            std::fs::write(&marker, b"").map_err(|e| Error::io("write marker", &marker, e))?;
+            crate::blobs::sync_dir(&root)
+        })
+        .await
+    }
+
+    /// Check the store: see [`crate::verify`]. Runs while the store is open (under the store
+    /// guard, so no pull or sweep changes it meanwhile).
+    pub async fn verify(&self) -> Result<crate::verify::Report> {
+        let _all = self.inner.store_guard.write().await;
+        let _gc = self.inner.gc_lock.lock().await;
+        let (root, meta) = (self.inner.root.clone(), self.inner.meta.clone());
+        blocking("verify store", move || crate::verify::check(&root, &meta)).await
     }
 
     /// The store's root directory.
@@ -464,7 +630,8 @@ impl Inner {
 
     /// Delete those of `blobs` and layers `diff_ids` that no image names and no pull leases.
     /// Caller holds `gc_lock`. Blocking.
-    fn collect(&self, blobs: &[Digest], diff_ids: &[Digest]) -> Result<()> {
+    fn collect(&self, blobs: &[Digest], diff_ids: &[Digest], chains: &[ChainId]) -> Result<()> {
+        self.collect_trees(chains)?;
         let (held_blobs, held_layers) = {
             let index = self.read_index();
             let mut held_blobs = HashSet::new();
@@ -500,6 +667,247 @@ impl Inner {
             .cloned()
             .collect();
         self.blobs.remove(&doomed)
+    }
+
+    /// The `Image` for a record, with its tree path.
+    fn image(&self, record: &ImageRecord) -> Image {
+        let mut image = Image::from(record);
+        image.tree = record
+            .chain_id
+            .as_ref()
+            .map(|c| self.paths.trees.join(c.0.hex()));
+        image
+    }
+
+    /// Chains held by an image or a persisted lease, plus those a pull leases in memory.
+    fn held_chains(&self) -> Result<HashSet<Digest>> {
+        let mut held: HashSet<Digest> = self
+            .read_index()
+            .images
+            .values()
+            .filter_map(|r| r.chain_id.as_ref().map(|c| c.0.clone()))
+            .collect();
+        held.extend(self.meta.leases()?.into_iter().map(|l| l.chain_id.0));
+        match self.leases.lock() {
+            Ok(l) => held.extend(l.keys().cloned()),
+            Err(p) => held.extend(p.into_inner().keys().cloned()),
+        }
+        Ok(held)
+    }
+
+    /// Remove the trees of `chains` nothing holds: record first, then the directory (moved
+    /// into `tmp/` first, so a crash leaves no half-deleted tree under `trees/`). Caller
+    /// holds `gc_lock`. Blocking.
+    fn collect_trees(&self, chains: &[ChainId]) -> Result<()> {
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let held = self.held_chains()?;
+        for chain in chains.iter().collect::<BTreeSet<_>>() {
+            if held.contains(&chain.0) || self.meta.tree(chain)?.is_none() {
+                continue;
+            }
+            self.meta.delete_trees(std::slice::from_ref(chain))?;
+            crate::failpoint::hit("gc.tree-record-deleted");
+            self.remove_tree_dir(&chain.0)?;
+            debug!(%chain, "removed tree");
+        }
+        Ok(())
+    }
+
+    fn remove_tree_dir(&self, hex_of: &Digest) -> Result<()> {
+        let dir = self.paths.trees.join(hex_of.hex());
+        if !dir.exists() {
+            return Ok(());
+        }
+        let doomed = self.paths.tmp_name("gone-tree");
+        std::fs::rename(&dir, &doomed).map_err(|e| Error::io("move tree", &dir, e))?;
+        fsutil::remove_tree(&doomed).map_err(|e| Error::io("remove tree", &doomed, e))
+    }
+
+    /// Render the tree of `chain` unless it exists. Caller holds the store guard (shared) and
+    /// a lease on the chain.
+    async fn ensure_tree(self: &Arc<Self>, chain: &ChainId, diff_ids: &[Digest]) -> Result<()> {
+        let _flight = self.flights.lock(&format!("tree:{chain}")).await;
+        let (inner, chain, diff_ids) = (self.clone(), chain.clone(), diff_ids.to_vec());
+        blocking("render tree", move || {
+            if let Some(t) = inner.meta.tree(&chain)?
+                && t.path.is_dir()
+            {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let rendered = crate::render::render(&inner.paths, &chain, &diff_ids)?;
+            inner.meta.put_tree(&TreeRecord {
+                version: 1,
+                chain_id: chain.clone(),
+                diff_ids: diff_ids.clone(),
+                path: rendered.path,
+                created: now_secs(),
+                entries: rendered.entries,
+            })?;
+            crate::failpoint::hit("render.after-record");
+            info!(%chain, layers = diff_ids.len(), entries = rendered.entries,
+                ms = started.elapsed().as_millis() as u64, "rendered tree");
+            Ok(())
+        })
+        .await
+    }
+
+    /// At open: trees whose record is gone or that nothing holds, and layer or tree
+    /// directories without a record (a crash between a rename and its record).
+    fn sweep_trees_and_layer_dirs(&self) -> Result<()> {
+        let held = self.held_chains()?;
+        let mut known_trees = HashSet::new();
+        for tree in self.meta.trees()? {
+            if held.contains(&tree.chain_id.0) {
+                known_trees.insert(tree.chain_id.0.hex().to_string());
+            } else {
+                warn!(chain = %tree.chain_id, "removing a tree nothing holds");
+                self.meta
+                    .delete_trees(std::slice::from_ref(&tree.chain_id))?;
+                self.remove_tree_dir(&tree.chain_id.0)?;
+            }
+        }
+        let known_layers: HashSet<String> = self
+            .meta
+            .layers()?
+            .iter()
+            .map(|l| l.diff_id.hex().to_string())
+            .collect();
+        for (dir, known) in [
+            (&self.paths.trees, &known_trees),
+            (&self.paths.layers, &known_layers),
+        ] {
+            let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !known.contains(&name) {
+                    warn!(path = %entry.path().display(), "removing a directory without a record");
+                    fsutil::remove_tree(&entry.path())
+                        .map_err(|e| Error::io("remove", entry.path(), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After an unclean stop: objects no committed layer names may have torn content (a
+    /// power loss between their write and the layer's sync), so they go before any pull.
+    fn sweep_unreferenced_objects(&self) -> Result<()> {
+        let mut referenced = HashSet::new();
+        for layer in self.meta.layers()? {
+            let m = LayerManifest::load(&self.paths.layer_dir(&layer.diff_id))?;
+            for e in m.entries {
+                if let crate::unpack::Kind::File {
+                    object: Some(key), ..
+                } = e.kind
+                {
+                    referenced.insert(object_rel(&key));
+                }
+            }
+        }
+        let removed = self.for_each_object(|rel, _| !referenced.contains(rel))?;
+        if removed > 0 {
+            warn!(
+                removed,
+                "unclean stop: removed objects no committed layer names"
+            );
+        }
+        Ok(())
+    }
+
+    /// Remove objects whose only name is their own (link count 1: no layer or tree uses
+    /// them). Caller holds the store guard exclusively (or is `open`).
+    fn sweep_objects(&self) -> Result<()> {
+        crate::failpoint::hit("gc.object-sweep");
+        let removed = self.for_each_object(|_, nlink| nlink <= 1)?;
+        if removed > 0 {
+            debug!(removed, "removed unused objects");
+        }
+        Ok(())
+    }
+
+    /// Unlink every object for which `doomed(rel, nlink)` says so; returns how many.
+    fn for_each_object(&self, doomed: impl Fn(&str, u64) -> bool) -> Result<usize> {
+        let objects = fsutil::open_dir(&self.paths.objects)
+            .map_err(|e| Error::io("open", &self.paths.objects, e))?;
+        let mut removed = 0;
+        for i in 0..=255u8 {
+            let fan = format!("{i:02x}");
+            let dir = match fsutil::resolve_dir(&objects, &fan) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("open", self.paths.objects.join(&fan), e)),
+            };
+            let names = fsutil::list_dir(&dir).map_err(|e| Error::io("list", &fan, e))?;
+            let mut any = false;
+            for name in names {
+                let Some(st) =
+                    fsutil::stat_at(&dir, &name).map_err(|e| Error::io("stat", &name, e))?
+                else {
+                    continue;
+                };
+                if doomed(&format!("{fan}/{name}"), st.st_nlink) {
+                    match rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty()) {
+                        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                        Err(e) => return Err(Error::io("remove object", &name, e.into())),
+                    }
+                    removed += 1;
+                    any = true;
+                }
+            }
+            if any {
+                crate::blobs::sync_dir(&self.paths.objects.join(&fan))?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The object sweep with the store guard held exclusively, then the usage refreshed.
+    async fn sweep_objects_guarded(self: Arc<Self>) -> Result<()> {
+        let _all = self.store_guard.write().await;
+        let inner = self.clone();
+        blocking("sweep objects", move || {
+            inner.sweep_objects()?;
+            inner.refresh_usage();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Walk the store's directories (blobs, objects, layers, trees) once and cache (bytes,
+    /// inodes), each inode counted once however many names it has.
+    fn refresh_usage(&self) {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let (mut bytes, mut inodes) = (0u64, 0u64);
+        let mut stack: Vec<PathBuf> = ["blobs", "objects", "layers", "trees", "tmp"]
+            .iter()
+            .map(|d| self.root.join(d))
+            .collect();
+        while let Some(dir) = stack.pop() {
+            if let Ok(m) = std::fs::symlink_metadata(&dir)
+                && seen.insert((m.dev(), m.ino()))
+            {
+                bytes += m.blocks() * 512;
+                inodes += 1;
+            }
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in rd.flatten() {
+                let Ok(m) = entry.metadata() else { continue };
+                if m.is_dir() {
+                    stack.push(entry.path());
+                } else if seen.insert((m.dev(), m.ino())) {
+                    bytes += m.blocks() * 512;
+                    inodes += 1;
+                }
+            }
+        }
+        self.usage.0.store(bytes, Ordering::Relaxed);
+        self.usage.1.store(inodes, Ordering::Relaxed);
     }
 
     /// At open: drop layer records no image names, and blobs neither an image nor a layer
@@ -571,9 +979,13 @@ impl Inner {
             held: Vec::new(),
         };
         let mut touched = Touched::default();
-        let result = self
-            .pull_steps(&image, auth.as_ref(), &progress, &mut leases, &mut touched)
-            .await;
+        let store_guard = self.store_guard.read().await;
+        let result = if self.closed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            self.pull_steps(&image, auth.as_ref(), &progress, &mut leases, &mut touched)
+                .await
+        };
         ticker.abort();
         drop(leases);
         match result {
@@ -587,12 +999,13 @@ impl Inner {
                 let _guard = self.gc_lock.lock().await;
                 let inner = self.clone();
                 let cleanup = blocking("pull cleanup", move || {
-                    inner.collect(&touched.blobs, &touched.diff_ids)
+                    inner.collect(&touched.blobs, &touched.diff_ids, &touched.chains)
                 })
                 .await;
                 if let Err(c) = cleanup {
                     warn!(image = %image, error = %c, "cleanup after failed pull");
                 }
+                drop(store_guard);
                 Err(e)
             }
         }
@@ -766,11 +1179,22 @@ impl Inner {
             blobs: small,
             pulled_at: now_secs(),
         };
+        if let Some(chain) = &record.chain_id {
+            self.lease(leases, std::slice::from_ref(&chain.0)).await;
+            touched.chains.push(chain.clone());
+            self.ensure_tree(chain, &diff_ids).await?;
+        }
         let _guard = self.gc_lock.lock().await;
         let inner = self.clone();
         let committed = blocking("commit image", move || inner.commit_image(record)).await?;
         self.refresh_db_size();
-        Ok(Image::from(&committed))
+        let inner = self.clone();
+        let _ = blocking("usage", move || {
+            inner.refresh_usage();
+            Ok(())
+        })
+        .await;
+        Ok(self.image(&committed))
     }
 
     async fn fetch_config(&self, session: &Session, desc: &Descriptor) -> Result<Bytes> {
@@ -935,6 +1359,7 @@ impl Inner {
 struct Touched {
     blobs: Vec<Digest>,
     diff_ids: Vec<Digest>,
+    chains: Vec<ChainId>,
 }
 
 #[cfg(test)]

@@ -336,10 +336,13 @@ impl Runtime {
                 state: rec.state.to_string(),
             });
         }
+        // Taken before `start`: the process runs from inside that call and may have exited
+        // (and the monitor recorded the exit time) before it returns.
+        let started_at = util::now_unix_nanos();
         self.handler(&rec.handler)?.start(id)?;
         let mut next = rec.clone();
         next.state = ContainerState::Running;
-        next.started_at_unix_nanos = Some(util::now_unix_nanos());
+        next.started_at_unix_nanos = Some(started_at);
         self.transition(&mut rec, next)?;
         Ok(self.info(&rec))
     }

@@ -275,6 +275,15 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop_child();
+        // Containers and monitors outlive the daemon by design: whatever a failed test left
+        // must not outlive the test.
+        self.clean_up_leftovers();
+    }
+}
+
+impl Daemon {
+    fn stop_child(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -291,5 +300,131 @@ impl Drop for Daemon {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+impl Daemon {
+    /// Best-effort removal of what a failed test left behind its daemon: containers (through
+    /// the OCI runtime and by killing their monitors), pod init processes, mounts under the
+    /// daemon's dirs, and the cgroups of its pods and containers. A no-op after a test that
+    /// stopped and removed its pods.
+    fn clean_up_leftovers(&self) {
+        let containers = self.state_dir.join("containers");
+        let mut cgroups = Vec::new();
+        for dir in read_dirs(&containers) {
+            let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            let state = read_json(&dir.join("state.json"));
+            if let Some(id) = id {
+                for handler in read_dirs(&self.state_dir.join("runtime")) {
+                    let Some(binary) = handler.file_name() else {
+                        continue;
+                    };
+                    let _ = Command::new(binary)
+                        .arg("--root")
+                        .arg(&handler)
+                        .args(["delete", "--force", &id])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+            kill_identified(&state["monitor"]);
+            if let Some(cg) = state["cgroup_path"].as_str() {
+                cgroups.push(cg.to_owned());
+            }
+        }
+        for dir in read_dirs(&self.state_dir.join("sandboxes")) {
+            let record = read_json(&dir.join("sandbox.json"));
+            kill_identified(&record["pod_init"]);
+            let data = &record["client_data"];
+            if data["own_cgroup"].as_bool() == Some(true)
+                && let Some(cg) = data["cgroup_parent"].as_str()
+            {
+                cgroups.push(cg.to_owned());
+            }
+        }
+        // Deepest first, detached: a busy mount must not keep the temp dir alive.
+        let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let prefix = self.dir.path().display().to_string();
+        let mut mounts: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        // Container cgroups (longer paths) before their pod's. Anything still in one (the
+        // OCI runtime's state was lost) is killed first, or the cgroup cannot go.
+        cgroups.sort_by_key(|c| std::cmp::Reverse(c.len()));
+        for cg in &cgroups {
+            kill_cgroup(cg);
+        }
+        for cg in cgroups {
+            for controller in read_dirs(Path::new("/sys/fs/cgroup")) {
+                let _ = fs::remove_dir(controller.join(cg.trim_start_matches('/')));
+            }
+        }
+    }
+}
+
+fn read_dirs(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// SIGKILLs the process a record names by `{pid, start_time}`, only if that very process
+/// (same start time) is still there: a recycled pid is left alone.
+fn kill_identified(identity: &serde_json::Value) {
+    let (Some(pid), Some(start)) = (identity["pid"].as_i64(), identity["start_time"].as_u64())
+    else {
+        return;
+    };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Field 22 (starttime), counted after the parenthesised command name.
+    let started = stat
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(19))
+        .and_then(|v| v.parse::<u64>().ok());
+    if started == Some(start) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+}
+
+/// SIGKILLs every process of a cgroup (v1 `pids` hierarchy) and waits briefly until it is
+/// empty (reaping is lazy on this machine).
+fn kill_cgroup(cgroup: &str) {
+    let procs = Path::new("/sys/fs/cgroup/pids")
+        .join(cgroup.trim_start_matches('/'))
+        .join("cgroup.procs");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let pids: Vec<i32> = fs::read_to_string(&procs)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,31 +1,127 @@
 //! `RuntimeService`: the dispatch table. Each RPC family lives in its own module as inherent
 //! methods on [`RuntimeApi`] returning `Result<_, CriError>`; this table only unwraps the
 //! request and converts the result.
+//!
+//! Calls that create or destroy things (run/stop/remove sandbox, create/stop/remove
+//! container) run detached from the RPC's future: tonic drops that future when the client
+//! hangs up, and a RunPodSandbox cancelled between CNI ADD and its rollback would leak an IP.
 
+mod container_create;
+mod container_exec;
+mod container_log;
+mod container_remove;
+mod container_start;
+mod container_status;
+mod container_stop;
+mod container_update;
 mod info;
+mod meta;
+mod names;
+mod sandbox_remove;
+mod sandbox_run;
+mod sandbox_status;
+mod sandbox_stop;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use rootstock_cni::CniManager;
+use rootstock_imagestore::ImageStore;
+use rootstock_runtime::Runtime;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::error::{not_yet, reply};
+use crate::error::{CriError, not_yet, reply};
 
-/// State shared by the runtime RPCs.
+use self::names::Names;
+
+/// State shared by the runtime RPCs. Cheap to clone: every field is shared.
+#[derive(Clone)]
 pub struct RuntimeApi {
     config: Arc<Config>,
     cni: Arc<CniManager>,
+    rt: Arc<Runtime>,
+    store: Arc<ImageStore>,
+    /// Sandbox and container names in use (CRI reserves a name until its owner is removed).
+    names: Arc<Names>,
+    /// One lock per sandbox: CreateContainer holds it, so StopPodSandbox/RemovePodSandbox
+    /// (which take it too) never miss a container being created in the pod meanwhile.
+    sandbox_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Pod IPs by sandbox id, so that PodSandboxStatus (polled by kubelet) does not read the
+    /// CNI cache each time; filled at ADD and, after a restart, on first use.
+    pod_ips: Arc<Mutex<HashMap<String, Vec<String>>>>,
 }
 
 impl RuntimeApi {
-    pub fn new(config: Arc<Config>, cni: Arc<CniManager>) -> Self {
-        Self { config, cni }
+    pub fn new(
+        config: Arc<Config>,
+        cni: Arc<CniManager>,
+        rt: Arc<Runtime>,
+        store: Arc<ImageStore>,
+    ) -> Self {
+        let names = Arc::new(Names::default());
+        names.rebuild(&rt);
+        Self {
+            config,
+            cni,
+            rt,
+            store,
+            names,
+            sandbox_locks: Arc::default(),
+            pod_ips: Arc::default(),
+        }
     }
+
+    /// Takes sandbox `id`'s lock (see `sandbox_locks`).
+    async fn lock_sandbox(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            // Entries are inserted and removed whole; a poisoned map is still consistent.
+            let mut locks = self.sandbox_locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Forgets sandbox `id`'s lock once the sandbox is removed.
+    fn forget_sandbox_lock(&self, id: &str) {
+        let mut locks = self.sandbox_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.remove(id);
+    }
+
+    /// Runs `call` on its own task, so it completes (or rolls back) even when the client
+    /// goes away mid-call.
+    async fn detached<T, F, Fut>(&self, call: F) -> Result<T, CriError>
+    where
+        T: Send + 'static,
+        F: FnOnce(RuntimeApi) -> Fut,
+        Fut: Future<Output = Result<T, CriError>> + Send + 'static,
+    {
+        tokio::spawn(call(self.clone()))
+            .await
+            .map_err(|e| CriError::Internal(format!("runtime call task failed: {e}")))?
+    }
+}
+
+/// Runs a blocking runtime-crate call off the async workers (it forks, waits and fsyncs).
+async fn blocking<T, F>(call: F) -> Result<T, CriError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, rootstock_runtime::Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| CriError::Internal(format!("blocking runtime task failed: {e}")))?
+        .map_err(CriError::from)
+}
+
+/// CRI label selectors match when every selector pair is present with the same value.
+fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
@@ -64,100 +160,131 @@ impl RuntimeService for RuntimeApi {
 
     async fn run_pod_sandbox(
         &self,
-        _req: Request<RunPodSandboxRequest>,
+        req: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        not_yet("RunPodSandbox")
+        let req = req.into_inner();
+        reply(
+            self.detached(|api| async move { api.run_sandbox(req).await })
+                .await,
+        )
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _req: Request<StopPodSandboxRequest>,
+        req: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        not_yet("StopPodSandbox")
+        let req = req.into_inner();
+        reply(
+            self.detached(|api| async move { api.stop_sandbox(req).await })
+                .await,
+        )
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _req: Request<RemovePodSandboxRequest>,
+        req: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        not_yet("RemovePodSandbox")
+        let req = req.into_inner();
+        reply(
+            self.detached(|api| async move { api.remove_sandbox(req).await })
+                .await,
+        )
     }
 
     async fn pod_sandbox_status(
         &self,
-        _req: Request<PodSandboxStatusRequest>,
+        req: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-        not_yet("PodSandboxStatus")
+        let req = req.into_inner();
+        reply(self.sandbox_status(req).await)
     }
 
     async fn list_pod_sandbox(
         &self,
-        _req: Request<ListPodSandboxRequest>,
+        req: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        not_yet("ListPodSandbox")
+        let req = req.into_inner();
+        reply(self.list_sandboxes(req))
     }
 
     async fn create_container(
         &self,
-        _req: Request<CreateContainerRequest>,
+        req: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        not_yet("CreateContainer")
+        let req = req.into_inner();
+        reply(
+            self.detached(|api| async move { api.create(req).await })
+                .await,
+        )
     }
 
     async fn start_container(
         &self,
-        _req: Request<StartContainerRequest>,
+        req: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        not_yet("StartContainer")
+        let req = req.into_inner();
+        reply(self.start(req).await)
     }
 
     async fn stop_container(
         &self,
-        _req: Request<StopContainerRequest>,
+        req: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        not_yet("StopContainer")
+        let req = req.into_inner();
+        reply(
+            self.detached(|api| async move { api.stop(req).await })
+                .await,
+        )
     }
 
     async fn remove_container(
         &self,
-        _req: Request<RemoveContainerRequest>,
+        req: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        not_yet("RemoveContainer")
+        let req = req.into_inner();
+        reply(
+            self.detached(|api| async move { api.remove(req).await })
+                .await,
+        )
     }
 
     async fn list_containers(
         &self,
-        _req: Request<ListContainersRequest>,
+        req: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        not_yet("ListContainers")
+        let req = req.into_inner();
+        reply(self.list(req))
     }
 
     async fn container_status(
         &self,
-        _req: Request<ContainerStatusRequest>,
+        req: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
-        not_yet("ContainerStatus")
+        let req = req.into_inner();
+        reply(self.status(req))
     }
 
     async fn update_container_resources(
         &self,
-        _req: Request<UpdateContainerResourcesRequest>,
+        req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        not_yet("UpdateContainerResources")
+        reply(self.update_resources(req.into_inner()).await)
     }
 
     async fn reopen_container_log(
         &self,
-        _req: Request<ReopenContainerLogRequest>,
+        req: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-        not_yet("ReopenContainerLog")
+        let req = req.into_inner();
+        reply(self.reopen_log(req).await)
     }
 
     async fn exec_sync(
         &self,
-        _req: Request<ExecSyncRequest>,
+        req: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
-        not_yet("ExecSync")
+        let req = req.into_inner();
+        reply(self.exec_sync_in(req).await)
     }
 
     async fn exec(&self, _req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {

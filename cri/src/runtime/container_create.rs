@@ -1,0 +1,319 @@
+//! CreateContainer: resolve the image (kubelet sends the `sha256:` id PullImage returned, or
+//! a name), lease its flattened tree as the overlay's lower directory, build the runtime
+//! crate's `ContainerSpec` from the CRI config, the image config and the sandbox, and create.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::{
+    ContainerConfig, CreateContainerRequest, CreateContainerResponse, LinuxContainerResources,
+    LinuxContainerSecurityContext, MountPropagation,
+};
+use rootstock_imagestore::Image;
+use rootstock_runtime::spec::{
+    BindMount, ContainerSpec, ImageConfig, Propagation, Resources, SecurityContext,
+};
+use rootstock_runtime::{ContainerId, CreateRequest, SandboxId, SandboxInfo, SandboxState};
+
+use super::meta::{ContainerMeta, MountMeta, SandboxMeta, container_name, new_id, to_json};
+use super::{RuntimeApi, blocking};
+use crate::error::CriError;
+
+impl RuntimeApi {
+    pub(super) async fn create(
+        &self,
+        req: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse, CriError> {
+        let sandbox_id = SandboxId::new(req.pod_sandbox_id)?;
+        let config = req.config.ok_or_else(|| {
+            CriError::InvalidArgument("CreateContainer: no container config given".to_owned())
+        })?;
+        let metadata = config.metadata.clone().unwrap_or_default();
+        if metadata.name.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: container metadata.name is empty".to_owned(),
+            ));
+        }
+        // Held until the container is recorded: a concurrent StopPodSandbox then sees it.
+        let _locked = self.lock_sandbox(sandbox_id.as_str()).await;
+        let sandbox = self.rt.sandbox(&sandbox_id)?;
+        if sandbox.record.state != SandboxState::Ready {
+            return Err(CriError::FailedPrecondition(format!(
+                "sandbox {sandbox_id}: not ready (stopped): cannot create containers in it"
+            )));
+        }
+        let sandbox_meta = SandboxMeta::of(&sandbox);
+        let id = ContainerId::new(new_id()?)?;
+        let reservation = self.names.reserve(
+            "container",
+            &container_name(sandbox_id.as_str(), &metadata.name, metadata.attempt),
+            id.as_str(),
+        )?;
+
+        let requested = config
+            .image
+            .as_ref()
+            .map(|i| i.image.trim().to_owned())
+            .unwrap_or_default();
+        if requested.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: no image given (ContainerConfig.image is empty)".to_owned(),
+            ));
+        }
+        let image = self.store.status(&requested)?.ok_or_else(|| {
+            CriError::NotFound(format!("image {requested:?} not found: pull it first"))
+        })?;
+        let (rootfs_lower, tree_lease) = self.lease_tree(&image, &id).await?;
+
+        let log_path = log_path(&sandbox_meta.log_directory, &config.log_path)?;
+        let meta = ContainerMeta {
+            version: 1,
+            sandbox_id: sandbox_id.to_string(),
+            name: metadata.name.clone(),
+            attempt: metadata.attempt,
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
+            image_requested: requested,
+            image_id: image.id.to_string(),
+            image_tag: image
+                .repo_tags
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.to_string()),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.to_string()),
+            tree_lease: tree_lease.clone(),
+            stop_signal: stop_signal(&image.config.stop_signal),
+            mounts: config
+                .mounts
+                .iter()
+                .map(|m| MountMeta {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    readonly: m.readonly,
+                    propagation: m.propagation,
+                })
+                .collect(),
+        };
+        let request = CreateRequest {
+            id: id.clone(),
+            handler: sandbox_meta.runtime_handler.clone(),
+            spec: container_spec(&config, &image, &sandbox, &sandbox_meta)?,
+            rootfs_lower,
+            log_path,
+            client_data: to_json(&meta),
+        };
+        let rt = self.rt.clone();
+        match blocking(move || rt.create_container(request)).await {
+            Ok(_) => {
+                reservation.keep();
+                tracing::info!(container = %id, sandbox = %sandbox_id, name = %metadata.name, "container created");
+                Ok(CreateContainerResponse {
+                    container_id: id.to_string(),
+                })
+            }
+            Err(err) => {
+                self.release_tree(tree_lease.as_deref()).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Leases the image's flattened root filesystem for the container's lifetime, under the
+    /// container's id: the store persists the lease, so the tree outlives RemoveImage and
+    /// daemon restarts until RemoveContainer gives it back.
+    async fn lease_tree(
+        &self,
+        image: &Image,
+        id: &ContainerId,
+    ) -> Result<(PathBuf, Option<String>), CriError> {
+        let tree = self
+            .store
+            .lease_tree(&image.id.to_string(), id.as_str())
+            .await?;
+        Ok((tree, Some(id.to_string())))
+    }
+
+    /// Gives a tree lease back (RemoveContainer, or a failed create). A failure only delays
+    /// the tree's collection, so it is logged, not returned.
+    pub(super) async fn release_tree(&self, lease: Option<&str>) {
+        if let Some(lease) = lease
+            && let Err(e) = self.store.release(lease).await
+        {
+            tracing::warn!(lease, "releasing the image tree lease: {e}");
+        }
+    }
+}
+
+/// The CRI log path: `log_directory` joined with the container's `log_path`, absolute, its
+/// directory created (kubelet makes the pod's directory, the container's may be new). With
+/// no log requested (a bare client), output is discarded.
+fn log_path(log_directory: &str, log_path: &str) -> Result<PathBuf, CriError> {
+    if log_path.is_empty() {
+        return Ok(PathBuf::from("/dev/null"));
+    }
+    let path = Path::new(log_directory).join(log_path);
+    if !path.is_absolute() {
+        return Err(CriError::InvalidArgument(format!(
+            "log path {} is not absolute (sandbox log_directory {log_directory:?})",
+            path.display()
+        )));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            CriError::Internal(format!("creating log directory {}: {e}", dir.display()))
+        })?;
+    }
+    Ok(path)
+}
+
+/// The image's `StopSignal` (`SIGQUIT`, `QUIT` or `3`), else SIGTERM.
+fn stop_signal(name: &str) -> i32 {
+    use nix::sys::signal::Signal;
+    use std::str::FromStr;
+    let name = name.trim();
+    if let Ok(n) = name.parse::<i32>()
+        && Signal::try_from(n).is_ok()
+    {
+        return n;
+    }
+    let full = if name.starts_with("SIG") {
+        name.to_owned()
+    } else {
+        format!("SIG{name}")
+    };
+    Signal::from_str(&full.to_ascii_uppercase()).unwrap_or(Signal::SIGTERM) as i32
+}
+
+fn container_spec(
+    config: &ContainerConfig,
+    image: &Image,
+    sandbox: &SandboxInfo,
+    sandbox_meta: &SandboxMeta,
+) -> Result<ContainerSpec, CriError> {
+    let linux = config.linux.clone().unwrap_or_default();
+    Ok(ContainerSpec {
+        command: config.command.clone(),
+        args: config.args.clone(),
+        env: config
+            .envs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect(),
+        working_dir: (!config.working_dir.is_empty()).then(|| config.working_dir.clone()),
+        image: ImageConfig {
+            entrypoint: image.config.entrypoint.clone(),
+            cmd: image.config.cmd.clone(),
+            env: image.config.env.clone(),
+            working_dir: image.config.working_dir.clone(),
+            user: image.config.user.clone(),
+        },
+        hostname: sandbox.container_hostname(),
+        mounts: config
+            .mounts
+            .iter()
+            .map(|m| BindMount {
+                container_path: PathBuf::from(&m.container_path),
+                host_path: PathBuf::from(&m.host_path),
+                readonly: m.readonly,
+                propagation: match MountPropagation::try_from(m.propagation) {
+                    Ok(MountPropagation::PropagationHostToContainer) => {
+                        Propagation::HostToContainer
+                    }
+                    Ok(MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+                    _ => Propagation::Private,
+                },
+            })
+            .collect(),
+        sandbox_mounts: sandbox.container_mounts(),
+        namespaces: sandbox.container_namespaces(),
+        cgroup_parent: sandbox_meta.cgroup_parent.clone(),
+        security: security(linux.security_context.as_ref())?,
+        resources: resources(linux.resources.as_ref()),
+        tty: config.tty,
+        annotations: config
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    })
+}
+
+fn security(sc: Option<&LinuxContainerSecurityContext>) -> Result<SecurityContext, CriError> {
+    let Some(sc) = sc else {
+        return Ok(SecurityContext::default());
+    };
+    let id = |what: &str, v: i64| {
+        u32::try_from(v).map_err(|_| {
+            CriError::InvalidArgument(format!("security context: {what} {v} is not a valid id"))
+        })
+    };
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    Ok(SecurityContext {
+        run_as_user: sc
+            .run_as_user
+            .map(|v| id("run_as_user", v.value))
+            .transpose()?,
+        run_as_username: (!sc.run_as_username.is_empty()).then(|| sc.run_as_username.clone()),
+        run_as_group: sc
+            .run_as_group
+            .map(|v| id("run_as_group", v.value))
+            .transpose()?,
+        supplemental_groups: sc
+            .supplemental_groups
+            .iter()
+            .map(|g| id("supplemental group", *g))
+            .collect::<Result<_, _>>()?,
+        readonly_rootfs: sc.readonly_rootfs,
+        no_new_privs: sc.no_new_privs,
+        privileged: sc.privileged,
+        add_capabilities: caps.add_capabilities,
+        drop_capabilities: caps.drop_capabilities,
+        masked_paths: (!sc.masked_paths.is_empty()).then(|| sc.masked_paths.clone()),
+        readonly_paths: (!sc.readonly_paths.is_empty()).then(|| sc.readonly_paths.clone()),
+    })
+}
+
+/// CRI's "0 means unset" becomes `None`.
+pub(super) fn resources(r: Option<&LinuxContainerResources>) -> Resources {
+    let Some(r) = r else {
+        return Resources::default();
+    };
+    let pos_u = |v: i64| u64::try_from(v).ok().filter(|v| *v > 0);
+    let pos_i = |v: i64| (v > 0).then_some(v);
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    Resources {
+        // kubelet always sends it (-997 … 1000); 0 is also "inherit", which is the default.
+        oom_score_adj: i32::try_from(r.oom_score_adj).ok().filter(|v| *v != 0),
+        cpu_shares: pos_u(r.cpu_shares),
+        cpu_quota: pos_i(r.cpu_quota),
+        cpu_period: pos_u(r.cpu_period),
+        cpuset_cpus: text(&r.cpuset_cpus),
+        cpuset_mems: text(&r.cpuset_mems),
+        memory_limit_bytes: pos_i(r.memory_limit_in_bytes),
+        pids_limit: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signal_accepts_names_short_names_and_numbers() {
+        assert_eq!(stop_signal("SIGQUIT"), 3);
+        assert_eq!(stop_signal("quit"), 3);
+        assert_eq!(stop_signal("9"), 9);
+        assert_eq!(stop_signal(""), 15);
+        assert_eq!(stop_signal("SIGNOPE"), 15);
+    }
+
+    #[test]
+    fn log_path_is_joined_and_empty_means_discard() {
+        assert_eq!(log_path("", "").ok(), Some(PathBuf::from("/dev/null")));
+        assert!(log_path("", "relative.log").is_err());
+    }
+}

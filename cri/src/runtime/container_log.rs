@@ -1,0 +1,19 @@
+//! ReopenContainerLog: kubelet's log rotation renamed the file; the monitor reopens the path.
+
+use k8s_cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
+use rootstock_runtime::ContainerId;
+
+use super::{RuntimeApi, blocking};
+use crate::error::CriError;
+
+impl RuntimeApi {
+    pub(super) async fn reopen_log(
+        &self,
+        req: ReopenContainerLogRequest,
+    ) -> Result<ReopenContainerLogResponse, CriError> {
+        let id = ContainerId::new(req.container_id)?;
+        let rt = self.rt.clone();
+        blocking(move || rt.reopen_container_log(&id)).await?;
+        Ok(ReopenContainerLogResponse {})
+    }
+}

@@ -1,0 +1,136 @@
+//! ContainerStatus and ListContainers, from the runtime's in-memory records (refreshed from
+//! the monitors' exit files) and the CRI values stored with them.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::{
+    Container, ContainerState as CriState, ContainerStatus, ContainerStatusRequest,
+    ContainerStatusResponse, ImageSpec, ListContainersRequest, ListContainersResponse,
+};
+use rootstock_runtime::{ContainerId, ContainerInfo, ContainerState};
+
+use super::meta::ContainerMeta;
+use super::{RuntimeApi, labels_match};
+use crate::error::CriError;
+
+impl RuntimeApi {
+    pub(super) fn status(
+        &self,
+        req: ContainerStatusRequest,
+    ) -> Result<ContainerStatusResponse, CriError> {
+        let id = ContainerId::new(req.container_id)?;
+        let info = self.rt.container(&id)?;
+        let meta = ContainerMeta::of(&info);
+        let rec = &info.record;
+        let (finished_at, exit_code, reason) = match rec.state {
+            ContainerState::Exited(exit) => (
+                exit.exited_at_unix_nanos,
+                exit.exit_code,
+                exit.reason.as_cri().to_owned(),
+            ),
+            _ => (0, 0, String::new()),
+        };
+        let mut info_map = HashMap::new();
+        if req.verbose {
+            // crictl decodes every info value as a JSON object.
+            let verbose = serde_json::json!({
+                "id": id.as_str(),
+                "sandboxID": meta.sandbox_id,
+                "pid": rec.init_pid,
+                "handler": rec.handler,
+                "cgroupPath": rec.cgroup_path,
+                "runDir": info.run_dir,
+                "rootfs": info.rootfs,
+                "imageRequested": meta.image_requested,
+            });
+            info_map.insert("info".to_owned(), verbose.to_string());
+        }
+        Ok(ContainerStatusResponse {
+            status: Some(ContainerStatus {
+                id: id.to_string(),
+                metadata: Some(meta.metadata()),
+                state: cri_state(&rec.state) as i32,
+                created_at: rec.created_at_unix_nanos,
+                started_at: rec.started_at_unix_nanos.unwrap_or_default(),
+                finished_at,
+                exit_code,
+                image: Some(image_spec(&meta.image_tag)),
+                image_ref: meta.image_ref.clone(),
+                reason,
+                message: String::new(),
+                mounts: meta.mounts.iter().map(|m| m.to_cri()).collect(),
+                log_path: log_path(&info),
+                resources: None,
+                image_id: meta.image_id.clone(),
+                user: None,
+                labels: meta.labels,
+                annotations: meta.annotations,
+            }),
+            info: info_map,
+        })
+    }
+
+    pub(super) fn list(
+        &self,
+        req: ListContainersRequest,
+    ) -> Result<ListContainersResponse, CriError> {
+        let filter = req.filter.unwrap_or_default();
+        let containers = self
+            .rt
+            .list_containers()
+            .into_iter()
+            .filter(|c| filter.id.is_empty() || c.record.id.as_str() == filter.id)
+            .filter(|c| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| s.state == cri_state(&c.record.state) as i32)
+            })
+            .filter_map(|c| {
+                let meta = ContainerMeta::of(&c);
+                let wanted = (filter.pod_sandbox_id.is_empty()
+                    || meta.sandbox_id == filter.pod_sandbox_id)
+                    && labels_match(&meta.labels, &filter.label_selector);
+                wanted.then(|| Container {
+                    id: c.record.id.to_string(),
+                    pod_sandbox_id: meta.sandbox_id.clone(),
+                    metadata: Some(meta.metadata()),
+                    image: Some(image_spec(&meta.image_tag)),
+                    image_ref: meta.image_ref.clone(),
+                    state: cri_state(&c.record.state) as i32,
+                    created_at: c.record.created_at_unix_nanos,
+                    image_id: meta.image_id.clone(),
+                    labels: meta.labels,
+                    annotations: meta.annotations,
+                })
+            })
+            .collect();
+        Ok(ListContainersResponse { containers })
+    }
+}
+
+fn cri_state(state: &ContainerState) -> CriState {
+    match state {
+        ContainerState::Created => CriState::ContainerCreated,
+        ContainerState::Running => CriState::ContainerRunning,
+        ContainerState::Exited(_) => CriState::ContainerExited,
+        ContainerState::Unknown => CriState::ContainerUnknown,
+    }
+}
+
+fn image_spec(image: &str) -> ImageSpec {
+    ImageSpec {
+        image: image.to_owned(),
+        ..ImageSpec::default()
+    }
+}
+
+/// The absolute log path; empty when the container was created without one.
+fn log_path(info: &ContainerInfo) -> String {
+    let path = &info.record.log_path;
+    if path.as_os_str() == "/dev/null" {
+        String::new()
+    } else {
+        path.display().to_string()
+    }
+}

@@ -1,0 +1,135 @@
+//! PodSandboxStatus and ListPodSandbox, from the runtime's in-memory records (kubelet's PLEG
+//! lists every second) and the pod IPs kept since ADD.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::{
+    LinuxPodSandboxStatus, ListPodSandboxRequest, ListPodSandboxResponse, Namespace, PodIp,
+    PodSandbox, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
+    PodSandboxStatusRequest, PodSandboxStatusResponse,
+};
+use rootstock_runtime::{ContainerInfo, SandboxId, SandboxInfo, SandboxState};
+
+use super::meta::{ContainerMeta, SandboxMeta};
+use super::{RuntimeApi, labels_match};
+use crate::error::CriError;
+
+impl RuntimeApi {
+    pub(super) async fn sandbox_status(
+        &self,
+        req: PodSandboxStatusRequest,
+    ) -> Result<PodSandboxStatusResponse, CriError> {
+        let id = SandboxId::new(req.pod_sandbox_id)?;
+        let info = self.rt.sandbox(&id)?;
+        let meta = SandboxMeta::of(&info);
+        let ready = info.record.state == SandboxState::Ready;
+        let network = if info.record.host_network || !ready {
+            None
+        } else {
+            let ips = self.ips_of(&id).await?;
+            let mut ips = ips.into_iter();
+            Some(PodSandboxNetworkStatus {
+                ip: ips.next().unwrap_or_default(),
+                additional_ips: ips.map(|ip| PodIp { ip }).collect(),
+            })
+        };
+        let mut info_map = HashMap::new();
+        if req.verbose {
+            // crictl decodes every info value as a JSON object.
+            let verbose = serde_json::json!({
+                "id": id.as_str(),
+                "state": format!("{:?}", info.record.state),
+                "hostname": info.record.hostname,
+                "pid": info.record.pod_init.map(|p| p.pid),
+                "netnsPath": info.netns_path(),
+                "runtimeHandler": meta.runtime_handler,
+                "cgroupParent": meta.cgroup_parent,
+                "stateDir": info.dir,
+            });
+            info_map.insert("info".to_owned(), verbose.to_string());
+        }
+        Ok(PodSandboxStatusResponse {
+            status: Some(PodSandboxStatus {
+                id: id.to_string(),
+                metadata: Some(meta.metadata()),
+                state: sandbox_state(&info) as i32,
+                created_at: info.record.created_at_unix_nanos,
+                network,
+                linux: Some(LinuxPodSandboxStatus {
+                    namespaces: Some(Namespace {
+                        options: Some(meta.namespace_options()),
+                    }),
+                }),
+                labels: meta.labels,
+                annotations: meta.annotations,
+                runtime_handler: meta.runtime_handler,
+            }),
+            info: info_map,
+            containers_statuses: Vec::new(),
+            timestamp: 0,
+        })
+    }
+
+    /// The pod's IPs: from memory, else (after a restart) from the CNI cache.
+    async fn ips_of(&self, id: &SandboxId) -> Result<Vec<String>, CriError> {
+        if let Some(ips) = self.pod_ips().get(id.as_str()) {
+            return Ok(ips.clone());
+        }
+        let ips: Vec<String> = match self.cni.attachment(id.as_str()).await? {
+            Some(status) => status.ips.iter().map(ToString::to_string).collect(),
+            None => Vec::new(),
+        };
+        if !ips.is_empty() {
+            self.pod_ips().insert(id.to_string(), ips.clone());
+        }
+        Ok(ips)
+    }
+
+    pub(super) fn list_sandboxes(
+        &self,
+        req: ListPodSandboxRequest,
+    ) -> Result<ListPodSandboxResponse, CriError> {
+        let filter = req.filter.unwrap_or_default();
+        let items = self
+            .rt
+            .list_sandboxes()
+            .into_iter()
+            .filter(|info| filter.id.is_empty() || info.record.id.as_str() == filter.id)
+            .filter(|info| {
+                filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| s.state == sandbox_state(info) as i32)
+            })
+            .filter_map(|info| {
+                let meta = SandboxMeta::of(&info);
+                labels_match(&meta.labels, &filter.label_selector).then(|| PodSandbox {
+                    id: info.record.id.to_string(),
+                    metadata: Some(meta.metadata()),
+                    state: sandbox_state(&info) as i32,
+                    created_at: info.record.created_at_unix_nanos,
+                    labels: meta.labels,
+                    annotations: meta.annotations,
+                    runtime_handler: meta.runtime_handler,
+                })
+            })
+            .collect();
+        Ok(ListPodSandboxResponse { items })
+    }
+
+    /// The containers recorded for sandbox `id`.
+    pub(super) fn containers_of(&self, id: &SandboxId) -> Vec<ContainerInfo> {
+        self.rt
+            .list_containers()
+            .into_iter()
+            .filter(|c| ContainerMeta::of(c).sandbox_id == id.as_str())
+            .collect()
+    }
+}
+
+fn sandbox_state(info: &SandboxInfo) -> PodSandboxState {
+    match info.record.state {
+        SandboxState::Ready => PodSandboxState::SandboxReady,
+        SandboxState::NotReady => PodSandboxState::SandboxNotready,
+    }
+}

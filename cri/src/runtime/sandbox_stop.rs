@@ -1,0 +1,46 @@
+//! StopPodSandbox: stop the pod's containers, CNI DEL, release the namespaces. Idempotent:
+//! an unknown or already stopped sandbox is OK (CRI; critest `idempotence.go`).
+
+use std::time::Duration;
+
+use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
+use rootstock_runtime::SandboxId;
+
+use super::{RuntimeApi, blocking};
+use crate::error::CriError;
+
+impl RuntimeApi {
+    pub(super) async fn stop_sandbox(
+        &self,
+        req: StopPodSandboxRequest,
+    ) -> Result<StopPodSandboxResponse, CriError> {
+        let id = SandboxId::new(req.pod_sandbox_id)?;
+        let _locked = self.lock_sandbox(id.as_str()).await;
+        self.stop_sandbox_by_id(&id).await?;
+        Ok(StopPodSandboxResponse {})
+    }
+
+    /// Shared with RemovePodSandbox, which must leave nothing running either.
+    pub(super) async fn stop_sandbox_by_id(&self, id: &SandboxId) -> Result<(), CriError> {
+        // Containers first, as containerd does: they must not see their network vanish
+        // while they run. kubelet has already stopped them gracefully; this is the backstop.
+        for c in self.containers_of(id) {
+            let rt = self.rt.clone();
+            let cid = c.record.id.clone();
+            blocking(move || rt.stop_container(&cid, SIGKILL, Duration::ZERO)).await?;
+        }
+        // DEL runs also for a sandbox this daemon does not know (a crash between ADD and the
+        // record, or a record already removed): the CNI cache decides, so an IP is never
+        // leaked. Without a cache entry it does nothing.
+        self.cni.teardown(id.as_str()).await?;
+        self.pod_ips().remove(id.as_str());
+        let rt = self.rt.clone();
+        let sid = id.clone();
+        blocking(move || rt.stop_sandbox(&sid)).await?;
+        Ok(())
+    }
+}
+
+/// The pod is going away: its containers get no grace period here (containerd does the
+/// same; kubelet has already stopped them with theirs).
+const SIGKILL: i32 = nix::sys::signal::Signal::SIGKILL as i32;

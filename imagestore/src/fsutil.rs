@@ -1,0 +1,268 @@
+//! File-system primitives for the tree cache: every path below a tree or layer root is
+//! resolved with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS |
+//! RESOLVE_NO_XDEV)`, so no entry of a hostile layer can make us open, create or delete
+//! anything outside the root, whatever symlinks earlier entries planted: the kernel refuses
+//! the resolution (`ELOOP`) instead of us checking strings. Every other call is an `*at`
+//! call on a directory fd obtained that way, with `AT_SYMLINK_NOFOLLOW` where it applies.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{
+    AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags,
+};
+use serde::{Deserialize, Serialize};
+
+/// Resolution flags for everything below a root we do not trust.
+pub(crate) fn contained() -> ResolveFlags {
+    ResolveFlags::IN_ROOT
+        | ResolveFlags::NO_SYMLINKS
+        | ResolveFlags::NO_MAGICLINKS
+        | ResolveFlags::NO_XDEV
+}
+
+/// Inode metadata of a tar entry, as a tree reproduces it and an object key includes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    /// Permission bits including setuid/setgid/sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+    /// Extended attributes, sorted by name (`trusted.overlay.*` never appear).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Open a directory we trust (a store directory) as an `O_PATH` fd.
+pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Open the directory `rel` below `root`, refusing any symlink on the way.
+pub(crate) fn resolve_dir(root: &impl AsFd, rel: &str) -> io::Result<OwnedFd> {
+    let rel = if rel.is_empty() { "." } else { rel };
+    rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        contained(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Open the regular file `rel` below `root` for reading, refusing symlinks.
+pub(crate) fn open_file_in(root: &impl AsFd, rel: &str) -> io::Result<File> {
+    let fd = rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        contained(),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// `lstat` of `name` in `dir`; `None` when absent.
+pub(crate) fn stat_at(dir: &impl AsFd, name: &str) -> io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The file type of a stat.
+pub(crate) fn file_type(st: &rustix::fs::Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+/// Remove `name` in `dir`, recursively if it is a directory, never following symlinks.
+/// Absent is fine.
+pub(crate) fn remove_all_at(dir: &impl AsFd, name: &str) -> io::Result<()> {
+    let Some(st) = stat_at(dir, name)? else {
+        return Ok(());
+    };
+    if file_type(&st) == FileType::Directory {
+        let child = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        clear_dir(&child)?;
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
+    } else {
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Remove everything inside the directory `dir` (an fd opened for reading).
+pub(crate) fn clear_dir(dir: &OwnedFd) -> io::Result<()> {
+    for name in list_dir(dir)? {
+        remove_all_at(dir, &name)?;
+    }
+    Ok(())
+}
+
+/// Names in a directory (without `.` and `..`); non-UTF-8 names are returned lossily, which
+/// only happens for content we refused to create in the first place.
+pub(crate) fn list_dir(dir: &impl AsFd) -> io::Result<Vec<String>> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    for entry in Dir::read_from(&fd)? {
+        let entry = entry?;
+        let name: &CStr = entry.file_name();
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        out.push(String::from_utf8_lossy(bytes).into_owned());
+    }
+    Ok(out)
+}
+
+/// Remove a whole directory tree we own (a store directory), by path.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    let dir = match open_dir(parent) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    remove_all_at(&dir, name)
+}
+
+fn timestamps(mtime: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Owner, mode, xattrs and mtime on an open file or directory. Order matters: `chown`
+/// clears setuid/setgid and `security.capability`, so it goes first; the mtime goes last.
+pub(crate) fn apply_meta_fd(fd: &impl AsFd, meta: &Meta) -> io::Result<()> {
+    rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(meta.uid)),
+        Some(rustix::fs::Gid::from_raw(meta.gid)),
+    )?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))?;
+    for (name, value) in &meta.xattrs {
+        rustix::fs::fsetxattr(fd, name.as_str(), value, XattrFlags::empty())?;
+    }
+    rustix::fs::futimens(fd, &timestamps(meta.mtime))?;
+    Ok(())
+}
+
+/// Metadata on an entry we must not open (symlink, fifo, device): by name in `dir`.
+/// Symlinks get no mode (Linux has none) and no xattrs (`user.*` is refused on symlinks).
+pub(crate) fn apply_meta_at(
+    dir: &impl AsFd,
+    name: &str,
+    meta: &Meta,
+    is_symlink: bool,
+) -> io::Result<()> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(rustix::fs::Uid::from_raw(meta.uid)),
+        Some(rustix::fs::Gid::from_raw(meta.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    if !is_symlink {
+        rustix::fs::chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(meta.mode & 0o7777),
+            AtFlags::empty(),
+        )?;
+        if !meta.xattrs.is_empty() {
+            // lsetxattr through the dir fd's /proc link: the last component is not followed.
+            let path = format!(
+                "/proc/self/fd/{}/{name}",
+                std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd())
+            );
+            for (k, v) in &meta.xattrs {
+                rustix::fs::lsetxattr(path.as_str(), k.as_str(), v, XattrFlags::empty())?;
+            }
+        }
+    }
+    rustix::fs::utimensat(
+        dir,
+        name,
+        &timestamps(meta.mtime),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
+/// Every xattr of an open file, sorted by name.
+pub(crate) fn read_xattrs(fd: &impl AsFd) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        match rustix::fs::flistxattr(fd, &mut names[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = Vec::new();
+    for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let name = String::from_utf8_lossy(raw).into_owned();
+        let mut value = vec![0u8; 256];
+        let len = loop {
+            match rustix::fs::fgetxattr(fd, name.as_str(), &mut value[..]) {
+                Ok(len) => break len,
+                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        value.truncate(len);
+        out.push((name, value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// fsync a directory we own (after renames into it).
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Flush the whole store's file system once (one call per layer or tree, rather than one
+/// fsync per file: the unclean-start sweep covers what a power loss tears before it).
+pub(crate) fn sync_fs(path: &Path) -> io::Result<()> {
+    let fd = File::open(path)?;
+    rustix::fs::syncfs(&fd)?;
+    Ok(())
+}

@@ -1,0 +1,1042 @@
+//! [`TreeLayerSink`]: the tree cache's layer sink. One pass per layer blob:
+//! verified download → decompress (gzip via zlib-rs, zstd) → hash the tar (diff_id) → tar
+//! entries → file objects and the layer tree, written under `tmp/` and renamed into
+//! `layers/<diffid-hex>/` only after the diff_id matched and the file system was synced.
+//!
+//! A layer directory holds:
+//! * `root/` — the layer's own view: directories, symlinks, fifos, whiteout markers (empty
+//!   `.wh.*` files, as in the tar), regular files as hard links to their objects (or private
+//!   copies for empty files and when the object hit `EMLINK`). Its links keep objects alive.
+//! * `layer.json` — a `LayerManifest`: every entry's metadata, the whiteouts, opaque
+//!   directories and hard links, which rendering replays without reading any tar again.
+//!
+//! Objects live in `objects/<aa>/<rest>`, named by `object_key`: sha256 of the content and
+//! the metadata an inode carries (mode, owner, mtime, xattrs), so a hard link to an object
+//! reproduces the file exactly.
+//!
+//! The tar reading is the `tar` crate's (headers, PAX, GNU long names); what it writes to disk
+//! is ours, because the crate's `unpack` resolves paths by string and follows symlinks, which
+//! the containment rules below forbid.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tracing::{debug, warn};
+
+use crate::blobs::BlobStore;
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::fsutil::{self, Meta};
+use crate::layer::{LayerInput, LayerSink};
+use crate::manifest::Compression;
+use crate::metadata::{LayerRecord, Metadata};
+use crate::reference::Digest;
+
+const LAYER_MANIFEST: &str = "layer.json";
+const LAYER_ROOT: &str = "root";
+const MANIFEST_VERSION: u32 = 1;
+const COPY_BUFFER: usize = 256 << 10;
+
+/// What an entry of a layer is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Kind {
+    /// A directory; `implicit` when the tar had no entry for it (only a parent of one).
+    Dir {
+        #[serde(default)]
+        implicit: bool,
+    },
+    /// A regular file: its object key, `None` for an empty file; `private` when the layer
+    /// tree holds its own copy (`EMLINK`).
+    File {
+        object: Option<String>,
+        size: u64,
+        #[serde(default)]
+        private: bool,
+    },
+    /// A symbolic link (target verbatim; never followed by the store).
+    Symlink { target: String },
+    /// A named pipe.
+    Fifo,
+    /// A character device.
+    Char { major: u32, minor: u32 },
+    /// A block device.
+    Block { major: u32, minor: u32 },
+}
+
+/// One entry of a layer manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ManEntry {
+    /// Path relative to the root, `/`-separated, normalised ("" is the root itself).
+    pub path: String,
+    #[serde(flatten)]
+    pub kind: Kind,
+    pub meta: Meta,
+}
+
+/// A layer as rendering replays it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LayerManifest {
+    pub version: u32,
+    pub diff_id: String,
+    /// Entries by path; parents sort before children.
+    pub entries: Vec<ManEntry>,
+    /// `(path, target)` hard links in tar order; the target may live in a lower layer.
+    pub hardlinks: Vec<(String, String)>,
+    /// Paths a `.wh.<name>` deletes from lower layers.
+    pub whiteouts: Vec<String>,
+    /// Directories a `.wh..wh..opq` empties of lower layers' content.
+    pub opaques: Vec<String>,
+}
+
+impl LayerManifest {
+    /// Read `layers/<hex>/layer.json`.
+    pub(crate) fn load(layer_dir: &Path) -> Result<LayerManifest> {
+        let path = layer_dir.join(LAYER_MANIFEST);
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read layer manifest", &path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Metadata {
+            op: "decode layer manifest",
+            detail: format!("{}: {e}", path.display()),
+        })
+    }
+}
+
+/// The object key of a regular file: sha256 over a version tag, the content digest and the
+/// metadata a hard link shares.
+pub(crate) fn object_key(content: &[u8; 32], meta: &Meta) -> String {
+    let mut h = Sha256::new();
+    h.update(b"rootstock-object-v1\0");
+    h.update(content);
+    h.update(
+        format!(
+            "{:o} {} {} {}\0",
+            meta.mode & 0o7777,
+            meta.uid,
+            meta.gid,
+            meta.mtime
+        )
+        .as_bytes(),
+    );
+    for (k, v) in &meta.xattrs {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
+    hex::encode(h.finalize())
+}
+
+/// `objects/<aa>/<rest>` relative to the objects directory.
+pub(crate) fn object_rel(key: &str) -> String {
+    match (key.get(..2), key.get(2..)) {
+        (Some(fan), Some(rest)) => format!("{fan}/{rest}"),
+        // Only a corrupted manifest holds such a key; it then names no object.
+        _ => format!("invalid/{key}"),
+    }
+}
+
+/// Paths of the store the tree cache uses.
+#[derive(Debug, Clone)]
+pub(crate) struct StorePaths {
+    pub root: PathBuf,
+    pub objects: PathBuf,
+    pub layers: PathBuf,
+    pub trees: PathBuf,
+    pub tmp: PathBuf,
+}
+
+impl StorePaths {
+    pub(crate) fn new(root: &Path) -> Self {
+        StorePaths {
+            root: root.to_path_buf(),
+            objects: root.join("objects"),
+            layers: root.join("layers"),
+            trees: root.join("trees"),
+            tmp: root.join("tmp"),
+        }
+    }
+
+    /// `layers/<hex>` of a diff_id.
+    pub(crate) fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.layers.join(diff_id.hex())
+    }
+
+    /// The view of a layer.
+    pub(crate) fn layer_root(&self, diff_id: &Digest) -> PathBuf {
+        self.layer_dir(diff_id).join(LAYER_ROOT)
+    }
+
+    /// Create the directories (0700), with the 256 object fan-out directories.
+    pub(crate) fn create(&self) -> Result<()> {
+        for d in [&self.objects, &self.layers, &self.trees, &self.tmp] {
+            crate::blobs::create_private_dir(d)?;
+        }
+        for i in 0..=255u8 {
+            crate::blobs::create_private_dir(&self.objects.join(format!("{i:02x}")))?;
+        }
+        Ok(())
+    }
+
+    /// A fresh directory name under `tmp/`.
+    pub(crate) fn tmp_name(&self, prefix: &str) -> PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        self.tmp
+            .join(format!("{prefix}-{}-{n}", std::process::id()))
+    }
+}
+
+/// A directory under `tmp/` removed on drop unless disarmed.
+pub(crate) struct TmpDir {
+    pub path: PathBuf,
+    armed: bool,
+}
+
+impl TmpDir {
+    pub(crate) fn create(path: PathBuf) -> Result<TmpDir> {
+        crate::blobs::create_private_dir(&path)?;
+        Ok(TmpDir { path, armed: true })
+    }
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = fsutil::remove_tree(&self.path)
+        {
+            warn!(path = %self.path.display(), error = %e, "could not remove a temporary dir");
+        }
+    }
+}
+
+/// The sink that unpacks layers into objects and layer trees.
+#[derive(Debug)]
+pub struct TreeLayerSink {
+    paths: StorePaths,
+    meta: Arc<Metadata>,
+    blobs: Arc<BlobStore>,
+    keep_blobs: bool,
+    allow_device_nodes: bool,
+}
+
+impl TreeLayerSink {
+    /// A sink over the store at `root` (directories created by [`crate::ImageStore::open`]).
+    pub fn new(
+        root: &Path,
+        meta: Arc<Metadata>,
+        blobs: Arc<BlobStore>,
+        keep_blobs: bool,
+        allow_device_nodes: bool,
+    ) -> Self {
+        TreeLayerSink {
+            paths: StorePaths::new(root),
+            meta,
+            blobs,
+            keep_blobs,
+            allow_device_nodes,
+        }
+    }
+}
+
+/// Counts what passes and optionally copies it to a kept blob.
+/// The first typed error of the blob stream is kept: decoders and the tar reader wrap the
+/// errors they pass on, and the real cause (a cut connection, a digest mismatch) must
+/// survive to decide retries and messages.
+struct BlobSide<'a> {
+    inner: &'a mut dyn Read,
+    keep: Option<&'a mut crate::blobs::TempBlob>,
+    first_error: Option<Error>,
+}
+
+impl Read for BlobSide<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = &self.first_error {
+            return Err(io::Error::other(e.to_string()));
+        }
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => {
+                let err = Error::from_io(e, "read layer", Path::new("layer stream"));
+                let msg = err.to_string();
+                self.first_error = Some(err);
+                return Err(io::Error::other(msg));
+            }
+        };
+        if let Some(k) = self.keep.as_mut() {
+            k.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
+}
+
+/// Hashes the uncompressed stream as the tar reader pulls it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Split a tar path into normal components: `.` and empty parts dropped, `..` and absolute
+/// paths refused (an entry can never name anything outside the root by its path).
+pub(crate) fn normalize(raw: &str) -> std::result::Result<Vec<String>, String> {
+    if raw.starts_with('/') {
+        return Err("absolute path".into());
+    }
+    let mut out = Vec::new();
+    for c in raw.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err("path has a `..` component".into()),
+            c => out.push(c.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+fn refused(layer: &LayerInput, entry: &str, reason: impl Into<String>) -> Error {
+    Error::LayerRefused {
+        digest: layer.digest.clone(),
+        index: layer.index,
+        entry: entry.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// State of one layer's unpack.
+struct Unpack<'a> {
+    layer: &'a LayerInput,
+    allow_devices: bool,
+    view: OwnedFd,
+    work: OwnedFd,
+    objects: OwnedFd,
+    entries: BTreeMap<String, ManEntry>,
+    hardlinks: Vec<(String, String)>,
+    whiteouts: Vec<String>,
+    opaques: Vec<String>,
+    parent_cache: Option<(String, OwnedFd)>,
+    tmp_counter: u64,
+    buf: Vec<u8>,
+    skipped_devices: u64,
+    dropped_xattrs: u64,
+}
+
+impl<'a> Unpack<'a> {
+    fn io_err(&self, op: &'static str, entry: &str) -> impl Fn(io::Error) -> Error + '_ {
+        let path = PathBuf::from(entry);
+        move |e| Error::io(op, path.clone(), e)
+    }
+
+    /// The directory that holds `comps`' last component, creating missing parents as
+    /// implicit directories; refuses to go through a symlink or a non-directory.
+    fn parent(&mut self, comps: &[String], entry: &str) -> Result<OwnedFd> {
+        let parent = comps[..comps.len().saturating_sub(1)].join("/");
+        if let Some((p, fd)) = &self.parent_cache
+            && *p == parent
+        {
+            return fd.try_clone().map_err(|e| Error::io("dup dir", entry, e));
+        }
+        let mut cur = self
+            .view
+            .try_clone()
+            .map_err(|e| Error::io("dup dir", entry, e))?;
+        let mut prefix = String::new();
+        for c in &comps[..comps.len().saturating_sub(1)] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(c);
+            cur = match fsutil::resolve_dir(&cur, c) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc_enoent()) => {
+                    rustix::fs::mkdirat(&cur, c.as_str(), Mode::from_raw_mode(0o755))
+                        .map_err(|e| Error::io("create directory", &prefix, e.into()))?;
+                    self.entries.entry(prefix.clone()).or_insert(ManEntry {
+                        path: prefix.clone(),
+                        kind: Kind::Dir { implicit: true },
+                        meta: Meta {
+                            mode: 0o755,
+                            ..Meta::default()
+                        },
+                    });
+                    fsutil::resolve_dir(&cur, c)
+                        .map_err(|e| Error::io("open directory", &prefix, e))?
+                }
+                Err(e) if is_contain_errno(&e) => {
+                    return Err(refused(
+                        self.layer,
+                        entry,
+                        format!("its parent {prefix:?} is a symlink or not a directory"),
+                    ));
+                }
+                Err(e) => return Err(Error::io("open directory", &prefix, e)),
+            };
+        }
+        let dup = cur
+            .try_clone()
+            .map_err(|e| Error::io("dup dir", entry, e))?;
+        self.parent_cache = Some((parent, dup));
+        Ok(cur)
+    }
+
+    /// Make room for a new entry `name` in `dir`: whatever is there goes (a directory only
+    /// when the new entry is not one), and the manifest forgets it and what was below it.
+    fn replace(&mut self, dir: &OwnedFd, name: &str, path: &str, new_is_dir: bool) -> Result<()> {
+        let Some(st) = fsutil::stat_at(dir, name).map_err(self.io_err("stat", path))? else {
+            return Ok(());
+        };
+        let is_dir = fsutil::file_type(&st) == FileType::Directory;
+        if is_dir && new_is_dir {
+            return Ok(());
+        }
+        fsutil::remove_all_at(dir, name).map_err(self.io_err("remove", path))?;
+        self.parent_cache = None;
+        self.entries.remove(path);
+        self.hardlinks.retain(|(p, _)| p != path);
+        if is_dir {
+            let prefix = format!("{path}/");
+            let below: Vec<String> = self
+                .entries
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in below {
+                self.entries.remove(&k);
+            }
+            self.hardlinks.retain(|(p, _)| !p.starts_with(&prefix));
+        }
+        Ok(())
+    }
+
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
+        let raw_path = entry.path_bytes().into_owned();
+        let raw = String::from_utf8(raw_path).map_err(|e| {
+            refused(
+                self.layer,
+                &String::from_utf8_lossy(e.as_bytes()),
+                "path is not UTF-8",
+            )
+        })?;
+        let comps = normalize(&raw).map_err(|r| refused(self.layer, &raw, r))?;
+        let header = entry.header().clone();
+        let etype = header.entry_type();
+        let num = |r: io::Result<u64>, what: &str| -> Result<u64> {
+            r.map_err(|e| refused(self.layer, &raw, format!("bad {what} field: {e}")))
+        };
+        let mut meta = Meta {
+            mode: num(header.mode().map(u64::from), "mode")? as u32 & 0o7777,
+            uid: num(header.uid(), "uid")? as u32,
+            gid: num(header.gid(), "gid")? as u32,
+            mtime: num(header.mtime(), "mtime")? as i64,
+            xattrs: Vec::new(),
+        };
+        if let Some(exts) = entry
+            .pax_extensions()
+            .map_err(|e| refused(self.layer, &raw, format!("bad PAX header: {e}")))?
+        {
+            for ext in exts {
+                let ext =
+                    ext.map_err(|e| refused(self.layer, &raw, format!("bad PAX record: {e}")))?;
+                let Ok(key) = ext.key() else { continue };
+                // In PAX an empty value deletes the keyword (as Go's archive/tar, hence
+                // umoci, reads it): no xattr.
+                if ext.value_bytes().is_empty() {
+                    continue;
+                }
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    // A layer must not steer overlayfs (opaque/redirect/metacopy markers).
+                    if name.starts_with("trusted.overlay.") {
+                        self.dropped_xattrs += 1;
+                        continue;
+                    }
+                    meta.xattrs
+                        .push((name.to_string(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        meta.xattrs.sort();
+        meta.xattrs.dedup_by(|a, b| a.0 == b.0);
+
+        if comps.is_empty() {
+            // The root itself ("./"): only a directory makes sense; its metadata is kept.
+            if etype.is_dir() {
+                self.entries.insert(
+                    String::new(),
+                    ManEntry {
+                        path: String::new(),
+                        kind: Kind::Dir { implicit: false },
+                        meta,
+                    },
+                );
+                return Ok(());
+            }
+            return Err(refused(
+                self.layer,
+                &raw,
+                "a non-directory entry for the root",
+            ));
+        }
+        let path = comps.join("/");
+        let name = comps[comps.len() - 1].clone();
+
+        // Whiteouts (AUFS style, as the OCI layer spec defines them).
+        if let Some(target) = name.strip_prefix(".wh.") {
+            let parent_path = comps[..comps.len() - 1].join("/");
+            if name == ".wh..wh..opq" {
+                self.opaques.push(parent_path);
+            } else if target.starts_with(".wh.") {
+                debug!(entry = %raw, "ignoring AUFS metadata entry");
+                return Ok(());
+            } else if target.is_empty() || target == "." || target == ".." {
+                return Err(refused(self.layer, &raw, "whiteout names no file"));
+            } else if parent_path.is_empty() {
+                self.whiteouts.push(target.to_string());
+            } else {
+                self.whiteouts.push(format!("{parent_path}/{target}"));
+            }
+            // The marker stays in the layer's view as the empty file the tar carried.
+            let dir = self.parent(&comps, &raw)?;
+            self.replace(&dir, &name, &path, false)?;
+            let fd = rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e| Error::io("create whiteout", &path, e.into()))?;
+            drop(fd);
+            return Ok(());
+        }
+
+        let dir = self.parent(&comps, &raw)?;
+        match etype {
+            t if t.is_dir() => {
+                self.replace(&dir, &name, &path, true)?;
+                match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(Error::io("create directory", &path, e.into())),
+                }
+                self.parent_cache = None;
+                self.entries.insert(
+                    path.clone(),
+                    ManEntry {
+                        path,
+                        kind: Kind::Dir { implicit: false },
+                        meta,
+                    },
+                );
+            }
+            t if t.is_file() || t == tar::EntryType::Continuous || t.is_gnu_sparse() => {
+                self.replace(&dir, &name, &path, false)?;
+                let declared = entry.size();
+                let kind = self.file(&mut entry, &dir, &name, &path, &meta, declared)?;
+                self.entries
+                    .insert(path.clone(), ManEntry { path, kind, meta });
+            }
+            t if t.is_hard_link() => {
+                let Some(link) = entry
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned())
+                else {
+                    return Err(refused(self.layer, &raw, "hard link without a target"));
+                };
+                // Hard link names are relative to the archive root; a leading `/` is
+                // contained (stripped), `..` is refused.
+                let tcomps = normalize(link.trim_start_matches('/')).map_err(|r| {
+                    refused(self.layer, &raw, format!("hard link target {link:?}: {r}"))
+                })?;
+                if tcomps.is_empty() {
+                    return Err(refused(self.layer, &raw, "hard link to the root"));
+                }
+                let target = tcomps.join("/");
+                if target == path {
+                    return Err(refused(self.layer, &raw, "hard link to itself"));
+                }
+                self.replace(&dir, &name, &path, false)?;
+                // Within the layer: link now so the view is exact; to a lower layer: the
+                // render links it.
+                if let Some(entry) = self.entries.get(&target)
+                    && !matches!(entry.kind, Kind::Dir { .. })
+                {
+                    let tparent =
+                        fsutil::resolve_dir(&self.view, &tcomps[..tcomps.len() - 1].join("/"))
+                            .map_err(|_| {
+                                refused(
+                                    self.layer,
+                                    &raw,
+                                    format!("hard link target {link:?} unreachable"),
+                                )
+                            })?;
+                    rustix::fs::linkat(
+                        &tparent,
+                        tcomps[tcomps.len() - 1].as_str(),
+                        &dir,
+                        name.as_str(),
+                        AtFlags::empty(),
+                    )
+                    .map_err(|e| Error::io("hard link", &path, e.into()))?;
+                } else if self.entries.contains_key(&target) {
+                    return Err(refused(self.layer, &raw, "hard link to a directory"));
+                }
+                self.hardlinks.push((path, target));
+            }
+            t if t.is_symlink() => {
+                let Some(target) = entry
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned())
+                else {
+                    return Err(refused(self.layer, &raw, "symlink without a target"));
+                };
+                self.replace(&dir, &name, &path, false)?;
+                rustix::fs::symlinkat(target.as_str(), &dir, name.as_str())
+                    .map_err(|e| Error::io("create symlink", &path, e.into()))?;
+                self.entries.insert(
+                    path.clone(),
+                    ManEntry {
+                        path,
+                        kind: Kind::Symlink { target },
+                        meta,
+                    },
+                );
+            }
+            t if t.is_fifo() || t.is_character_special() || t.is_block_special() => {
+                // Fifos carry no device numbers (the fields may be blank).
+                let (major, minor) = if t.is_fifo() {
+                    (0, 0)
+                } else {
+                    (
+                        num(
+                            header.device_major().map(|m| m.unwrap_or(0) as u64),
+                            "devmajor",
+                        )? as u32,
+                        num(
+                            header.device_minor().map(|m| m.unwrap_or(0) as u64),
+                            "devminor",
+                        )? as u32,
+                    )
+                };
+                let (kind, ftype) = if t.is_fifo() {
+                    (Kind::Fifo, FileType::Fifo)
+                } else if !self.allow_devices {
+                    // Skipped, not refused: the runtime mounts its own /dev over the image's,
+                    // so nodes shipped in an image are never visible in a container, and
+                    // refusing would break old images that carry a populated /dev.
+                    self.skipped_devices += 1;
+                    return Ok(());
+                } else if t.is_character_special() {
+                    (Kind::Char { major, minor }, FileType::CharacterDevice)
+                } else {
+                    (Kind::Block { major, minor }, FileType::BlockDevice)
+                };
+                self.replace(&dir, &name, &path, false)?;
+                rustix::fs::mknodat(
+                    &dir,
+                    name.as_str(),
+                    ftype,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(major, minor),
+                )
+                .map_err(|e| Error::io("create node", &path, e.into()))?;
+                self.entries
+                    .insert(path.clone(), ManEntry { path, kind, meta });
+            }
+            t if t.is_pax_global_extensions() => {}
+            other => {
+                return Err(refused(
+                    self.layer,
+                    &raw,
+                    format!("unsupported tar entry type {:?}", other.as_byte() as char),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A regular file: content into a temp file (hashed as it goes, exactly `declared` bytes),
+    /// metadata applied, then linked as an object and into the view.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        dir: &OwnedFd,
+        name: &str,
+        path: &str,
+        meta: &Meta,
+        declared: u64,
+    ) -> Result<Kind> {
+        self.tmp_counter += 1;
+        let tmp_name = format!("o{}", self.tmp_counter);
+        let target_dir: &OwnedFd = if declared == 0 { dir } else { &self.work };
+        let target_name = if declared == 0 {
+            name
+        } else {
+            tmp_name.as_str()
+        };
+        let fd = rustix::fs::openat(
+            target_dir,
+            target_name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| Error::io("create file", path, e.into()))?;
+        let mut file = File::from(fd);
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.get_ref().is_some_and(|i| i.is::<Error>()) => {
+                    return Err(Error::from_io(e, "read layer", Path::new(path)));
+                }
+                Err(e) => {
+                    return Err(refused(
+                        self.layer,
+                        path,
+                        format!(
+                            "declared {declared} bytes, the archive ended after {written}: {e}"
+                        ),
+                    ));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update(&self.buf[..n]);
+            file.write_all(&self.buf[..n])
+                .map_err(|e| Error::io("write file", path, e))?;
+            written += n as u64;
+        }
+        if written != declared {
+            return Err(refused(
+                self.layer,
+                path,
+                format!("declared {declared} bytes, the archive holds {written}"),
+            ));
+        }
+        fsutil::apply_meta_fd(&file, meta).map_err(|e| Error::io("set metadata", path, e))?;
+        drop(file);
+        if declared == 0 {
+            return Ok(Kind::File {
+                object: None,
+                size: 0,
+                private: true,
+            });
+        }
+        failpoint::hit("unpack.object-written");
+        let key = object_key(&hasher.finalize().into(), meta);
+        let rel = object_rel(&key);
+        let mut private = false;
+        match rustix::fs::linkat(
+            &self.work,
+            tmp_name.as_str(),
+            &self.objects,
+            rel.as_str(),
+            AtFlags::empty(),
+        ) {
+            Ok(()) => {
+                failpoint::hit("unpack.object-linked");
+                rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
+                    .map_err(|e| Error::io("place file", path, e.into()))?;
+            }
+            Err(rustix::io::Errno::EXIST) => {
+                match rustix::fs::linkat(&self.objects, rel.as_str(), dir, name, AtFlags::empty()) {
+                    Ok(()) => {
+                        let _ =
+                            rustix::fs::unlinkat(&self.work, tmp_name.as_str(), AtFlags::empty());
+                    }
+                    Err(rustix::io::Errno::MLINK) => {
+                        // The object has as many names as the file system allows: this layer
+                        // keeps its own copy (the one just written).
+                        private = true;
+                        rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
+                            .map_err(|e| Error::io("place file", path, e.into()))?;
+                    }
+                    Err(e) => return Err(Error::io("link object", path, e.into())),
+                }
+            }
+            Err(e) => return Err(Error::io("create object", path, e.into())),
+        }
+        Ok(Kind::File {
+            object: Some(key),
+            size: declared,
+            private,
+        })
+    }
+}
+
+fn libc_enoent() -> i32 {
+    rustix::io::Errno::NOENT.raw_os_error()
+}
+
+/// Errors of a contained resolution that mean "the path goes through a symlink or a
+/// non-directory", i.e. a containment refusal rather than an I/O failure.
+pub(crate) fn is_contain_errno(e: &io::Error) -> bool {
+    let code = e.raw_os_error();
+    code == Some(rustix::io::Errno::LOOP.raw_os_error())
+        || code == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+        || code == Some(rustix::io::Errno::XDEV.raw_os_error())
+}
+
+impl TreeLayerSink {
+    fn unpack(&self, layer: &LayerInput, blob: &mut dyn Read) -> Result<(LayerRecord, u64)> {
+        let compression = Compression::of_layer_media_type(&layer.media_type).ok_or_else(|| {
+            Error::UnsupportedMediaType {
+                reference: String::new(),
+                what: format!("layer {}", layer.index),
+                media_type: layer.media_type.clone(),
+            }
+        })?;
+        let mut work = TmpDir::create(
+            self.paths
+                .tmp_name(&format!("layer-{}", &layer.diff_id.hex()[..12])),
+        )?;
+        let view_path = work.path.join(LAYER_ROOT);
+        crate::blobs::create_private_dir(&view_path)?;
+        let objects_work = work.path.join("incoming");
+        crate::blobs::create_private_dir(&objects_work)?;
+        failpoint::hit("unpack.begin");
+        let mut kept = if self.keep_blobs {
+            Some(self.blobs.temp()?)
+        } else {
+            None
+        };
+        let mut side = BlobSide {
+            inner: blob,
+            keep: kept.as_mut(),
+            first_error: None,
+        };
+        let open = |p: &Path| fsutil::open_dir(p).map_err(|e| Error::io("open directory", p, e));
+        let mut state = Unpack {
+            layer,
+            allow_devices: self.allow_device_nodes,
+            view: open(&view_path)?,
+            work: open(&objects_work)?,
+            objects: open(&self.paths.objects)?,
+            entries: BTreeMap::new(),
+            hardlinks: Vec::new(),
+            whiteouts: Vec::new(),
+            opaques: Vec::new(),
+            parent_cache: None,
+            tmp_counter: 0,
+            buf: vec![0u8; COPY_BUFFER],
+            skipped_devices: 0,
+            dropped_xattrs: 0,
+        };
+        let decompress_err = |detail: String| Error::Decompress {
+            digest: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
+            detail,
+        };
+        let result: Result<(Digest, u64)> = (|| {
+            let decoder: Box<dyn Read + '_> = match compression {
+                Compression::None => Box::new(&mut side),
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut side)),
+                Compression::Zstd => Box::new(
+                    zstd::stream::read::Decoder::new(&mut side)
+                        .map_err(|e| decompress_err(e.to_string()))?,
+                ),
+            };
+            let mut hashing = HashingReader {
+                inner: decoder,
+                hasher: Sha256::new(),
+                count: 0,
+            };
+            {
+                let mut archive = tar::Archive::new(&mut hashing);
+                let entries = archive
+                    .entries()
+                    .map_err(|e| refused(layer, "", format!("not a tar archive: {e}")))?;
+                for entry in entries {
+                    let entry = entry.map_err(|e| {
+                        if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+                            Error::from_io(e, "read layer", Path::new("layer stream"))
+                        } else {
+                            refused(layer, "", format!("bad tar stream: {e}"))
+                        }
+                    })?;
+                    state.entry(entry)?;
+                }
+            }
+            // The tar's end padding and anything after it belong to the diff_id too.
+            io::copy(&mut hashing, &mut io::sink()).map_err(|e| decompress_err(e.to_string()))?;
+            Ok((
+                Digest::from_sha256(hashing.hasher.finalize().into()),
+                hashing.count,
+            ))
+        })();
+        // Every compressed byte must pass verification; when unpacking failed, a digest
+        // mismatch found by draining is the real cause and the one reported.
+        let drained = io::copy(&mut side, &mut io::sink());
+        if let Some(e) = side.first_error.take() {
+            return Err(e);
+        }
+        let (diff_id, uncompressed_size) = match (result, drained) {
+            (_, Err(d)) if d.get_ref().is_some_and(|i| i.is::<Error>()) => {
+                return Err(Error::from_io(d, "read layer", Path::new("layer stream")));
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(_), Err(d)) => {
+                return Err(Error::from_io(d, "read layer", Path::new("layer stream")));
+            }
+            (Ok(r), Ok(_)) => r,
+        };
+        if diff_id != layer.diff_id {
+            return Err(Error::DiffIdMismatch {
+                index: layer.index,
+                digest: layer.digest.clone(),
+                expected: layer.diff_id.clone(),
+                actual: diff_id,
+            });
+        }
+        failpoint::hit("unpack.entries-done");
+        if state.skipped_devices > 0 {
+            warn!(diff_id = %layer.diff_id, count = state.skipped_devices,
+                "skipped device nodes (images.allow_device_nodes = false)");
+        }
+        if state.dropped_xattrs > 0 {
+            warn!(diff_id = %layer.diff_id, count = state.dropped_xattrs,
+                "dropped trusted.overlay.* xattrs from the layer");
+        }
+        let manifest = LayerManifest {
+            version: MANIFEST_VERSION,
+            diff_id: layer.diff_id.to_string(),
+            entries: std::mem::take(&mut state.entries).into_values().collect(),
+            hardlinks: std::mem::take(&mut state.hardlinks),
+            whiteouts: std::mem::take(&mut state.whiteouts),
+            opaques: std::mem::take(&mut state.opaques),
+        };
+        let count = manifest.entries.len() as u64;
+        drop(state);
+        let json = serde_json::to_vec(&manifest)
+            .map_err(|e| Error::metadata("encode layer manifest", e))?;
+        let mpath = work.path.join(LAYER_MANIFEST);
+        std::fs::write(&mpath, json).map_err(|e| Error::io("write layer manifest", &mpath, e))?;
+        std::fs::remove_dir(&objects_work).map_err(|e| Error::io("remove", &objects_work, e))?;
+        if let Some(k) = &kept
+            && k.written() != layer.size
+        {
+            return Err(Error::BlobSizeMismatch {
+                digest: layer.digest.clone(),
+                expected: layer.size,
+                actual: k.written(),
+            });
+        }
+        failpoint::hit("unpack.before-sync");
+        fsutil::sync_fs(&self.paths.root).map_err(|e| Error::io("sync", &self.paths.root, e))?;
+        failpoint::hit("unpack.before-rename");
+        let dest = self.paths.layer_dir(&layer.diff_id);
+        // A directory without a record (a crash after the rename) is replaced.
+        fsutil::remove_tree(&dest).map_err(|e| Error::io("remove stale layer", &dest, e))?;
+        std::fs::rename(&work.path, &dest).map_err(|e| Error::io("rename layer", &dest, e))?;
+        work.disarm();
+        fsutil::sync_dir(&self.paths.layers)
+            .map_err(|e| Error::io("fsync", &self.paths.layers, e))?;
+        failpoint::hit("unpack.after-rename");
+        let blob = match kept {
+            Some(k) => {
+                self.blobs.commit(k, &layer.digest)?;
+                Some(layer.digest.clone())
+            }
+            None => None,
+        };
+        let record = LayerRecord {
+            version: 1,
+            diff_id: layer.diff_id.clone(),
+            blob,
+            media_type: layer.media_type.clone(),
+            compression,
+            size: layer.size,
+            uncompressed_size,
+            tree: Some(dest),
+        };
+        Ok((record, count))
+    }
+}
+
+impl LayerSink for TreeLayerSink {
+    fn lookup(&self, diff_id: &Digest) -> Result<Option<LayerRecord>> {
+        let Some(record) = self.meta.layer(diff_id)? else {
+            return Ok(None);
+        };
+        if !self.paths.layer_dir(diff_id).join(LAYER_MANIFEST).exists() {
+            return Ok(None);
+        }
+        match &record.blob {
+            Some(blob) if self.keep_blobs && !self.blobs.contains(blob) => Ok(None),
+            _ => Ok(Some(record)),
+        }
+    }
+
+    fn commit(&self, layer: &LayerInput, blob: &mut dyn Read) -> Result<LayerRecord> {
+        let started = std::time::Instant::now();
+        let (record, entries) = self.unpack(layer, blob)?;
+        if let Err(e) = self.meta.put_layer(&record) {
+            // No record: the directory goes too (objects stay for the GC).
+            let _ = fsutil::remove_tree(&self.paths.layer_dir(&layer.diff_id));
+            return Err(e);
+        }
+        failpoint::hit("unpack.after-record");
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        debug!(diff_id = %layer.diff_id, entries,
+            mib_per_s = record.uncompressed_size as f64 / secs / 1048576.0, "layer unpacked");
+        Ok(record)
+    }
+
+    fn remove(&self, layers: &[LayerRecord]) -> Result<()> {
+        let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+        self.meta.delete_layers(&diff_ids)?;
+        for d in &diff_ids {
+            let dir = self.paths.layer_dir(d);
+            fsutil::remove_tree(&dir).map_err(|e| Error::io("remove layer", &dir, e))?;
+        }
+        let blobs: Vec<Digest> = layers.iter().filter_map(|l| l.blob.clone()).collect();
+        self.blobs.remove(&blobs)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_refuses_escapes_and_drops_dots() {
+        assert_eq!(normalize("./a//b/").unwrap(), vec!["a", "b"]);
+        assert!(normalize("a/../../b").is_err());
+        assert!(normalize("/etc/passwd").is_err());
+        assert!(normalize("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn object_keys_depend_on_metadata() {
+        let c = [1u8; 32];
+        let m = Meta {
+            mode: 0o644,
+            ..Meta::default()
+        };
+        let mut m2 = m.clone();
+        m2.xattrs.push(("security.capability".into(), vec![1]));
+        assert_ne!(object_key(&c, &m), object_key(&c, &m2));
+        assert_eq!(object_key(&c, &m), object_key(&c, &m.clone()));
+    }
+}

@@ -1,0 +1,623 @@
+//! Shared by the pod and network e2e tests: CRI request builders, a private CNI network per
+//! daemon (its own conf, cache, IPAM and bin dirs, network name, bridge and /24 inside
+//! 10.199.128.0/17, and a FORWARD rule that keeps that /24 from leaving), and probes of what
+//! is left on the host.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use rootstock_test_e2e::daemon::Daemon;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+pub type Rt = RuntimeServiceClient<Channel>;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The CNI plugins Debian installs.
+pub const SYSTEM_PLUGINS: &str = "/usr/lib/cni";
+
+/// A pod config as kubelet sends it: metadata, a hostname, and namespace modes (kubelet
+/// always sets the PID mode; CONTAINER is its default).
+pub fn pod_config(name: &str, pid: NamespaceMode) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_owned(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".to_owned(),
+            attempt: 0,
+        }),
+        hostname: name.to_owned(),
+        labels: HashMap::from([
+            ("io.kubernetes.pod.uid".to_owned(), format!("uid-{name}")),
+            ("app".to_owned(), name.to_owned()),
+        ]),
+        annotations: HashMap::from([("e2e/anno".to_owned(), format!("value of {name}"))]),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: pid as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Sets the network/pid/ipc modes of a pod config.
+pub fn with_modes(
+    mut config: PodSandboxConfig,
+    network: NamespaceMode,
+    pid: NamespaceMode,
+    ipc: NamespaceMode,
+) -> PodSandboxConfig {
+    let ns = config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default);
+    ns.network = network as i32;
+    ns.pid = pid as i32;
+    ns.ipc = ipc as i32;
+    config
+}
+
+pub async fn run_pod(rt: &mut Rt, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+pub async fn stop_pod(rt: &mut Rt, id: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: id.to_owned(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox {id}: {e}"));
+}
+
+pub async fn remove_pod(rt: &mut Rt, id: &str) {
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: id.to_owned(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {id}: {e}"));
+}
+
+pub async fn pod_status(rt: &mut Rt, id: &str) -> PodSandboxStatusResponse {
+    rt.pod_sandbox_status(PodSandboxStatusRequest {
+        pod_sandbox_id: id.to_owned(),
+        verbose: true,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {e}"))
+    .into_inner()
+}
+
+pub async fn list_pods(rt: &mut Rt, filter: Option<PodSandboxFilter>) -> Vec<PodSandbox> {
+    rt.list_pod_sandbox(ListPodSandboxRequest { filter })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+}
+
+/// A network config with only the `loopback` plugin: pods get a network namespace and a
+/// successful ADD without touching bridges or iptables (for tests about sandboxes, not
+/// networking). Waits until the daemon reports NetworkReady.
+pub async fn loopback_network(daemon: &Daemon) {
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "e2e-loopback",
+        "plugins": [{ "type": "loopback" }]
+    });
+    let dir = daemon.cni_conf_dir();
+    std::fs::write(dir.join("10-loopback.conflist"), conf.to_string()).unwrap();
+    wait_network_ready(daemon).await;
+}
+
+pub async fn wait_network_ready(daemon: &Daemon) {
+    let mut rt = daemon.runtime().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = rt
+            .status(StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+        let ready = status
+            .status
+            .unwrap_or_default()
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "NetworkReady" && c.status);
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "NetworkReady never became true");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every mount point under `dir` (from this process's mount table).
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    table
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Lines of the mount table (the host's mount count).
+pub fn mount_count() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// Every directory under `/sys/fs/cgroup/<controller>/rootstock` (the cgroups rootstock made
+/// for pods without a kubelet cgroup parent).
+pub fn rootstock_cgroups() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for c in controllers.flatten() {
+        let base = c.path().join("rootstock");
+        if let Ok(rd) = std::fs::read_dir(&base) {
+            out.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The pinned namespace file of a sandbox (`net`, `ipc`, `uts`).
+pub fn pinned_ns(daemon: &Daemon, sandbox: &str, kind: &str) -> PathBuf {
+    daemon
+        .state_dir
+        .join("sandboxes")
+        .join(sandbox)
+        .join("ns")
+        .join(kind)
+}
+
+/// Processes whose `kind` namespace is the one pinned at `ns_file`.
+pub fn processes_in_ns(ns_file: &Path, kind: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(ns_file) else {
+        return Vec::new();
+    };
+    let want = format!("{kind}:[{}]", meta.ino());
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(link) = std::fs::read_link(e.path().join("ns").join(kind))
+            && link.to_string_lossy() == want
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Runs `args` inside the network namespace pinned at `netns` (the host's other namespaces).
+pub fn in_netns(netns: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// One private CNI network for one daemon, undone on drop (also on panic). Holds the lock the
+/// cni crate's tests hold: they all share iptables.
+pub struct TestNet {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub bridge: String,
+    /// e.g. "10.199.140" — the /24 is `<prefix>.0/24`.
+    pub prefix: String,
+    pub conf_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub bin_dir: PathBuf,
+    rule: Vec<String>,
+    nat: Option<HostNatGuard>,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl TestNet {
+    pub fn new(tag: &str) -> Self {
+        let lock_file = File::create("/run/lock/rootstock-cni-tests.lock").unwrap();
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let pid = std::process::id();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // 10.199.128.0/17: the cni crate's own tests stay below it.
+        let octet = 128 + (pid.wrapping_mul(7) + n) % 126;
+        let bridge = format!("rse{}{}", pid % 10000, n);
+        assert!(bridge.len() <= 15);
+        let dir = tempfile::tempdir().unwrap();
+        let mk = |d: &str| {
+            let p = dir.path().join(d);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let prefix = format!("10.199.{octet}");
+        let subnet = format!("{prefix}.0/24");
+        let rule: Vec<String> = ["FORWARD", "-s", &subnet, "!", "-d", &subnet, "-j", "DROP"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut insert = vec!["-w".to_string(), "-I".to_string()];
+        insert.extend(rule.iter().cloned());
+        let out = Command::new("iptables").args(&insert).output().unwrap();
+        assert!(out.status.success(), "iptables: {out:?}");
+        Self {
+            name: format!("rse2e-{tag}-{pid}-{n}"),
+            bridge,
+            prefix,
+            conf_dir: mk("net.d"),
+            cache_dir: mk("cache"),
+            data_dir: mk("ipam"),
+            bin_dir: mk("bin"),
+            rule,
+            nat: Some(HostNatGuard::new()),
+            dir,
+            _lock: lock,
+        }
+    }
+
+    pub fn subnet(&self) -> String {
+        format!("{}.0/24", self.prefix)
+    }
+
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// The daemon's `[cni]` table: only this network's dirs.
+    pub fn daemon_config(&self) -> String {
+        format!(
+            "[cni]\nconf_dirs = [\"{}\"]\nbin_dirs = [\"{}\", \"{SYSTEM_PLUGINS}\"]\n\
+             cache_dir = \"{}\"\nplugin_timeout_secs = 20\npoll_interval_ms = 200\n",
+            self.conf_dir.display(),
+            self.bin_dir.display(),
+            self.cache_dir.display()
+        )
+    }
+
+    /// bridge + host-local on the test's /24, then `extra` plugins.
+    pub fn conflist(&self, extra: Vec<Value>) -> Value {
+        let mut plugins = vec![json!({
+            "type": "bridge",
+            "bridge": self.bridge,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "dataDir": self.data_dir,
+                "ranges": [[{ "subnet": self.subnet(), "gateway": self.gateway() }]]
+            }
+        })];
+        plugins.extend(extra);
+        json!({ "cniVersion": "1.0.0", "name": self.name, "plugins": plugins })
+    }
+
+    pub fn write_conflist(&self, v: &Value) {
+        let tmp = self.conf_dir.join(".10-e2e.conflist.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+        std::fs::rename(tmp, self.conf_dir.join("10-e2e.conflist")).unwrap();
+    }
+
+    /// Writes an executable script plugin into the network's own bin dir.
+    pub fn script_plugin(&self, name: &str, body: &str) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.bin_dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&path)
+            .unwrap();
+        f.write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
+            .unwrap();
+        f.sync_all().unwrap();
+    }
+
+    /// IPs host-local holds reserved for this network (files named by address).
+    pub fn reserved_ips(&self) -> Vec<String> {
+        let d = self.data_dir.join(&self.name);
+        match std::fs::read_dir(&d) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<IpAddr>().is_ok())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Interfaces enslaved to the test bridge (the pods' host-side veths).
+    pub fn bridge_ports(&self) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+            .collect()
+    }
+
+    pub fn cache_entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.cache_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // The daemon (dropped before this fixture) normally tore its pods down; deleting the
+        // bridge frees any veth a failed test left on it.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        let mut del = vec!["-w".to_string(), "-D".to_string()];
+        del.extend(self.rule.iter().cloned());
+        let _ = Command::new("iptables").args(&del).output();
+        drop(self.nat.take());
+    }
+}
+
+/// Host-wide state portmap and a gateway bridge change and never undo: the top-level
+/// `CNI-HOSTPORT-*` nat chains and `net.ipv4.ip_forward`; restored when this test made them.
+struct HostNatGuard {
+    chains_existed: bool,
+    ip_forward: String,
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+fn nat_rules() -> String {
+    let out = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl HostNatGuard {
+    fn new() -> Self {
+        Self {
+            chains_existed: nat_rules().contains("-N CNI-HOSTPORT-DNAT"),
+            ip_forward: std::fs::read_to_string(IP_FORWARD).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for HostNatGuard {
+    fn drop(&mut self) {
+        if self.ip_forward.trim() == "0" {
+            let _ = std::fs::write(IP_FORWARD, "0");
+        }
+        if self.chains_existed || !nat_rules().contains("-N CNI-HOSTPORT-DNAT") {
+            return;
+        }
+        if nat_rules()
+            .lines()
+            .any(|l| l.starts_with("-A CNI-HOSTPORT-DNAT "))
+        {
+            return;
+        }
+        let local = ["-m", "addrtype", "--dst-type", "LOCAL"];
+        let jumps: [(&str, Vec<&str>); 3] = [
+            (
+                "PREROUTING",
+                [&local[..], &["-j", "CNI-HOSTPORT-DNAT"]].concat(),
+            ),
+            (
+                "OUTPUT",
+                [&local[..], &["-j", "CNI-HOSTPORT-DNAT"]].concat(),
+            ),
+            (
+                "POSTROUTING",
+                vec![
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "CNI portfwd requiring masquerade",
+                    "-j",
+                    "CNI-HOSTPORT-MASQ",
+                ],
+            ),
+        ];
+        for (chain, rule) in jumps {
+            let mut args = vec!["-w", "-t", "nat", "-D", chain];
+            args.extend(rule);
+            let _ = Command::new("iptables").args(&args).output();
+        }
+        for c in [
+            "CNI-HOSTPORT-DNAT",
+            "CNI-HOSTPORT-MASQ",
+            "CNI-HOSTPORT-SETMARK",
+        ] {
+            let _ = Command::new("iptables")
+                .args(["-w", "-t", "nat", "-F", c])
+                .output();
+            let _ = Command::new("iptables")
+                .args(["-w", "-t", "nat", "-X", c])
+                .output();
+        }
+    }
+}
+
+/// A daemon that can pull from `registry` (plain HTTP), with `extra` config, and busybox
+/// pulled into it: returns the daemon and the image id PullImage gave (what kubelet passes
+/// to CreateContainer).
+pub async fn daemon_with_busybox(
+    registry: &rootstock_test_e2e::registry::Registry,
+    extra: &str,
+) -> (Daemon, String) {
+    let image = rootstock_test_e2e::fixtures::busybox_image().build();
+    registry.push("e2e/busybox", "v1", &image).await;
+    let config = format!(
+        "{extra}\n[images.registries.\"{}\"]\ninsecure = true\n",
+        registry.host()
+    );
+    let daemon = Daemon::start_with_config(&config).await;
+    let mut images = daemon.images().await;
+    let id = images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: registry.image_ref("e2e/busybox", "v1"),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+    (daemon, id)
+}
+
+/// A container config as kubelet sends it.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        // No log unless the test gives its pod a log_directory and sets one.
+        log_path: String::new(),
+        labels: HashMap::from([("io.kubernetes.container.name".to_owned(), name.to_owned())]),
+        annotations: HashMap::from([(
+            "io.kubernetes.container.hash".to_owned(),
+            format!("hash-{name}"),
+        )]),
+        ..Default::default()
+    }
+}
+
+/// Creates and starts a container; returns its id.
+pub async fn start_container(
+    rt: &mut Rt,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+        .into_inner()
+        .container_id;
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e}"));
+    id
+}
+
+pub async fn container_status(rt: &mut Rt, id: &str) -> ContainerStatus {
+    rt.container_status(ContainerStatusRequest {
+        container_id: id.to_owned(),
+        verbose: true,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+/// Polls until the container has exited (or panics after `timeout`).
+pub async fn wait_exited(rt: &mut Rt, id: &str, timeout: Duration) -> ContainerStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = container_status(rt, id).await;
+        if s.state == ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} still {:?}",
+            s.state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn exec(
+    rt: &mut Rt,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<ExecSyncResponse, tonic::Status> {
+    rt.exec_sync(ExecSyncRequest {
+        container_id: id.to_owned(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Polls `path` until `pred` holds for its content (logs are written by the monitor
+/// asynchronously).
+pub async fn wait_file(path: &Path, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if pred(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{}: {text:?}", path.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
