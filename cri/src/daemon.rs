@@ -1,7 +1,8 @@
 //! Start-up, serving and shutdown of the daemon.
 //!
 //! Order matters: the root lock is taken before the socket is touched, so a second daemon on
-//! the same root can never unlink a live daemon's socket.
+//! the same root can never unlink a live daemon's socket; the socket is bound only after the
+//! store and the runtime are recovered, so a client that connects is served.
 
 use std::fs::{self, File, Permissions};
 use std::io::IsTerminal;
@@ -36,14 +37,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     create_private_dir(&config.root_dir)?;
     create_private_dir(&config.state_dir)?;
     let _lock = RootLock::acquire(&config.root_dir)?;
-    let listener = bind_socket(&config.socket)?;
-    info!(
-        socket = %config.socket.display(),
-        root = %config.root_dir.display(),
-        state = %config.state_dir.display(),
-        version = env!("CARGO_PKG_VERSION"),
-        "rootstock serving CRI v1"
-    );
+    // Installed first: a SIGTERM during the (possibly long) recovery below is then handled
+    // once it is done, instead of killing the process halfway through a store sweep.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
     let store = {
         let (root, images) = (config.root_dir.clone(), config.images.clone());
@@ -58,6 +55,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     release_orphan_leases(&store, &rt).await;
     // Picks up a network config written after start-up; ends with the manager.
     let _cni_watcher = cni.spawn_watcher();
+    // The socket appears only once everything is recovered: a client that can connect is
+    // served, never told about a half-loaded state.
+    let listener = bind_socket(&config.socket)?;
+    info!(
+        socket = %config.socket.display(),
+        root = %config.root_dir.display(),
+        state = %config.state_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "rootstock serving CRI v1"
+    );
     let config = Arc::new(config);
     let runtime =
         RuntimeServiceServer::new(RuntimeApi::new(config.clone(), cni, rt, store.clone()));
@@ -71,9 +78,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         });
     tokio::pin!(server);
-
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let served = tokio::select! {
         res = &mut server => Some(res),
         _ = sigterm.recv() => None,

@@ -71,6 +71,8 @@ pub struct Daemon {
     child: Option<Child>,
     dir: TempDir,
     extra_config: String,
+    /// Extra environment for the daemon, applied at every (re)start.
+    env: Vec<(String, String)>,
     /// The CRI socket.
     pub socket: PathBuf,
     /// `root_dir`: the persistent store.
@@ -98,10 +100,20 @@ impl Daemon {
             root_dir: dir.path().join("root"),
             state_dir: dir.path().join("state"),
             extra_config: extra_config.to_owned(),
+            env: Vec::new(),
             dir,
         };
         daemon.spawn().await;
         daemon
+    }
+
+    /// Sets (`Some`) or clears (`None`) an environment variable for the next starts, e.g.
+    /// `ROOTSTOCK_FAILPOINT`.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
     }
 
     /// The daemon's config file (written at every start).
@@ -163,6 +175,7 @@ impl Daemon {
         let mut cmd = Command::new(rootstock_bin());
         cmd.args(self.path_args())
             .env("RUST_LOG", "debug,h2=info,hyper=info,tower=info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
@@ -239,6 +252,12 @@ impl Daemon {
     ) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        self.wait_exit(timeout).await
+    }
+
+    /// Waits (up to `timeout`) for the daemon to exit by itself; `None` if it did not.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
