@@ -5,25 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
+mod common;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
+use common::*;
 use rootstock_imagestore::verify::verify_offline;
-use rootstock_imagestore::{ImageStore, ImagesConfig, RegistryConfig, failpoint};
+use rootstock_imagestore::{ImageStore, failpoint};
 use rootstock_test_e2e::fixtures::{Compression, LayerBuilder, busybox_image};
 use rootstock_test_e2e::registry::Registry;
-
-fn insecure(host: &str) -> ImagesConfig {
-    let mut config = ImagesConfig::default();
-    config.registries.insert(
-        host.to_string(),
-        RegistryConfig {
-            insecure: true,
-            ..Default::default()
-        },
-    );
-    config
-}
 
 /// Run by the parent in a child process; does nothing when run directly.
 #[tokio::test]

@@ -2,8 +2,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
+mod common;
+
 use std::path::Path;
 
+use common::*;
 use rootstock_imagestore::{
     Credentials, Error, ErrorKind, ImageStore, ImageUser, ImagesConfig, RegistryConfig,
 };
@@ -11,18 +14,6 @@ use rootstock_test_e2e::fixtures::{
     self, Compression, ImageBuilder, IndexBuilder, LayerBuilder, busybox_image,
 };
 use rootstock_test_e2e::registry::{Registry, RegistryOptions, TestCa};
-
-fn insecure(registry: &Registry) -> ImagesConfig {
-    let mut config = ImagesConfig::default();
-    config.registries.insert(
-        registry.host(),
-        RegistryConfig {
-            insecure: true,
-            ..Default::default()
-        },
-    );
-    config
-}
 
 fn open(dir: &Path, config: &ImagesConfig) -> ImageStore {
     ImageStore::open(&dir.join("store"), config).unwrap()
@@ -58,7 +49,7 @@ async fn pull_by_tag_and_by_digest_records_tags_digests_and_config() {
         .build();
     let manifest_digest = registry.push("busybox", "1.36", &image).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
 
     let pulled = store
         .pull(&registry.image_ref("busybox", "1.36"), None)
@@ -126,7 +117,7 @@ async fn gzip_zstd_and_docker_format_layers_pull() {
     let docker = busybox_image().format(fixtures::Format::Docker).build();
     registry.push("docker", "v1", &docker).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     let a = store
         .pull(&registry.image_ref("mixed", "v1"), None)
         .await
@@ -158,7 +149,7 @@ async fn a_multi_arch_index_pulls_linux_amd64() {
         .build();
     let index_digest = registry.push_index("multi", "latest", &index).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     let pulled = store
         .pull(&registry.image_ref("multi", "latest"), None)
         .await
@@ -198,7 +189,7 @@ async fn concurrent_pulls_sharing_layers_fetch_each_blob_once() {
     registry.push("one", "latest", &one).await;
     registry.push("two", "latest", &two).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     let (ref_one, ref_two) = (
         registry.image_ref("one", "latest"),
         registry.image_ref("two", "latest"),
@@ -243,7 +234,7 @@ async fn a_corrupted_blob_fails_with_a_digest_mismatch_and_leaves_no_trace() {
     std::fs::write(&path, &bytes).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     let err = store
         .pull(&registry.image_ref("corrupt", "latest"), None)
         .await
@@ -255,7 +246,7 @@ async fn a_corrupted_blob_fails_with_a_digest_mismatch_and_leaves_no_trace() {
     assert!(err.to_string().contains("digest mismatch"), "{err}");
     assert_no_trace(&store);
     drop(store);
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     assert_no_trace(&store);
 }
 
@@ -267,7 +258,7 @@ async fn a_layer_whose_diff_id_lies_fails_and_leaves_no_trace() {
         .build();
     registry.push("liar", "latest", &image).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     let err = store
         .pull(&registry.image_ref("liar", "latest"), None)
         .await
@@ -286,7 +277,7 @@ async fn unknown_host_repository_and_tag_are_distinct_errors() {
         .push("exists", "latest", &busybox_image().build())
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
 
     let host = store.pull("foo.invalid/app:1", None).await.unwrap_err();
     assert!(matches!(host, Error::UnknownHost { .. }), "{host:?}");
@@ -329,7 +320,7 @@ async fn remove_by_one_of_three_tags_removes_every_tag_digest_and_id() {
     registry.push("app", "b", &image).await;
     registry.push("app", "c", &image).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     let empty = store.fs_usage();
     for tag in ["a", "b", "c"] {
         store
@@ -373,7 +364,7 @@ async fn images_tags_and_removals_survive_reopening() {
     registry.push("one", "latest", &one).await;
     registry.push("two", "latest", &two).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = insecure(&registry);
+    let config = insecure(&registry.host());
     {
         let store = open(dir.path(), &config);
         store
@@ -454,7 +445,7 @@ async fn basic_auth_accepts_the_right_credentials_only() {
         .push("private", "latest", &busybox_image().build())
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     let name = registry.image_ref("private", "latest");
 
     let none = store.pull(&name, None).await.unwrap_err();
@@ -518,7 +509,7 @@ async fn a_moved_tag_leaves_the_old_image_untagged_but_listed() {
         .build();
     let old_digest = registry.push("app", "latest", &old).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &insecure(&registry));
+    let store = open(dir.path(), &insecure(&registry.host()));
     let name = registry.image_ref("app", "latest");
     store.pull(&name, None).await.unwrap();
     registry.push("app", "latest", &new).await;

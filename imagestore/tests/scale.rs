@@ -1,47 +1,23 @@
-//! The tree cache at scale: dedup across images, deep images, unpack throughput.
+//! The tree cache at scale: dedup across images, deep images.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
+mod common;
+
 use std::time::Instant;
 
+use common::*;
+use rootstock_imagestore::ImageStore;
 use rootstock_imagestore::overlay::OverlayMount;
-use rootstock_imagestore::{ImageStore, ImagesConfig, RegistryConfig};
 use rootstock_test_e2e::fixtures::{Compression, Entry, ImageBuilder, LayerBuilder};
 use rootstock_test_e2e::registry::Registry;
 
-fn insecure(registry: &Registry) -> ImagesConfig {
-    let mut config = ImagesConfig::default();
-    config.registries.insert(
-        registry.host(),
-        RegistryConfig {
-            insecure: true,
-            ..Default::default()
-        },
-    );
-    config
-}
-
-/// `n` bytes no other file shares (a cheap generator: content need not be random, only
-/// distinct, and the layers are uncompressed so a debug build pulls them quickly).
-fn content(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 #[tokio::test]
-async fn six_images_on_one_base_use_at_most_1_1x_their_unique_content() {
+async fn six_images_on_one_base_use_at_most_1_1x_their_unique_distinct_bytes() {
     const FILES: u64 = 50;
     const SIZE: usize = 1 << 20;
     let files: Vec<(String, Vec<u8>)> = (0..FILES)
-        .map(|i| (format!("usr/lib/big{i}"), content(i, SIZE)))
+        .map(|i| (format!("usr/lib/big{i}"), distinct_bytes(i, SIZE)))
         .collect();
     let base = |reverse: bool| {
         let mut b = LayerBuilder::new().dir("usr").dir("usr/lib");
@@ -60,7 +36,7 @@ async fn six_images_on_one_base_use_at_most_1_1x_their_unique_content() {
     let registry = Registry::start().await;
     let mut unique = FILES * SIZE as u64;
     for i in 0..6u64 {
-        let top = content(1000 + i, 4096);
+        let top = distinct_bytes(1000 + i, 4096);
         unique += top.len() as u64;
         let image = ImageBuilder::new()
             .layer(if i == 5 {
@@ -77,7 +53,7 @@ async fn six_images_on_one_base_use_at_most_1_1x_their_unique_content() {
         registry.push("dedup", &format!("v{i}"), &image).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry)).unwrap();
+    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry.host())).unwrap();
     let empty = store.fs_usage();
     let started = Instant::now();
     for i in 0..6 {
@@ -187,65 +163,9 @@ async fn deep(registry: &Registry, store: &ImageStore, layers: usize) {
 async fn images_of_300_and_1000_layers_render_and_mount_with_one_lower() {
     let registry = Registry::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry)).unwrap();
+    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry.host())).unwrap();
     deep(&registry, &store, 300).await;
     deep(&registry, &store, 1000).await;
     let report = store.verify().await.unwrap();
     assert!(report.is_clean(), "{report}");
-}
-
-/// Throughput figures (not a timed test): `cargo test --release -p rootstock-imagestore
-/// --test scale unpack_throughput -- --ignored --nocapture`.
-#[tokio::test]
-#[ignore = "benchmark: run in release with --ignored --nocapture"]
-async fn unpack_throughput() {
-    let registry = Registry::start().await;
-    // ~100 MB in 100 files, and 20,000 files of 1 KiB.
-    let mut big = LayerBuilder::new().dir("data");
-    for i in 0..100u64 {
-        big = big.file(&format!("data/f{i}"), content(i + 7, 1 << 20));
-    }
-    let mut small = LayerBuilder::new().dir("many");
-    for i in 0..20_000u64 {
-        small = small.file(&format!("many/f{i}"), content(i + 100_000, 1024));
-    }
-    let cases = [
-        (
-            "100 MiB / 100 files (gzip)",
-            big.build(Compression::Gzip),
-            100u64,
-        ),
-        (
-            "20,000 x 1 KiB files (gzip)",
-            small.build(Compression::Gzip),
-            20_000,
-        ),
-    ];
-    for (name, layer, files) in cases {
-        let image = ImageBuilder::new().layer(layer.clone()).build();
-        let repo = format!("bench{files}");
-        registry.push(&repo, "v1", &image).await;
-        for keep in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let mut config = insecure(&registry);
-            config.keep_layer_blobs = keep;
-            let store = ImageStore::open(&dir.path().join("store"), &config).unwrap();
-            let started = Instant::now();
-            store
-                .pull(&registry.image_ref(&repo, "v1"), None)
-                .await
-                .unwrap();
-            let secs = started.elapsed().as_secs_f64();
-            println!(
-                "{name}: cold pull+unpack+render {secs:.2}s = {:.1} MB/s of tar, {:.0} files/s{}",
-                layer.tar.len() as f64 / secs / 1e6,
-                files as f64 / secs,
-                if keep {
-                    " (keep_layer_blobs = true)"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
 }

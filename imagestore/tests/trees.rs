@@ -2,28 +2,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rootstock_imagestore::{ErrorKind, ImageStore, ImagesConfig, RegistryConfig};
+use common::*;
+use rootstock_imagestore::{ErrorKind, ImageStore};
 use rootstock_test_e2e::fixtures::{
     Compression, Entry, ImageBuilder, LayerBuilder, RawEntry, busybox_image, sha256_digest,
     write_oci_layout,
 };
 use rootstock_test_e2e::registry::Registry;
-
-fn insecure(registry: &Registry) -> ImagesConfig {
-    let mut config = ImagesConfig::default();
-    config.registries.insert(
-        registry.host(),
-        RegistryConfig {
-            insecure: true,
-            ..Default::default()
-        },
-    );
-    config
-}
 
 /// What a path is, as the comparison sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,7 +241,7 @@ async fn the_flattened_tree_matches_umoci_unpack() {
 
     let registry = Registry::start().await;
     registry.push("fid", "v1", &image).await;
-    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry)).unwrap();
+    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry.host())).unwrap();
     let pulled = store
         .pull(&registry.image_ref("fid", "v1"), None)
         .await
@@ -431,7 +422,7 @@ async fn hostile_layers_are_refused_or_contained_and_the_canary_is_untouched() {
         },
     ];
     let registry = Registry::start().await;
-    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry)).unwrap();
+    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry.host())).unwrap();
     for (i, case) in cases.into_iter().enumerate() {
         let mut builder = ImageBuilder::new();
         for l in &case.layers {
@@ -570,7 +561,7 @@ async fn an_object_with_64999_links_falls_back_to_a_private_copy() {
     registry.push("emlink", "a", &first).await;
     registry.push("emlink", "b", &second).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry)).unwrap();
+    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry.host())).unwrap();
     let a = store
         .pull(&registry.image_ref("emlink", "a"), None)
         .await
@@ -609,7 +600,7 @@ async fn a_leased_tree_survives_removal_until_released_then_everything_goes() {
     registry.push("leased", "v1", &image).await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let store = ImageStore::open(&root, &insecure(&registry)).unwrap();
+    let store = ImageStore::open(&root, &insecure(&registry.host())).unwrap();
     let empty = store.fs_usage();
     let img = store
         .pull(&registry.image_ref("leased", "v1"), None)
@@ -627,7 +618,7 @@ async fn a_leased_tree_survives_removal_until_released_then_everything_goes() {
     );
     drop(store);
     // The lease is persisted: a restart keeps the tree too.
-    let store = ImageStore::open(&root, &insecure(&registry)).unwrap();
+    let store = ImageStore::open(&root, &insecure(&registry.host())).unwrap();
     assert!(tree.join("bin/busybox").is_file());
     assert!(store.verify().await.unwrap().is_clean());
     store.release("ctr-1").await.unwrap();
@@ -659,7 +650,7 @@ async fn gc_racing_pulls_leaves_both_images_consistent() {
     registry.push("race", "kept", &kept).await;
     registry.push("race", "churn", &churned).await;
     let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry)).unwrap();
+    let store = ImageStore::open(&dir.path().join("store"), &insecure(&registry.host())).unwrap();
     let (a, b) = (store.clone(), store.clone());
     let kept_ref = registry.image_ref("race", "kept");
     let churn_ref = registry.image_ref("race", "churn");
@@ -699,7 +690,7 @@ async fn keep_layer_blobs_keeps_the_compressed_blobs_beside_the_trees() {
     let image = busybox_image().build();
     registry.push("kept", "v1", &image).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = insecure(&registry);
+    let mut config = insecure(&registry.host());
     config.keep_layer_blobs = true;
     let store = ImageStore::open(&dir.path().join("store"), &config).unwrap();
     let img = store

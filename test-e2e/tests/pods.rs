@@ -366,51 +366,6 @@ async fn fifty_pod_cycles_keep_fds_mounts_and_cgroups_flat() {
     assert!(left.is_empty(), "pod cgroups left: {left:?}");
 }
 
-/// Issue 6's benchmark (not a timed test): `cargo test -p rootstock-test-e2e --test pods --
-/// --ignored --nocapture pod_start_stop_medians`. Medians over 30 runs per handler.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly"]
-async fn pod_start_stop_medians() {
-    let registry = rootstock_test_e2e::registry::Registry::start().await;
-    let (daemon, image) = daemon_with_busybox(&registry, "").await;
-    loopback_network(&daemon).await;
-    let mut rt = daemon.runtime().await;
-    for handler in ["runc", "crun"] {
-        let (mut up, mut down) = (Vec::new(), Vec::new());
-        for n in 0..30 {
-            let pod = pod_config(&format!("bench-{handler}-{n}"), NamespaceMode::Container);
-            let t = std::time::Instant::now();
-            let id = rt
-                .run_pod_sandbox(RunPodSandboxRequest {
-                    config: Some(pod.clone()),
-                    runtime_handler: handler.to_owned(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .pod_sandbox_id;
-            start_container(
-                &mut rt,
-                &id,
-                &pod,
-                container_config("c", &image, &["sleep", "3600"]),
-            )
-            .await;
-            up.push(t.elapsed());
-            let t = std::time::Instant::now();
-            stop_pod(&mut rt, &id).await;
-            remove_pod(&mut rt, &id).await;
-            down.push(t.elapsed());
-        }
-        up.sort();
-        down.sort();
-        eprintln!(
-            "{handler}: run+create+start median {:?}, stop+remove median {:?}",
-            up[15], down[15]
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busybox_container_from_pulled_id_logs_execs_exits_and_survives_a_daemon_kill() {
     let registry = rootstock_test_e2e::registry::Registry::start().await;

@@ -1,4 +1,6 @@
-//! A small HTTP front for a real `docker-registry`, for what the registry cannot do itself:
+//! Shared by the imagestore tests: a store config for the plain-HTTP test registry, distinct
+//! test content, and a small HTTP front for a real `docker-registry`, for what the registry
+//! cannot do itself:
 //! token auth (a Bearer challenge on `/v2/`, tokens at `/token`: GET with Basic credentials,
 //! POST with `grant_type=refresh_token` for identity tokens) and injected failures (503s,
 //! connections cut mid-blob). Authorised (or, without token auth, all) `/v2/` requests are
@@ -13,6 +15,36 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use rootstock_imagestore::{ImagesConfig, RegistryConfig};
+
+/// A store config that talks plain HTTP to the test registry at `host`.
+pub fn insecure(host: &str) -> ImagesConfig {
+    let mut config = ImagesConfig::default();
+    config.registries.insert(
+        host.to_owned(),
+        RegistryConfig {
+            insecure: true,
+            ..Default::default()
+        },
+    );
+    config
+}
+
+/// `n` bytes no other seed's bytes share (xorshift: distinct, not random, and incompressible
+/// enough that gzip cannot make a layer disappear).
+pub fn distinct_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
 
 pub const IDENTITY_TOKEN: &str = "refresh-me";
 pub const ACCESS_TOKEN: &str = "access-granted";
