@@ -178,8 +178,17 @@ async fn del_after_restart_conflist_removal_and_netns_removal_still_releases_the
     m.teardown("podgone").await.unwrap();
     assert!(t.reserved_ips().is_empty(), "{:?}", t.reserved_ips());
     assert!(t.cache_entries().is_empty());
-    // The veth died with the namespace.
-    assert!(!host_link_exists(&veth[0]));
+    // The veth dies with the namespace, which the kernel destroys asynchronously (in its
+    // netns clean-up work queue) after the last reference is gone: poll with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while host_link_exists(&veth[0]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} outlived its netns",
+            veth[0]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     m.teardown("podgone").await.unwrap();
 }
 

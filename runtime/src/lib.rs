@@ -39,12 +39,13 @@ pub mod runtime;
 pub mod sandbox;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod user;
 pub mod util;
 
 pub use config::{HandlerConfig, RuntimeConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ContainerId, SandboxId};
-pub use runtime::{ContainerInfo, CreateRequest, Runtime, RuntimeOptions};
+pub use runtime::{ContainerInfo, ContainerUsage, CreateRequest, Runtime, RuntimeOptions};
 pub use sandbox::{DnsConfig, SandboxInfo, SandboxPidMode, SandboxSpec, SandboxState};
 pub use state::{ContainerRecord, ContainerState, ExitInfo, ExitReason};

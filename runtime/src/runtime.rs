@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::cgroup::CgroupLayout;
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::id::{ContainerId, SandboxId};
@@ -18,6 +19,7 @@ use crate::rootfs::OverlayRootfs;
 use crate::sandbox::SandboxRecord;
 use crate::spec::{self, ContainerSpec, HostFacts};
 use crate::state::{ContainerRecord, ContainerState, ExitInfo, RECORD_VERSION};
+use crate::stats::{CgroupUsage, DiskUsage, DiskUsageCache};
 use crate::util;
 
 /// File name of the persisted record inside the container's run directory.
@@ -84,6 +86,21 @@ pub struct Runtime {
     pub(crate) containers: Mutex<BTreeMap<ContainerId, Entry>>,
     pub(crate) sandboxes: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
     oom_warned: AtomicBool,
+    /// Probed once: stats read its files on every call.
+    cgroups: CgroupLayout,
+    /// Writable-layer usage, walked in the background.
+    layer_usage: Arc<DiskUsageCache>,
+}
+
+/// A container's usage, for the CRI stats RPCs.
+#[derive(Debug, Clone)]
+pub struct ContainerUsage {
+    /// Its cgroup's counters.
+    pub cgroup: CgroupUsage,
+    /// Its writable layer (`None` until the first background walk finished).
+    pub writable_layer: Option<DiskUsage>,
+    /// The writable layer's directory.
+    pub upper_dir: PathBuf,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,6 +143,9 @@ impl Runtime {
             containers: Mutex::new(BTreeMap::new()),
             sandboxes: Mutex::new(BTreeMap::new()),
             oom_warned: AtomicBool::new(false),
+            cgroups: CgroupLayout::detect(),
+            // kubelet polls every 10 s: a layer is walked at most about that often.
+            layer_usage: DiskUsageCache::new(Duration::from_secs(10)),
         })
     }
 
@@ -448,8 +468,26 @@ impl Runtime {
         let rec = lock(&entry);
         let oci = self.handler(&rec.handler)?.clone();
         self.destroy(id, &oci)?;
+        self.layer_usage.forget(self.rootfs(id).upper());
         lock(&self.containers).remove(id);
         Ok(())
+    }
+
+    /// ContainerStats: the container's cgroup counters and its writable layer's cached usage.
+    pub fn container_usage(&self, id: &ContainerId) -> Result<ContainerUsage> {
+        let entry = self.entry_or_not_found(id)?;
+        let cgroup_path = lock(&entry).cgroup_path.clone();
+        let upper_dir = self.rootfs(id).upper().to_owned();
+        Ok(ContainerUsage {
+            cgroup: self.cgroups.usage(&cgroup_path),
+            writable_layer: self.layer_usage.get(&upper_dir),
+            upper_dir,
+        })
+    }
+
+    /// The counters of any cgroup (a pod's), hierarchical.
+    pub fn cgroup_usage(&self, cgroup: &str) -> CgroupUsage {
+        self.cgroups.usage(cgroup)
     }
 
     /// Deletes everything of a container but its in-memory entry. Idempotent.

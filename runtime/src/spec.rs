@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpu, LinuxDeviceCgroup,
-    LinuxDeviceType, LinuxMemory, LinuxNamespace, LinuxNamespaceType, LinuxPids, LinuxResources,
-    Mount, Process, Root, Spec, User,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpu, LinuxDevice,
+    LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory, LinuxNamespace,
+    LinuxNamespaceType, LinuxPids, LinuxResources, Mount, Process, Root, Spec, User,
 };
 
 use crate::error::{Error, Result};
@@ -119,7 +119,8 @@ pub struct SecurityContext {
     pub readonly_rootfs: bool,
     /// `no_new_privs`.
     pub no_new_privs: bool,
-    /// `privileged` (not supported yet: refused).
+    /// `privileged`: every capability, the host's devices, no masked or read-only paths,
+    /// writable sysfs and procfs.
     pub privileged: bool,
     /// `capabilities.add_capabilities` (`CAP_X`, `X` or `ALL`).
     pub add_capabilities: Vec<String>,
@@ -152,6 +153,9 @@ pub struct Resources {
     pub memory_limit_bytes: Option<i64>,
     /// Pids limit.
     pub pids_limit: Option<i64>,
+    /// Hugepage limits: (page size as in `hugetlb.<size>.limit_in_bytes`, e.g. `2MB`;
+    /// bytes). kubelet only sends sizes the node has.
+    pub hugepage_limits: Vec<(String, u64)>,
 }
 
 /// The cgroup part of [`Resources`] as OCI `LinuxResources` (no device rules: `update`
@@ -182,6 +186,20 @@ pub fn linux_resources(r: &Resources) -> LinuxResources {
         let mut pids = LinuxPids::default();
         pids.set_limit(limit);
         out.set_pids(Some(pids));
+    }
+    if !r.hugepage_limits.is_empty() {
+        out.set_hugepage_limits(Some(
+            r.hugepage_limits
+                .iter()
+                .map(|(size, limit)| {
+                    let mut h = LinuxHugepageLimit::default();
+                    h.set_page_size(size.clone());
+                    // The kernel takes u64; OCI says i64: saturate what cannot be said.
+                    h.set_limit(i64::try_from(*limit).unwrap_or(i64::MAX));
+                    h
+                })
+                .collect(),
+        ));
     }
     out
 }
@@ -227,6 +245,8 @@ pub struct HostFacts {
     pub oom_score_adj: i32,
     /// Whether processes we start may lower `oom_score_adj` (`CAP_SYS_RESOURCE`).
     pub can_lower_oom_score_adj: bool,
+    /// The daemon's capability bounding set (`CapBnd`): what `ALL` and privileged expand to.
+    pub capability_bounding: u64,
 }
 
 impl HostFacts {
@@ -237,17 +257,19 @@ impl HostFacts {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         const CAP_SYS_RESOURCE: u32 = 24;
-        let cap_eff = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("CapEff:"))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            })
-            .unwrap_or(0);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mask = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        let cap_eff = mask("CapEff:");
         Self {
             oom_score_adj,
             can_lower_oom_score_adj: cap_eff & (1 << CAP_SYS_RESOURCE) != 0,
+            capability_bounding: mask("CapBnd:"),
         }
     }
 }
@@ -319,11 +341,6 @@ pub fn build(
         id: id.to_string(),
         message,
     };
-    if s.security.privileged {
-        return Err(Error::InvalidArgument(format!(
-            "container {id}: privileged containers are not supported yet"
-        )));
-    }
     let cgroup_path = cgroup_path(&s.cgroup_parent, id);
     let (process, oom_score_adj_clamped) = process(s, rootfs, host)?;
     let mut root = Root::default();
@@ -331,22 +348,40 @@ pub fn build(
     root.set_readonly(Some(s.security.readonly_rootfs));
 
     let (mounts, rootfs_propagation) = mounts(s);
-    let linux = LinuxBuilder::default()
-        .namespaces(namespaces(&s.namespaces))
-        .cgroups_path(PathBuf::from(&cgroup_path))
-        .resources(resources(s))
-        .masked_paths(s.security.masked_paths.clone().unwrap_or_else(|| {
+    let privileged = s.security.privileged;
+    // Privileged: CRI says the runtime must not mask or read-only any path, whatever the
+    // request lists (kubelet still sends the defaults in `masked_paths` for some pods).
+    let masked = if privileged {
+        Vec::new()
+    } else {
+        s.security.masked_paths.clone().unwrap_or_else(|| {
             DEFAULT_MASKED_PATHS
                 .iter()
                 .map(|p| (*p).to_owned())
                 .collect()
-        }))
-        .readonly_paths(s.security.readonly_paths.clone().unwrap_or_else(|| {
+        })
+    };
+    let readonly = if privileged {
+        Vec::new()
+    } else {
+        s.security.readonly_paths.clone().unwrap_or_else(|| {
             DEFAULT_READONLY_PATHS
                 .iter()
                 .map(|p| (*p).to_owned())
                 .collect()
-        }));
+        })
+    };
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces(&s.namespaces))
+        .cgroups_path(PathBuf::from(&cgroup_path))
+        .resources(resources(s))
+        .masked_paths(masked)
+        .readonly_paths(readonly);
+    let linux = if privileged {
+        linux.devices(host_devices(Path::new("/dev")))
+    } else {
+        linux
+    };
     let linux = match rootfs_propagation {
         Some(p) => linux.rootfs_propagation(p),
         None => linux,
@@ -481,7 +516,7 @@ fn process(
     p.set_env(Some(process_env(s)));
     p.set_cwd(PathBuf::from(cwd));
     p.set_user(user);
-    p.set_capabilities(Some(capabilities(&s.security)?));
+    p.set_capabilities(Some(capabilities(&s.security, host)?));
     p.set_no_new_privileges(Some(s.security.no_new_privs));
     // Inherit the monitor's rlimits: never raise a hard limit above the daemon's own.
     p.set_rlimits(None);
@@ -496,59 +531,74 @@ fn parse_cap(name: &str) -> Result<Capability> {
         .map_err(|_| Error::InvalidArgument(format!("unknown capability {name:?}")))
 }
 
-fn all_capabilities() -> Vec<Capability> {
-    [
-        "AUDIT_CONTROL",
-        "AUDIT_READ",
-        "AUDIT_WRITE",
-        "BLOCK_SUSPEND",
-        "BPF",
-        "CHECKPOINT_RESTORE",
-        "CHOWN",
-        "DAC_OVERRIDE",
-        "DAC_READ_SEARCH",
-        "FOWNER",
-        "FSETID",
-        "IPC_LOCK",
-        "IPC_OWNER",
-        "KILL",
-        "LEASE",
-        "LINUX_IMMUTABLE",
-        "MAC_ADMIN",
-        "MAC_OVERRIDE",
-        "MKNOD",
-        "NET_ADMIN",
-        "NET_BIND_SERVICE",
-        "NET_BROADCAST",
-        "NET_RAW",
-        "PERFMON",
-        "SETGID",
-        "SETFCAP",
-        "SETPCAP",
-        "SETUID",
-        "SYS_ADMIN",
-        "SYS_BOOT",
-        "SYS_CHROOT",
-        "SYS_MODULE",
-        "SYS_NICE",
-        "SYS_PACCT",
-        "SYS_PTRACE",
-        "SYS_RAWIO",
-        "SYS_RESOURCE",
-        "SYS_TIME",
-        "SYS_TTY_CONFIG",
-        "SYSLOG",
-        "WAKE_ALARM",
-    ]
-    .iter()
-    .filter_map(|n| Capability::from_str(n).ok())
-    .collect()
+/// Capability names indexed by their kernel number (`linux/capability.h`), so a name can be
+/// checked against a `CapBnd` mask.
+const CAPABILITY_NUMBERS: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Every capability the daemon itself may grant (its bounding set `bounding`): asking the
+/// OCI runtime for more fails the create with EPERM (e.g. `SYS_RESOURCE` on these nodes).
+fn all_capabilities(bounding: u64) -> Vec<Capability> {
+    CAPABILITY_NUMBERS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .filter_map(|(_, n)| Capability::from_str(n).ok())
+        .collect()
 }
 
 /// Default set, then drops, then adds (`ALL` in either expands to every capability), as
 /// containerd applies them.
-fn capabilities(sc: &SecurityContext) -> Result<LinuxCapabilities> {
-    let mut set: Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+fn capabilities(sc: &SecurityContext, host: &HostFacts) -> Result<LinuxCapabilities> {
+    let mut set: Capabilities = if sc.privileged {
+        // Privileged starts from every capability; drops still apply, as in containerd.
+        all_capabilities(host.capability_bounding)
+            .into_iter()
+            .collect()
+    } else {
+        DEFAULT_CAPABILITIES.iter().copied().collect()
+    };
     for d in &sc.drop_capabilities {
         if d.eq_ignore_ascii_case("ALL") {
             set.clear();
@@ -558,7 +608,7 @@ fn capabilities(sc: &SecurityContext) -> Result<LinuxCapabilities> {
     }
     for a in &sc.add_capabilities {
         if a.eq_ignore_ascii_case("ALL") {
-            set.extend(all_capabilities());
+            set.extend(all_capabilities(host.capability_bounding));
         } else {
             set.insert(parse_cap(a)?);
         }
@@ -611,6 +661,22 @@ fn mounts(s: &ContainerSpec) -> (Vec<Mount>, Option<String>) {
         .into_iter()
         // A mount we or kubelet provide at the same place replaces the default one.
         .filter(|d| !extra.iter().any(|m| m.container_path == *d.destination()))
+        .map(|mut d| {
+            // The default sysfs is read-only; a privileged container gets it writable
+            // (procfs is already read-write, only the read-only paths protect it).
+            if s.security.privileged && d.typ().as_deref() == Some("sysfs") {
+                let options = d
+                    .options()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|o| o != "ro")
+                    .chain(std::iter::once("rw".to_owned()))
+                    .collect();
+                d.set_options(Some(options));
+            }
+            d
+        })
         .collect();
     let mut user: Vec<&BindMount> = extra;
     // Stable sort by depth, so `/a` is mounted before `/a/b` whatever the request order.
@@ -681,15 +747,69 @@ fn device_rule(
 /// Device cgroup: deny everything, then allow the standard character devices (null, zero,
 /// full, random, urandom, tty, ptmx, pts), as containerd's default spec does.
 fn resources(s: &ContainerSpec) -> LinuxResources {
+    let mut r = linux_resources(&s.resources);
+    if s.security.privileged {
+        // Privileged: every device the host has is reachable.
+        r.set_devices(Some(vec![device_rule(true, None, None, None, "rwm")]));
+        return r;
+    }
     let c = Some(LinuxDeviceType::C);
     let mut devices = vec![device_rule(false, None, None, None, "rwm")];
     for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2)] {
         devices.push(device_rule(true, c, Some(major), Some(minor), "rwm"));
     }
     devices.push(device_rule(true, c, Some(136), None, "rwm"));
-    let mut r = linux_resources(&s.resources);
     r.set_devices(Some(devices));
     r
+}
+
+/// Directories under `/dev` whose nodes are the container's own (runc sets them up), not
+/// host devices to copy, as containerd's `HostDevices` skips them.
+const HOST_DEVICE_SKIP: [&str; 5] = ["pts", "shm", "fd", "mqueue", "console"];
+
+/// The host's block and character devices under `dir`, for a privileged container. A node
+/// that cannot be read is skipped: a device that vanished meanwhile is not an error.
+fn host_devices(dir: &Path) -> Vec<LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if dir == Path::new("/dev")
+            && HOST_DEVICE_SKIP
+                .iter()
+                .any(|s| entry.file_name().to_str() == Some(s))
+        {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let ft = meta.file_type();
+        let typ = if ft.is_dir() {
+            out.extend(host_devices(&path));
+            continue;
+        } else if ft.is_block_device() {
+            LinuxDeviceType::B
+        } else if ft.is_char_device() {
+            LinuxDeviceType::C
+        } else {
+            continue;
+        };
+        let rdev = meta.rdev();
+        let mut d = LinuxDevice::default();
+        d.set_path(path);
+        d.set_typ(typ);
+        d.set_major(i64::from(nix::sys::stat::major(rdev) as u32));
+        d.set_minor(i64::from(nix::sys::stat::minor(rdev) as u32));
+        d.set_file_mode(Some(meta.mode() & 0o7777));
+        d.set_uid(Some(meta.uid()));
+        d.set_gid(Some(meta.gid()));
+        out.push(d);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -766,6 +886,7 @@ mod tests {
         let host = HostFacts {
             oom_score_adj: 0,
             can_lower_oom_score_adj: false,
+            capability_bounding: u64::MAX,
         };
         let dir = tempfile::tempdir().unwrap();
         let b = build(&id, &s, dir.path(), &host).unwrap();
@@ -800,16 +921,64 @@ mod tests {
             add_capabilities: vec!["CAP_NET_ADMIN".into(), "kill".into()],
             ..Default::default()
         };
-        let caps = capabilities(&sc).unwrap();
+        let host = HostFacts {
+            oom_score_adj: 0,
+            can_lower_oom_score_adj: false,
+            capability_bounding: u64::MAX,
+        };
+        let caps = capabilities(&sc, &host).unwrap();
         let b = caps.bounding().clone().unwrap();
         assert_eq!(b.len(), 2);
         assert!(b.contains(&Capability::NetAdmin));
         assert!(
-            capabilities(&SecurityContext {
-                add_capabilities: vec!["NOPE".into()],
-                ..Default::default()
-            })
+            capabilities(
+                &SecurityContext {
+                    add_capabilities: vec!["NOPE".into()],
+                    ..Default::default()
+                },
+                &host
+            )
             .is_err()
         );
+    }
+
+    #[test]
+    fn privileged_gets_bounded_caps_devices_rw_sysfs_and_no_masked_paths() {
+        let mut s = base();
+        s.security.privileged = true;
+        s.security.masked_paths = Some(vec!["/proc/kcore".into()]);
+        let id = ContainerId::new("c1").unwrap();
+        // No CAP_SYS_RESOURCE (24) in the daemon's bounding set, as on these nodes.
+        let host = HostFacts {
+            oom_score_adj: 0,
+            can_lower_oom_score_adj: false,
+            capability_bounding: ((1u64 << 41) - 1) & !(1 << 24),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let json = serde_json::to_value(build(&id, &s, dir.path(), &host).unwrap().spec).unwrap();
+        let bnd = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(bnd.len(), 40);
+        assert!(!bnd.iter().any(|c| c == "CAP_SYS_RESOURCE"));
+        assert!(bnd.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert_eq!(json["linux"]["maskedPaths"].as_array().unwrap().len(), 0);
+        assert_eq!(json["linux"]["readonlyPaths"].as_array().unwrap().len(), 0);
+        let devices = json["linux"]["resources"]["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0]["allow"], true);
+        let sys = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        let opts: Vec<&str> = sys["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        assert!(opts.contains(&"rw") && !opts.contains(&"ro"), "{opts:?}");
     }
 }

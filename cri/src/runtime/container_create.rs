@@ -251,6 +251,15 @@ fn security(sc: Option<&LinuxContainerSecurityContext>) -> Result<SecurityContex
             CriError::InvalidArgument(format!("security context: {what} {v} is not a valid id"))
         })
     };
+    // Profiles are not enforced yet (full seccomp comes with its own issue): accept them so
+    // kubelet's default `RuntimeDefault` pods run, and leave a trace of what was asked.
+    if sc.seccomp.is_some() || sc.apparmor.is_some() {
+        tracing::debug!(
+            seccomp = ?sc.seccomp,
+            apparmor = ?sc.apparmor,
+            "security context: seccomp/apparmor profiles accepted but not applied"
+        );
+    }
     let caps = sc.capabilities.clone().unwrap_or_default();
     Ok(SecurityContext {
         run_as_user: sc
@@ -294,7 +303,14 @@ pub(super) fn resources(r: Option<&LinuxContainerResources>) -> Resources {
         cpuset_cpus: text(&r.cpuset_cpus),
         cpuset_mems: text(&r.cpuset_mems),
         memory_limit_bytes: pos_i(r.memory_limit_in_bytes),
+        // CRI carries no per-container pids limit: kubelet sets it on the pod cgroup.
         pids_limit: None,
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .filter(|h| !h.page_size.is_empty())
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
     }
 }
 

@@ -21,6 +21,7 @@ mod sandbox_remove;
 mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
+mod stats;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -117,6 +118,17 @@ where
         .await
         .map_err(|e| CriError::Internal(format!("blocking runtime task failed: {e}")))?
         .map_err(CriError::from)
+}
+
+/// Like [`blocking`], for a closure that already speaks `CriError`.
+async fn blocking_cri<T, F>(call: F) -> Result<T, CriError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, CriError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| CriError::Internal(format!("blocking stats task failed: {e}")))?
 }
 
 /// CRI label selectors match when every selector pair is present with the same value.
@@ -307,30 +319,38 @@ impl RuntimeService for RuntimeApi {
 
     async fn container_stats(
         &self,
-        _req: Request<ContainerStatsRequest>,
+        req: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
-        not_yet("ContainerStats")
+        let api = self.clone();
+        // Reads cgroup files: off the async workers.
+        reply(blocking_cri(move || api.container_stats(req.into_inner())).await)
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<ListContainerStatsRequest>,
+        req: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
-        not_yet("ListContainerStats")
+        let api = self.clone();
+        // Reads cgroup files: off the async workers.
+        reply(blocking_cri(move || api.list_container_stats(req.into_inner())).await)
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<PodSandboxStatsRequest>,
+        req: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
-        not_yet("PodSandboxStats")
+        let api = self.clone();
+        // Reads cgroup files: off the async workers.
+        reply(blocking_cri(move || api.pod_sandbox_stats(req.into_inner())).await)
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<ListPodSandboxStatsRequest>,
+        req: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
-        not_yet("ListPodSandboxStats")
+        let api = self.clone();
+        // Reads cgroup files: off the async workers.
+        reply(blocking_cri(move || api.list_pod_sandbox_stats(req.into_inner())).await)
     }
 
     async fn checkpoint_container(

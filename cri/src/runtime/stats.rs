@@ -1,0 +1,253 @@
+//! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: cgroup counters
+//! read per call (a few small files), the writable layer from the runtime's background
+//! cache. A pod's numbers come from its own cgroup, which is hierarchical and so covers its
+//! containers (and anything else kubelet put there); the sum of its containers is the
+//! fallback when the pod cgroup cannot be read.
+//!
+//! Only running containers are reported, as containerd does: an exited container has no
+//! cgroup left to read, and kubelet takes its last numbers from its own cache.
+
+use k8s_cri::v1::{
+    ContainerAttributes, ContainerStats, ContainerStatsRequest, ContainerStatsResponse, CpuUsage,
+    FilesystemIdentifier, FilesystemUsage, LinuxPodSandboxStats, ListContainerStatsRequest,
+    ListContainerStatsResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse,
+    MemoryUsage, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxStats,
+    PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, UInt64Value,
+};
+use rootstock_runtime::stats::{self as usage, CgroupUsage, InterfaceUsage};
+use rootstock_runtime::{ContainerId, ContainerInfo, ContainerState, SandboxId, SandboxInfo};
+
+use super::meta::{ContainerMeta, SandboxMeta};
+use super::{RuntimeApi, labels_match};
+use crate::error::CriError;
+
+fn u64v(v: Option<u64>) -> Option<UInt64Value> {
+    v.map(|value| UInt64Value { value })
+}
+
+fn cpu(u: &CgroupUsage) -> CpuUsage {
+    CpuUsage {
+        timestamp: u.timestamp_unix_nanos,
+        usage_core_nano_seconds: u64v(u.cpu_usage_ns),
+        // A rate needs two samples; kubelet computes it from successive polls.
+        usage_nano_cores: None,
+    }
+}
+
+fn memory(u: &CgroupUsage) -> MemoryUsage {
+    MemoryUsage {
+        timestamp: u.timestamp_unix_nanos,
+        working_set_bytes: u64v(u.memory_working_set_bytes),
+        available_bytes: None,
+        usage_bytes: u64v(u.memory_usage_bytes),
+        rss_bytes: u64v(u.memory_rss_bytes),
+        page_faults: u64v(u.page_faults),
+        major_page_faults: u64v(u.major_page_faults),
+    }
+}
+
+/// Adds `b` into `a` field by field (a missing side counts as zero once the other is set).
+fn add(a: &mut CgroupUsage, b: &CgroupUsage) {
+    let sum = |x: Option<u64>, y: Option<u64>| match (x, y) {
+        (None, None) => None,
+        (x, y) => Some(x.unwrap_or(0).saturating_add(y.unwrap_or(0))),
+    };
+    a.timestamp_unix_nanos = a.timestamp_unix_nanos.max(b.timestamp_unix_nanos);
+    a.cpu_usage_ns = sum(a.cpu_usage_ns, b.cpu_usage_ns);
+    a.memory_usage_bytes = sum(a.memory_usage_bytes, b.memory_usage_bytes);
+    a.memory_working_set_bytes = sum(a.memory_working_set_bytes, b.memory_working_set_bytes);
+    a.memory_rss_bytes = sum(a.memory_rss_bytes, b.memory_rss_bytes);
+    a.page_faults = sum(a.page_faults, b.page_faults);
+    a.major_page_faults = sum(a.major_page_faults, b.major_page_faults);
+    a.pids = sum(a.pids, b.pids);
+}
+
+/// The pod's default interface, as kubelet names it (CNI's `CNI_IFNAME`).
+const DEFAULT_INTERFACE: &str = "eth0";
+
+fn network(pid: i32) -> Option<NetworkUsage> {
+    let timestamp = rootstock_runtime::util::now_unix_nanos();
+    let interfaces = match usage::net_dev(pid) {
+        Ok(i) => i,
+        // The process exited between the listing and the read: no numbers this time.
+        Err(e) => {
+            tracing::debug!(pid, "network stats: {e}");
+            return None;
+        }
+    };
+    let cri = |i: &InterfaceUsage| NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: Some(UInt64Value { value: i.rx_bytes }),
+        rx_errors: Some(UInt64Value { value: i.rx_errors }),
+        tx_bytes: Some(UInt64Value { value: i.tx_bytes }),
+        tx_errors: Some(UInt64Value { value: i.tx_errors }),
+    };
+    Some(NetworkUsage {
+        timestamp,
+        default_interface: interfaces
+            .iter()
+            .find(|i| i.name == DEFAULT_INTERFACE)
+            .map(cri),
+        interfaces: interfaces.iter().map(cri).collect(),
+    })
+}
+
+impl RuntimeApi {
+    /// One container's stats with its cgroup counters (kept for the pod fallback).
+    fn one_container_stats(
+        &self,
+        info: &ContainerInfo,
+    ) -> Result<(ContainerStats, CgroupUsage), CriError> {
+        let meta = ContainerMeta::of(info);
+        let usage = self.rt.container_usage(&info.record.id)?;
+        let layer = usage.writable_layer.map(|l| FilesystemUsage {
+            timestamp: l.timestamp_unix_nanos,
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: usage.upper_dir.display().to_string(),
+            }),
+            used_bytes: Some(UInt64Value { value: l.bytes }),
+            inodes_used: Some(UInt64Value { value: l.inodes }),
+        });
+        Ok((
+            ContainerStats {
+                attributes: Some(ContainerAttributes {
+                    id: info.record.id.to_string(),
+                    metadata: Some(meta.metadata()),
+                    labels: meta.labels,
+                    annotations: meta.annotations,
+                }),
+                cpu: Some(cpu(&usage.cgroup)),
+                memory: Some(memory(&usage.cgroup)),
+                writable_layer: layer,
+                swap: None,
+            },
+            usage.cgroup,
+        ))
+    }
+
+    fn running_containers(&self) -> impl Iterator<Item = ContainerInfo> + use<> {
+        self.rt
+            .list_containers()
+            .into_iter()
+            .filter(|c| matches!(c.record.state, ContainerState::Running))
+    }
+
+    pub(super) fn container_stats(
+        &self,
+        req: ContainerStatsRequest,
+    ) -> Result<ContainerStatsResponse, CriError> {
+        let id = ContainerId::new(req.container_id)?;
+        let info = self.rt.container(&id)?;
+        let (stats, _) = self.one_container_stats(&info)?;
+        Ok(ContainerStatsResponse { stats: Some(stats) })
+    }
+
+    pub(super) fn list_container_stats(
+        &self,
+        req: ListContainerStatsRequest,
+    ) -> Result<ListContainerStatsResponse, CriError> {
+        let filter = req.filter.unwrap_or_default();
+        let mut stats = Vec::new();
+        for c in self.running_containers() {
+            if !filter.id.is_empty() && c.record.id.as_str() != filter.id {
+                continue;
+            }
+            let meta = ContainerMeta::of(&c);
+            if (!filter.pod_sandbox_id.is_empty() && meta.sandbox_id != filter.pod_sandbox_id)
+                || !labels_match(&meta.labels, &filter.label_selector)
+            {
+                continue;
+            }
+            match self.one_container_stats(&c) {
+                Ok((s, _)) => stats.push(s),
+                // Removed between the listing and the read: not an error for a list.
+                Err(CriError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ListContainerStatsResponse { stats })
+    }
+
+    fn one_sandbox_stats(&self, sandbox: &SandboxInfo) -> Result<PodSandboxStats, CriError> {
+        let meta = SandboxMeta::of(sandbox);
+        let id = sandbox.record.id.to_string();
+        let mut containers = Vec::new();
+        let mut sum = CgroupUsage::default();
+        // Any process in the pod's network namespace shows its counters; a pod without a
+        // running container (and without a process of its own) reports none.
+        let mut net_pid = None;
+        for c in self.running_containers() {
+            if ContainerMeta::of(&c).sandbox_id != id {
+                continue;
+            }
+            if c.record.init_pid > 0 {
+                net_pid.get_or_insert(c.record.init_pid);
+            }
+            match self.one_container_stats(&c) {
+                Ok((s, u)) => {
+                    add(&mut sum, &u);
+                    containers.push(s);
+                }
+                Err(CriError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let pod = self.rt.cgroup_usage(&meta.cgroup_parent);
+        let usage = if pod.cpu_usage_ns.is_some() || pod.memory_usage_bytes.is_some() {
+            pod
+        } else {
+            sum
+        };
+        Ok(PodSandboxStats {
+            attributes: Some(PodSandboxAttributes {
+                id,
+                metadata: Some(meta.metadata()),
+                labels: meta.labels,
+                annotations: meta.annotations,
+            }),
+            linux: Some(LinuxPodSandboxStats {
+                cpu: Some(cpu(&usage)),
+                memory: Some(memory(&usage)),
+                // hostNetwork pods: the node's interfaces are not the pod's to report.
+                network: net_pid
+                    .filter(|_| !sandbox.record.host_network)
+                    .and_then(network),
+                process: Some(ProcessUsage {
+                    timestamp: usage.timestamp_unix_nanos,
+                    process_count: u64v(usage.pids),
+                }),
+                containers,
+            }),
+            windows: None,
+        })
+    }
+
+    pub(super) fn pod_sandbox_stats(
+        &self,
+        req: PodSandboxStatsRequest,
+    ) -> Result<PodSandboxStatsResponse, CriError> {
+        let id = SandboxId::new(req.pod_sandbox_id)?;
+        let sandbox = self.rt.sandbox(&id)?;
+        Ok(PodSandboxStatsResponse {
+            stats: Some(self.one_sandbox_stats(&sandbox)?),
+        })
+    }
+
+    pub(super) fn list_pod_sandbox_stats(
+        &self,
+        req: ListPodSandboxStatsRequest,
+    ) -> Result<ListPodSandboxStatsResponse, CriError> {
+        let filter = req.filter.unwrap_or_default();
+        let mut stats = Vec::new();
+        for sandbox in self.rt.list_sandboxes() {
+            if !filter.id.is_empty() && sandbox.record.id.as_str() != filter.id {
+                continue;
+            }
+            if !labels_match(&SandboxMeta::of(&sandbox).labels, &filter.label_selector) {
+                continue;
+            }
+            stats.push(self.one_sandbox_stats(&sandbox)?);
+        }
+        Ok(ListPodSandboxStatsResponse { stats })
+    }
+}
