@@ -135,15 +135,7 @@ impl Runtime {
                 tracing::warn!(container = %id, handler = oci.handler(), "delete half-created: {e}");
             }
         }
-        self.rootfs(id).unmount()?;
-        for d in [self.run_dir(id), self.layer_dir(id)] {
-            match fs::remove_dir_all(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("remove", &d, e)),
-            }
-        }
-        Ok(())
+        self.remove_container_files(id)
     }
 
     fn unknown_record(&self, id: &ContainerId) -> ContainerRecord {

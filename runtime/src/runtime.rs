@@ -493,6 +493,11 @@ impl Runtime {
     /// Deletes everything of a container but its in-memory entry. Idempotent.
     pub(crate) fn destroy(&self, id: &ContainerId, oci: &OciRuntime) -> Result<()> {
         oci.delete(id, true)?;
+        self.remove_container_files(id)
+    }
+
+    /// Unmounts the rootfs and removes the run and writable-layer directories. Idempotent.
+    pub(crate) fn remove_container_files(&self, id: &ContainerId) -> Result<()> {
         self.rootfs(id).unmount()?;
         for d in [self.run_dir(id), self.layer_dir(id)] {
             match fs::remove_dir_all(&d) {
