@@ -13,7 +13,6 @@ pub const ALL: &[&str] = &[
     "unpack.object-written",
     "unpack.object-linked",
     "unpack.entries-done",
-    "unpack.before-sync",
     "unpack.before-rename",
     "unpack.after-rename",
     "unpack.after-record",

@@ -12,11 +12,18 @@
 //! | `leases` | lease id                              | [`LeaseRecord`]  | containers holding a tree (issue 5) |
 //! | `meta`   | `schema`                              | schema version   | start-up check |
 //!
-//! Every change is one write transaction; redb commits are durable (fsync) before they return.
+//! Every change is one write transaction. Layer records are committed without an fsync (a
+//! pull of 1,000 small layers would otherwise pay 1,000 flushes of the whole file system):
+//! every durable commit first flushes the store's file system when a layer was recorded since
+//! the last flush, so no durable record (image, tree, lease, or the layer record a durable
+//! commit carries along) ever names layer content that a power loss could tear. A crash
+//! before the next durable commit loses those layer records; `ImageStore::open` then removes
+//! their directories and objects like any other unrecorded ones.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +147,8 @@ pub(crate) struct ImageChanges {
 pub struct Metadata {
     db: Database,
     path: PathBuf,
+    /// A layer record was committed without a flush of the file system since the last one.
+    unsynced_layers: AtomicBool,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -165,6 +174,7 @@ impl Metadata {
         let meta = Metadata {
             db,
             path: path.to_path_buf(),
+            unsynced_layers: AtomicBool::new(false),
         };
         let tx = meta.begin_write()?;
         {
@@ -215,6 +225,20 @@ impl Metadata {
         self.db
             .begin_write()
             .map_err(|e| Error::metadata("begin write", e))
+    }
+
+    /// Commit durably, flushing the file system first if a layer record committed without
+    /// one would become durable with this commit. Write transactions are exclusive, so no
+    /// layer record can slip in between the flush and the commit.
+    fn commit(&self, tx: redb::WriteTransaction) -> Result<()> {
+        if self.unsynced_layers.swap(false, Ordering::SeqCst) {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            if let Err(e) = crate::fsutil::sync_fs(dir) {
+                self.unsynced_layers.store(true, Ordering::SeqCst);
+                return Err(Error::io("sync", dir, e));
+            }
+        }
+        tx.commit().map_err(|e| Error::metadata("commit", e))
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction> {
@@ -275,7 +299,7 @@ impl Metadata {
                     .map_err(|e| Error::metadata("write ref", e))?;
             }
         }
-        tx.commit().map_err(|e| Error::metadata("commit", e))
+        self.commit(tx)
     }
 
     /// The layer committed under `diff_id`.
@@ -288,9 +312,23 @@ impl Metadata {
         self.all(LAYERS, "layers")
     }
 
-    /// Record a committed layer.
+    /// Record a committed layer, without flushing (see the module doc): the layer's files
+    /// become durable with the next durable commit, which flushes them first.
     pub fn put_layer(&self, record: &LayerRecord) -> Result<()> {
-        self.put(LAYERS, record.diff_id.as_str(), record)
+        let mut tx = self.begin_write()?;
+        tx.set_durability(Durability::None)
+            .map_err(|e| Error::metadata("set durability", e))?;
+        {
+            let mut table = tx
+                .open_table(LAYERS)
+                .map_err(|e| Error::metadata("open table", e))?;
+            table
+                .insert(record.diff_id.as_str(), to_json(record)?.as_slice())
+                .map_err(|e| Error::metadata("write", e))?;
+        }
+        // Set while this transaction still excludes every other writer.
+        self.unsynced_layers.store(true, Ordering::SeqCst);
+        tx.commit().map_err(|e| Error::metadata("commit", e))
     }
 
     /// Forget layers.
@@ -376,7 +414,7 @@ impl Metadata {
                 .insert(key, to_json(v)?.as_slice())
                 .map_err(|e| Error::metadata("write", e))?;
         }
-        tx.commit().map_err(|e| Error::metadata("commit", e))
+        self.commit(tx)
     }
 
     fn delete(&self, def: TableDefinition<&str, &[u8]>, keys: &[&str]) -> Result<()> {
@@ -394,7 +432,7 @@ impl Metadata {
                     .map_err(|e| Error::metadata("delete", e))?;
             }
         }
-        tx.commit().map_err(|e| Error::metadata("commit", e))
+        self.commit(tx)
     }
 }
 

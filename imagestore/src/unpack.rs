@@ -941,16 +941,14 @@ impl TreeLayerSink {
                 actual: k.written(),
             });
         }
-        failpoint::hit("unpack.before-sync");
-        fsutil::sync_fs(&self.paths.root).map_err(|e| Error::io("sync", &self.paths.root, e))?;
+        // No flush here: the layer record is not durable until a durable commit flushes the
+        // file system first (see `metadata`).
         failpoint::hit("unpack.before-rename");
         let dest = self.paths.layer_dir(&layer.diff_id);
         // A directory without a record (a crash after the rename) is replaced.
         fsutil::remove_tree(&dest).map_err(|e| Error::io("remove stale layer", &dest, e))?;
         std::fs::rename(&work.path, &dest).map_err(|e| Error::io("rename layer", &dest, e))?;
         work.disarm();
-        fsutil::sync_dir(&self.paths.layers)
-            .map_err(|e| Error::io("fsync", &self.paths.layers, e))?;
         failpoint::hit("unpack.after-rename");
         let blob = match kept {
             Some(k) => {

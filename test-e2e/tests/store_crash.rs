@@ -19,7 +19,6 @@ const POINTS: &[(&str, Op)] = &[
     ("unpack.object-written", Op::Pull),
     ("unpack.object-linked", Op::Pull),
     ("unpack.entries-done", Op::Pull),
-    ("unpack.before-sync", Op::Pull),
     ("unpack.before-rename", Op::Pull),
     ("unpack.after-rename", Op::Pull),
     ("unpack.after-record", Op::Pull),
