@@ -151,6 +151,14 @@ pub enum Error {
         /// The kernel's answer.
         source: nix::Error,
     },
+    /// A cgroup could not be configured.
+    #[error("cgroup {cgroup}: {message}")]
+    Cgroup {
+        /// The cgroup path (`/kubepods/pod1/<id>`).
+        cgroup: String,
+        /// What failed.
+        message: String,
+    },
     /// A sandbox's namespaces could not be created or pinned.
     #[error("sandbox {id}: {message}")]
     Sandbox {
@@ -193,6 +201,7 @@ impl Error {
             | Error::Runtime { .. }
             | Error::CreateFailed { .. }
             | Error::Mount { .. }
+            | Error::Cgroup { .. }
             | Error::Sandbox { .. } => ErrorKind::Internal,
         }
     }

@@ -86,6 +86,8 @@ pub struct Runtime {
     pub(crate) containers: Mutex<BTreeMap<ContainerId, Entry>>,
     pub(crate) sandboxes: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
     oom_warned: AtomicBool,
+    seccomp_default_warned: AtomicBool,
+    apparmor_default_warned: AtomicBool,
     /// Probed once: stats read its files on every call.
     cgroups: CgroupLayout,
     /// Writable-layer usage, walked in the background.
@@ -143,6 +145,8 @@ impl Runtime {
             containers: Mutex::new(BTreeMap::new()),
             sandboxes: Mutex::new(BTreeMap::new()),
             oom_warned: AtomicBool::new(false),
+            seccomp_default_warned: AtomicBool::new(false),
+            apparmor_default_warned: AtomicBool::new(false),
             cgroups: CgroupLayout::detect(),
             // kubelet polls every 10 s: a layer is walked at most about that often.
             layer_usage: DiskUsageCache::new(Duration::from_secs(10)),
@@ -263,6 +267,7 @@ impl Runtime {
     pub fn create_container(&self, req: CreateRequest) -> Result<ContainerInfo> {
         let id = req.id.clone();
         let oci = self.handler(&req.handler)?.clone();
+        self.check_unified(&req.spec.resources)?;
         if self.entry(&id).is_some() {
             return Err(Error::ContainerExists { id: id.to_string() });
         }
@@ -292,6 +297,19 @@ impl Runtime {
                 "oom_score_adj {asked} cannot be set on this node (no CAP_SYS_RESOURCE); \
                  using the daemon's own {got} (warned once)"
             );
+        }
+        for what in &built.runtime_default_skipped {
+            let (warned, what) = match what {
+                spec::Confinement::Seccomp => (&self.seccomp_default_warned, "seccomp"),
+                spec::Confinement::AppArmor => (&self.apparmor_default_warned, "apparmor"),
+            };
+            if !warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    container = %id,
+                    "{what} RuntimeDefault profile requested: rootstock has no default \
+                     profile yet, the container runs without one (warned once)"
+                );
+            }
         }
         let config = serde_json::to_vec_pretty(&built.spec).map_err(|e| Error::Spec {
             id: id.to_string(),
@@ -557,8 +575,10 @@ impl Runtime {
         oci.exec(id, req, timeout, &self.run_dir(id))
     }
 
-    /// UpdateContainerResources: `<runtime> update` with the new cgroup limits (the
-    /// `oom_score_adj` of a running process is not changed, as with containerd).
+    /// UpdateContainerResources: the new cgroup limits; on cgroup v1 through
+    /// `<runtime> update`, on v2 written by rootstock ([`CgroupLayout::apply_v2`]: the
+    /// cgroup2 values, and kubelet's `unified` map, are ours to compute). The
+    /// `oom_score_adj` of a running process is not changed, as with containerd.
     pub fn update_container_resources(
         &self,
         id: &ContainerId,
@@ -574,8 +594,25 @@ impl Runtime {
                 state: rec.state.to_string(),
             });
         }
+        self.check_unified(resources)?;
+        if self.cgroups.is_v2() {
+            return self.cgroups.apply_v2(&rec.cgroup_path, resources);
+        }
         let oci = self.handler(&rec.handler)?;
         oci.update(id, &spec::linux_resources(resources), &self.run_dir(id))
+    }
+
+    /// `unified` names cgroup v2 files: a v1 node cannot honour it, and saying so beats the
+    /// OCI runtime's error after the rootfs is mounted.
+    fn check_unified(&self, resources: &spec::Resources) -> Result<()> {
+        if self.cgroups.is_v2() || resources.unified.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = resources.unified.keys().map(String::as_str).collect();
+        Err(Error::InvalidArgument(format!(
+            "unified cgroup resources ({}) need cgroup v2; this node runs cgroup v1",
+            keys.join(", ")
+        )))
     }
 
     /// ReopenContainerLog: the monitor reopens the log path; returns once the new file

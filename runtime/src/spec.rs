@@ -12,7 +12,7 @@ use std::str::FromStr;
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCpu, LinuxDevice,
     LinuxDeviceCgroup, LinuxDeviceType, LinuxHugepageLimit, LinuxMemory, LinuxNamespace,
-    LinuxNamespaceType, LinuxPids, LinuxResources, Mount, Process, Root, Spec, User,
+    LinuxNamespaceType, LinuxPids, LinuxResources, LinuxSeccomp, Mount, Process, Root, Spec, User,
 };
 
 use crate::error::{Error, Result};
@@ -104,6 +104,35 @@ pub struct BindMount {
     pub propagation: Propagation,
 }
 
+/// A container's seccomp profile (CRI `SecurityProfile`, or the deprecated
+/// `seccomp_profile_path` string, parsed at the gRPC boundary).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SeccompProfile {
+    /// No filter (CRI `Unconfined`, and what an unset profile means, as in containerd).
+    #[default]
+    Unconfined,
+    /// The runtime's default profile. Not applied yet: rootstock ships no default filter,
+    /// so the container runs without one and the daemon warns once.
+    RuntimeDefault,
+    /// A profile file on the node (absolute path), in the OCI/Docker seccomp JSON format,
+    /// put into the spec's `linux.seccomp` as containerd's `seccomp.WithProfile` does.
+    Localhost(PathBuf),
+}
+
+/// A container's AppArmor profile (CRI `SecurityProfile`, or the deprecated
+/// `apparmor_profile` string).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AppArmorProfile {
+    /// None asked, or CRI `Unconfined`.
+    #[default]
+    Unconfined,
+    /// The runtime's default profile: rootstock has none to load yet (containerd generates
+    /// and loads `cri-containerd.apparmor.d`); the container runs unconfined, warned once.
+    RuntimeDefault,
+    /// A profile already loaded on the node, by name.
+    Localhost(String),
+}
+
 /// The CRI security context fields (issue 7 fills in more of them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SecurityContext {
@@ -130,6 +159,10 @@ pub struct SecurityContext {
     pub masked_paths: Option<Vec<String>>,
     /// `readonly_paths`; `None` keeps the defaults.
     pub readonly_paths: Option<Vec<String>>,
+    /// Seccomp profile (ignored when privileged, as containerd does).
+    pub seccomp: SeccompProfile,
+    /// AppArmor profile.
+    pub apparmor: AppArmorProfile,
 }
 
 /// The CRI `LinuxContainerResources` fields. CRI's "0 = unset" becomes `None` at the
@@ -140,7 +173,7 @@ pub struct Resources {
     pub oom_score_adj: Option<i32>,
     /// `cpu_shares`.
     pub cpu_shares: Option<u64>,
-    /// `cpu_quota` (µs per period).
+    /// `cpu_quota` (µs per period); negative is "no limit".
     pub cpu_quota: Option<i64>,
     /// `cpu_period` (µs).
     pub cpu_period: Option<u64>,
@@ -148,14 +181,19 @@ pub struct Resources {
     pub cpuset_cpus: Option<String>,
     /// `cpuset_mems`.
     pub cpuset_mems: Option<String>,
-    /// `memory_limit_in_bytes`; swap is limited to the same value (no swap use), as
-    /// containerd does.
+    /// `memory_limit_in_bytes`; `-1` is "no limit" (in-place resize removing one).
     pub memory_limit_bytes: Option<i64>,
+    /// `memory_swap_limit_in_bytes`: memory plus swap, as OCI's `swap`; without it swap is
+    /// limited to the memory limit (no swap use), as containerd does.
+    pub memory_swap_limit_bytes: Option<i64>,
     /// Pids limit.
     pub pids_limit: Option<i64>,
     /// Hugepage limits: (page size as in `hugetlb.<size>.limit_in_bytes`, e.g. `2MB`;
     /// bytes). kubelet only sends sizes the node has.
     pub hugepage_limits: Vec<(String, u64)>,
+    /// `unified`: cgroup v2 files and values, written as given after everything else
+    /// (kubelet's MemoryQoS `memory.high`…). Rejected on a v1 node.
+    pub unified: BTreeMap<String, String>,
 }
 
 /// The cgroup part of [`Resources`] as OCI `LinuxResources` (no device rules: `update`
@@ -179,7 +217,7 @@ pub fn linux_resources(r: &Resources) -> LinuxResources {
     if let Some(limit) = r.memory_limit_bytes {
         let mut mem = LinuxMemory::default();
         mem.set_limit(Some(limit));
-        mem.set_swap(Some(limit));
+        mem.set_swap(Some(r.memory_swap_limit_bytes.unwrap_or(limit)));
         out.set_memory(Some(mem));
     }
     if let Some(limit) = r.pids_limit {
@@ -200,6 +238,9 @@ pub fn linux_resources(r: &Resources) -> LinuxResources {
                 })
                 .collect(),
         ));
+    }
+    if !r.unified.is_empty() {
+        out.set_unified(Some(r.unified.clone().into_iter().collect()));
     }
     out
 }
@@ -247,6 +288,8 @@ pub struct HostFacts {
     pub can_lower_oom_score_adj: bool,
     /// The daemon's capability bounding set (`CapBnd`): what `ALL` and privileged expand to.
     pub capability_bounding: u64,
+    /// Whether the kernel enforces AppArmor (`/sys/module/apparmor/parameters/enabled`).
+    pub apparmor: bool,
 }
 
 impl HostFacts {
@@ -270,6 +313,8 @@ impl HostFacts {
             oom_score_adj,
             can_lower_oom_score_adj: cap_eff & (1 << CAP_SYS_RESOURCE) != 0,
             capability_bounding: mask("CapBnd:"),
+            apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+                .is_ok_and(|v| v.trim() == "Y"),
         }
     }
 }
@@ -283,6 +328,17 @@ pub struct BuiltSpec {
     pub cgroup_path: String,
     /// The requested `oom_score_adj` was raised to what the node allows.
     pub oom_score_adj_clamped: Option<(i32, i32)>,
+    /// `RuntimeDefault` profiles asked for and not applied (rootstock has none yet).
+    pub runtime_default_skipped: Vec<Confinement>,
+}
+
+/// A kind of confinement profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confinement {
+    /// seccomp.
+    Seccomp,
+    /// AppArmor.
+    AppArmor,
 }
 
 /// The capabilities containerd and CRI-O grant a non-privileged container.
@@ -342,13 +398,27 @@ pub fn build(
         message,
     };
     let cgroup_path = cgroup_path(&s.cgroup_parent, id);
-    let (process, oom_score_adj_clamped) = process(s, rootfs, host)?;
+    let (mut process, oom_score_adj_clamped) = process(s, rootfs, host)?;
+    let mut runtime_default_skipped = Vec::new();
+    let privileged = s.security.privileged;
+    // Privileged containers get no seccomp filter, as with containerd.
+    let seccomp = match &s.security.seccomp {
+        _ if privileged => None,
+        SeccompProfile::Unconfined => None,
+        SeccompProfile::RuntimeDefault => {
+            runtime_default_skipped.push(Confinement::Seccomp);
+            None
+        }
+        SeccompProfile::Localhost(path) => Some(load_seccomp(path).map_err(&spec_err)?),
+    };
+    process.set_apparmor_profile(
+        apparmor_profile(&s.security, host, &mut runtime_default_skipped).map_err(&spec_err)?,
+    );
     let mut root = Root::default();
     root.set_path(rootfs.to_owned());
     root.set_readonly(Some(s.security.readonly_rootfs));
 
     let (mounts, rootfs_propagation) = mounts(s);
-    let privileged = s.security.privileged;
     // Privileged: CRI says the runtime must not mask or read-only any path, whatever the
     // request lists (kubelet still sends the defaults in `masked_paths` for some pods).
     let masked = if privileged {
@@ -382,6 +452,10 @@ pub fn build(
     } else {
         linux
     };
+    let linux = match seccomp {
+        Some(filter) => linux.seccomp(filter),
+        None => linux,
+    };
     let linux = match rootfs_propagation {
         Some(p) => linux.rootfs_propagation(p),
         None => linux,
@@ -410,7 +484,48 @@ pub fn build(
         spec,
         cgroup_path,
         oom_score_adj_clamped,
+        runtime_default_skipped,
     })
+}
+
+/// Reads a seccomp profile file (the OCI `linux.seccomp` object; the Docker format is the
+/// same JSON, and its Docker-only keys are ignored, as containerd's `json.Unmarshal` does).
+fn load_seccomp(path: &Path) -> std::result::Result<LinuxSeccomp, String> {
+    if !path.is_absolute() {
+        return Err(format!(
+            "seccomp profile {}: a Localhost profile must be an absolute path",
+            path.display()
+        ));
+    }
+    let data =
+        std::fs::read(path).map_err(|e| format!("seccomp profile {}: {e}", path.display()))?;
+    serde_json::from_slice(&data).map_err(|e| {
+        format!(
+            "seccomp profile {}: not a seccomp profile: {e}",
+            path.display()
+        )
+    })
+}
+
+/// The AppArmor profile for `process.apparmorProfile`. On a node without AppArmor, asking
+/// for any profile but `Unconfined` fails, as containerd's `generateApparmorSpecOpts` does
+/// ("apparmor is not supported"): a profile silently not applied is worse than an error.
+fn apparmor_profile(
+    sc: &SecurityContext,
+    host: &HostFacts,
+    skipped: &mut Vec<Confinement>,
+) -> std::result::Result<Option<String>, String> {
+    match &sc.apparmor {
+        AppArmorProfile::Unconfined => Ok(None),
+        _ if !host.apparmor => Err("apparmor is not supported on this node".to_owned()),
+        AppArmorProfile::RuntimeDefault => {
+            if !sc.privileged {
+                skipped.push(Confinement::AppArmor);
+            }
+            Ok(None)
+        }
+        AppArmorProfile::Localhost(name) => Ok(Some(name.clone())),
+    }
 }
 
 /// `<cgroup_parent>/<id>`, absolute (cgroupfs driver).
@@ -887,6 +1002,7 @@ mod tests {
             oom_score_adj: 0,
             can_lower_oom_score_adj: false,
             capability_bounding: u64::MAX,
+            apparmor: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let b = build(&id, &s, dir.path(), &host).unwrap();
@@ -925,6 +1041,7 @@ mod tests {
             oom_score_adj: 0,
             can_lower_oom_score_adj: false,
             capability_bounding: u64::MAX,
+            apparmor: false,
         };
         let caps = capabilities(&sc, &host).unwrap();
         let b = caps.bounding().clone().unwrap();
@@ -953,6 +1070,7 @@ mod tests {
             oom_score_adj: 0,
             can_lower_oom_score_adj: false,
             capability_bounding: ((1u64 << 41) - 1) & !(1 << 24),
+            apparmor: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let json = serde_json::to_value(build(&id, &s, dir.path(), &host).unwrap().spec).unwrap();
@@ -980,5 +1098,91 @@ mod tests {
             .map(|o| o.as_str().unwrap())
             .collect();
         assert!(opts.contains(&"rw") && !opts.contains(&"ro"), "{opts:?}");
+    }
+
+    #[test]
+    fn localhost_seccomp_is_loaded_and_privileged_or_default_get_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("deny-mkdir.json");
+        // Docker's format: `archMap` is Docker-only and ignored.
+        std::fs::write(
+            &profile,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","archMap":[],
+                "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+        )
+        .unwrap();
+        let id = ContainerId::new("c1").unwrap();
+        let host = HostFacts {
+            oom_score_adj: 0,
+            can_lower_oom_score_adj: false,
+            capability_bounding: u64::MAX,
+            apparmor: false,
+        };
+        let mut s = base();
+        s.security.seccomp = SeccompProfile::Localhost(profile.clone());
+        let b = build(&id, &s, dir.path(), &host).unwrap();
+        let json = serde_json::to_value(&b.spec).unwrap();
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(
+            json["linux"]["seccomp"]["syscalls"][0]["names"][1],
+            "mkdirat"
+        );
+        assert_eq!(json["linux"]["seccomp"]["syscalls"][0]["errnoRet"], 1);
+
+        s.security.privileged = true;
+        let json = serde_json::to_value(build(&id, &s, dir.path(), &host).unwrap().spec).unwrap();
+        assert!(json["linux"].get("seccomp").is_none());
+        s.security.privileged = false;
+
+        s.security.seccomp = SeccompProfile::RuntimeDefault;
+        let b = build(&id, &s, dir.path(), &host).unwrap();
+        assert_eq!(b.runtime_default_skipped, [Confinement::Seccomp]);
+
+        for bad in [
+            dir.path().join("missing.json"),
+            PathBuf::from("relative.json"),
+        ] {
+            s.security.seccomp = SeccompProfile::Localhost(bad);
+            let err = build(&id, &s, dir.path(), &host).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{err}");
+        }
+        std::fs::write(&profile, "{\"defaultAction\": 3}").unwrap();
+        s.security.seccomp = SeccompProfile::Localhost(profile);
+        let err = build(&id, &s, dir.path(), &host).unwrap_err();
+        assert!(err.to_string().contains("not a seccomp profile"), "{err}");
+    }
+
+    #[test]
+    fn apparmor_without_apparmor_fails_unless_unconfined_and_unified_passes_through() {
+        let id = ContainerId::new("c1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = HostFacts {
+            oom_score_adj: 0,
+            can_lower_oom_score_adj: false,
+            capability_bounding: u64::MAX,
+            apparmor: false,
+        };
+        let mut s = base();
+        s.security.apparmor = AppArmorProfile::Localhost("my-profile".into());
+        let err = build(&id, &s, dir.path(), &host).unwrap_err();
+        assert!(
+            err.to_string().contains("apparmor is not supported"),
+            "{err}"
+        );
+        s.security.apparmor = AppArmorProfile::RuntimeDefault;
+        assert!(build(&id, &s, dir.path(), &host).is_err());
+        s.security.apparmor = AppArmorProfile::Unconfined;
+        assert!(build(&id, &s, dir.path(), &host).is_ok());
+
+        host.apparmor = true;
+        s.security.apparmor = AppArmorProfile::Localhost("my-profile".into());
+        s.resources.memory_limit_bytes = Some(1 << 30);
+        s.resources.memory_swap_limit_bytes = Some(2 << 30);
+        s.resources.unified = [("memory.high".to_owned(), "1000".to_owned())].into();
+        let json = serde_json::to_value(build(&id, &s, dir.path(), &host).unwrap().spec).unwrap();
+        assert_eq!(json["process"]["apparmorProfile"], "my-profile");
+        let r = &json["linux"]["resources"];
+        assert_eq!(r["unified"]["memory.high"], "1000");
+        assert_eq!(r["memory"]["swap"], 2i64 << 30);
     }
 }

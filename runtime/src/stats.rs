@@ -33,6 +33,47 @@ pub struct CgroupUsage {
     pub major_page_faults: Option<u64>,
     /// Processes (tasks) in the cgroup and its children.
     pub pids: Option<u64>,
+    /// The memory limit, `None` when there is none.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+impl CgroupUsage {
+    /// What may still be charged before the limit is hit (limit − working set, as
+    /// cAdvisor and containerd report `available_bytes`); `None` without a limit.
+    pub fn memory_available_bytes(&self) -> Option<u64> {
+        Some(
+            self.memory_limit_bytes?
+                .saturating_sub(self.memory_working_set_bytes.unwrap_or(0)),
+        )
+    }
+}
+
+/// The last CPU sample of each container or pod, to report `usage_nano_cores`: the rate
+/// since the previous stats call, as containerd and cAdvisor compute it (the first sample
+/// has none).
+#[derive(Debug, Default)]
+pub struct CpuRates {
+    last: Mutex<HashMap<String, (i64, u64)>>,
+}
+
+impl CpuRates {
+    /// Records `usage_ns` (cumulative CPU time) at `timestamp_unix_nanos` for `key` and
+    /// returns the CPU rate since its previous sample, in nanocores.
+    pub fn rate(&self, key: &str, timestamp_unix_nanos: i64, usage_ns: u64) -> Option<u64> {
+        let prev = lock(&self.last).insert(key.to_owned(), (timestamp_unix_nanos, usage_ns));
+        let (t0, u0) = prev?;
+        let dt = u64::try_from(timestamp_unix_nanos.checked_sub(t0)?)
+            .ok()
+            .filter(|dt| *dt > 0)?;
+        // A counter that went down is a new cgroup under the same name: no rate this time.
+        let du = usage_ns.checked_sub(u0)?;
+        u64::try_from(u128::from(du) * 1_000_000_000 / u128::from(dt)).ok()
+    }
+
+    /// Drops `key`'s sample (its container or pod is gone).
+    pub fn forget(&self, key: &str) {
+        lock(&self.last).remove(key);
+    }
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -73,6 +114,7 @@ impl CgroupLayout {
                     page_faults: keyed(&stat, "total_pgfault"),
                     major_page_faults: keyed(&stat, "total_pgmajfault"),
                     pids: read_u64(&under(&root.join("pids"), cgroup).join("pids.current")),
+                    memory_limit_bytes: self.memory_limit(cgroup),
                 }
             }
             CgroupLayout::V2 { root } => {
@@ -90,6 +132,7 @@ impl CgroupLayout {
                     page_faults: keyed(&stat, "pgfault"),
                     major_page_faults: keyed(&stat, "pgmajfault"),
                     pids: read_u64(&dir.join("pids.current")),
+                    memory_limit_bytes: self.memory_limit(cgroup),
                 }
             }
         }
@@ -143,8 +186,8 @@ struct Slot {
 }
 
 /// Writable-layer usage by directory, refreshed by a background thread when older than
-/// `max_age`: a stats call never walks a tree itself, so a layer with millions of files
-/// cannot stall kubelet's polls.
+/// `max_age`: only a layer's first stats call walks its tree itself (a fresh writable
+/// layer is small); after that a layer with millions of files cannot stall kubelet's polls.
 #[derive(Debug)]
 pub struct DiskUsageCache {
     max_age: Duration,
@@ -160,40 +203,52 @@ impl DiskUsageCache {
         })
     }
 
-    /// The last known usage of `dir` (`None` until the first walk finished), starting a
-    /// background walk when it is missing or stale and none is running.
+    /// The usage of `dir`. The first call for a directory walks it at once (the caller is
+    /// a blocking stats thread), so a container's first stats already carry its writable
+    /// layer; later calls return the cached value and start a background walk when it is
+    /// stale and none is running.
     pub fn get(self: &Arc<Self>, dir: &Path) -> Option<DiskUsage> {
-        let mut slots = lock(&self.slots);
-        let slot = slots.entry(dir.to_owned()).or_default();
-        let stale = slot.refreshed.is_none_or(|t| t.elapsed() >= self.max_age);
-        if stale && !slot.walking {
+        {
+            let mut slots = lock(&self.slots);
+            let slot = slots.entry(dir.to_owned()).or_default();
+            if slot.refreshed.is_some() || slot.walking {
+                self.refresh_in_background(slot, dir);
+                return slot.usage;
+            }
             slot.walking = true;
-            let cache = Arc::clone(self);
-            let walk_dir = dir.to_owned();
-            let spawned = std::thread::Builder::new()
-                .name("layer-usage".to_owned())
-                .spawn(move || {
-                    let dir = walk_dir;
-                    let usage = disk_usage(&dir);
-                    let mut slots = lock(&cache.slots);
-                    // Forgotten meanwhile (container removed): do not resurrect the entry.
-                    if let Some(slot) = slots.get_mut(&dir) {
-                        slot.walking = false;
-                        slot.refreshed = Some(Instant::now());
-                        match usage {
-                            Ok(u) => slot.usage = Some(u),
-                            Err(e) => {
-                                tracing::debug!(dir = %dir.display(), "layer usage: {e}")
-                            }
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                slot.walking = false;
-                tracing::warn!(dir = %dir.display(), "layer usage: cannot start a walk: {e}");
+        }
+        self.finish(dir, disk_usage(dir));
+        lock(&self.slots).get(dir).and_then(|s| s.usage)
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, slot: &mut Slot, dir: &Path) {
+        let stale = slot.refreshed.is_none_or(|t| t.elapsed() >= self.max_age);
+        if !stale || slot.walking {
+            return;
+        }
+        slot.walking = true;
+        let cache = Arc::clone(self);
+        let walk_dir = dir.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("layer-usage".to_owned())
+            .spawn(move || cache.finish(&walk_dir, disk_usage(&walk_dir)));
+        if let Err(e) = spawned {
+            slot.walking = false;
+            tracing::warn!(dir = %dir.display(), "layer usage: cannot start a walk: {e}");
+        }
+    }
+
+    fn finish(&self, dir: &Path, usage: io::Result<DiskUsage>) {
+        let mut slots = lock(&self.slots);
+        // Forgotten meanwhile (container removed): do not resurrect the entry.
+        if let Some(slot) = slots.get_mut(dir) {
+            slot.walking = false;
+            slot.refreshed = Some(Instant::now());
+            match usage {
+                Ok(u) => slot.usage = Some(u),
+                Err(e) => tracing::debug!(dir = %dir.display(), "layer usage: {e}"),
             }
         }
-        slot.usage
     }
 
     /// Drops `dir`'s entry (its container is gone).
@@ -202,73 +257,8 @@ impl DiskUsageCache {
     }
 }
 
-/// One network interface's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InterfaceUsage {
-    /// Interface name.
-    pub name: String,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Receive errors.
-    pub rx_errors: u64,
-    /// Bytes sent.
-    pub tx_bytes: u64,
-    /// Transmit errors.
-    pub tx_errors: u64,
-}
-
-/// The interfaces (but `lo`, which kubelet and cAdvisor leave out) of the network namespace
-/// process `pid` is in: `/proc/<pid>/net/dev` shows that namespace's counters without
-/// entering it, which a netlink socket would need a thread of its own for.
-pub fn net_dev(pid: i32) -> io::Result<Vec<InterfaceUsage>> {
-    Ok(parse_net_dev(&fs::read_to_string(format!(
-        "/proc/{pid}/net/dev"
-    ))?))
-}
-
-fn parse_net_dev(text: &str) -> Vec<InterfaceUsage> {
-    text.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let name = name.trim();
-            if name == "lo" {
-                return None;
-            }
-            let f: Vec<u64> = rest
-                .split_whitespace()
-                .map(|v| v.parse().ok())
-                .collect::<Option<_>>()?;
-            // rx: bytes packets errs drop fifo frame compressed multicast, then tx: bytes
-            // packets errs …
-            (f.len() >= 11).then(|| InterfaceUsage {
-                name: name.to_owned(),
-                rx_bytes: f[0],
-                rx_errors: f[2],
-                tx_bytes: f[8],
-                tx_errors: f[10],
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn net_dev_skips_headers_and_lo() {
-        let text = "Inter-|   Receive                            |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:    5000      40    2    0    0     0          0         0     3000      30    1    0    0     0       0          0\n";
-        let got = parse_net_dev(text);
-        assert_eq!(
-            got,
-            vec![InterfaceUsage {
-                name: "eth0".into(),
-                rx_bytes: 5000,
-                rx_errors: 2,
-                tx_bytes: 3000,
-                tx_errors: 1,
-            }]
-        );
-    }
-
     use super::*;
 
     #[test]
@@ -286,7 +276,13 @@ mod tests {
             "cache 10\ntotal_inactive_file 300\ntotal_rss 500\ntotal_pgfault 7\n",
         );
         w("pids/pod/c/pids.current", "3\n");
+        // The kernel's "no limit": i64::MAX rounded down to a page.
+        w(
+            "memory/pod/c/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
         let u = CgroupLayout::detect_at(v1.path()).usage("/pod/c");
+        assert_eq!(u.memory_limit_bytes, None);
         assert_eq!(u.cpu_usage_ns, Some(1234));
         assert_eq!(u.memory_working_set_bytes, Some(700));
         assert_eq!(u.memory_rss_bytes, Some(500));
@@ -299,14 +295,17 @@ mod tests {
         fs::write(d.join("cpu.stat"), "usage_usec 5\nuser_usec 3\n").unwrap();
         fs::write(d.join("memory.current"), "100\n").unwrap();
         fs::write(d.join("memory.stat"), "anon 40\ninactive_file 150\n").unwrap();
+        fs::write(d.join("memory.max"), "4096\n").unwrap();
         let u = CgroupLayout::detect_at(v2.path()).usage("/pod/c");
+        assert_eq!(u.memory_limit_bytes, Some(4096));
+        assert_eq!(u.memory_available_bytes(), Some(4096));
         assert_eq!(u.cpu_usage_ns, Some(5000));
         assert_eq!(u.memory_working_set_bytes, Some(0));
         assert_eq!(u.pids, None);
     }
 
     #[test]
-    fn disk_usage_counts_files_and_the_cache_fills_in_the_background() {
+    fn disk_usage_counts_files_and_the_first_get_has_it() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir(d.path().join("sub")).unwrap();
         fs::write(d.path().join("sub/f"), vec![1u8; 64 * 1024]).unwrap();
@@ -314,14 +313,42 @@ mod tests {
         assert_eq!(u.inodes, 3);
         assert!(u.bytes >= 64 * 1024);
         let cache = DiskUsageCache::new(Duration::from_secs(10));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let got = loop {
-            if let Some(u) = cache.get(d.path()) {
-                break u;
-            }
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(cache.get(d.path()).unwrap().inodes, 3);
+        // Cached: a new file shows only after a refresh.
+        fs::write(d.path().join("g"), b"x").unwrap();
+        assert_eq!(cache.get(d.path()).unwrap().inodes, 3);
+        cache.forget(d.path());
+        assert_eq!(cache.get(d.path()).unwrap().inodes, 4);
+    }
+
+    #[test]
+    fn cpu_rate_needs_two_samples() {
+        let r = CpuRates::default();
+        assert_eq!(r.rate("c", 1_000_000_000, 5_000_000_000), None);
+        // 0.5 s of CPU in 2 s: a quarter of a core.
+        assert_eq!(r.rate("c", 3_000_000_000, 5_500_000_000), Some(250_000_000));
+        assert_eq!(
+            r.rate("c", 3_000_000_000, 5_600_000_000),
+            None,
+            "no time passed"
+        );
+        assert_eq!(r.rate("c", 4_000_000_000, 1), None, "counter reset");
+        r.forget("c");
+        assert_eq!(r.rate("c", 5_000_000_000, 2), None);
+    }
+
+    #[test]
+    fn available_bytes_is_limit_minus_working_set() {
+        let u = CgroupUsage {
+            memory_working_set_bytes: Some(300),
+            memory_limit_bytes: Some(1000),
+            ..Default::default()
         };
-        assert_eq!(got.inodes, 3);
+        assert_eq!(u.memory_available_bytes(), Some(700));
+        let u = CgroupUsage {
+            memory_limit_bytes: None,
+            ..u
+        };
+        assert_eq!(u.memory_available_bytes(), None);
     }
 }

@@ -2,9 +2,8 @@
 //! identity `id` shows (run_as_user, run_as_username, run_as_group, supplemental groups and
 //! the image's /etc/group memberships), capabilities and no_new_privs as /proc/1/status
 //! shows them, and the read-only rootfs, masked and read-only paths, lifted when privileged.
-//! Then the resources kubelet derives from the same pod spec: limits at create and through
-//! UpdateContainerResources (read back from the cgroup), the clamped `oom_score_adj`, OOM;
-//! and the stats kubelet reads back (container and pod, with filters, the pod's interfaces).
+//! A Localhost seccomp profile is loaded into the spec and enforced. Resources are in
+//! `resources.rs`, stats in `stats.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -288,348 +287,100 @@ async fn readonly_rootfs_masked_and_readonly_paths_hold_unless_privileged() {
     );
 }
 
-/// The container's cgroup path, as ContainerStatus's verbose info reports it.
-async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    info["cgroupPath"].as_str().unwrap().to_owned()
-}
-
-fn cgroup_file(controller: &str, cgroup: &str, file: &str) -> String {
-    std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}{cgroup}/{file}"))
-        .unwrap_or_else(|e| panic!("{controller}{cgroup}/{file}: {e}"))
-        .trim()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resources_apply_at_create_update_and_oom_is_reported() {
+async fn localhost_seccomp_profile_denies_mkdir_and_a_missing_one_is_refused() {
     let registry = rootstock_test_e2e::registry::Registry::start().await;
     let (daemon, image) = daemon_with_busybox(&registry, "").await;
     loopback_network(&daemon).await;
     let mut rt = daemon.runtime().await;
-    let pod = pod_config("resources", NamespaceMode::Container);
-    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    let with = |name: &str, command: &[&str], r: LinuxContainerResources| {
-        let mut c = container_config(name, &image, command);
-        c.linux = Some(LinuxContainerConfig {
-            resources: Some(r),
-            ..Default::default()
-        });
-        c
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("deny-mkdir.json");
+    // Docker/OCI seccomp JSON: everything allowed but mkdir, which fails with EPERM.
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let localhost = |path: &std::path::Path| SecurityProfile {
+        profile_type: security_profile::ProfileType::Localhost as i32,
+        localhost_ref: path.display().to_string(),
     };
 
-    // At create: what kubelet sends for a Guaranteed pod (oom_score_adj -997 included,
-    // which this node cannot grant: clamped, one warning).
-    let guaranteed = LinuxContainerResources {
-        cpu_shares: 512,
-        cpu_quota: 50_000,
-        cpu_period: 100_000,
-        memory_limit_in_bytes: 128 << 20,
-        oom_score_adj: -997,
-        cpuset_cpus: "0".to_owned(),
-        hugepage_limits: vec![HugepageLimit {
-            page_size: "2MB".to_owned(),
-            limit: 4 << 20,
-        }],
+    let (_, confined) = sleeper(
+        &mut rt,
+        &image,
+        "seccomp",
+        LinuxContainerSecurityContext {
+            seccomp: Some(localhost(&profile)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = sh(&mut rt, &confined, "mkdir /tmp/denied").await;
+    assert_ne!(r.exit_code, 0, "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Operation not permitted"),
+        "{r:?}"
+    );
+    assert!(stdout(&sh(&mut rt, &confined, "grep Seccomp: /proc/1/status").await).ends_with('2'));
+
+    // The deprecated string field, `localhost/<path>`, is honoured too.
+    #[allow(deprecated)]
+    let legacy = LinuxContainerSecurityContext {
+        seccomp_profile_path: format!("localhost/{}", profile.display()),
         ..Default::default()
     };
-    let a = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        with("a", &["sleep", "3600"], guaranteed.clone()),
-    )
-    .await;
-    let b = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        with("b", &["sleep", "3600"], guaranteed),
-    )
-    .await;
-    let cg = cgroup_of(&mut rt, &a).await;
-    assert_eq!(cgroup_file("cpu", &cg, "cpu.shares"), "512");
-    assert_eq!(cgroup_file("cpu", &cg, "cpu.cfs_quota_us"), "50000");
-    assert_eq!(cgroup_file("cpu", &cg, "cpu.cfs_period_us"), "100000");
-    assert_eq!(cgroup_file("cpuset", &cg, "cpuset.cpus"), "0");
-    assert_eq!(
-        cgroup_file("memory", &cg, "memory.limit_in_bytes"),
-        (128u64 << 20).to_string()
-    );
-    assert_eq!(
-        cgroup_file("hugetlb", &cg, "hugetlb.2MB.limit_in_bytes"),
-        (4u64 << 20).to_string()
-    );
-    for id in [&a, &b] {
-        let adj = stdout(&sh(&mut rt, id, "cat /proc/1/oom_score_adj").await);
-        let daemon_adj =
-            std::fs::read_to_string(format!("/proc/{}/oom_score_adj", daemon.pid())).unwrap();
-        assert_eq!(adj, daemon_adj.trim(), "clamped to the daemon's own value");
-    }
-    let warnings = daemon
-        .log()
-        .lines()
-        .filter(|l| l.contains("oom_score_adj -997"))
-        .count();
-    assert_eq!(warnings, 1, "{}", daemon.log());
+    let (_, legacy) = sleeper(&mut rt, &image, "seccomp-legacy", legacy).await;
+    assert_ne!(sh(&mut rt, &legacy, "mkdir /tmp/denied").await.exit_code, 0);
 
-    // UpdateContainerResources on the running container, read back from its cgroup.
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: a.clone(),
-        linux: Some(LinuxContainerResources {
-            memory_limit_in_bytes: 64 << 20,
-            cpu_quota: 20_000,
-            cpu_period: 100_000,
+    // Without a profile (and with RuntimeDefault, not applied yet) mkdir works.
+    let (_, free) = sleeper(
+        &mut rt,
+        &image,
+        "unconfined",
+        LinuxContainerSecurityContext::default(),
+    )
+    .await;
+    assert_eq!(sh(&mut rt, &free, "mkdir /tmp/allowed").await.exit_code, 0);
+    let (_, default) = sleeper(
+        &mut rt,
+        &image,
+        "runtime-default",
+        LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        sh(&mut rt, &default, "mkdir /tmp/allowed").await.exit_code,
+        0
+    );
+
+    // A profile that is not there: InvalidArgument naming it.
+    let pod = pod_config("seccomp-missing", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let missing = dir.path().join("missing.json");
+    let mut config = container_config("seccomp-missing", &image, &["sleep", "3600"]);
+    config.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            seccomp: Some(localhost(&missing)),
             ..Default::default()
         }),
         ..Default::default()
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        cgroup_file("memory", &cg, "memory.limit_in_bytes"),
-        (64u64 << 20).to_string()
-    );
-    assert_eq!(cgroup_file("cpu", &cg, "cpu.cfs_quota_us"), "20000");
-
-    // Over its memory limit: OOMKilled, 137.
-    let hog = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        with(
-            "hog",
-            &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
-            LinuxContainerResources {
-                memory_limit_in_bytes: 32 << 20,
-                ..Default::default()
-            },
-        ),
-    )
-    .await;
-    let s = wait_exited(&mut rt, &hog, std::time::Duration::from_secs(30)).await;
-    assert_eq!(s.reason, "OOMKilled", "{s:?}");
-    assert_eq!(s.exit_code, 137, "{s:?}");
-    stop_pod(&mut rt, &pod_id).await;
-    remove_pod(&mut rt, &pod_id).await;
-}
-
-fn val(v: &Option<UInt64Value>) -> u64 {
-    v.as_ref().map(|v| v.value).unwrap_or(0)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_report_cpu_memory_and_writable_layer_and_pods_sum_their_containers() {
-    let registry = rootstock_test_e2e::registry::Registry::start().await;
-    let (daemon, image) = daemon_with_busybox(&registry, "").await;
-    loopback_network(&daemon).await;
-    let mut rt = daemon.runtime().await;
-    let pod = pod_config("stats", NamespaceMode::Container);
-    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    // /tmp is in the writable layer (no tmpfs there).
-    let busy = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container_config(
-            "busy",
-            &image,
-            &[
-                "sh",
-                "-c",
-                "dd if=/dev/zero of=/tmp/fill bs=1M count=16 && touch /tmp/done; sleep 3600",
-            ],
-        ),
-    )
-    .await;
-    let idle = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container_config("idle", &image, &["sleep", "3600"]),
-    )
-    .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while sh(&mut rt, &busy, "test -e /tmp/done").await.exit_code != 0 {
-        assert!(std::time::Instant::now() < deadline, "dd did not finish");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-
-    // The writable layer is walked in the background: poll until its numbers are in.
-    let list = |filter: ContainerStatsFilter| ListContainerStatsRequest {
-        filter: Some(filter),
-    };
-    let stats = loop {
-        let stats = rt
-            .list_container_stats(list(ContainerStatsFilter {
-                pod_sandbox_id: pod_id.clone(),
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-            .stats;
-        let done = stats.len() == 2
-            && stats.iter().all(|s| s.writable_layer.is_some())
-            && stats.iter().any(|s| {
-                s.writable_layer
-                    .as_ref()
-                    .is_some_and(|l| val(&l.used_bytes) >= 16 << 20)
-            });
-        if done {
-            break stats;
-        }
-        assert!(std::time::Instant::now() < deadline, "{stats:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
-    let of = |id: &str| {
-        stats
-            .iter()
-            .find(|s| s.attributes.as_ref().unwrap().id == id)
-            .unwrap()
-            .clone()
-    };
-    let b = of(&busy);
-    assert!(
-        val(&b.cpu.as_ref().unwrap().usage_core_nano_seconds) > 0,
-        "{b:?}"
-    );
-    assert!(b.cpu.as_ref().unwrap().timestamp > 0);
-    let mem = b.memory.as_ref().unwrap();
-    assert!(val(&mem.working_set_bytes) > 0, "{b:?}");
-    assert!(val(&mem.usage_bytes) >= val(&mem.working_set_bytes));
-    assert!(val(&b.writable_layer.as_ref().unwrap().used_bytes) >= 16 << 20);
-    assert!(of(&idle).attributes.unwrap().labels["io.kubernetes.container.name"] == "idle");
-
-    // Filters: id, labels; ContainerStats for one.
-    let by_label = rt
-        .list_container_stats(list(ContainerStatsFilter {
-            label_selector: [("io.kubernetes.container.name".to_owned(), "busy".to_owned())].into(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .stats;
-    assert_eq!(by_label.len(), 1);
-    assert_eq!(by_label[0].attributes.as_ref().unwrap().id, busy);
-    let by_id = rt
-        .list_container_stats(list(ContainerStatsFilter {
-            id: idle.clone(),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .stats;
-    assert_eq!(by_id.len(), 1);
-    let one = rt
-        .container_stats(ContainerStatsRequest {
-            container_id: busy.clone(),
+    });
+    let err = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id,
+            config: Some(config),
+            sandbox_config: Some(pod),
         })
         .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
-    assert_eq!(one.attributes.unwrap().id, busy);
-
-    // The pod: its cgroup holds both containers. CPU is cumulative and the pod cgroup is
-    // read after its containers, so it is at least their sum; memory is not monotonic
-    // (pages move between lists between the reads), hence a small tolerance.
-    let p = rt
-        .pod_sandbox_stats(PodSandboxStatsRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
-    let linux = p.linux.as_ref().unwrap();
-    assert_eq!(linux.containers.len(), 2);
-    let sum = |f: &dyn Fn(&ContainerStats) -> u64| linux.containers.iter().map(f).sum::<u64>();
-    let cpu_sum = sum(&|c| val(&c.cpu.as_ref().unwrap().usage_core_nano_seconds));
-    assert!(
-        val(&linux.cpu.as_ref().unwrap().usage_core_nano_seconds) >= cpu_sum,
-        "{p:?}"
-    );
-    let mem_sum = sum(&|c| val(&c.memory.as_ref().unwrap().working_set_bytes));
-    let pod_mem = val(&linux.memory.as_ref().unwrap().working_set_bytes);
-    assert!(pod_mem + (1 << 20) >= mem_sum, "{pod_mem} < {mem_sum}");
-    assert!(
-        val(&linux.process.as_ref().unwrap().process_count) >= 2,
-        "{p:?}"
-    );
-    let listed = rt
-        .list_pod_sandbox_stats(ListPodSandboxStatsRequest {
-            filter: Some(PodSandboxStatsFilter {
-                id: pod_id.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats;
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].attributes.as_ref().unwrap().id, pod_id);
-    stop_pod(&mut rt, &pod_id).await;
-    remove_pod(&mut rt, &pod_id).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pod_stats_report_the_pod_interface_counters() {
-    let registry = rootstock_test_e2e::registry::Registry::start().await;
-    let net = TestNet::new("secstats");
-    net.write_conflist(&net.conflist(vec![]));
-    let (daemon, image) = daemon_with_busybox(&registry, &net.daemon_config()).await;
-    wait_network_ready(&daemon).await;
-    let mut rt = daemon.runtime().await;
-    let pod = pod_config("netstats", NamespaceMode::Container);
-    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    let script = format!("ping -c 2 -W 1 {} ; sleep 3600", net.gateway());
-    start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container_config("pinger", &image, &["sh", "-c", &script]),
-    )
-    .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let p = rt
-            .pod_sandbox_stats(PodSandboxStatsRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .stats
-            .unwrap();
-        let network = p.linux.unwrap().network;
-        let eth0 = network
-            .as_ref()
-            .and_then(|n| n.default_interface.clone())
-            .filter(|i| val(&i.tx_bytes) > 0 && val(&i.rx_bytes) > 0);
-        if let Some(eth0) = eth0 {
-            assert_eq!(eth0.name, "eth0");
-            let n = network.unwrap();
-            assert!(n.timestamp > 0);
-            assert!(n.interfaces.iter().all(|i| i.name != "lo"), "{n:?}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{network:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    stop_pod(&mut rt, &pod_id).await;
-    remove_pod(&mut rt, &pod_id).await;
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("missing.json"), "{}", err.message());
 }

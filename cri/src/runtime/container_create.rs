@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{
     ContainerConfig, CreateContainerRequest, CreateContainerResponse, LinuxContainerResources,
-    LinuxContainerSecurityContext, MountPropagation,
+    LinuxContainerSecurityContext, MountPropagation, SecurityProfile,
+    security_profile::ProfileType,
 };
 use rootstock_imagestore::Image;
 use rootstock_runtime::spec::{
-    BindMount, ContainerSpec, ImageConfig, Propagation, Resources, SecurityContext,
+    AppArmorProfile, BindMount, ContainerSpec, ImageConfig, Propagation, Resources, SeccompProfile,
+    SecurityContext,
 };
 use rootstock_runtime::{ContainerId, CreateRequest, SandboxId, SandboxInfo, SandboxState};
 
@@ -251,15 +253,20 @@ fn security(sc: Option<&LinuxContainerSecurityContext>) -> Result<SecurityContex
             CriError::InvalidArgument(format!("security context: {what} {v} is not a valid id"))
         })
     };
-    // Profiles are not enforced yet (full seccomp comes with its own issue): accept them so
-    // kubelet's default `RuntimeDefault` pods run, and leave a trace of what was asked.
-    if sc.seccomp.is_some() || sc.apparmor.is_some() {
-        tracing::debug!(
-            seccomp = ?sc.seccomp,
-            apparmor = ?sc.apparmor,
-            "security context: seccomp/apparmor profiles accepted but not applied"
-        );
-    }
+    // The deprecated strings are still honoured when the profile fields are unset, as
+    // containerd does (older kubelets and crictl configs send them).
+    #[allow(deprecated)]
+    let (seccomp_path, apparmor_name) = (&sc.seccomp_profile_path, &sc.apparmor_profile);
+    let seccomp = match profile("seccomp", sc.seccomp.as_ref(), seccomp_path)? {
+        Profile::Unconfined => SeccompProfile::Unconfined,
+        Profile::RuntimeDefault => SeccompProfile::RuntimeDefault,
+        Profile::Localhost(path) => SeccompProfile::Localhost(PathBuf::from(path)),
+    };
+    let apparmor = match profile("apparmor", sc.apparmor.as_ref(), apparmor_name)? {
+        Profile::Unconfined => AppArmorProfile::Unconfined,
+        Profile::RuntimeDefault => AppArmorProfile::RuntimeDefault,
+        Profile::Localhost(name) => AppArmorProfile::Localhost(name),
+    };
     let caps = sc.capabilities.clone().unwrap_or_default();
     Ok(SecurityContext {
         run_as_user: sc
@@ -283,7 +290,59 @@ fn security(sc: Option<&LinuxContainerSecurityContext>) -> Result<SecurityContex
         drop_capabilities: caps.drop_capabilities,
         masked_paths: (!sc.masked_paths.is_empty()).then(|| sc.masked_paths.clone()),
         readonly_paths: (!sc.readonly_paths.is_empty()).then(|| sc.readonly_paths.clone()),
+        seccomp,
+        apparmor,
     })
+}
+
+/// A CRI security profile, whichever field carried it.
+#[derive(Debug, PartialEq, Eq)]
+enum Profile {
+    Unconfined,
+    RuntimeDefault,
+    Localhost(String),
+}
+
+/// The profile from the `SecurityProfile` field, else from the deprecated string field
+/// (`runtime/default`, `docker/default`, `unconfined`, `localhost/<ref>`), else none — the
+/// rules of containerd's `generateSeccompSecurityProfile` / `generateSecurityProfile`.
+fn profile(
+    what: &str,
+    sp: Option<&SecurityProfile>,
+    deprecated: &str,
+) -> Result<Profile, CriError> {
+    const LOCALHOST: &str = "localhost/";
+    let Some(sp) = sp else {
+        return match deprecated {
+            "" | "unconfined" => Ok(Profile::Unconfined),
+            "runtime/default" | "docker/default" => Ok(Profile::RuntimeDefault),
+            p => match p.strip_prefix(LOCALHOST) {
+                Some(r) if !r.is_empty() => Ok(Profile::Localhost(r.to_owned())),
+                _ => Err(CriError::InvalidArgument(format!(
+                    "unknown {what} profile {p:?} (runtime/default, unconfined or localhost/<profile>)"
+                ))),
+            },
+        };
+    };
+    let kind = ProfileType::try_from(sp.profile_type).map_err(|_| {
+        CriError::InvalidArgument(format!("unknown {what} profile type {}", sp.profile_type))
+    })?;
+    if kind != ProfileType::Localhost && !sp.localhost_ref.is_empty() {
+        return Err(CriError::InvalidArgument(format!(
+            "{what}: localhost_ref is only for a Localhost profile"
+        )));
+    }
+    match kind {
+        ProfileType::Unconfined => Ok(Profile::Unconfined),
+        ProfileType::RuntimeDefault => Ok(Profile::RuntimeDefault),
+        // The prefix is trimmed just in case, as containerd does.
+        ProfileType::Localhost => match sp.localhost_ref.trim_start_matches(LOCALHOST) {
+            "" => Err(CriError::InvalidArgument(format!(
+                "{what}: a Localhost profile needs localhost_ref"
+            ))),
+            r => Ok(Profile::Localhost(r.to_owned())),
+        },
+    }
 }
 
 /// CRI's "0 means unset" becomes `None`.
@@ -298,11 +357,14 @@ pub(super) fn resources(r: Option<&LinuxContainerResources>) -> Resources {
         // kubelet always sends it (-997 … 1000); 0 is also "inherit", which is the default.
         oom_score_adj: i32::try_from(r.oom_score_adj).ok().filter(|v| *v != 0),
         cpu_shares: pos_u(r.cpu_shares),
-        cpu_quota: pos_i(r.cpu_quota),
+        // Negative: no limit (`max`), which a resize removing the limit needs.
+        cpu_quota: (r.cpu_quota != 0).then_some(r.cpu_quota),
         cpu_period: pos_u(r.cpu_period),
         cpuset_cpus: text(&r.cpuset_cpus),
         cpuset_mems: text(&r.cpuset_mems),
         memory_limit_bytes: pos_i(r.memory_limit_in_bytes),
+        memory_swap_limit_bytes: (r.memory_swap_limit_in_bytes != 0)
+            .then_some(r.memory_swap_limit_in_bytes),
         // CRI carries no per-container pids limit: kubelet sets it on the pod cgroup.
         pids_limit: None,
         hugepage_limits: r
@@ -310,6 +372,11 @@ pub(super) fn resources(r: Option<&LinuxContainerResources>) -> Resources {
             .iter()
             .filter(|h| !h.page_size.is_empty())
             .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
+        unified: r
+            .unified
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     }
 }
@@ -325,6 +392,36 @@ mod tests {
         assert_eq!(stop_signal("9"), 9);
         assert_eq!(stop_signal(""), 15);
         assert_eq!(stop_signal("SIGNOPE"), 15);
+    }
+
+    #[test]
+    fn profiles_from_the_field_or_the_deprecated_string() {
+        let sp = |t: ProfileType, r: &str| SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.to_owned(),
+        };
+        assert_eq!(profile("seccomp", None, "").ok(), Some(Profile::Unconfined));
+        assert_eq!(
+            profile("seccomp", None, "runtime/default").ok(),
+            Some(Profile::RuntimeDefault)
+        );
+        assert_eq!(
+            profile("seccomp", None, "localhost//etc/p.json").ok(),
+            Some(Profile::Localhost("/etc/p.json".into()))
+        );
+        assert!(profile("seccomp", None, "bogus").is_err());
+        // The field wins over the deprecated string.
+        let field = sp(ProfileType::Localhost, "/p.json");
+        assert_eq!(
+            profile("seccomp", Some(&field), "unconfined").ok(),
+            Some(Profile::Localhost("/p.json".into()))
+        );
+        assert_eq!(
+            profile("apparmor", Some(&sp(ProfileType::RuntimeDefault, "")), "").ok(),
+            Some(Profile::RuntimeDefault)
+        );
+        assert!(profile("seccomp", Some(&sp(ProfileType::Unconfined, "/x")), "").is_err());
+        assert!(profile("seccomp", Some(&sp(ProfileType::Localhost, "")), "").is_err());
     }
 
     #[test]

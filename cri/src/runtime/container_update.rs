@@ -1,6 +1,6 @@
-//! UpdateContainerResources: new cgroup limits through the OCI runtime's `update` (kubelet's
-//! CPU manager and in-place pod resize). The `oom_score_adj` of a running process is not
-//! changed, as with containerd.
+//! UpdateContainerResources: new cgroup limits (kubelet's CPU manager and in-place pod
+//! resize), through the OCI runtime's `update` on cgroup v1 and written by the runtime crate
+//! on cgroup v2. The `oom_score_adj` of a running process is not changed, as with containerd.
 
 use k8s_cri::v1::{UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
 use rootstock_runtime::ContainerId;

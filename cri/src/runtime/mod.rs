@@ -33,6 +33,7 @@ use k8s_cri::v1::*;
 use rootstock_cni::CniManager;
 use rootstock_imagestore::ImageStore;
 use rootstock_runtime::Runtime;
+use rootstock_runtime::stats::CpuRates;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -56,6 +57,8 @@ pub struct RuntimeApi {
     /// Pod IPs by sandbox id, so that PodSandboxStatus (polled by kubelet) does not read the
     /// CNI cache each time; filled at ADD and, after a restart, on first use.
     pod_ips: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// The previous CPU sample of each container and pod, for `usage_nano_cores`.
+    cpu_rates: Arc<CpuRates>,
 }
 
 impl RuntimeApi {
@@ -75,6 +78,7 @@ impl RuntimeApi {
             names,
             sandbox_locks: Arc::default(),
             pod_ips: Arc::default(),
+            cpu_rates: Arc::default(),
         }
     }
 

@@ -34,6 +34,8 @@ impl RuntimeApi {
             }
             self.names.release(&meta.reserved_name(), id.as_str());
         }
+        self.cpu_rates
+            .forget(&super::stats::pod_rate_key(id.as_str()));
         drop(locked);
         self.forget_sandbox_lock(id.as_str());
         tracing::info!(sandbox = %id, "pod sandbox removed");

@@ -1,6 +1,7 @@
 //! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: cgroup counters
-//! read per call (a few small files), the writable layer from the runtime's background
-//! cache. A pod's numbers come from its own cgroup, which is hierarchical and so covers its
+//! read per call (a few small files), the CPU rate since the previous call, the writable
+//! layer from the runtime's cache, and the pod's interfaces over netlink in its network
+//! namespace. A pod's numbers come from its own cgroup, which is hierarchical and so covers its
 //! containers (and anything else kubelet put there); the sum of its containers is the
 //! fallback when the pod cgroup cannot be read.
 //!
@@ -14,7 +15,10 @@ use k8s_cri::v1::{
     MemoryUsage, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxStats,
     PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, UInt64Value,
 };
-use rootstock_runtime::stats::{self as usage, CgroupUsage, InterfaceUsage};
+use std::path::Path;
+
+use rootstock_cni::netns::{self, InterfaceStats};
+use rootstock_runtime::stats::{CgroupUsage, CpuRates};
 use rootstock_runtime::{ContainerId, ContainerInfo, ContainerState, SandboxId, SandboxInfo};
 
 use super::meta::{ContainerMeta, SandboxMeta};
@@ -25,12 +29,15 @@ fn u64v(v: Option<u64>) -> Option<UInt64Value> {
     v.map(|value| UInt64Value { value })
 }
 
-fn cpu(u: &CgroupUsage) -> CpuUsage {
+/// CPU counters; `key` names the container or pod whose previous sample gives the rate.
+fn cpu(rates: &CpuRates, key: &str, u: &CgroupUsage) -> CpuUsage {
     CpuUsage {
         timestamp: u.timestamp_unix_nanos,
         usage_core_nano_seconds: u64v(u.cpu_usage_ns),
-        // A rate needs two samples; kubelet computes it from successive polls.
-        usage_nano_cores: None,
+        usage_nano_cores: u
+            .cpu_usage_ns
+            .and_then(|ns| rates.rate(key, u.timestamp_unix_nanos, ns))
+            .map(|value| UInt64Value { value }),
     }
 }
 
@@ -38,12 +45,17 @@ fn memory(u: &CgroupUsage) -> MemoryUsage {
     MemoryUsage {
         timestamp: u.timestamp_unix_nanos,
         working_set_bytes: u64v(u.memory_working_set_bytes),
-        available_bytes: None,
+        available_bytes: u64v(u.memory_available_bytes()),
         usage_bytes: u64v(u.memory_usage_bytes),
         rss_bytes: u64v(u.memory_rss_bytes),
         page_faults: u64v(u.page_faults),
         major_page_faults: u64v(u.major_page_faults),
     }
+}
+
+/// A pod's key in the CPU rate samples (container and sandbox ids share one map).
+pub(super) fn pod_rate_key(sandbox_id: &str) -> String {
+    format!("pod/{sandbox_id}")
 }
 
 /// Adds `b` into `a` field by field (a missing side counts as zero once the other is set).
@@ -60,22 +72,25 @@ fn add(a: &mut CgroupUsage, b: &CgroupUsage) {
     a.page_faults = sum(a.page_faults, b.page_faults);
     a.major_page_faults = sum(a.major_page_faults, b.major_page_faults);
     a.pids = sum(a.pids, b.pids);
+    // No limit in the sum: the containers' limits say nothing about the pod's.
 }
 
 /// The pod's default interface, as kubelet names it (CNI's `CNI_IFNAME`).
 const DEFAULT_INTERFACE: &str = "eth0";
 
-fn network(pid: i32) -> Option<NetworkUsage> {
+/// The pod's interfaces from its pinned network namespace (netlink), so a pod whose
+/// containers have all exited still reports them. `None` when they cannot be read.
+fn network(sandbox: &SandboxInfo, netns: &Path) -> Option<NetworkUsage> {
     let timestamp = rootstock_runtime::util::now_unix_nanos();
-    let interfaces = match usage::net_dev(pid) {
+    let interfaces = match netns::interface_stats(netns) {
         Ok(i) => i,
-        // The process exited between the listing and the read: no numbers this time.
+        // Stopped meanwhile (namespace unpinned): no numbers this time.
         Err(e) => {
-            tracing::debug!(pid, "network stats: {e}");
+            tracing::debug!(sandbox = %sandbox.record.id, "network stats: {e}");
             return None;
         }
     };
-    let cri = |i: &InterfaceUsage| NetworkInterfaceUsage {
+    let cri = |i: &InterfaceStats| NetworkInterfaceUsage {
         name: i.name.clone(),
         rx_bytes: Some(UInt64Value { value: i.rx_bytes }),
         rx_errors: Some(UInt64Value { value: i.rx_errors }),
@@ -116,7 +131,7 @@ impl RuntimeApi {
                     labels: meta.labels,
                     annotations: meta.annotations,
                 }),
-                cpu: Some(cpu(&usage.cgroup)),
+                cpu: Some(cpu(&self.cpu_rates, info.record.id.as_str(), &usage.cgroup)),
                 memory: Some(memory(&usage.cgroup)),
                 writable_layer: layer,
                 swap: None,
@@ -173,15 +188,9 @@ impl RuntimeApi {
         let id = sandbox.record.id.to_string();
         let mut containers = Vec::new();
         let mut sum = CgroupUsage::default();
-        // Any process in the pod's network namespace shows its counters; a pod without a
-        // running container (and without a process of its own) reports none.
-        let mut net_pid = None;
         for c in self.running_containers() {
             if ContainerMeta::of(&c).sandbox_id != id {
                 continue;
-            }
-            if c.record.init_pid > 0 {
-                net_pid.get_or_insert(c.record.init_pid);
             }
             match self.one_container_stats(&c) {
                 Ok((s, u)) => {
@@ -198,6 +207,7 @@ impl RuntimeApi {
         } else {
             sum
         };
+        let pod_cpu = cpu(&self.cpu_rates, &pod_rate_key(&id), &usage);
         Ok(PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
                 id,
@@ -206,12 +216,11 @@ impl RuntimeApi {
                 annotations: meta.annotations,
             }),
             linux: Some(LinuxPodSandboxStats {
-                cpu: Some(cpu(&usage)),
+                cpu: Some(pod_cpu),
                 memory: Some(memory(&usage)),
-                // hostNetwork pods: the node's interfaces are not the pod's to report.
-                network: net_pid
-                    .filter(|_| !sandbox.record.host_network)
-                    .and_then(network),
+                // hostNetwork pods have no namespace of their own: the node's interfaces
+                // are not the pod's to report. A stopped pod has none left.
+                network: sandbox.netns_path().and_then(|ns| network(sandbox, &ns)),
                 process: Some(ProcessUsage {
                     timestamp: usage.timestamp_unix_nanos,
                     process_count: u64v(usage.pids),
