@@ -31,7 +31,7 @@ fn in_subnet(t: &TestNet, ip: &IpAddr) -> bool {
 async fn add_assigns_ip_in_subnet_and_del_releases_it_and_removes_the_veth() {
     require_root!();
     let t = TestNet::new("add");
-    t.write_conflist("10-test.conflist", &t.conflist(false, vec![]));
+    t.write_conflist_file("10-test.conflist", &t.conflist_with(false, vec![]));
     let m = t.manager();
     let st = m.status().await;
     assert!(st.ready, "{st:?}");
@@ -82,13 +82,13 @@ async fn add_assigns_ip_in_subnet_and_del_releases_it_and_removes_the_veth() {
 async fn dual_stack_pod_gets_ipv4_and_ipv6_ipv4_first() {
     require_root!();
     let t = TestNet::new("dual");
-    let mut conf = t.conflist(false, vec![]);
+    let mut conf = t.conflist_with(false, vec![]);
     let v6_prefix = format!("fd99:199:{}::", t.prefix.rsplit('.').next().unwrap());
     conf["plugins"][0]["ipam"]["ranges"]
         .as_array_mut()
         .unwrap()
         .push(json!([{ "subnet": format!("{v6_prefix}/64") }]));
-    t.write_conflist("10-test.conflist", &conf);
+    t.write_conflist_file("10-test.conflist", &conf);
     let m = t.manager();
     let ns = t.netns("d").await;
     let st = m.setup(&t.pod("poddual", &ns)).await.unwrap();
@@ -111,7 +111,7 @@ async fn dual_stack_pod_gets_ipv4_and_ipv6_ipv4_first() {
 async fn check_reports_a_broken_attachment_naming_the_plugin() {
     require_root!();
     let t = TestNet::new("chk");
-    t.write_conflist("10-test.conflist", &t.conflist(false, vec![]));
+    t.write_conflist_file("10-test.conflist", &t.conflist_with(false, vec![]));
     let m = t.manager();
     let ns = t.netns("c").await;
     m.setup(&t.pod("podchk", &ns)).await.unwrap();
@@ -140,7 +140,7 @@ async fn check_reports_a_broken_attachment_naming_the_plugin() {
 async fn two_pods_on_one_bridge_get_distinct_ips_and_reach_each_other() {
     require_root!();
     let t = TestNet::new("ping");
-    t.write_conflist("10-test.conflist", &t.conflist(false, vec![]));
+    t.write_conflist_file("10-test.conflist", &t.conflist_with(false, vec![]));
     let m = t.manager();
     let (ns1, ns2) = (t.netns("p1").await, t.netns("p2").await);
     let a = m.setup(&t.pod("pod1", &ns1)).await.unwrap();
@@ -158,7 +158,7 @@ async fn two_pods_on_one_bridge_get_distinct_ips_and_reach_each_other() {
 async fn del_after_restart_conflist_removal_and_netns_removal_still_releases_the_ip() {
     require_root!();
     let t = TestNet::new("gone");
-    t.write_conflist("10-test.conflist", &t.conflist(false, vec![]));
+    t.write_conflist_file("10-test.conflist", &t.conflist_with(false, vec![]));
     let ns = t.netns("g").await;
     {
         let m = t.manager();
@@ -196,9 +196,9 @@ async fn del_after_restart_conflist_removal_and_netns_removal_still_releases_the
 async fn missing_plugin_fails_naming_it_and_leaves_nothing() {
     require_root!();
     let t = TestNet::new("miss");
-    t.write_conflist(
+    t.write_conflist_file(
         "10-test.conflist",
-        &t.conflist(false, vec![json!({"type": "rsk-no-such-plugin"})]),
+        &t.conflist_with(false, vec![json!({"type": "rsk-no-such-plugin"})]),
     );
     let m = t.manager();
     let ns = t.netns("m").await;
@@ -234,9 +234,9 @@ if [ "$CNI_COMMAND" = ADD ]; then
 fi
 exit 0"#,
     );
-    t.write_conflist(
+    t.write_conflist_file(
         "10-test.conflist",
-        &t.conflist(false, vec![json!({"type": "rsk-fail"})]),
+        &t.conflist_with(false, vec![json!({"type": "rsk-fail"})]),
     );
     let m = t.manager();
     let ns = t.netns("f").await;
@@ -278,9 +278,9 @@ async fn hung_plugin_is_killed_at_the_timeout() {
             pidfile.display()
         ),
     );
-    t.write_conflist(
+    t.write_conflist_file(
         "10-test.conflist",
-        &t.conflist(false, vec![json!({"type": "rsk-hang"})]),
+        &t.conflist_with(false, vec![json!({"type": "rsk-hang"})]),
     );
     let mut cfg = t.config();
     cfg.plugin_timeout_secs = 2;
@@ -336,7 +336,7 @@ async fn conflist_written_after_start_is_picked_up_without_restart() {
         "{st:?}"
     );
 
-    t.write_conflist("10-test.conflist", &t.conflist(false, vec![]));
+    t.write_conflist_file("10-test.conflist", &t.conflist_with(false, vec![]));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !m.status().await.ready {
         assert!(
@@ -365,14 +365,13 @@ async fn default_network_makes_the_node_ready_without_a_conflist() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_port_on_the_host_side_reaches_a_listener_in_the_netns() {
     require_root!();
-    let mut t = TestNet::new("port");
-    t.guard_host_nat();
+    let t = TestNet::new("port");
     // isGateway gives the bridge the host-side address the host connects to (the bridge
     // plugin also turns on ip_forward then, as on any CNI node; the FORWARD rule keeps the
     // test's /24 in).
-    t.write_conflist(
+    t.write_conflist_file(
         "10-test.conflist",
-        &t.conflist(
+        &t.conflist_with(
             true,
             vec![json!({"type": "portmap", "capabilities": {"portMappings": true}})],
         ),
@@ -464,7 +463,7 @@ async fn plugins_get_the_cni_environment_chained_results_and_declared_capabiliti
     );
     recording_plugin(&t, "rsk-rec1", &r1);
     recording_plugin(&t, "rsk-rec2", &r2);
-    t.write_conflist(
+    t.write_conflist_file(
         "10-test.conflist",
         &json!({
             "cniVersion": "1.0.0",

@@ -218,18 +218,7 @@ impl Daemon {
 
     /// A gRPC channel over the daemon's unix socket.
     pub async fn channel(&self) -> Channel {
-        let socket = self.socket.clone();
-        Endpoint::try_from("http://[::]:50051")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(stream))
-                }
-            }))
-            .await
-            .expect("connecting to the daemon's socket")
+        connect_unix(&self.socket).await
     }
 
     /// A CRI `RuntimeService` client, as kubelet has.
@@ -292,6 +281,36 @@ impl Daemon {
     }
 }
 
+/// SIGTERM, up to `grace` to exit, then SIGKILL; reaps the child either way.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A gRPC channel over any CRI unix socket (this daemon's or a peer runtime's).
+pub async fn connect_unix(path: &Path) -> Channel {
+    let socket = path.to_owned();
+    Endpoint::try_from("http://[::]:50051")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", path.display()))
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop_child();
@@ -303,22 +322,11 @@ impl Drop for Daemon {
 
 impl Daemon {
     fn stop_child(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
         // This blocks the test's runtime, so its clients cannot answer the daemon's GOAWAY
         // and a graceful shutdown would wait for them: give it a short while, then kill.
-        let pid = Pid::from_raw(child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(2));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

@@ -2,7 +2,11 @@
 //!
 //! Everything here is built in memory and is deterministic: the same calls give the same bytes
 //! (fixed mtimes, fixed gzip header, sorted JSON keys), so digests are stable across runs and
-//! machines with the same `/bin/busybox`.
+//! machines with the same `/bin/busybox` and the same build. One caveat: gzip and zstd output
+//! depends on the compressor linked, and flate2's backend is chosen by cargo's feature
+//! unification (miniz_oxide for `cargo test -p rootstock-test-e2e`, zlib-rs when the build
+//! also has `rootstock-imagestore`), so a gzip layer's digest differs between the two.
+//! [`gzip_stored`] ([`LayerBuilder::build_gzip_stored`]) gives the same bytes in every build.
 //!
 //! - [`LayerBuilder`] writes a tar stream entry by entry (any file type, owner, mode, mtime,
 //!   xattrs; whiteouts; raw headers for hostile entries) and compresses it ([`Layer`]).
@@ -306,6 +310,13 @@ impl LayerBuilder {
         };
         self.add(Entry::file(&path, Vec::new()))
     }
+    /// Appends the entries of `other` after these: one layer of two builders' entries (for
+    /// example both of [`busybox_layers`]). A directory both list is written twice, which
+    /// every tar reader takes as one.
+    pub fn merge(mut self, other: LayerBuilder) -> Self {
+        self.items.extend(other.items);
+        self
+    }
     /// Adds a header written verbatim (see [`RawEntry`]).
     pub fn raw(mut self, raw: RawEntry) -> Self {
         self.items.push(Item::Raw(raw));
@@ -340,6 +351,13 @@ impl LayerBuilder {
     /// Writes the tar stream and compresses it.
     pub fn build(&self, compression: Compression) -> Layer {
         Layer::from_tar(self.tar(), compression)
+    }
+    /// Writes the tar stream as a gzip blob of stored blocks ([`gzip_stored`]): the same
+    /// digest whatever the build, for fixtures cached across runs (the benchmark's).
+    pub fn build_gzip_stored(&self) -> Layer {
+        let tar = self.tar();
+        let blob = gzip_stored(&tar);
+        Layer::from_parts(tar, blob, Compression::Gzip)
     }
 }
 
@@ -394,6 +412,64 @@ pub fn compress(tar: &[u8], compression: Compression) -> Vec<u8> {
         }
         Compression::Zstd => zstd::encode_all(tar, 3).expect("zstd into memory"),
     }
+}
+
+/// gzip whose deflate stream is only stored blocks (no compression at all): byte-identical
+/// whichever deflate backend the build links (`compress` is deterministic within one build,
+/// but miniz_oxide and zlib-rs, which cargo picks by feature unification, write different
+/// bytes), and as fast as a copy. For incompressible data it is what any gzip writes anyway:
+/// zlib and miniz emit stored blocks when coding would not make a block smaller, so a
+/// runtime decompresses the same kind of stream as from `gzip -6`. Header as [`compress`]
+/// writes it: no mtime, no name, OS "unknown".
+pub fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    const MAX_STORED: usize = 65_535;
+    let blocks = data.len().div_ceil(MAX_STORED).max(1);
+    let mut out = Vec::with_capacity(10 + data.len() + 5 * blocks + 8);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    let mut chunks = data.chunks(MAX_STORED).peekable();
+    if chunks.peek().is_none() {
+        // An empty input is one empty final block.
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(chunk) = chunks.next() {
+        // BFINAL in bit 0, BTYPE 00 (stored); the rest of the byte pads to a byte boundary.
+        out.push(u8::from(chunks.peek().is_none()));
+        let len = chunk.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// `len` incompressible bytes from `seed` (xorshift64): deterministic noise for layers whose
+/// blob must be as large as their content.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    // A zero state would stay zero; any other seed gives a full-period sequence.
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = vec![0u8; len.next_multiple_of(8)];
+    for word in out.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The chain id of the top of `diff_ids` (bottom first), `sha256:…`: the first diff_id, then
+/// `sha256(parent chain id + " " + diff_id)` upwards, as the OCI image spec defines it.
+pub fn chain_id(diff_ids: &[String]) -> String {
+    let mut ids = diff_ids.iter();
+    let first = ids.next().expect("chain_id of no layers").clone();
+    ids.fold(first, |parent, diff_id| {
+        sha256_digest(format!("{parent} {diff_id}").as_bytes())
+    })
 }
 
 /// The largest value an octal ustar numeric field of `width` bytes holds (with its NUL).
@@ -1153,6 +1229,33 @@ mod tests {
             tar.len(),
             512 + 512 + 1024,
             "header, one data block, end of archive"
+        );
+    }
+
+    #[test]
+    fn stored_gzip_decodes_to_its_input_at_block_boundaries() {
+        use std::io::Read;
+        for len in [0, 1, 65_535, 65_536, 3 * 65_535 + 7] {
+            let data = noise(len as u64, len);
+            let blob = gzip_stored(&data);
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(blob.as_slice())
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, data, "len {len}");
+            assert_eq!(blob, gzip_stored(&data), "len {len}: not deterministic");
+        }
+        assert_ne!(noise(1, 64), noise(2, 64));
+    }
+
+    #[test]
+    fn chain_ids_follow_the_image_spec() {
+        let a = sha256_digest(b"a");
+        let b = sha256_digest(b"b");
+        assert_eq!(chain_id(std::slice::from_ref(&a)), a);
+        assert_eq!(
+            chain_id(&[a.clone(), b.clone()]),
+            sha256_digest(format!("{a} {b}").as_bytes())
         );
     }
 

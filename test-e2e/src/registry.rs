@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, HeaderValue, WWW_AUTHENTICATE};
@@ -52,6 +52,10 @@ pub struct RegistryOptions {
     /// the registry's Bearer challenges with tokens fetched as `TokenAuth::credentials`.
     /// Exclusive with `basic_auth`.
     pub token_auth: Option<TokenAuth>,
+    /// Keep the registry's storage in this directory (created if missing, kept after the
+    /// registry stops) instead of its temp dir: benchmark fixtures pushed once are served on
+    /// later runs.
+    pub storage_dir: Option<PathBuf>,
 }
 
 /// The registry's `auth: token:` section, and the credentials the harness fetches its own
@@ -103,6 +107,11 @@ impl RegistryOptions {
             root_cert_pem: server.cert_pem().to_owned(),
             credentials: server.harness_credentials(),
         });
+        self
+    }
+    /// Keeps the storage in `dir` across runs (see [`RegistryOptions::storage_dir`]).
+    pub fn storage_dir(mut self, dir: &Path) -> Self {
+        self.storage_dir = Some(dir.to_owned());
         self
     }
     /// Appends raw top-level YAML to the config.
@@ -229,6 +238,14 @@ pub struct Registry {
     tokens: Mutex<HashMap<String, String>>,
 }
 
+/// Every manifest and index type the fixtures write, for `Accept`.
+const MANIFEST_ACCEPT: [&str; 4] = [
+    crate::fixtures::MEDIA_OCI_MANIFEST,
+    crate::fixtures::MEDIA_OCI_INDEX,
+    crate::fixtures::MEDIA_DOCKER_MANIFEST,
+    crate::fixtures::MEDIA_DOCKER_LIST,
+];
+
 /// The User-Agent of the harness's own requests, so tests can tell them from the daemon's.
 pub const HARNESS_USER_AGENT: &str = "rootstock-test-harness";
 
@@ -256,7 +273,11 @@ impl Registry {
             .prefix("rootstock-registry.")
             .tempdir()
             .expect("creating the registry's temp dir");
-        fs::create_dir(dir.path().join("storage")).expect("creating the storage dir");
+        match &options.storage_dir {
+            Some(storage) => fs::create_dir_all(storage),
+            None => fs::create_dir(dir.path().join("storage")),
+        }
+        .expect("creating the storage dir");
         assert!(
             options.basic_auth.is_none() || options.token_auth.is_none(),
             "RegistryOptions: basic_auth and token_auth exclude each other"
@@ -341,7 +362,10 @@ impl Registry {
 
     /// The registry's `rootdirectory` (its filesystem storage).
     pub fn storage_dir(&self) -> PathBuf {
-        self.dir.path().join("storage")
+        self.options
+            .storage_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("storage"))
     }
 
     /// Where the registry keeps the blob `digest` (`sha256:…`): overwrite it to serve a
@@ -616,6 +640,75 @@ impl Registry {
         digest
     }
 
+    /// Pushes the image like [`Registry::push`], but `streams` blobs at a time (an image of
+    /// a thousand small layers is mostly round trips).
+    pub async fn push_concurrently(
+        &self,
+        repo: &str,
+        tag: &str,
+        image: &Image,
+        streams: usize,
+    ) -> String {
+        let blobs = image.blobs();
+        let next = AtomicUsize::new(0);
+        let worker = || async {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((digest, bytes)) = blobs.get(i) else {
+                    return;
+                };
+                let pushed = self.push_blob(repo, bytes).await;
+                debug_assert_eq!(&pushed, digest);
+            }
+        };
+        // Workers on one task: the registry (its own process) does the work in parallel.
+        let mut workers: Vec<_> = (0..streams.max(1)).map(|_| Box::pin(worker())).collect();
+        std::future::poll_fn(|cx| {
+            workers.retain_mut(|w| w.as_mut().poll(cx).is_pending());
+            if workers.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        let digest = self
+            .push_manifest(repo, tag, &image.media_type, &image.manifest)
+            .await;
+        assert_eq!(
+            digest, image.manifest_digest,
+            "the registry's digest for {repo}:{tag} differs from the manifest's sha256"
+        );
+        digest
+    }
+
+    /// The digest the registry holds under `repo:reference` (HEAD of the manifest, any
+    /// manifest or index type the fixtures write); `None` if it has none.
+    pub async fn manifest_digest(&self, repo: &str, reference: &str) -> Option<String> {
+        let res = self
+            .send(
+                self.request(Method::HEAD, &format!("/v2/{repo}/manifests/{reference}"))
+                    .header("accept", MANIFEST_ACCEPT.join(", ")),
+            )
+            .await;
+        match res.status() {
+            StatusCode::OK => Some(
+                res.headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .expect("a manifest HEAD answers with Docker-Content-Digest")
+                    .to_owned(),
+            ),
+            StatusCode::NOT_FOUND => None,
+            status => panic!("HEAD manifest {repo}:{reference}: {status}"),
+        }
+    }
+
+    /// Whether the registry holds a manifest under `repo:reference` (tag or digest).
+    pub async fn has_manifest(&self, repo: &str, reference: &str) -> bool {
+        self.manifest_digest(repo, reference).await.is_some()
+    }
+
     async fn push_image_blobs(&self, repo: &str, image: &Image) {
         for (digest, bytes) in image.blobs() {
             let pushed = self.push_blob(repo, bytes).await;
@@ -649,16 +742,7 @@ impl Registry {
     /// Fetches the manifest `repo:reference` (tag or digest), accepting every manifest and
     /// index type the fixtures write.
     pub async fn manifest(&self, repo: &str, reference: &str) -> FetchedManifest {
-        use crate::fixtures::{
-            MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
-        };
-        let accept = [
-            MEDIA_OCI_MANIFEST,
-            MEDIA_OCI_INDEX,
-            MEDIA_DOCKER_MANIFEST,
-            MEDIA_DOCKER_LIST,
-        ]
-        .join(", ");
+        let accept = MANIFEST_ACCEPT.join(", ");
         let res = self
             .send(
                 self.request(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
@@ -722,7 +806,11 @@ fn config_yaml(dir: &Path, port: u16, options: &RegistryOptions) -> String {
          storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
          \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
          http:\n  addr: 127.0.0.1:{port}\n  secret: rootstock-test-secret\n",
-        storage = dir.join("storage").display(),
+        storage = options
+            .storage_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("storage"))
+            .display(),
     );
     if let Some(tls) = &options.tls {
         yaml.push_str(&format!(

@@ -1,0 +1,30 @@
+//! rootstock and containerd side by side (issue 9): pod start and stop latency, pods started
+//! at once, cold pull, disk use, layer depth and memory, through the same CRI client code with
+//! the same images from the same local registry. Prints a markdown table and saves it with
+//! the JSON under `target/bench-results/`; asserts nothing about time.
+//!
+//!     make bench          # installs containerd if missing, prepares the host, builds, runs
+//!     cargo build --release --bins && cargo bench -p rootstock-test-e2e --bench compare
+//!     cargo bench -p rootstock-test-e2e --bench compare -- --smoke   # rootstock only, small
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use rootstock_test_e2e::bench::{self, Options};
+
+// `bench::run` is awaited on the main thread (`block_on` polls it there, never on a worker),
+// so the registry, the daemons and containerd it spawns, whose PR_SET_PDEATHSIG is tied to
+// the spawning thread, live exactly as long as the benchmark.
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the crate lives in the workspace");
+    // `cargo bench` passes `--bench`; anything but `--smoke` is ignored.
+    let opts = if std::env::args().any(|a| a == "--smoke") {
+        Options::smoke(workspace)
+    } else {
+        Options::full(workspace)
+    };
+    bench::run(opts).await;
+}
