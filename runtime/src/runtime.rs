@@ -25,8 +25,11 @@ use crate::util;
 /// File name of the persisted record inside the container's run directory.
 pub const STATE_FILE: &str = "state.json";
 
-/// How often exit files are polled while waiting for a container to stop.
-const EXIT_POLL: Duration = Duration::from_millis(20);
+/// Exit files are polled while waiting for a container to stop: first after 1 ms, the
+/// interval doubling up to 20 ms. A killed container is usually gone within a few ms, and a
+/// fixed 20 ms interval added 10 ms on average to every stop.
+const EXIT_POLL_FIRST: Duration = Duration::from_millis(1);
+const EXIT_POLL_MAX: Duration = Duration::from_millis(20);
 /// How long to wait for the exit after SIGKILL before reporting failure.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -441,6 +444,7 @@ impl Runtime {
     /// record lock is not held while waiting, so status and list calls are not blocked.
     fn wait_exit(&self, entry: &Entry, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
+        let mut interval = EXIT_POLL_FIRST;
         loop {
             {
                 let mut rec = lock(entry);
@@ -452,7 +456,8 @@ impl Runtime {
             if Instant::now() >= deadline {
                 return Ok(false);
             }
-            std::thread::sleep(EXIT_POLL);
+            std::thread::sleep(interval);
+            interval = (interval * 2).min(EXIT_POLL_MAX);
         }
     }
 
