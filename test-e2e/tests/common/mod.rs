@@ -260,26 +260,15 @@ pub async fn daemon_with_busybox(
     (daemon, id)
 }
 
-/// A container config as kubelet sends it.
+/// A container config as kubelet sends it (the benchmark's, plus the hash annotation kubelet
+/// adds); no log unless the test gives its pod a log_directory and sets one.
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.to_owned(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.to_owned(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        // No log unless the test gives its pod a log_directory and sets one.
-        log_path: String::new(),
-        labels: HashMap::from([("io.kubernetes.container.name".to_owned(), name.to_owned())]),
         annotations: HashMap::from([(
             "io.kubernetes.container.hash".to_owned(),
             format!("hash-{name}"),
         )]),
-        ..Default::default()
+        ..rootstock_test_e2e::bench::container_config(name, image, command)
     }
 }
 
