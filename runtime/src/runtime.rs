@@ -284,6 +284,7 @@ impl Runtime {
             Err(e) => return Err(Error::io("create directory", &run_dir, e)),
         }
         let mut undo = Cleanup::new(self, &id, &oci);
+        crate::hostpath::ensure_sources(&req.spec.mounts)?;
         let rootfs = OverlayRootfs::mount(
             &req.rootfs_lower,
             &run_dir.join("rootfs"),
@@ -540,6 +541,30 @@ impl Runtime {
         Ok(self.info(&rec))
     }
 
+    /// Replaces the caller's data stored with the record (persisted first).
+    pub fn set_client_data(&self, id: &ContainerId, data: serde_json::Value) -> Result<()> {
+        let entry = self.entry_or_not_found(id)?;
+        let mut rec = lock(&entry);
+        let mut next = rec.clone();
+        next.client_data = data;
+        self.transition(&mut rec, next)
+    }
+
+    /// The OCI spec the container was created with (`config.json` of its bundle).
+    pub fn container_spec(&self, id: &ContainerId) -> Result<serde_json::Value> {
+        let path = self.run_dir(id).join("config.json");
+        let data = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        serde_json::from_slice(&data).map_err(|e| Error::ReadState {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// The ids of every container (for prefix lookups).
+    pub fn container_ids(&self) -> Vec<ContainerId> {
+        lock(&self.containers).keys().cloned().collect()
+    }
+
     /// ListContainers: every container, refreshed (cheap: one `stat` of an exit file per
     /// live container).
     pub fn list_containers(&self) -> Vec<ContainerInfo> {
@@ -592,14 +617,12 @@ impl Runtime {
         let entry = self.entry_or_not_found(id)?;
         let mut rec = lock(&entry);
         self.refresh(&mut rec)?;
-        if !rec.state.can_kill() {
-            return Err(Error::BadState {
-                id: id.to_string(),
-                action: "update resources of",
-                state: rec.state.to_string(),
-            });
-        }
         self.check_unified(resources)?;
+        // An exited container has no cgroup left to change: nothing to do, as containerd
+        // answers (kubelet may resize a pod whose container just ended).
+        if !rec.state.can_kill() {
+            return Ok(());
+        }
         if self.cgroups.is_v2() {
             return self.cgroups.apply_v2(&rec.cgroup_path, resources);
         }
@@ -622,17 +645,14 @@ impl Runtime {
 
     /// ReopenContainerLog: the monitor reopens the log path; returns once the new file
     /// exists (kubelet renames the old one first and then expects writes to the new one).
+    /// A container that is not running writes no more output: nothing to reopen, OK.
     pub fn reopen_container_log(&self, id: &ContainerId) -> Result<()> {
         let entry = self.entry_or_not_found(id)?;
         let (monitor, log_path) = {
             let mut rec = lock(&entry);
             self.refresh(&mut rec)?;
             if rec.state != ContainerState::Running {
-                return Err(Error::BadState {
-                    id: id.to_string(),
-                    action: "reopen the log of",
-                    state: rec.state.to_string(),
-                });
+                return Ok(());
             }
             (rec.monitor, rec.log_path.clone())
         };

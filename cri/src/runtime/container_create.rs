@@ -3,7 +3,7 @@
 //! crate's `ContainerSpec` from the CRI config, the image config and the sandbox, and create.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use k8s_cri::v1::{
     ContainerConfig, CreateContainerRequest, CreateContainerResponse, LinuxContainerResources,
@@ -15,10 +15,10 @@ use rootstock_runtime::spec::{
     AppArmorProfile, BindMount, ContainerSpec, ImageConfig, Propagation, Resources, SeccompProfile,
     SecurityContext,
 };
-use rootstock_runtime::{ContainerId, CreateRequest, SandboxId, SandboxInfo, SandboxState};
+use rootstock_runtime::{ContainerId, CreateRequest, SandboxInfo, SandboxState};
 
 use super::meta::{ContainerMeta, MountMeta, SandboxMeta, container_name, new_id, to_json};
-use super::{RuntimeApi, blocking};
+use super::{RuntimeApi, blocking, validate};
 use crate::error::CriError;
 
 impl RuntimeApi {
@@ -26,7 +26,7 @@ impl RuntimeApi {
         &self,
         req: CreateContainerRequest,
     ) -> Result<CreateContainerResponse, CriError> {
-        let sandbox_id = SandboxId::new(req.pod_sandbox_id)?;
+        let sandbox_id = self.sandbox_id(&req.pod_sandbox_id)?;
         let config = req.config.ok_or_else(|| {
             CriError::InvalidArgument("CreateContainer: no container config given".to_owned())
         })?;
@@ -35,6 +35,11 @@ impl RuntimeApi {
             return Err(CriError::InvalidArgument(
                 "CreateContainer: container metadata.name is empty".to_owned(),
             ));
+        }
+        // Everything the request names is checked before anything is made.
+        validate::check_mounts(&config)?;
+        if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
+            validate::check_resources(r, "CreateContainer: linux")?;
         }
         // Held until the container is recorded: a concurrent StopPodSandbox then sees it.
         let _locked = self.lock_sandbox(sandbox_id.as_str()).await;
@@ -45,6 +50,7 @@ impl RuntimeApi {
             )));
         }
         let sandbox_meta = SandboxMeta::of(&sandbox);
+        let log_path = validate::log_path(&sandbox_meta.log_directory, &config.log_path)?;
         let id = ContainerId::new(new_id()?)?;
         let reservation = self.names.reserve(
             "container",
@@ -65,9 +71,14 @@ impl RuntimeApi {
         let image = self.store.status(&requested)?.ok_or_else(|| {
             CriError::NotFound(format!("image {requested:?} not found: pull it first"))
         })?;
+        let spec = container_spec(&config, &image, &sandbox, &sandbox_meta)?;
+        // kubelet makes the pod's log directory; the container's may be new.
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                CriError::Internal(format!("creating log directory {}: {e}", dir.display()))
+            })?;
+        }
         let (rootfs_lower, tree_lease) = self.lease_tree(&image, &id).await?;
-
-        let log_path = log_path(&sandbox_meta.log_directory, &config.log_path)?;
         let meta = ContainerMeta {
             version: 1,
             sandbox_id: sandbox_id.to_string(),
@@ -99,11 +110,13 @@ impl RuntimeApi {
                     propagation: m.propagation,
                 })
                 .collect(),
+            resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
+            config: Some(config.clone()),
         };
         let request = CreateRequest {
             id: id.clone(),
             handler: sandbox_meta.runtime_handler.clone(),
-            spec: container_spec(&config, &image, &sandbox, &sandbox_meta)?,
+            spec,
             rootfs_lower,
             log_path,
             client_data: to_json(&meta),
@@ -148,28 +161,6 @@ impl RuntimeApi {
             tracing::warn!(lease, "releasing the image tree lease: {e}");
         }
     }
-}
-
-/// The CRI log path: `log_directory` joined with the container's `log_path`, absolute, its
-/// directory created (kubelet makes the pod's directory, the container's may be new). With
-/// no log requested (a bare client), output is discarded.
-fn log_path(log_directory: &str, log_path: &str) -> Result<PathBuf, CriError> {
-    if log_path.is_empty() {
-        return Ok(PathBuf::from("/dev/null"));
-    }
-    let path = Path::new(log_directory).join(log_path);
-    if !path.is_absolute() {
-        return Err(CriError::InvalidArgument(format!(
-            "log path {} is not absolute (sandbox log_directory {log_directory:?})",
-            path.display()
-        )));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            CriError::Internal(format!("creating log directory {}: {e}", dir.display()))
-        })?;
-    }
-    Ok(path)
 }
 
 /// The image's `StopSignal` (`SIGQUIT`, `QUIT` or `3`), else SIGTERM.
@@ -422,11 +413,5 @@ mod tests {
         );
         assert!(profile("seccomp", Some(&sp(ProfileType::Unconfined, "/x")), "").is_err());
         assert!(profile("seccomp", Some(&sp(ProfileType::Localhost, "")), "").is_err());
-    }
-
-    #[test]
-    fn log_path_is_joined_and_empty_means_discard() {
-        assert_eq!(log_path("", "").ok(), Some(PathBuf::from("/dev/null")));
-        assert!(log_path("", "relative.log").is_err());
     }
 }
