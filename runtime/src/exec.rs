@@ -2,17 +2,19 @@
 //! keeps the reply below kubelet's 16 MiB gRPC message limit, and on timeout the exec'd
 //! process and everything it started are killed.
 //!
-//! The `<runtime> exec` client is started in a process group of its own; the runtime's
-//! `init`, the exec'd process and whatever that starts inherit it (runc and crun only leave
-//! the group to give a terminal, which ExecSync never asks for; a command that makes itself
-//! a group or session leader on purpose escapes, as it would any runtime). On timeout:
-//! 1. every member but the client and the exec'd process is SIGKILLed first, while its parent
+//! What the exec starts is found by process group: the `<runtime> exec` client runs in a
+//! group of its own, and the exec'd process, its child (runc's `init` clones with
+//! `CLONE_PARENT`), leads another (runc's `init` calls `setsid`); whatever the command
+//! starts stays in that group unless it leaves on purpose (a daemonising command escapes, as
+//! with any runtime). On timeout:
+//! 1. every member but the client and its children is SIGKILLed first, while its parent
 //!    (typically a shell waiting on it) still lives to reap it: a child that outlives its
 //!    parent is reparented to the container's init, and an init that does not reap (`sleep`,
 //!    most applications) would keep it as a zombie that `ps` in the container still shows;
-//! 2. then the exec'd process (from `--pid-file`); its parent, the client, reaps it and exits;
-//! 3. then the whole group, which also covers a runtime that had not written the pid file yet
-//!    (the process still in `runc init`), and the client itself.
+//! 2. then the client's children, the exec'd process among them; the client reaps it and
+//!    exits;
+//! 3. then every group seen, which also covers a runtime that had not written the pid file
+//!    yet (the process still in `runc init`), and the client itself.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -110,58 +112,76 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Kills the exec client's process group in the order the module doc explains, and reaps
-/// the client.
+/// Kills what the exec started in the order the module doc explains, and reaps the client.
 fn kill_exec(child: &mut Child, exec_pid: Option<i32>) {
     let client = child.id() as i32;
-    // `process_group(0)`: the client leads its own group.
-    let pgid = client;
-    if let Some(exec_pid) = exec_pid {
-        let deadline = Instant::now() + REAP_GRACE;
-        loop {
-            let others: Vec<i32> = group_members(pgid)
-                .into_iter()
-                .filter(|p| *p != client && *p != exec_pid)
-                .collect();
-            if others.is_empty() || Instant::now() >= deadline {
-                break;
+    // The exec'd process is the client's child (runc's and crun's `init` clone with
+    // CLONE_PARENT) in a session of its own (`setsid`, done by it or by an intermediate
+    // already gone): the groups of the client's children are the exec's, known even before
+    // the pid file names the process.
+    let mut tops = vec![client];
+    let mut groups = vec![client];
+    let deadline = Instant::now() + REAP_GRACE;
+    loop {
+        let procs = processes();
+        for p in &procs {
+            if p.ppid == client || Some(p.pid) == exec_pid {
+                if !tops.contains(&p.pid) {
+                    tops.push(p.pid);
+                }
+                if !groups.contains(&p.pgrp) {
+                    groups.push(p.pgrp);
+                }
             }
-            for p in others {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = kill(Pid::from_raw(exec_pid), Signal::SIGKILL);
-        let deadline = Instant::now() + REAP_GRACE;
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        let rest: Vec<i32> = procs
+            .iter()
+            .filter(|p| groups.contains(&p.pgrp) && !tops.contains(&p.pid))
+            .map(|p| p.pid)
+            .collect();
+        if rest.is_empty() || Instant::now() >= deadline {
+            break;
         }
+        for p in rest {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    for top in tops.iter().filter(|t| **t != client) {
+        let _ = kill(Pid::from_raw(*top), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + REAP_GRACE;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for g in groups {
+        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    }
     let _ = child.wait();
 }
 
-/// Host pids of the processes (zombies included) in process group `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
+/// One process as `/proc/<pid>/stat` shows it (host pids).
+struct Proc {
+    pid: i32,
+    ppid: i32,
+    pgrp: i32,
+}
+
+/// Every process of the host, zombies included.
+fn processes() -> Vec<Proc> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // Fields after the parenthesised name: state, ppid, pgrp.
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(2)?
-                        .parse::<i32>()
-                        .ok()
-                })
-                == Some(pgid)
+            let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(1);
+            let ppid = f.next()?.parse().ok()?;
+            let pgrp = f.next()?.parse().ok()?;
+            Some(Proc { pid, ppid, pgrp })
         })
         .collect()
 }
