@@ -26,9 +26,11 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod cdi;
 pub mod cgroup;
 pub mod config;
 pub mod crilog;
+pub mod devices;
 pub mod error;
 pub mod exec;
 pub mod hostpath;
@@ -43,6 +45,7 @@ pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod stats;
+pub mod target;
 pub mod user;
 pub mod util;
 

@@ -315,10 +315,18 @@ impl Runtime {
                 );
             }
         }
-        let config = serde_json::to_vec_pretty(&built.spec).map_err(|e| Error::Spec {
+        let spec_err = |e: serde_json::Error| Error::Spec {
             id: id.to_string(),
             message: e.to_string(),
-        })?;
+        };
+        let mut spec = serde_json::to_value(&built.spec).map_err(spec_err)?;
+        crate::devices::apply(&mut spec, &req.spec.devices)?;
+        crate::cdi::apply(
+            &mut spec,
+            &req.spec.cdi_devices,
+            &self.opts.config.cdi_spec_dirs,
+        )?;
+        let config = serde_json::to_vec_pretty(&spec).map_err(spec_err)?;
         let config_path = run_dir.join("config.json");
         util::write_atomic(&config_path, &config)
             .map_err(|e| Error::io("write", &config_path, e))?;
@@ -507,6 +515,14 @@ impl Runtime {
             writable_layer: self.layer_usage.get(&upper_dir),
             upper_dir,
         })
+    }
+
+    /// Where the writable layers live, and their usage from the background walk (`None`
+    /// until the first one finished): ImageFsInfo's `container_filesystems`.
+    pub fn writable_layers_usage(&self) -> (PathBuf, Option<DiskUsage>) {
+        let dir = self.opts.layers_dir.clone();
+        let usage = self.layer_usage.get(&dir);
+        (dir, usage)
     }
 
     /// The counters of any cgroup (a pod's), hierarchical.

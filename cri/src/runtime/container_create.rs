@@ -7,13 +7,14 @@ use std::path::PathBuf;
 
 use k8s_cri::v1::{
     ContainerConfig, CreateContainerRequest, CreateContainerResponse, LinuxContainerResources,
-    LinuxContainerSecurityContext, MountPropagation, SecurityProfile,
+    LinuxContainerSecurityContext, MountPropagation, NamespaceMode, SecurityProfile,
     security_profile::ProfileType,
 };
 use rootstock_imagestore::Image;
+use rootstock_runtime::devices::DeviceRequest;
 use rootstock_runtime::spec::{
-    AppArmorProfile, BindMount, ContainerSpec, ImageConfig, Propagation, Resources, SeccompProfile,
-    SecurityContext,
+    AppArmorProfile, BindMount, ContainerSpec, ImageConfig, PidMode, Propagation, Resources,
+    SeccompProfile, SecurityContext,
 };
 use rootstock_runtime::{ContainerId, CreateRequest, SandboxInfo, SandboxState};
 
@@ -71,7 +72,10 @@ impl RuntimeApi {
         let image = self.store.status(&requested)?.ok_or_else(|| {
             CriError::NotFound(format!("image {requested:?} not found: pull it first"))
         })?;
-        let spec = container_spec(&config, &image, &sandbox, &sandbox_meta)?;
+        let mut spec = container_spec(&config, &image, &sandbox, &sandbox_meta)?;
+        if let Some(target) = self.pid_target(&config, &sandbox_id)? {
+            spec.namespaces.pid = PidMode::Target(target);
+        }
         // kubelet makes the pod's log directory; the container's may be new.
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -135,6 +139,38 @@ impl RuntimeApi {
                 Err(err)
             }
         }
+    }
+
+    /// The PID namespace to join for CRI's `TARGET` mode: the target container's, which
+    /// must be running in the same pod. Other modes follow the pod's.
+    fn pid_target(
+        &self,
+        config: &ContainerConfig,
+        sandbox_id: &rootstock_runtime::SandboxId,
+    ) -> Result<Option<PathBuf>, CriError> {
+        let ns = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref());
+        let Some(ns) = ns.filter(|ns| ns.pid == NamespaceMode::Target as i32) else {
+            return Ok(None);
+        };
+        if ns.target_id.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: linux.security_context.namespace_options.target_id is empty \
+                 (PID mode TARGET needs the container to share with)"
+                    .to_owned(),
+            ));
+        }
+        let target = self.container_id(&ns.target_id)?;
+        let info = self.rt.container(&target)?;
+        if ContainerMeta::of(&info).sandbox_id != sandbox_id.as_str() {
+            return Err(CriError::InvalidArgument(format!(
+                "CreateContainer: namespace_options.target_id {target} is in another pod"
+            )));
+        }
+        Ok(Some(self.rt.pid_namespace_of(&target)?))
     }
 
     /// Leases the image's flattened root filesystem for the container's lifetime, under the
@@ -232,6 +268,24 @@ fn container_spec(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
+        devices: config
+            .devices
+            .iter()
+            .map(|d| DeviceRequest {
+                container_path: PathBuf::from(&d.container_path),
+                host_path: PathBuf::from(&d.host_path),
+                permissions: d.permissions.clone(),
+            })
+            .collect(),
+        cdi_devices: rootstock_runtime::cdi::requested(
+            config.cdi_devices.iter().map(|d| d.name.as_str()),
+            config
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        ),
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
     })
 }
 
