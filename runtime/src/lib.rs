@@ -45,6 +45,7 @@ pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod stats;
+pub mod stdin;
 pub mod target;
 pub mod user;
 pub mod util;

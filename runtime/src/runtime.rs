@@ -342,6 +342,8 @@ impl Runtime {
             cgroup: built.cgroup_path.clone(),
             kill_all,
             tty: req.spec.tty,
+            stdin: req.spec.stdin,
+            stdin_once: req.spec.stdin_once,
         };
         undo.runtime_created = true;
         let timeout = Duration::from_secs(self.opts.config.create_timeout_secs.max(1));

@@ -890,3 +890,203 @@ async fn a_container_keeps_its_image_from_crictl_prune_after_the_tag_moved() {
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_container_with_pid_target_sees_the_target_processes() {
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("debug", NamespaceMode::Container);
+    let (pod_id, target) = pod_with(
+        &mut rt,
+        pod.clone(),
+        container_config("app", &image, &["sleep", "3600"]),
+    )
+    .await;
+    let other = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("other", &image, &["sleep", "3602"]),
+    )
+    .await;
+    // kubectl debug --target=app: kubelet names the target by id (a prefix works too).
+    let mut debug = container_config("debugger", &image, &["sleep", "3601"]);
+    debug.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Pod as i32,
+                pid: NamespaceMode::Target as i32,
+                ipc: NamespaceMode::Pod as i32,
+                target_id: target[..12].to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let debugger = start_container(&mut rt, &pod_id, &pod, debug).await;
+    let seen = out(&sh(&mut rt, &debugger, "ps -o args").await);
+    assert!(seen.contains("sleep 3600"), "{seen}");
+    assert!(!seen.contains("sleep 3602"), "{seen}");
+    let seen = out(&sh(&mut rt, &target, "ps -o args").await);
+    assert!(seen.contains("sleep 3601"), "{seen}");
+    let seen = out(&sh(&mut rt, &other, "ps -o args").await);
+    assert!(!seen.contains("sleep 3600"), "{seen}");
+
+    // A target that is not running (or not there) is refused.
+    rt.stop_container(StopContainerRequest {
+        container_id: other.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let mut late = container_config("late", &image, &["sleep", "1"]);
+    late.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Target as i32,
+                target_id: other.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = rt
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(late),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// Writes `data` to a container's stdin through its monitor's socket, then hangs up. The
+/// socket's full path is longer than a unix socket address may be: it is reached through an
+/// open descriptor of the run directory.
+fn write_stdin(daemon: &Daemon, id: &str, data: &[u8]) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::File::open(daemon.state_dir.join("containers").join(id)).unwrap();
+    let socket = format!("/proc/self/fd/{}/stdin.sock", dir.as_raw_fd());
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_stays_open_and_empty_until_written_and_stdin_once_closes_after_the_first_client() {
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut pod = pod_config("stdin", NamespaceMode::Container);
+    pod.log_directory = logs.path().display().to_string();
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+
+    let mut reader = container_config(
+        "reader",
+        &image,
+        &["sh", "-c", "read l; echo got:$l; read m; echo got:$m"],
+    );
+    reader.stdin = true;
+    reader.log_path = "reader.log".to_owned();
+    let id = start_container(&mut rt, &pod_id, &pod, reader).await;
+    // Open and empty: `read` waits rather than seeing EOF.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = container_status(&mut rt, &id).await;
+    assert_eq!(s.state, ContainerState::ContainerRunning as i32, "{s:?}");
+    write_stdin(&daemon, &id, b"hello\n");
+    wait_file(&logs.path().join("reader.log"), |t| t.contains("got:hello")).await;
+    // Not stdin_once: the first client's hang-up did not close it; a second one writes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        container_status(&mut rt, &id).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    write_stdin(&daemon, &id, b"again\n");
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(10)).await;
+    assert_eq!(s.exit_code, 0);
+    assert!(
+        std::fs::read_to_string(logs.path().join("reader.log"))
+            .unwrap()
+            .contains("got:again")
+    );
+
+    let mut once = container_config("once", &image, &["sh", "-c", "cat; echo eof"]);
+    once.stdin = true;
+    once.stdin_once = true;
+    once.log_path = "once.log".to_owned();
+    let id = start_container(&mut rt, &pod_id, &pod, once).await;
+    write_stdin(&daemon, &id, b"line\n");
+    let s = wait_exited(&mut rt, &id, Duration::from_secs(10)).await;
+    assert_eq!(s.exit_code, 0);
+    let log = wait_file(&logs.path().join("once.log"), |t| t.contains("eof")).await;
+    assert!(log.contains("line"), "{log}");
+
+    // Without stdin the container reads EOF at once, as before.
+    let mut none = container_config("none", &image, &["sh", "-c", "cat; echo eof"]);
+    none.log_path = "none.log".to_owned();
+    let id = start_container(&mut rt, &pod_id, &pod, none).await;
+    assert_eq!(
+        wait_exited(&mut rt, &id, Duration::from_secs(10))
+            .await
+            .exit_code,
+        0
+    );
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_fs_info_reports_writable_layers_apart_only_on_their_own_filesystem() {
+    let mut daemon = Daemon::start().await;
+    let mut images = daemon.images().await;
+    let info = images
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.image_filesystems.len(), 1);
+    assert!(info.container_filesystems.is_empty(), "{info:?}");
+
+    // Writable layers on a filesystem of their own.
+    daemon
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let layers = daemon.root_dir.join("containers");
+    std::fs::create_dir_all(&layers).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &layers,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=16m"),
+    )
+    .unwrap();
+    daemon.start_again().await;
+    let mut images = daemon.images().await;
+    let info = images
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.container_filesystems.len(), 1, "{info:?}");
+    let fs = &info.container_filesystems[0];
+    assert_eq!(
+        fs.fs_id.as_ref().unwrap().mountpoint,
+        layers.display().to_string()
+    );
+    assert!(fs.used_bytes.is_some() && fs.inodes_used.is_some());
+    assert_ne!(
+        info.image_filesystems[0].fs_id.as_ref().unwrap().mountpoint,
+        fs.fs_id.as_ref().unwrap().mountpoint
+    );
+}
