@@ -469,7 +469,7 @@ async fn every_by_id_rpc_takes_a_short_id_refuses_an_ambiguous_one_and_stop_remo
             .await
             .unwrap_or_else(|e| panic!("{rpc:?}: {e:?}"));
         if rpc.echoes_id() {
-            assert_eq!(acted, [full.clone()], "{rpc:?}");
+            assert_eq!(acted, std::slice::from_ref(full), "{rpc:?}");
         }
         // The full id, too.
         let acted = rpc
@@ -477,7 +477,7 @@ async fn every_by_id_rpc_takes_a_short_id_refuses_an_ambiguous_one_and_stop_remo
             .await
             .unwrap_or_else(|e| panic!("{rpc:?}: {e:?}"));
         if rpc.echoes_id() {
-            assert_eq!(acted, [full.clone()], "{rpc:?}");
+            assert_eq!(acted, std::slice::from_ref(full), "{rpc:?}");
         }
         // Stop and Remove by the short id really acted (crictl's `stop <short id>` did not).
         match rpc {
