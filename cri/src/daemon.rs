@@ -66,9 +66,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "rootstock serving CRI v1"
     );
     let config = Arc::new(config);
+    let images = ImageServiceServer::new(ImageApi::new(store.clone(), rt.clone()));
     let runtime =
         RuntimeServiceServer::new(RuntimeApi::new(config.clone(), cni, rt, store.clone()));
-    let images = ImageServiceServer::new(ImageApi::new(store.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = req.uri().path()))

@@ -47,6 +47,18 @@ impl From<rootstock_cni::CniError> for CriError {
     }
 }
 
+impl CriError {
+    /// Whether the error says the object does not exist (whichever layer found out).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            CriError::NotFound(_) => true,
+            CriError::Runtime(e) => e.kind() == rootstock_runtime::ErrorKind::NotFound,
+            CriError::Image(e) => e.kind() == rootstock_imagestore::ErrorKind::NotFound,
+            _ => false,
+        }
+    }
+}
+
 impl From<CriError> for Status {
     fn from(err: CriError) -> Self {
         let code = match &err {

@@ -18,6 +18,8 @@ pub struct RuntimeConfig {
     pub monitor_binary: PathBuf,
     /// How long CreateContainer waits for the monitor's report of `<runtime> create`.
     pub create_timeout_secs: u64,
+    /// CDI spec directories, lowest priority first (containerd's `cdi_spec_dirs`).
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// One OCI runtime driven through its command line (`create`, `start`, `kill`, `delete`…).
@@ -41,6 +43,7 @@ impl Default for RuntimeConfig {
             ]),
             monitor_binary: PathBuf::new(),
             create_timeout_secs: 60,
+            cdi_spec_dirs: crate::cdi::default_dirs(),
         }
     }
 }

@@ -26,11 +26,16 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod cdi;
 pub mod cgroup;
 pub mod config;
 pub mod crilog;
+pub mod devices;
 pub mod error;
+pub mod exec;
+pub mod hostpath;
 pub mod id;
+pub mod inspect;
 pub mod monitor;
 pub mod oci;
 pub mod recovery;
@@ -40,6 +45,8 @@ pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod stats;
+pub mod stdin;
+pub mod target;
 pub mod user;
 pub mod util;
 

@@ -30,6 +30,10 @@ pub const RUNTIME_LOG_FILE: &str = "runtime.log";
 pub const CONSOLE_SOCKET_FILE: &str = "console.sock";
 /// The monitor's own stderr.
 pub const MONITOR_LOG_FILE: &str = "monitor.log";
+/// The socket a client writes the container's stdin to (CRI `stdin`; see [`crate::stdin`]).
+/// Relative to the run directory, the monitor's working directory: a unix socket path is
+/// limited to 108 bytes.
+pub const STDIN_SOCKET_FILE: &str = "stdin.sock";
 /// Written atomically by the monitor when the container's init has exited.
 pub const EXIT_FILE: &str = "exit.json";
 
@@ -55,6 +59,10 @@ pub struct MonitorArgs {
     /// The container has a terminal: the runtime hands the pty master to the monitor over
     /// a console socket, and its output is logged as stdout.
     pub tty: bool,
+    /// Give the container a stdin held open by the monitor ([`crate::stdin`]).
+    pub stdin: bool,
+    /// Close that stdin when the first client hangs up.
+    pub stdin_once: bool,
 }
 
 impl MonitorArgs {
@@ -75,8 +83,14 @@ impl MonitorArgs {
         if self.kill_all {
             v.push("--kill-all".into());
         }
-        if self.tty {
-            v.push("--tty".into());
+        for (flag, on) in [
+            ("--tty", self.tty),
+            ("--stdin", self.stdin),
+            ("--stdin-once", self.stdin_once),
+        ] {
+            if on {
+                v.push(flag.into());
+            }
         }
         v
     }
@@ -86,15 +100,18 @@ impl MonitorArgs {
         let mut it = args.into_iter();
         let (mut runtime, mut runtime_root, mut id, mut bundle) = (None, None, None, None);
         let (mut run_dir, mut log_path, mut cgroup) = (None, None, None);
-        let (mut kill_all, mut tty) = (false, false);
+        let (mut kill_all, mut tty, mut stdin, mut stdin_once) = (false, false, false, false);
         while let Some(a) = it.next() {
             let key = a.to_string_lossy().into_owned();
-            if key == "--kill-all" {
-                kill_all = true;
-                continue;
-            }
-            if key == "--tty" {
-                tty = true;
+            let flag = match key.as_str() {
+                "--kill-all" => Some(&mut kill_all),
+                "--tty" => Some(&mut tty),
+                "--stdin" => Some(&mut stdin),
+                "--stdin-once" => Some(&mut stdin_once),
+                _ => None,
+            };
+            if let Some(flag) = flag {
+                *flag = true;
                 continue;
             }
             let val = it.next().ok_or_else(|| format!("{key} needs a value"))?;
@@ -122,6 +139,8 @@ impl MonitorArgs {
             cgroup: need(cgroup, "--cgroup")?,
             kill_all,
             tty,
+            stdin,
+            stdin_once,
         })
     }
 }
@@ -290,6 +309,8 @@ mod tests {
             cgroup: "/kubepods/abc".into(),
             kill_all: true,
             tty: true,
+            stdin: true,
+            stdin_once: false,
         };
         assert_eq!(MonitorArgs::parse(a.to_args()).unwrap(), a);
         assert!(MonitorArgs::parse(vec![OsString::from("--id")]).is_err());

@@ -3,13 +3,9 @@
 //! `create` is not here: the monitor runs it, so that it becomes the container's parent.
 
 use std::ffi::OsString;
-use std::io::{self, Read};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -49,17 +45,13 @@ pub struct ExecRequest {
 /// What an exec'd command produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
-    /// Everything it wrote to stdout (bounded, see [`MAX_EXEC_OUTPUT`]).
+    /// Everything it wrote to stdout (bounded, see [`crate::exec::MAX_EXEC_OUTPUT`]).
     pub stdout: Vec<u8>,
     /// Everything it wrote to stderr (bounded).
     pub stderr: Vec<u8>,
     /// Exit status; 128 + signal when killed by a signal.
     pub exit_code: i32,
 }
-
-/// Per-stream cap on captured exec output (kubelet's probes and `ExecSync` callers read
-/// small outputs; the cap keeps a runaway command from exhausting the daemon's memory).
-pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
 
 impl OciRuntime {
     /// A runtime `binary` for `handler`, keeping its state under `root`.
@@ -90,7 +82,7 @@ impl OciRuntime {
         &self.root
     }
 
-    fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
         c.arg("--root").arg(&self.root).stdin(Stdio::null());
         c
@@ -197,82 +189,6 @@ impl OciRuntime {
         let _ = std::fs::remove_file(&file);
         r.map(drop)
     }
-
-    /// Runs a command in the running container and collects its output, like CRI's
-    /// ExecSync. `--pid-file` tells us the exec'd process's own pid: on timeout that process
-    /// is SIGKILLed (killing only the `runc exec` client would leave it running, and critest
-    /// checks it is gone), and the call fails with [`Error::ExecTimeout`]. `scratch_dir`
-    /// holds the pid file.
-    pub fn exec(
-        &self,
-        id: &ContainerId,
-        req: &ExecRequest,
-        timeout: Option<Duration>,
-        scratch_dir: &Path,
-    ) -> Result<ExecOutput> {
-        if req.args.is_empty() {
-            return Err(Error::InvalidArgument("exec: empty command".to_owned()));
-        }
-        let pid_file = scratch_dir.join(format!("exec-{}.pid", unique_suffix()));
-        let mut cmd = self.command();
-        cmd.arg("exec").arg("--pid-file").arg(&pid_file);
-        for e in &req.env {
-            cmd.arg("--env").arg(e);
-        }
-        if let Some(cwd) = &req.cwd {
-            cmd.arg("--cwd").arg(cwd);
-        }
-        cmd.arg(id.as_str())
-            .args(&req.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            program: self.binary.clone(),
-            source,
-        })?;
-        let result = collect(&mut child, timeout.map(|t| Instant::now() + t));
-        let out = match result {
-            Ok(out) => out,
-            Err(Collect::TimedOut) => {
-                // Kill the exec'd process first (it is what must be gone), then the client.
-                if let Some(pid) = read_pid(&pid_file) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = std::fs::remove_file(&pid_file);
-                return Err(Error::ExecTimeout {
-                    id: id.to_string(),
-                    timeout: timeout.unwrap_or_default(),
-                });
-            }
-            Err(Collect::Io(e)) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = std::fs::remove_file(&pid_file);
-                return Err(Error::io("exec in", scratch_dir, e));
-            }
-        };
-        let _ = std::fs::remove_file(&pid_file);
-        Ok(out)
-    }
-}
-
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// runc: "container does not exist"; crun: "…/status: No such file or directory".
@@ -285,107 +201,4 @@ fn is_not_found(e: &Error) -> bool {
         }
         _ => false,
     }
-}
-
-enum Collect {
-    TimedOut,
-    Io(io::Error),
-}
-
-/// Reads stdout and stderr until both close and the child has exited, or the deadline.
-fn collect(
-    child: &mut Child,
-    deadline: Option<Instant>,
-) -> std::result::Result<ExecOutput, Collect> {
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let mut out = ExecOutput::default();
-    let mut status = None;
-    // After the client exits, a background process the command started may keep the
-    // pipes open; do not wait for it beyond this grace period.
-    let mut exited_at: Option<Instant> = None;
-    const GRACE: Duration = Duration::from_millis(500);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if status.is_none() {
-            status = child.try_wait().map_err(Collect::Io)?;
-            if status.is_some() {
-                exited_at = Some(Instant::now());
-            }
-        }
-        if let Some(st) = status {
-            let drained = out_pipe.is_none() && err_pipe.is_none();
-            let grace_over = exited_at.is_some_and(|t| t.elapsed() > GRACE);
-            if drained || grace_over {
-                out.exit_code = exit_code(st);
-                return Ok(out);
-            }
-        }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Err(Collect::TimedOut);
-        }
-        // Wake up at least every 50 ms to notice the child's exit (no SIGCHLD plumbing in
-        // a library that must not own signal handlers).
-        let mut wait = Duration::from_millis(50);
-        if let Some(d) = deadline {
-            wait = wait.min(d - now);
-        }
-        let ms = u16::try_from(wait.as_millis()).unwrap_or(50);
-        let (o, e) = {
-            let mut fds = Vec::new();
-            let oi = out_pipe.as_ref().map(|p| {
-                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            let ei = err_pipe.as_ref().map(|p| {
-                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            if fds.is_empty() {
-                std::thread::sleep(wait);
-                (false, false)
-            } else {
-                match poll(&mut fds, PollTimeout::from(ms)) {
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(Collect::Io(e.into())),
-                }
-                let mask = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
-                let ready = |i: Option<usize>| {
-                    i.and_then(|i| fds[i].revents())
-                        .is_some_and(|r| r.intersects(mask))
-                };
-                (ready(oi), ready(ei))
-            }
-        };
-        if o {
-            read_into(&mut out_pipe, &mut out.stdout, &mut buf).map_err(Collect::Io)?;
-        }
-        if e {
-            read_into(&mut err_pipe, &mut out.stderr, &mut buf).map_err(Collect::Io)?;
-        }
-    }
-}
-
-fn read_into<R: Read>(pipe: &mut Option<R>, sink: &mut Vec<u8>, buf: &mut [u8]) -> io::Result<()> {
-    let Some(p) = pipe.as_mut() else {
-        return Ok(());
-    };
-    match p.read(buf) {
-        Ok(0) => *pipe = None,
-        Ok(n) => {
-            let room = MAX_EXEC_OUTPUT.saturating_sub(sink.len());
-            sink.extend_from_slice(&buf[..n.min(room)]);
-        }
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-        Err(e) => return Err(e),
-    }
-    Ok(())
-}
-
-fn exit_code(st: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    st.code()
-        .or_else(|| st.signal().map(|s| 128 + s))
-        .unwrap_or(255)
 }

@@ -284,6 +284,7 @@ impl Runtime {
             Err(e) => return Err(Error::io("create directory", &run_dir, e)),
         }
         let mut undo = Cleanup::new(self, &id, &oci);
+        crate::hostpath::ensure_sources(&req.spec.mounts)?;
         let rootfs = OverlayRootfs::mount(
             &req.rootfs_lower,
             &run_dir.join("rootfs"),
@@ -314,10 +315,18 @@ impl Runtime {
                 );
             }
         }
-        let config = serde_json::to_vec_pretty(&built.spec).map_err(|e| Error::Spec {
+        let spec_err = |e: serde_json::Error| Error::Spec {
             id: id.to_string(),
             message: e.to_string(),
-        })?;
+        };
+        let mut spec = serde_json::to_value(&built.spec).map_err(spec_err)?;
+        crate::devices::apply(&mut spec, &req.spec.devices)?;
+        crate::cdi::apply(
+            &mut spec,
+            &req.spec.cdi_devices,
+            &self.opts.config.cdi_spec_dirs,
+        )?;
+        let config = serde_json::to_vec_pretty(&spec).map_err(spec_err)?;
         let config_path = run_dir.join("config.json");
         util::write_atomic(&config_path, &config)
             .map_err(|e| Error::io("write", &config_path, e))?;
@@ -333,6 +342,8 @@ impl Runtime {
             cgroup: built.cgroup_path.clone(),
             kill_all,
             tty: req.spec.tty,
+            stdin: req.spec.stdin,
+            stdin_once: req.spec.stdin_once,
         };
         undo.runtime_created = true;
         let timeout = Duration::from_secs(self.opts.config.create_timeout_secs.max(1));
@@ -508,6 +519,14 @@ impl Runtime {
         })
     }
 
+    /// Where the writable layers live, and their usage from the background walk (`None`
+    /// until the first one finished): ImageFsInfo's `container_filesystems`.
+    pub fn writable_layers_usage(&self) -> (PathBuf, Option<DiskUsage>) {
+        let dir = self.opts.layers_dir.clone();
+        let usage = self.layer_usage.get(&dir);
+        (dir, usage)
+    }
+
     /// The counters of any cgroup (a pod's), hierarchical.
     pub fn cgroup_usage(&self, cgroup: &str) -> CgroupUsage {
         self.cgroups.usage(cgroup)
@@ -538,6 +557,30 @@ impl Runtime {
         let mut rec = lock(&entry);
         self.refresh(&mut rec)?;
         Ok(self.info(&rec))
+    }
+
+    /// Replaces the caller's data stored with the record (persisted first).
+    pub fn set_client_data(&self, id: &ContainerId, data: serde_json::Value) -> Result<()> {
+        let entry = self.entry_or_not_found(id)?;
+        let mut rec = lock(&entry);
+        let mut next = rec.clone();
+        next.client_data = data;
+        self.transition(&mut rec, next)
+    }
+
+    /// The OCI spec the container was created with (`config.json` of its bundle).
+    pub fn container_spec(&self, id: &ContainerId) -> Result<serde_json::Value> {
+        let path = self.run_dir(id).join("config.json");
+        let data = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        serde_json::from_slice(&data).map_err(|e| Error::ReadState {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// The ids of every container (for prefix lookups).
+    pub fn container_ids(&self) -> Vec<ContainerId> {
+        lock(&self.containers).keys().cloned().collect()
     }
 
     /// ListContainers: every container, refreshed (cheap: one `stat` of an exit file per
@@ -592,14 +635,12 @@ impl Runtime {
         let entry = self.entry_or_not_found(id)?;
         let mut rec = lock(&entry);
         self.refresh(&mut rec)?;
-        if !rec.state.can_kill() {
-            return Err(Error::BadState {
-                id: id.to_string(),
-                action: "update resources of",
-                state: rec.state.to_string(),
-            });
-        }
         self.check_unified(resources)?;
+        // An exited container has no cgroup left to change: nothing to do, as containerd
+        // answers (kubelet may resize a pod whose container just ended).
+        if !rec.state.can_kill() {
+            return Ok(());
+        }
         if self.cgroups.is_v2() {
             return self.cgroups.apply_v2(&rec.cgroup_path, resources);
         }
@@ -622,17 +663,14 @@ impl Runtime {
 
     /// ReopenContainerLog: the monitor reopens the log path; returns once the new file
     /// exists (kubelet renames the old one first and then expects writes to the new one).
+    /// A container that is not running writes no more output: nothing to reopen, OK.
     pub fn reopen_container_log(&self, id: &ContainerId) -> Result<()> {
         let entry = self.entry_or_not_found(id)?;
         let (monitor, log_path) = {
             let mut rec = lock(&entry);
             self.refresh(&mut rec)?;
             if rec.state != ContainerState::Running {
-                return Err(Error::BadState {
-                    id: id.to_string(),
-                    action: "reopen the log of",
-                    state: rec.state.to_string(),
-                });
+                return Ok(());
             }
             (rec.monitor, rec.log_path.clone())
         };

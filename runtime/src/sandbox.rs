@@ -60,7 +60,7 @@ pub struct DnsConfig {
 pub struct SandboxSpec {
     /// Sandbox id (the caller generates it).
     pub id: SandboxId,
-    /// Pod hostname.
+    /// Pod hostname; empty keeps the node's.
     pub hostname: String,
     /// hostNetwork: the node's network and UTS namespaces, no hostname of its own.
     pub host_network: bool,
@@ -259,7 +259,12 @@ impl Runtime {
             version: SANDBOX_RECORD_VERSION,
             id: id.clone(),
             state: SandboxState::Ready,
-            hostname: spec.hostname.clone(),
+            // No hostname asked: the pod keeps the node's, as with containerd.
+            hostname: if spec.hostname.is_empty() {
+                node_hostname()
+            } else {
+                spec.hostname.clone()
+            },
             host_network: spec.host_network,
             host_ipc: spec.host_ipc,
             pid: spec.pid,
@@ -299,16 +304,12 @@ impl Runtime {
             let p = dir.join(name);
             fs::write(&p, data).map_err(|e| Error::io("write", &p, e))
         };
-        let node_hostname = nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let hostname = if spec.host_network {
-            &node_hostname
-        } else {
-            &spec.hostname
+        let hostname = match &info.record.hostname {
+            _ if spec.host_network => node_hostname(),
+            h => h.clone(),
         };
         write("hostname", &format!("{hostname}\n"))?;
-        write("hosts", &hosts_file(hostname, spec.host_network))?;
+        write("hosts", &hosts_file(&hostname, spec.host_network))?;
         let resolv = match &spec.dns {
             Some(dns) => resolv_conf(dns),
             None => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
@@ -333,12 +334,11 @@ impl Runtime {
         let mut args: Vec<String> = vec!["pin-namespaces".into()];
         let mut kinds = Vec::new();
         if !spec.host_network {
-            args.extend([
-                "--net".into(),
-                "--uts".into(),
-                "--hostname".into(),
-                spec.hostname.clone(),
-            ]);
+            args.extend(["--net".into(), "--uts".into()]);
+            // A new UTS namespace starts with the node's hostname: set only one asked for.
+            if !spec.hostname.is_empty() {
+                args.extend(["--hostname".into(), spec.hostname.clone()]);
+            }
             kinds.extend(["net", "uts"]);
         }
         if !spec.host_ipc {
@@ -502,6 +502,11 @@ impl Runtime {
             .ok_or_else(|| Error::SandboxNotFound { id: id.to_string() })
     }
 
+    /// The ids of every sandbox (for prefix lookups).
+    pub fn sandbox_ids(&self) -> Vec<SandboxId> {
+        lock(&self.sandboxes).keys().cloned().collect()
+    }
+
     /// Every sandbox.
     pub fn list_sandboxes(&self) -> Vec<SandboxInfo> {
         lock(&self.sandboxes)
@@ -561,6 +566,13 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// The node's hostname (what a new UTS namespace starts with).
+fn node_hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Kills the pod's PID 1 if it is still that process (pid reuse is checked by start time).

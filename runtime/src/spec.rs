@@ -54,6 +54,8 @@ pub enum PidMode {
     Private,
     /// The pod's shared namespace, pinned at this path (CRI `POD`).
     Pod(PathBuf),
+    /// Another container's, at this path (CRI `TARGET`, `kubectl debug --target`).
+    Target(PathBuf),
     /// The node's (hostPID).
     Host,
 }
@@ -277,6 +279,14 @@ pub struct ContainerSpec {
     pub tty: bool,
     /// OCI annotations to pass to the runtime.
     pub annotations: BTreeMap<String, String>,
+    /// Host devices (CRI `devices`), applied by [`crate::devices`].
+    pub devices: Vec<crate::devices::DeviceRequest>,
+    /// CDI devices by fully qualified name, applied by [`crate::cdi`].
+    pub cdi_devices: Vec<String>,
+    /// Keep a stdin open for the container (CRI `stdin`), held by its monitor.
+    pub stdin: bool,
+    /// Close that stdin once the first attached client detaches (CRI `stdin_once`).
+    pub stdin_once: bool,
 }
 
 /// Facts about the node, probed once at start-up.
@@ -837,7 +847,7 @@ fn namespaces(n: &Namespaces) -> Vec<LinuxNamespace> {
     }
     match &n.pid {
         PidMode::Private => ns(LinuxNamespaceType::Pid, None),
-        PidMode::Pod(p) => ns(LinuxNamespaceType::Pid, Some(p.clone())),
+        PidMode::Pod(p) | PidMode::Target(p) => ns(LinuxNamespaceType::Pid, Some(p.clone())),
         PidMode::Host => {}
     }
     out

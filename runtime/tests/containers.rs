@@ -161,6 +161,31 @@ fn exec_returns_output_and_exit_code_and_timeout_kills_the_process() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Everything the command started goes too, also when the timeout fires before the
+        // runtime could write its pid file (milliseconds after the start).
+        for timeout in [Duration::from_millis(30), Duration::from_millis(800)] {
+            let tree = ExecRequest {
+                args: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "sleep 102 & sleep 102 & wait".into(),
+                ],
+                ..Default::default()
+            };
+            let err = env.rt.exec_sync(id, &tree, Some(timeout)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::DeadlineExceeded, "{err}");
+            std::thread::sleep(Duration::from_millis(300));
+            let out = env
+                .rt
+                .exec_sync(id, &ps, Some(Duration::from_secs(10)))
+                .unwrap();
+            let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+            // A zombie shows as `[sleep]`: the container's init (`sleep`) does not reap.
+            assert!(
+                !listing.contains("sleep 102") && !listing.contains("sh -c"),
+                "{handler}, timeout {timeout:?}: left running:\n{listing}"
+            );
+        }
         env.rt
             .stop_container(id, libc::SIGKILL, Duration::ZERO)
             .unwrap();

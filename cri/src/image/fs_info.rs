@@ -1,5 +1,7 @@
 //! ImageFsInfo: the eviction manager polls it about every 10 s, so it is answered from the
-//! store's cached figures, never by walking the store.
+//! store's cached figures, never by walking the store. The writable layers are reported as
+//! `container_filesystems` when they sit on another filesystem than the store (kubelet then
+//! manages the two apart); on the same one they are part of the image filesystem's figures.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,7 +30,29 @@ impl ImageApi {
                     value: usage.inodes_used,
                 }),
             }],
-            container_filesystems: Vec::new(),
+            container_filesystems: self
+                .layers
+                .as_ref()
+                .map(|rt| {
+                    let (dir, usage) = rt.writable_layers_usage();
+                    let usage = usage.unwrap_or_default();
+                    FilesystemUsage {
+                        timestamp: if usage.timestamp_unix_nanos == 0 {
+                            timestamp
+                        } else {
+                            usage.timestamp_unix_nanos
+                        },
+                        fs_id: Some(FilesystemIdentifier {
+                            mountpoint: dir.display().to_string(),
+                        }),
+                        used_bytes: Some(UInt64Value { value: usage.bytes }),
+                        inodes_used: Some(UInt64Value {
+                            value: usage.inodes,
+                        }),
+                    }
+                })
+                .into_iter()
+                .collect(),
         })
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use k8s_cri::v1::image_service_server::ImageService;
 use k8s_cri::v1::*;
 use rootstock_imagestore::ImageStore;
+use rootstock_runtime::Runtime;
 use tonic::{Request, Response, Status};
 
 use crate::error::reply;
@@ -18,11 +19,21 @@ use crate::error::reply;
 /// State shared by the image RPCs.
 pub struct ImageApi {
     store: Arc<ImageStore>,
+    /// The containers' writable layers, reported apart when they sit on another
+    /// filesystem than the store (probed once: kubelet's eviction manager then watches both).
+    layers: Option<Arc<Runtime>>,
 }
 
 impl ImageApi {
-    pub fn new(store: Arc<ImageStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<ImageStore>, rt: Arc<Runtime>) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        let (layers_dir, _) = rt.writable_layers_usage();
+        let apart = dev(&layers_dir) != dev(store.root());
+        Self {
+            store,
+            layers: apart.then_some(rt),
+        }
     }
 }
 

@@ -3,22 +3,23 @@
 //! crate's `ContainerSpec` from the CRI config, the image config and the sandbox, and create.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use k8s_cri::v1::{
     ContainerConfig, CreateContainerRequest, CreateContainerResponse, LinuxContainerResources,
-    LinuxContainerSecurityContext, MountPropagation, SecurityProfile,
+    LinuxContainerSecurityContext, MountPropagation, NamespaceMode, SecurityProfile,
     security_profile::ProfileType,
 };
 use rootstock_imagestore::Image;
+use rootstock_runtime::devices::DeviceRequest;
 use rootstock_runtime::spec::{
-    AppArmorProfile, BindMount, ContainerSpec, ImageConfig, Propagation, Resources, SeccompProfile,
-    SecurityContext,
+    AppArmorProfile, BindMount, ContainerSpec, ImageConfig, PidMode, Propagation, Resources,
+    SeccompProfile, SecurityContext,
 };
-use rootstock_runtime::{ContainerId, CreateRequest, SandboxId, SandboxInfo, SandboxState};
+use rootstock_runtime::{ContainerId, CreateRequest, SandboxInfo, SandboxState};
 
 use super::meta::{ContainerMeta, MountMeta, SandboxMeta, container_name, new_id, to_json};
-use super::{RuntimeApi, blocking};
+use super::{RuntimeApi, blocking, validate};
 use crate::error::CriError;
 
 impl RuntimeApi {
@@ -26,7 +27,7 @@ impl RuntimeApi {
         &self,
         req: CreateContainerRequest,
     ) -> Result<CreateContainerResponse, CriError> {
-        let sandbox_id = SandboxId::new(req.pod_sandbox_id)?;
+        let sandbox_id = self.sandbox_id(&req.pod_sandbox_id)?;
         let config = req.config.ok_or_else(|| {
             CriError::InvalidArgument("CreateContainer: no container config given".to_owned())
         })?;
@@ -35,6 +36,11 @@ impl RuntimeApi {
             return Err(CriError::InvalidArgument(
                 "CreateContainer: container metadata.name is empty".to_owned(),
             ));
+        }
+        // Everything the request names is checked before anything is made.
+        validate::check_mounts(&config)?;
+        if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
+            validate::check_resources(r, "CreateContainer: linux")?;
         }
         // Held until the container is recorded: a concurrent StopPodSandbox then sees it.
         let _locked = self.lock_sandbox(sandbox_id.as_str()).await;
@@ -45,6 +51,7 @@ impl RuntimeApi {
             )));
         }
         let sandbox_meta = SandboxMeta::of(&sandbox);
+        let log_path = validate::log_path(&sandbox_meta.log_directory, &config.log_path)?;
         let id = ContainerId::new(new_id()?)?;
         let reservation = self.names.reserve(
             "container",
@@ -65,9 +72,17 @@ impl RuntimeApi {
         let image = self.store.status(&requested)?.ok_or_else(|| {
             CriError::NotFound(format!("image {requested:?} not found: pull it first"))
         })?;
+        let mut spec = container_spec(&config, &image, &sandbox, &sandbox_meta)?;
+        if let Some(target) = self.pid_target(&config, &sandbox_id)? {
+            spec.namespaces.pid = PidMode::Target(target);
+        }
+        // kubelet makes the pod's log directory; the container's may be new.
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                CriError::Internal(format!("creating log directory {}: {e}", dir.display()))
+            })?;
+        }
         let (rootfs_lower, tree_lease) = self.lease_tree(&image, &id).await?;
-
-        let log_path = log_path(&sandbox_meta.log_directory, &config.log_path)?;
         let meta = ContainerMeta {
             version: 1,
             sandbox_id: sandbox_id.to_string(),
@@ -99,11 +114,13 @@ impl RuntimeApi {
                     propagation: m.propagation,
                 })
                 .collect(),
+            resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
+            config: Some(config.clone()),
         };
         let request = CreateRequest {
             id: id.clone(),
             handler: sandbox_meta.runtime_handler.clone(),
-            spec: container_spec(&config, &image, &sandbox, &sandbox_meta)?,
+            spec,
             rootfs_lower,
             log_path,
             client_data: to_json(&meta),
@@ -122,6 +139,38 @@ impl RuntimeApi {
                 Err(err)
             }
         }
+    }
+
+    /// The PID namespace to join for CRI's `TARGET` mode: the target container's, which
+    /// must be running in the same pod. Other modes follow the pod's.
+    fn pid_target(
+        &self,
+        config: &ContainerConfig,
+        sandbox_id: &rootstock_runtime::SandboxId,
+    ) -> Result<Option<PathBuf>, CriError> {
+        let ns = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref());
+        let Some(ns) = ns.filter(|ns| ns.pid == NamespaceMode::Target as i32) else {
+            return Ok(None);
+        };
+        if ns.target_id.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "CreateContainer: linux.security_context.namespace_options.target_id is empty \
+                 (PID mode TARGET needs the container to share with)"
+                    .to_owned(),
+            ));
+        }
+        let target = self.container_id(&ns.target_id)?;
+        let info = self.rt.container(&target)?;
+        if ContainerMeta::of(&info).sandbox_id != sandbox_id.as_str() {
+            return Err(CriError::InvalidArgument(format!(
+                "CreateContainer: namespace_options.target_id {target} is in another pod"
+            )));
+        }
+        Ok(Some(self.rt.pid_namespace_of(&target)?))
     }
 
     /// Leases the image's flattened root filesystem for the container's lifetime, under the
@@ -148,28 +197,6 @@ impl RuntimeApi {
             tracing::warn!(lease, "releasing the image tree lease: {e}");
         }
     }
-}
-
-/// The CRI log path: `log_directory` joined with the container's `log_path`, absolute, its
-/// directory created (kubelet makes the pod's directory, the container's may be new). With
-/// no log requested (a bare client), output is discarded.
-fn log_path(log_directory: &str, log_path: &str) -> Result<PathBuf, CriError> {
-    if log_path.is_empty() {
-        return Ok(PathBuf::from("/dev/null"));
-    }
-    let path = Path::new(log_directory).join(log_path);
-    if !path.is_absolute() {
-        return Err(CriError::InvalidArgument(format!(
-            "log path {} is not absolute (sandbox log_directory {log_directory:?})",
-            path.display()
-        )));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            CriError::Internal(format!("creating log directory {}: {e}", dir.display()))
-        })?;
-    }
-    Ok(path)
 }
 
 /// The image's `StopSignal` (`SIGQUIT`, `QUIT` or `3`), else SIGTERM.
@@ -241,6 +268,24 @@ fn container_spec(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
+        devices: config
+            .devices
+            .iter()
+            .map(|d| DeviceRequest {
+                container_path: PathBuf::from(&d.container_path),
+                host_path: PathBuf::from(&d.host_path),
+                permissions: d.permissions.clone(),
+            })
+            .collect(),
+        cdi_devices: rootstock_runtime::cdi::requested(
+            config.cdi_devices.iter().map(|d| d.name.as_str()),
+            config
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        ),
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
     })
 }
 
@@ -422,11 +467,5 @@ mod tests {
         );
         assert!(profile("seccomp", Some(&sp(ProfileType::Unconfined, "/x")), "").is_err());
         assert!(profile("seccomp", Some(&sp(ProfileType::Localhost, "")), "").is_err());
-    }
-
-    #[test]
-    fn log_path_is_joined_and_empty_means_discard() {
-        assert_eq!(log_path("", "").ok(), Some(PathBuf::from("/dev/null")));
-        assert!(log_path("", "relative.log").is_err());
     }
 }

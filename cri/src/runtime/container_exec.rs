@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
-use rootstock_runtime::ContainerId;
 use rootstock_runtime::oci::ExecRequest;
 
 use super::{RuntimeApi, blocking};
@@ -16,7 +15,7 @@ impl RuntimeApi {
         &self,
         req: ExecSyncRequest,
     ) -> Result<ExecSyncResponse, CriError> {
-        let id = ContainerId::new(req.container_id)?;
+        let id = self.container_id(&req.container_id)?;
         if req.cmd.is_empty() {
             return Err(CriError::InvalidArgument(
                 "ExecSync: no command given".to_owned(),

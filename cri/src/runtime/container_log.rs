@@ -1,7 +1,6 @@
 //! ReopenContainerLog: kubelet's log rotation renamed the file; the monitor reopens the path.
 
 use k8s_cri::v1::{ReopenContainerLogRequest, ReopenContainerLogResponse};
-use rootstock_runtime::ContainerId;
 
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
@@ -11,7 +10,7 @@ impl RuntimeApi {
         &self,
         req: ReopenContainerLogRequest,
     ) -> Result<ReopenContainerLogResponse, CriError> {
-        let id = ContainerId::new(req.container_id)?;
+        let id = self.container_id(&req.container_id)?;
         let rt = self.rt.clone();
         blocking(move || rt.reopen_container_log(&id)).await?;
         Ok(ReopenContainerLogResponse {})

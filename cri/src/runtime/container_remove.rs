@@ -14,15 +14,20 @@ impl RuntimeApi {
         &self,
         req: RemoveContainerRequest,
     ) -> Result<RemoveContainerResponse, CriError> {
-        let id = ContainerId::new(req.container_id)?;
-        self.remove_container_by_id(&id).await?;
+        // CRI: removing an unknown container is OK.
+        if let Some(id) = self.known_container_id(&req.container_id)? {
+            self.remove_container_by_id(&id).await?;
+        }
         Ok(RemoveContainerResponse {})
     }
 
     /// Shared with RemovePodSandbox.
     pub(super) async fn remove_container_by_id(&self, id: &ContainerId) -> Result<(), CriError> {
-        let Ok(info) = self.rt.container(id) else {
-            return Ok(());
+        let info = match self.rt.container(id) {
+            Ok(info) => info,
+            // Removed meanwhile: done. Any other failure is reported.
+            Err(e) if e.kind() == rootstock_runtime::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
         };
         let meta = ContainerMeta::of(&info);
         let rt = self.rt.clone();

@@ -1,7 +1,6 @@
 //! StartContainer: the OCI runtime's `start`; Running is persisted before the reply.
 
 use k8s_cri::v1::{StartContainerRequest, StartContainerResponse};
-use rootstock_runtime::ContainerId;
 
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
@@ -11,7 +10,7 @@ impl RuntimeApi {
         &self,
         req: StartContainerRequest,
     ) -> Result<StartContainerResponse, CriError> {
-        let id = ContainerId::new(req.container_id)?;
+        let id = self.container_id(&req.container_id)?;
         let rt = self.rt.clone();
         blocking(move || rt.start_container(&id)).await?;
         Ok(StartContainerResponse {})

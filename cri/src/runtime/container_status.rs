@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1::{
-    Container, ContainerState as CriState, ContainerStatus, ContainerStatusRequest,
-    ContainerStatusResponse, ImageSpec, ListContainersRequest, ListContainersResponse,
+    Container, ContainerResources, ContainerState as CriState, ContainerStatus,
+    ContainerStatusRequest, ContainerStatusResponse, ImageSpec, ListContainersRequest,
+    ListContainersResponse,
 };
-use rootstock_runtime::{ContainerId, ContainerInfo, ContainerState};
+use rootstock_runtime::{ContainerInfo, ContainerState, ExitReason};
 
 use super::meta::ContainerMeta;
 use super::{RuntimeApi, labels_match};
@@ -18,7 +19,7 @@ impl RuntimeApi {
         &self,
         req: ContainerStatusRequest,
     ) -> Result<ContainerStatusResponse, CriError> {
-        let id = ContainerId::new(req.container_id)?;
+        let id = self.container_id(&req.container_id)?;
         let info = self.rt.container(&id)?;
         let meta = ContainerMeta::of(&info);
         let rec = &info.record;
@@ -32,12 +33,20 @@ impl RuntimeApi {
         };
         let mut info_map = HashMap::new();
         if req.verbose {
-            // crictl decodes every info value as a JSON object.
+            // containerd's keys (`crictl inspect -o go-template` scripts read them), then
+            // ours. crictl decodes every info value as a JSON object.
+            let runtime_spec = self.rt.container_spec(&id).unwrap_or_else(|e| {
+                tracing::debug!(container = %id, "verbose status: {e}");
+                serde_json::Value::Null
+            });
             let verbose = serde_json::json!({
-                "id": id.as_str(),
                 "sandboxID": meta.sandbox_id,
                 "pid": rec.init_pid,
-                "handler": rec.handler,
+                "removing": false,
+                "runtimeType": rec.handler,
+                "config": meta.config,
+                "runtimeSpec": runtime_spec,
+                "id": id.as_str(),
                 "cgroupPath": rec.cgroup_path,
                 "runDir": info.run_dir,
                 "rootfs": info.rootfs,
@@ -45,6 +54,15 @@ impl RuntimeApi {
             });
             info_map.insert("info".to_owned(), verbose.to_string());
         }
+        // Said where the reason alone does not explain the state.
+        let message = match rec.state {
+            ContainerState::Exited(exit) if exit.reason == ExitReason::Unknown => {
+                "the container's exit was not observed (its monitor was lost or the node \
+                 rebooted); the exit code is unknown"
+                    .to_owned()
+            }
+            _ => String::new(),
+        };
         Ok(ContainerStatusResponse {
             status: Some(ContainerStatus {
                 id: id.to_string(),
@@ -54,13 +72,21 @@ impl RuntimeApi {
                 started_at: rec.started_at_unix_nanos.unwrap_or_default(),
                 finished_at,
                 exit_code,
-                image: Some(image_spec(&meta.image_tag)),
+                // The first repo tag, for display (kubelet shows it as the pod's image).
+                image: Some(ImageSpec {
+                    image: meta.image_tag.clone(),
+                    user_specified_image: meta.image_requested.clone(),
+                    ..ImageSpec::default()
+                }),
                 image_ref: meta.image_ref.clone(),
                 reason,
-                message: String::new(),
+                message,
                 mounts: meta.mounts.iter().map(|m| m.to_cri()).collect(),
                 log_path: log_path(&info),
-                resources: None,
+                resources: meta.resources.clone().map(|linux| ContainerResources {
+                    linux: Some(linux),
+                    windows: None,
+                }),
                 image_id: meta.image_id.clone(),
                 user: None,
                 labels: meta.labels,
@@ -74,7 +100,9 @@ impl RuntimeApi {
         &self,
         req: ListContainersRequest,
     ) -> Result<ListContainersResponse, CriError> {
-        let filter = req.filter.unwrap_or_default();
+        let mut filter = req.filter.unwrap_or_default();
+        filter.id = self.container_filter(&filter.id)?;
+        filter.pod_sandbox_id = self.sandbox_filter(&filter.pod_sandbox_id)?;
         let containers = self
             .rt
             .list_containers()
@@ -95,7 +123,14 @@ impl RuntimeApi {
                     id: c.record.id.to_string(),
                     pod_sandbox_id: meta.sandbox_id.clone(),
                     metadata: Some(meta.metadata()),
-                    image: Some(image_spec(&meta.image_tag)),
+                    // The image id, never a tag: `crictl rmi --prune` resolves this with
+                    // ImageStatus to keep the image in use, and a tag may have moved to a
+                    // newer image since (kubelet's own config names the id, too).
+                    image: Some(ImageSpec {
+                        image: meta.image_id.clone(),
+                        user_specified_image: meta.image_requested.clone(),
+                        ..ImageSpec::default()
+                    }),
                     image_ref: meta.image_ref.clone(),
                     state: cri_state(&c.record.state) as i32,
                     created_at: c.record.created_at_unix_nanos,
@@ -115,13 +150,6 @@ fn cri_state(state: &ContainerState) -> CriState {
         ContainerState::Running => CriState::ContainerRunning,
         ContainerState::Exited(_) => CriState::ContainerExited,
         ContainerState::Unknown => CriState::ContainerUnknown,
-    }
-}
-
-fn image_spec(image: &str) -> ImageSpec {
-    ImageSpec {
-        image: image.to_owned(),
-        ..ImageSpec::default()
     }
 }
 

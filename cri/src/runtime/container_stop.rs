@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use k8s_cri::v1::{StopContainerRequest, StopContainerResponse};
-use rootstock_runtime::ContainerId;
 
 use super::meta::ContainerMeta;
 use super::{RuntimeApi, blocking};
@@ -18,9 +17,16 @@ impl RuntimeApi {
         &self,
         req: StopContainerRequest,
     ) -> Result<StopContainerResponse, CriError> {
-        let id = ContainerId::new(req.container_id)?;
-        let Ok(info) = self.rt.container(&id) else {
+        // CRI: stopping an unknown container is OK; any other failure is reported.
+        let Some(id) = self.known_container_id(&req.container_id)? else {
             return Ok(StopContainerResponse {});
+        };
+        let info = match self.rt.container(&id) {
+            Ok(info) => info,
+            Err(e) if e.kind() == rootstock_runtime::ErrorKind::NotFound => {
+                return Ok(StopContainerResponse {});
+            }
+            Err(e) => return Err(e.into()),
         };
         let signal = match ContainerMeta::of(&info).stop_signal {
             0 => DEFAULT_STOP_SIGNAL,

@@ -43,9 +43,10 @@ impl RuntimeApi {
         // crictl >= 1.30 decodes every info value as a JSON object and drops anything else.
         let mut info = HashMap::new();
         if req.verbose {
-            let config = serde_json::to_string(&*self.config)
+            let mut config = serde_json::to_value(&*self.config)
                 .map_err(|e| CriError::Internal(format!("encoding the configuration: {e}")))?;
-            info.insert("config".to_owned(), config);
+            redact(&mut config);
+            info.insert("config".to_owned(), config.to_string());
             let cni = serde_json::json!({
                 "ready": network.ready,
                 "network": network.network,
@@ -73,6 +74,42 @@ impl RuntimeApi {
         })
     }
 
+    /// kubelet sends the node's pod CIDR on every node-status sync once `podCIDR` is set.
+    /// The CNI configuration already carries the pod network, so the CIDR is only checked
+    /// and recorded (logged when it changes), as containerd does without a conf template.
+    pub(super) fn update_config(
+        &self,
+        req: UpdateRuntimeConfigRequest,
+    ) -> Result<UpdateRuntimeConfigResponse, CriError> {
+        let cidr = req
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        for part in cidr.split(',').filter(|p| !p.trim().is_empty()) {
+            let valid = part.trim().split_once('/').is_some_and(|(ip, len)| {
+                let len = len.parse::<u8>().ok();
+                match ip.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(_)) => len.is_some_and(|l| l <= 32),
+                    Ok(std::net::IpAddr::V6(_)) => len.is_some_and(|l| l <= 128),
+                    Err(_) => false,
+                }
+            });
+            if !valid {
+                return Err(CriError::InvalidArgument(format!(
+                    "UpdateRuntimeConfig: runtime_config.network_config.pod_cidr {cidr:?}: \
+                     {part:?} is not an address/prefix-length CIDR"
+                )));
+            }
+        }
+        let mut current = self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != cidr {
+            tracing::info!(pod_cidr = %cidr, "pod CIDR from kubelet");
+            *current = cidr;
+        }
+        Ok(UpdateRuntimeConfigResponse {})
+    }
+
     pub(super) fn cgroup_config(&self) -> Result<RuntimeConfigResponse, CriError> {
         let cgroup_driver = match self.config.cgroup_driver {
             CgroupDriver::Cgroupfs => k8s_cri::v1::CgroupDriver::Cgroupfs,
@@ -83,5 +120,55 @@ impl RuntimeApi {
                 cgroup_driver: cgroup_driver.into(),
             }),
         })
+    }
+}
+
+/// Keys whose values are secrets, wherever they sit in the configuration (registry
+/// `password` and `auth` today; token-like names for what a later section may add).
+const SECRET_KEYS: [&str; 6] = [
+    "password",
+    "auth",
+    "token",
+    "identity_token",
+    "registry_token",
+    "secret",
+];
+
+/// Replaces every secret value of `value` (anyone allowed on the socket may read
+/// `crictl info`; a registry password must not be shown).
+fn redact(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()) && !v.is_null() {
+                    *v = serde_json::Value::String("<redacted>".to_owned());
+                } else {
+                    redact(v);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth() {
+        let mut v = serde_json::json!({
+            "images": {"registries": {"r:5000": {
+                "username": "u", "password": "hunter2", "auth": "dTpo", "mirrors": ["m"]
+            }}},
+            "list": [{"token": "t"}]
+        });
+        redact(&mut v);
+        let text = v.to_string();
+        for secret in ["hunter2", "dTpo", "\"t\""] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("\"username\":\"u\""), "{text}");
     }
 }

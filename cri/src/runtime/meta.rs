@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use k8s_cri::v1::{ContainerMetadata, Mount, NamespaceOption, PodSandboxMetadata};
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, LinuxContainerResources, Mount, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata,
+};
 use rootstock_runtime::{ContainerInfo, SandboxInfo};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,8 @@ pub(super) struct SandboxMeta {
     /// Whether rootstock chose (and so must remove) `cgroup_parent`: kubelet owns the ones
     /// it sends.
     pub own_cgroup: bool,
+    /// The config as given (verbose PodSandboxStatus `config`, as containerd shows it).
+    pub config: Option<PodSandboxConfig>,
 }
 
 impl SandboxMeta {
@@ -129,6 +134,11 @@ pub(super) struct ContainerMeta {
     /// Signal StopContainer sends first (from the image's `StopSignal`).
     pub stop_signal: i32,
     pub mounts: Vec<MountMeta>,
+    /// The config as given (verbose ContainerStatus `config`, as containerd shows it).
+    pub config: Option<ContainerConfig>,
+    /// The limits in force: as created, then as updated (ContainerStatus `resources`, which
+    /// kubelet's in-place resize compares with what it asked for).
+    pub resources: Option<LinuxContainerResources>,
 }
 
 impl ContainerMeta {

@@ -14,6 +14,7 @@ mod container_start;
 mod container_status;
 mod container_stop;
 mod container_update;
+mod ids;
 mod info;
 mod meta;
 mod names;
@@ -22,6 +23,7 @@ mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
 mod stats;
+mod validate;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -59,6 +61,8 @@ pub struct RuntimeApi {
     pod_ips: Arc<Mutex<HashMap<String, Vec<String>>>>,
     /// The previous CPU sample of each container and pod, for `usage_nano_cores`.
     cpu_rates: Arc<CpuRates>,
+    /// The node's pod CIDR as kubelet last sent it (UpdateRuntimeConfig).
+    pod_cidr: Arc<Mutex<String>>,
 }
 
 impl RuntimeApi {
@@ -79,6 +83,7 @@ impl RuntimeApi {
             sandbox_locks: Arc::default(),
             pod_ips: Arc::default(),
             cpu_rates: Arc::default(),
+            pod_cidr: Arc::default(),
         }
     }
 
@@ -169,9 +174,9 @@ impl RuntimeService for RuntimeApi {
 
     async fn update_runtime_config(
         &self,
-        _req: Request<UpdateRuntimeConfigRequest>,
+        req: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        not_yet("UpdateRuntimeConfig")
+        reply(self.update_config(req.into_inner()))
     }
 
     async fn run_pod_sandbox(

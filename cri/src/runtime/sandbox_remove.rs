@@ -3,7 +3,6 @@
 //! unknown id is OK (CRI; critest `idempotence.go`).
 
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
-use rootstock_runtime::SandboxId;
 use rootstock_runtime::cgroup::CgroupLayout;
 
 use super::meta::SandboxMeta;
@@ -15,7 +14,7 @@ impl RuntimeApi {
         &self,
         req: RemovePodSandboxRequest,
     ) -> Result<RemovePodSandboxResponse, CriError> {
-        let id = SandboxId::new(req.pod_sandbox_id)?;
+        let id = self.sandbox_id_or_given(&req.pod_sandbox_id)?;
         let locked = self.lock_sandbox(id.as_str()).await;
         let meta = self.rt.sandbox(&id).ok().map(|info| SandboxMeta::of(&info));
         for c in self.containers_of(&id) {

@@ -146,6 +146,7 @@ fn sandbox_meta(
             )));
         }
     }
+    check_hostname(&config.hostname)?;
     let linux = config.linux.clone().unwrap_or_default();
     let ns = namespace_options(&linux);
     let mut meta = SandboxMeta::new(metadata);
@@ -157,6 +158,7 @@ fn sandbox_meta(
     meta.pid_mode = ns.pid;
     meta.ipc_mode = ns.ipc;
     meta.target_id = ns.target_id;
+    meta.config = Some(config.clone());
     // kubelet always sends its pod cgroup; a bare client (crictl without one) gets a pod
     // cgroup of rootstock's own, which rootstock then also removes.
     if linux.cgroup_parent.is_empty() {
@@ -166,6 +168,29 @@ fn sandbox_meta(
         meta.cgroup_parent = linux.cgroup_parent;
     }
     Ok(meta)
+}
+
+/// A hostname the kernel accepts and kubelet could send (a DNS name of at most 64 bytes,
+/// `HOST_NAME_MAX`): anything else would fail `sethostname` deep inside the sandbox set-up.
+fn check_hostname(hostname: &str) -> Result<(), CriError> {
+    let bad = |why: &str| {
+        Err(CriError::InvalidArgument(format!(
+            "RunPodSandbox: config.hostname {hostname:?} {why}"
+        )))
+    };
+    if hostname.len() > 64 {
+        return bad(&format!(
+            "is {} bytes long; at most 64 are allowed",
+            hostname.len()
+        ));
+    }
+    if !hostname
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return bad("may only hold ASCII letters, digits, '-', '.' and '_'");
+    }
+    Ok(())
 }
 
 fn namespace_options(linux: &LinuxPodSandboxConfig) -> k8s_cri::v1::NamespaceOption {
@@ -185,14 +210,11 @@ fn sandbox_spec(config: &PodSandboxConfig, meta: &SandboxMeta, id: &SandboxId) -
         Ok(NamespaceMode::Pod) => SandboxPidMode::Pod,
         _ => SandboxPidMode::Container,
     };
-    let hostname = if config.hostname.is_empty() {
-        meta.name.clone()
-    } else {
-        config.hostname.clone()
-    };
     SandboxSpec {
         id: id.clone(),
-        hostname,
+        // Empty: the node's hostname, as containerd (the pod name can be longer than a
+        // hostname may be).
+        hostname: config.hostname.clone(),
         host_network: meta.network_mode == node,
         host_ipc: meta.ipc_mode == node,
         pid,

@@ -19,30 +19,43 @@ impl RuntimeApi {
         &self,
         req: PodSandboxStatusRequest,
     ) -> Result<PodSandboxStatusResponse, CriError> {
-        let id = SandboxId::new(req.pod_sandbox_id)?;
+        let id = self.sandbox_id(&req.pod_sandbox_id)?;
         let info = self.rt.sandbox(&id)?;
         let meta = SandboxMeta::of(&info);
         let ready = info.record.state == SandboxState::Ready;
-        let network = if info.record.host_network || !ready {
-            None
+        // Always present, empty for hostNetwork or a stopped pod: kubelet logs an error at
+        // every status read of a sandbox without one (containerd also always sets it).
+        let ips = if info.record.host_network || !ready {
+            Vec::new()
         } else {
-            let ips = self.ips_of(&id).await?;
-            let mut ips = ips.into_iter();
-            Some(PodSandboxNetworkStatus {
-                ip: ips.next().unwrap_or_default(),
-                additional_ips: ips.map(|ip| PodIp { ip }).collect(),
-            })
+            self.ips_of(&id).await?
         };
+        let mut ips = ips.into_iter();
+        let network = Some(PodSandboxNetworkStatus {
+            ip: ips.next().unwrap_or_default(),
+            additional_ips: ips.map(|ip| PodIp { ip }).collect(),
+        });
         let mut info_map = HashMap::new();
         if req.verbose {
+            // containerd's keys first (`cniResult`, `runtimeSpec`, `config`), then ours.
             // crictl decodes every info value as a JSON object.
+            let cni_result = match self.cni.attachment(id.as_str()).await {
+                Ok(a) => a.map(|a| serde_json::json!({"network": a.network, "result": a.result})),
+                Err(e) => {
+                    tracing::debug!(sandbox = %id, "verbose status: CNI result: {e}");
+                    None
+                }
+            };
             let verbose = serde_json::json!({
+                "pid": info.record.pod_init.map(|p| p.pid).unwrap_or_default(),
+                "cniResult": cni_result,
+                "runtimeSpec": info.runtime_spec(&meta.cgroup_parent, &meta.annotations),
+                "config": meta.config,
+                "runtimeHandler": meta.runtime_handler,
                 "id": id.as_str(),
                 "state": format!("{:?}", info.record.state),
                 "hostname": info.record.hostname,
-                "pid": info.record.pod_init.map(|p| p.pid),
                 "netnsPath": info.netns_path(),
-                "runtimeHandler": meta.runtime_handler,
                 "cgroupParent": meta.cgroup_parent,
                 "stateDir": info.dir,
             });
@@ -89,7 +102,8 @@ impl RuntimeApi {
         &self,
         req: ListPodSandboxRequest,
     ) -> Result<ListPodSandboxResponse, CriError> {
-        let filter = req.filter.unwrap_or_default();
+        let mut filter = req.filter.unwrap_or_default();
+        filter.id = self.sandbox_filter(&filter.id)?;
         let items = self
             .rt
             .list_sandboxes()

@@ -14,7 +14,7 @@ impl RuntimeApi {
         &self,
         req: StopPodSandboxRequest,
     ) -> Result<StopPodSandboxResponse, CriError> {
-        let id = SandboxId::new(req.pod_sandbox_id)?;
+        let id = self.sandbox_id_or_given(&req.pod_sandbox_id)?;
         let _locked = self.lock_sandbox(id.as_str()).await;
         self.stop_sandbox_by_id(&id).await?;
         Ok(StopPodSandboxResponse {})

@@ -19,7 +19,7 @@ use std::path::Path;
 
 use rootstock_cni::netns::{self, InterfaceStats};
 use rootstock_runtime::stats::{CgroupUsage, CpuRates};
-use rootstock_runtime::{ContainerId, ContainerInfo, ContainerState, SandboxId, SandboxInfo};
+use rootstock_runtime::{ContainerInfo, ContainerState, SandboxInfo};
 
 use super::meta::{ContainerMeta, SandboxMeta};
 use super::{RuntimeApi, labels_match};
@@ -151,7 +151,7 @@ impl RuntimeApi {
         &self,
         req: ContainerStatsRequest,
     ) -> Result<ContainerStatsResponse, CriError> {
-        let id = ContainerId::new(req.container_id)?;
+        let id = self.container_id(&req.container_id)?;
         let info = self.rt.container(&id)?;
         let (stats, _) = self.one_container_stats(&info)?;
         Ok(ContainerStatsResponse { stats: Some(stats) })
@@ -161,7 +161,9 @@ impl RuntimeApi {
         &self,
         req: ListContainerStatsRequest,
     ) -> Result<ListContainerStatsResponse, CriError> {
-        let filter = req.filter.unwrap_or_default();
+        let mut filter = req.filter.unwrap_or_default();
+        filter.id = self.container_filter(&filter.id)?;
+        filter.pod_sandbox_id = self.sandbox_filter(&filter.pod_sandbox_id)?;
         let mut stats = Vec::new();
         for c in self.running_containers() {
             if !filter.id.is_empty() && c.record.id.as_str() != filter.id {
@@ -176,7 +178,7 @@ impl RuntimeApi {
             match self.one_container_stats(&c) {
                 Ok((s, _)) => stats.push(s),
                 // Removed between the listing and the read: not an error for a list.
-                Err(CriError::NotFound(_)) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -197,7 +199,7 @@ impl RuntimeApi {
                     add(&mut sum, &u);
                     containers.push(s);
                 }
-                Err(CriError::NotFound(_)) => {}
+                Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
             }
         }
@@ -235,7 +237,7 @@ impl RuntimeApi {
         &self,
         req: PodSandboxStatsRequest,
     ) -> Result<PodSandboxStatsResponse, CriError> {
-        let id = SandboxId::new(req.pod_sandbox_id)?;
+        let id = self.sandbox_id(&req.pod_sandbox_id)?;
         let sandbox = self.rt.sandbox(&id)?;
         Ok(PodSandboxStatsResponse {
             stats: Some(self.one_sandbox_stats(&sandbox)?),
@@ -246,7 +248,8 @@ impl RuntimeApi {
         &self,
         req: ListPodSandboxStatsRequest,
     ) -> Result<ListPodSandboxStatsResponse, CriError> {
-        let filter = req.filter.unwrap_or_default();
+        let mut filter = req.filter.unwrap_or_default();
+        filter.id = self.sandbox_filter(&filter.id)?;
         let mut stats = Vec::new();
         for sandbox in self.rt.list_sandboxes() {
             if !filter.id.is_empty() && sandbox.record.id.as_str() != filter.id {
@@ -255,7 +258,12 @@ impl RuntimeApi {
             if !labels_match(&SandboxMeta::of(&sandbox).labels, &filter.label_selector) {
                 continue;
             }
-            stats.push(self.one_sandbox_stats(&sandbox)?);
+            match self.one_sandbox_stats(&sandbox) {
+                Ok(s) => stats.push(s),
+                // Removed between the listing and the read: not an error for a list.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(ListPodSandboxStatsResponse { stats })
     }

@@ -29,7 +29,9 @@ use rootstock_runtime::cgroup::CgroupLayout;
 use rootstock_runtime::crilog::{self, CriLogFile, Stream};
 use rootstock_runtime::monitor::{
     CONSOLE_SOCKET_FILE, EXIT_FILE, ExitRecord, INIT_PID_FILE, MonitorArgs, RUNTIME_LOG_FILE,
+    STDIN_SOCKET_FILE,
 };
+use rootstock_runtime::stdin::StdinRelay;
 use rootstock_runtime::util;
 
 /// How long output is still drained after init exited. Processes that inherited the pipes
@@ -127,8 +129,13 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
             }
             None => PollTimeout::NONE,
         };
-        let (sig_ready, out_ready, err_ready) = {
+        let (sig_ready, out_ready, err_ready, stdin_ready) = {
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let stdin_slots = container
+                .stdin
+                .as_ref()
+                .map(|s| s.register(&mut fds))
+                .unwrap_or_default();
             let ready_mask = PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR;
             let out_idx = container.out.as_ref().map(|p| {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
@@ -146,8 +153,16 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
                 i.and_then(|i| fds[i].revents())
                     .is_some_and(|r| r.intersects(ready_mask))
             };
-            (ready(Some(0)), ready(out_idx), ready(err_idx))
+            (
+                ready(Some(0)),
+                ready(out_idx),
+                ready(err_idx),
+                stdin_slots.ready(&fds),
+            )
         };
+        if let Some(relay) = container.stdin.as_mut() {
+            relay.service(stdin_ready);
+        }
         if out_ready {
             pump(&mut container.out, Stream::Stdout, &mut log);
         }
@@ -204,6 +219,8 @@ struct Container {
     err: Option<File>,
     /// (exit code, signal, time) once init has been reaped.
     exit: Option<(i32, Option<i32>, i64)>,
+    /// The container's stdin, when it asked for one.
+    stdin: Option<StdinRelay>,
 }
 
 impl Container {
@@ -291,6 +308,7 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
     } else {
         None
     };
+    let stdin = open_stdin(args)?;
     let mut cmd = Command::new(&args.runtime);
     cmd.arg("--root")
         .arg(&args.runtime_root)
@@ -306,10 +324,17 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
     if let Some((_, path)) = &console {
         cmd.arg("--console-socket").arg(path);
     }
-    cmd.arg(&args.id)
-        .stdin(Stdio::null())
-        .stdout(out_w)
-        .stderr(err_w);
+    cmd.arg(&args.id).stdout(out_w).stderr(err_w);
+    let stdin_writer = match stdin {
+        Some((reader, writer, listener)) => {
+            cmd.stdin(reader);
+            Some((writer, listener))
+        }
+        None => {
+            cmd.stdin(Stdio::null());
+            None
+        }
+    };
     let spawned = cmd.spawn();
     // Drop our copies of the write ends (held by the Command): from here on only the
     // container holds them, so EOF means the container's side is closed.
@@ -348,16 +373,52 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
             Some(File::from(std::os::fd::OwnedFd::from(err_r))),
         ),
     };
+    let stdin = stdin_writer
+        .map(|(writer, listener)| stdin_relay(args, writer, listener, out.as_ref()))
+        .transpose()?;
     let mut container = Container {
         init_pid,
         out,
         err,
         exit: None,
+        stdin,
     };
     // `create` exited: its SIGCHLD is pending; nothing else of ours can have exited yet,
     // but reaping now keeps the loop's invariant simple.
     container.reap();
     Ok((container, sfd, log))
+}
+
+/// With CRI `stdin`: the pipe the container reads, and the socket clients write to
+/// (see `rootstock_runtime::stdin`).
+fn open_stdin(
+    args: &MonitorArgs,
+) -> Result<Option<(io::PipeReader, io::PipeWriter, UnixListener)>, String> {
+    if !args.stdin {
+        return Ok(None);
+    }
+    let (reader, writer) = io::pipe().map_err(|e| format!("monitor: stdin pipe: {e}"))?;
+    let _ = fs::remove_file(STDIN_SOCKET_FILE);
+    let listener = UnixListener::bind(STDIN_SOCKET_FILE)
+        .map_err(|e| format!("monitor: bind {STDIN_SOCKET_FILE}: {e}"))?;
+    Ok(Some((reader, writer, listener)))
+}
+
+/// The relay that keeps the container's stdin open and feeds it: into the pipe, or with a
+/// terminal into the pty master (the container's stdin is then the pty).
+fn stdin_relay(
+    args: &MonitorArgs,
+    writer: io::PipeWriter,
+    listener: UnixListener,
+    pty_master: Option<&File>,
+) -> Result<StdinRelay, String> {
+    let sink = match pty_master {
+        Some(master) if args.tty => master
+            .try_clone()
+            .map_err(|e| format!("monitor: stdin to the terminal: {e}"))?,
+        _ => File::from(std::os::fd::OwnedFd::from(writer)),
+    };
+    StdinRelay::new(listener, sink, args.stdin_once).map_err(|e| format!("monitor: stdin: {e}"))
 }
 
 /// Accepts the runtime's connection on the console socket and takes the pty master it sent
