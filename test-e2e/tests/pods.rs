@@ -194,7 +194,7 @@ async fn default_pod_has_no_process_of_its_own_and_pulls_nothing() {
     }
     let status = pod_status(&mut rt, &id).await;
     let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    assert!(info["pid"].is_null(), "a default pod has no init: {info}");
+    assert_eq!(info["pid"], 0, "a default pod has no init: {info}");
     // Nor anything in its cgroup (created only when its first container is).
     let cgroup = info["cgroupParent"].as_str().unwrap().to_owned();
     let procs = std::fs::read_to_string(format!("/sys/fs/cgroup/pids{cgroup}/cgroup.procs"))
@@ -815,7 +815,7 @@ async fn the_same_pod_runs_with_the_crun_handler() {
         .unwrap()
         .into_inner();
     let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    assert_eq!(info["handler"], "crun");
+    assert_eq!(info["runtimeType"], "crun");
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }
