@@ -34,14 +34,15 @@ pub mod reference;
 pub mod registry;
 mod render;
 pub mod store;
+mod tarstream;
 pub mod unpack;
 pub mod verify;
 
 pub use config::{ImagesConfig, RegistryConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use layer::{BlobLayerSink, LayerInput, LayerSink};
+pub use layer::{BlobLayerSink, ImageBudget, LayerInput, LayerSink};
 pub use manifest::RuntimeConfig;
 pub use reference::{ChainId, Digest, ImageLookup, ImageRef, ReferenceError};
 pub use registry::Credentials;
 pub use store::{FsUsage, Image, ImageStore, ImageUser};
-pub use unpack::TreeLayerSink;
+pub use unpack::{SinkLimits, TreeLayerSink};
