@@ -52,6 +52,7 @@ fn sandbox_spec(name: &str, host_network: bool) -> SandboxSpec {
                 "80".to_owned(),
             )])
         },
+        cgroup_parent: String::new(),
         client_data: serde_json::Value::Null,
     }
 }
