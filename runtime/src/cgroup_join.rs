@@ -144,7 +144,10 @@ mod tests {
             clean_cgroup_parent("/kubepods/burstable/pod1").unwrap(),
             "/kubepods/burstable/pod1"
         );
-        assert_eq!(clean_cgroup_parent("kubepods//./pod1/").unwrap(), "/kubepods/pod1");
+        assert_eq!(
+            clean_cgroup_parent("kubepods//./pod1/").unwrap(),
+            "/kubepods/pod1"
+        );
         for bad in ["../../x", "/kubepods/../../x", "/", "", "a\0b", "/a/.."] {
             let err = clean_cgroup_parent(bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");

@@ -158,10 +158,8 @@ fn pod_init(args: &[String]) -> Result<(), String> {
         let cg = clean_cgroup_parent(cg).map_err(|e| e.to_string())?;
         CgroupLayout::detect().enter(&cg, 0)?;
     }
-    nix::sched::unshare(
-        nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWNS,
-    )
-    .map_err(|e| format!("unshare pid and mount namespaces: {e}"))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare pid and mount namespaces: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("own binary: {e}"))?;
     let exe = CString::new(exe.as_os_str().as_bytes()).map_err(|e| format!("own binary: {e}"))?;
     let argv0 = CString::new(PAUSE_ARGV0).map_err(|e| e.to_string())?;

@@ -1178,7 +1178,10 @@ mod tests {
         assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         s.security.privileged = true;
         let json = serde_json::to_value(build(&id, &s, dir.path(), &host).unwrap().spec).unwrap();
-        assert!(json["linux"].get("seccomp").is_none(), "privileged: unconfined");
+        assert!(
+            json["linux"].get("seccomp").is_none(),
+            "privileged: unconfined"
+        );
         s.security.privileged = false;
 
         for bad in [

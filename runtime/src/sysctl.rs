@@ -31,11 +31,7 @@ const IPC_NAMES: [&str; 8] = [
 
 /// Checks one pod sysctl; the error names it and says why.
 pub fn check(name: &str, value: &str, own: OwnNamespaces) -> Result<()> {
-    let refuse = |why: &str| {
-        Err(Error::InvalidArgument(format!(
-            "sysctl {name:?}: {why}"
-        )))
-    };
+    let refuse = |why: &str| Err(Error::InvalidArgument(format!("sysctl {name:?}: {why}")));
     // The name becomes a path under /proc/sys: nothing that could walk out of it.
     if name.is_empty()
         || name.contains(['/', '\0'])
@@ -97,7 +93,10 @@ mod tests {
             check(name, "1", OWN).unwrap();
         }
         check("kernel.msgmax", "1", HOST_NET).unwrap();
-        assert_eq!(proc_path("net.ipv4.ip_forward"), "/proc/sys/net/ipv4/ip_forward");
+        assert_eq!(
+            proc_path("net.ipv4.ip_forward"),
+            "/proc/sys/net/ipv4/ip_forward"
+        );
     }
 
     #[test]

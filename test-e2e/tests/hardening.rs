@@ -72,7 +72,11 @@ async fn pod_init_exposes_nothing_to_a_ptrace_capable_container_and_its_death_ma
         echo \"root: $(ls -A $p/root/ 2>&1 | tr '\\n' ' ')\"; done";
     let report = out(&sh(&mut rt, &id, script).await);
     let procs: Vec<&str> = report.split("== ").filter(|s| !s.is_empty()).collect();
-    assert_eq!(procs.len(), 1, "only pod-init besides the container: {report}");
+    assert_eq!(
+        procs.len(),
+        1,
+        "only pod-init besides the container: {report}"
+    );
     for p in procs {
         let (head, status) = p.split_once('\n').unwrap();
         assert_eq!(head.trim(), "1 pause", "pid 1 and its argv: {p}");
@@ -86,16 +90,17 @@ async fn pod_init_exposes_nothing_to_a_ptrace_capable_container_and_its_death_ma
         }
         for key in ["Uid", "Gid"] {
             assert!(
-                field(status, key)
-                    .split_whitespace()
-                    .all(|v| v == "65535"),
+                field(status, key).split_whitespace().all(|v| v == "65535"),
                 "{key}: {p}"
             );
         }
         assert_eq!(field(status, "Groups"), "", "{p}");
         assert_eq!(field(status, "NoNewPrivs"), "1", "{p}");
         assert_eq!(field(status, "Seccomp"), "2", "{p}");
-        assert!(p.lines().any(|l| l.trim() == "root:"), "its root is not empty: {p}");
+        assert!(
+            p.lines().any(|l| l.trim() == "root:"),
+            "its root is not empty: {p}"
+        );
     }
 
     // Acceptance 2: pod-init killed from the node.
@@ -122,7 +127,10 @@ async fn pod_init_exposes_nothing_to_a_ptrace_capable_container_and_its_death_ma
             sandbox_config: Some(pod.clone()),
         })
         .await;
-    assert!(refused.is_err(), "a container was created in a pod without its init");
+    assert!(
+        refused.is_err(),
+        "a container was created in a pod without its init"
+    );
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }
@@ -172,6 +180,8 @@ async fn runtime_default_seccomp_denies_user_namespaces_keyctl_and_bpf() {
     let pod = pod_config("seccomp-default", NamespaceMode::Container);
     let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
 
+    // The deprecated `seccomp_profile_path` names are still sent by older kubelets.
+    #[allow(deprecated)]
     let run = |name: &str, seccomp: Option<SecurityProfile>, path: &str, privileged: bool| {
         let mut config = container_config(name, &image, &["sleep", "3600"]);
         config.mounts = vec![Mount {
@@ -198,7 +208,11 @@ async fn runtime_default_seccomp_denies_user_namespaces_keyctl_and_bpf() {
     let cases = [
         ("rd", run("rd", default, "", false), true),
         ("docker", run("docker", None, "docker/default", false), true),
-        ("runtime", run("runtime", None, "runtime/default", false), true),
+        (
+            "runtime",
+            run("runtime", None, "runtime/default", false),
+            true,
+        ),
         ("unset", run("unset", None, "", false), false),
         ("priv", run("priv", None, "runtime/default", true), false),
     ];
@@ -277,7 +291,10 @@ async fn node_wide_sysctls_are_refused_and_namespaced_ones_stay_in_the_pod() {
     }
     assert_eq!(host_sysctl("kernel.core_pattern"), core_pattern);
     assert_eq!(host_sysctl("vm.swappiness"), swappiness);
-    assert!(list_pods(&mut rt, None).await.is_empty(), "a refused pod was kept");
+    assert!(
+        list_pods(&mut rt, None).await.is_empty(),
+        "a refused pod was kept"
+    );
 
     let somaxconn = host_sysctl("net.core.somaxconn");
     let rmid = host_sysctl("kernel.shm_rmid_forced");
@@ -305,8 +322,16 @@ async fn node_wide_sysctls_are_refused_and_namespaced_ones_stay_in_the_pod() {
     )
     .await);
     assert_eq!(inside, format!("{want_somaxconn}\n{want_rmid}"));
-    assert_eq!(host_sysctl("net.core.somaxconn"), somaxconn, "the host's changed");
-    assert_eq!(host_sysctl("kernel.shm_rmid_forced"), rmid, "the host's changed");
+    assert_eq!(
+        host_sysctl("net.core.somaxconn"),
+        somaxconn,
+        "the host's changed"
+    );
+    assert_eq!(
+        host_sysctl("kernel.shm_rmid_forced"),
+        rmid,
+        "the host's changed"
+    );
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }
@@ -336,7 +361,12 @@ async fn escaping_cgroup_parent_and_unified_core_files_are_refused() {
 
     let pod = pod_config("unified", NamespaceMode::Container);
     let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    for key in ["cgroup.procs", "cgroup.kill", "cgroup.subtree_control", "../x.max"] {
+    for key in [
+        "cgroup.procs",
+        "cgroup.kill",
+        "cgroup.subtree_control",
+        "../x.max",
+    ] {
         let mut config = container_config("unified", &image, &["sleep", "60"]);
         config.linux = Some(LinuxContainerConfig {
             resources: Some(LinuxContainerResources {
@@ -443,7 +473,10 @@ async fn killing_the_daemons_cgroup_leaves_containers_logs_and_exit_records() {
     let mut rt = daemon.runtime().await;
     let logs = tempfile::tempdir().unwrap();
     let mut started = Vec::new();
-    for (name, pid_mode) in [("svc-shared", NamespaceMode::Pod), ("svc-own", NamespaceMode::Container)] {
+    for (name, pid_mode) in [
+        ("svc-shared", NamespaceMode::Pod),
+        ("svc-own", NamespaceMode::Container),
+    ] {
         let mut pod = pod_config(name, pid_mode);
         pod.log_directory = logs.path().join(name).display().to_string();
         let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
@@ -451,7 +484,11 @@ async fn killing_the_daemons_cgroup_leaves_containers_logs_and_exit_records() {
         let mut config = container_config(
             name,
             &image,
-            &["sh", "-c", "i=0; while [ $i -lt 60 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done; exit 7"],
+            &[
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 60 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done; exit 7",
+            ],
         );
         config.log_path = "ticker.log".to_owned();
         let id = start_container(&mut rt, &pod_id, &pod, config).await;
@@ -463,7 +500,10 @@ async fn killing_the_daemons_cgroup_leaves_containers_logs_and_exit_records() {
     drop(rt);
 
     let killed = service.kill_all();
-    assert!(killed.contains(&daemon.pid().as_raw()), "the daemon was not in the cgroup");
+    assert!(
+        killed.contains(&daemon.pid().as_raw()),
+        "the daemon was not in the cgroup"
+    );
     daemon
         .wait_exit(Duration::from_secs(10))
         .await
@@ -486,7 +526,10 @@ async fn killing_the_daemons_cgroup_leaves_containers_logs_and_exit_records() {
         let s = wait_exited(&mut rt, id, Duration::from_secs(30)).await;
         assert_eq!(s.exit_code, 7, "{id}: {s:?}");
         let text = std::fs::read_to_string(log).unwrap();
-        assert!(text.len() as u64 > size, "the log stopped growing at the kill");
+        assert!(
+            text.len() as u64 > size,
+            "the log stopped growing at the kill"
+        );
         assert!(text.contains("tick 59"), "{text}");
         stop_pod(&mut rt, pod_id).await;
         remove_pod(&mut rt, pod_id).await;

@@ -169,9 +169,7 @@ fn sandbox_meta(
         meta.cgroup_parent = rootstock_runtime::cgroup_join::clean_cgroup_parent(
             &linux.cgroup_parent,
         )
-        .map_err(|e| {
-            CriError::InvalidArgument(format!("RunPodSandbox: config.linux.{e}"))
-        })?;
+        .map_err(|e| CriError::InvalidArgument(format!("RunPodSandbox: config.linux.{e}")))?;
     }
     Ok(meta)
 }
