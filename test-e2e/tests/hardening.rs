@@ -535,3 +535,121 @@ async fn killing_the_daemons_cgroup_leaves_containers_logs_and_exit_records() {
         remove_pod(&mut rt, pod_id).await;
     }
 }
+
+/// Recursive read-only mounts (a tmpfs below the volume stays read-only too), their
+/// refusals, the `Strict` supplemental groups policy with `ContainerStatus.user`, and the
+/// features `Status` reports for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
+    let registry = rootstock_test_e2e::registry::Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let status = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.features.unwrap().supplemental_groups_policy);
+    assert!(!status.runtime_handlers.is_empty());
+    for h in &status.runtime_handlers {
+        assert!(
+            h.features.unwrap().recursive_read_only_mounts,
+            "handler {:?}",
+            h.name
+        );
+    }
+
+    // A volume with a submount, as kubelet's volume directories can have.
+    let volume = tempfile::tempdir().unwrap();
+    let sub = volume.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(sub.clone());
+
+    let pod = pod_config("rro", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let with_mount = |name: &str, readonly: bool, rro: bool, propagation: MountPropagation| {
+        let mut config = container_config(name, &image, &["sleep", "3600"]);
+        config.mounts = vec![Mount {
+            container_path: "/vol".into(),
+            host_path: volume.path().display().to_string(),
+            readonly,
+            recursive_read_only: rro,
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        config
+    };
+    let private = MountPropagation::PropagationPrivate;
+    let ro = start_container(&mut rt, &pod_id, &pod, with_mount("ro", true, false, private)).await;
+    let w = sh(&mut rt, &ro, "touch /vol/sub/x && echo written").await;
+    assert_eq!(out(&w), "written", "plain readonly leaves the submount writable");
+    let rro = start_container(&mut rt, &pod_id, &pod, with_mount("rro", true, true, private)).await;
+    for path in ["/vol/y", "/vol/sub/y"] {
+        let w = sh(&mut rt, &rro, &format!("touch {path} 2>&1")).await;
+        assert_ne!(w.exit_code, 0, "{path} writable under recursive_read_only");
+        assert!(out(&w).contains("Read-only"), "{path}: {}", out(&w));
+    }
+    for (name, readonly, propagation) in [
+        ("rro-rw", false, private),
+        ("rro-slave", true, MountPropagation::PropagationHostToContainer),
+    ] {
+        let err = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(with_mount(name, readonly, true, propagation)),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {err}");
+        assert!(err.message().contains("recursive_read_only"), "{err}");
+    }
+
+    // alice (1000) is in staff (50) and video (44) in the image's /etc/group: Merge adds
+    // them, Strict does not; ContainerStatus.user says which groups the process got.
+    for (name, policy, image_groups) in [
+        ("merge", SupplementalGroupsPolicy::Merge, true),
+        ("strict", SupplementalGroupsPolicy::Strict, false),
+    ] {
+        let mut config = container_config(name, &image, &["sleep", "3600"]);
+        config.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                run_as_user: Some(Int64Value { value: 1000 }),
+                supplemental_groups: vec![1234],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = start_container(&mut rt, &pod_id, &pod, config).await;
+        let groups = out(&sh(&mut rt, &id, "id -G").await);
+        let has = |g: &str| groups.split(' ').any(|x| x == g);
+        assert!(has("1234"), "{name}: {groups}");
+        assert_eq!(has("50") && has("44"), image_groups, "{name}: {groups}");
+        let user = container_status(&mut rt, &id).await.user.unwrap().linux.unwrap();
+        assert_eq!(user.uid, 1000, "{name}");
+        assert!(user.supplemental_groups.contains(&1234), "{name}: {user:?}");
+        assert_eq!(
+            user.supplemental_groups.contains(&50),
+            image_groups,
+            "{name}: {user:?}"
+        );
+    }
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
