@@ -595,10 +595,26 @@ async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
         config
     };
     let private = MountPropagation::PropagationPrivate;
-    let ro = start_container(&mut rt, &pod_id, &pod, with_mount("ro", true, false, private)).await;
+    let ro = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        with_mount("ro", true, false, private),
+    )
+    .await;
     let w = sh(&mut rt, &ro, "touch /vol/sub/x && echo written").await;
-    assert_eq!(out(&w), "written", "plain readonly leaves the submount writable");
-    let rro = start_container(&mut rt, &pod_id, &pod, with_mount("rro", true, true, private)).await;
+    assert_eq!(
+        out(&w),
+        "written",
+        "plain readonly leaves the submount writable"
+    );
+    let rro = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        with_mount("rro", true, true, private),
+    )
+    .await;
     for path in ["/vol/y", "/vol/sub/y"] {
         let w = sh(&mut rt, &rro, &format!("touch {path} 2>&1")).await;
         assert_ne!(w.exit_code, 0, "{path} writable under recursive_read_only");
@@ -606,7 +622,11 @@ async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
     }
     for (name, readonly, propagation) in [
         ("rro-rw", false, private),
-        ("rro-slave", true, MountPropagation::PropagationHostToContainer),
+        (
+            "rro-slave",
+            true,
+            MountPropagation::PropagationHostToContainer,
+        ),
     ] {
         let err = rt
             .create_container(CreateContainerRequest {
@@ -641,7 +661,12 @@ async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
         let has = |g: &str| groups.split(' ').any(|x| x == g);
         assert!(has("1234"), "{name}: {groups}");
         assert_eq!(has("50") && has("44"), image_groups, "{name}: {groups}");
-        let user = container_status(&mut rt, &id).await.user.unwrap().linux.unwrap();
+        let user = container_status(&mut rt, &id)
+            .await
+            .user
+            .unwrap()
+            .linux
+            .unwrap();
         assert_eq!(user.uid, 1000, "{name}");
         assert!(user.supplemental_groups.contains(&1234), "{name}: {user:?}");
         assert_eq!(
