@@ -3,6 +3,9 @@ RUN_PKGS  := protobuf-compiler runc crun containernetworking-plugins
 TEST_PKGS := $(RUN_PKGS) docker-registry busybox-static iptables umoci
 BENCH_PKGS := $(TEST_PKGS) containerd
 CARGO     ?= cargo
+# Test builds compile the image store's crash points in (release builds never do); clippy
+# in .ci/run uses the same list.
+TEST_FEATURES := rootstock-cri/failpoints,rootstock-imagestore/failpoints,rootstock-test-e2e/failpoints
 
 .PHONY: run test bench deps-run deps-test deps-bench host-prep
 
@@ -14,8 +17,8 @@ run: deps-run
 ## Run the whole test suite (unit, integration and end-to-end tests).
 test: deps-test host-prep
 	# The e2e tests start the real daemon binary: build it first so it is never stale.
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) build --workspace --bins --features $(TEST_FEATURES)
+	$(CARGO) test --workspace --no-fail-fast --features $(TEST_FEATURES)
 
 ## rootstock side by side with a private containerd (release build); prints the table and
 ## saves it with the JSON under target/bench-results/full/<unix time>/.

@@ -31,6 +31,9 @@ pub struct UserRequest<'a> {
     pub run_as_group: Option<u32>,
     /// CRI `supplemental_groups`.
     pub supplemental_groups: &'a [u32],
+    /// CRI `SupplementalGroupsPolicy` `Strict`: only the requested groups, none from the
+    /// image's `/etc/group`.
+    pub strict_groups: bool,
 }
 
 struct PasswdEntry {
@@ -176,7 +179,7 @@ pub fn resolve(rootfs: &Path, req: &UserRequest<'_>) -> Result<ResolvedUser> {
         gid = g;
     }
     let mut additional_gids = Vec::new();
-    if let Some(name) = &name {
+    if let Some(name) = name.as_ref().filter(|_| !req.strict_groups) {
         for g in all_groups
             .iter()
             .filter(|g| g.members.iter().any(|m| m == name))
@@ -263,6 +266,14 @@ mod tests {
         };
         let u = resolve(d.path(), &req).unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids), (0, 7, vec![5]));
+        // Strict: the image's /etc/group memberships of www (44, 29) are not added.
+        let req = UserRequest {
+            image_user: "www",
+            supplemental_groups: &[5],
+            strict_groups: true,
+            ..Default::default()
+        };
+        assert_eq!(resolve(d.path(), &req).unwrap().additional_gids, vec![5]);
         let req = UserRequest {
             run_as_username: Some("www"),
             ..Default::default()
