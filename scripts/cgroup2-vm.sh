@@ -33,8 +33,8 @@ if [ -n "${CGROUP2_TEST_BIN:-}" ]; then
 	test_bin=$CGROUP2_TEST_BIN # already built (debugging the VM itself)
 else
 	echo "cgroup2-vm: building the daemon and the cgroup2 test binary"
-	cargo build --workspace --bins
-	test_bin=$(cargo test -p rootstock-test-e2e --test cgroup2 --no-run --message-format=json |
+	"${CARGO:-cargo}" build --workspace --bins
+	test_bin=$("${CARGO:-cargo}" test -p rootstock-test-e2e --test cgroup2 --no-run --message-format=json |
 		sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 fi
 [ -x "$test_bin" ] || { echo "cgroup2-vm: test binary not found" >&2; exit 1; }
