@@ -7,7 +7,7 @@ CARGO     ?= cargo
 # in .ci/run uses the same list.
 TEST_FEATURES := rootstock-cri/failpoints,rootstock-imagestore/failpoints,rootstock-test-e2e/failpoints
 
-.PHONY: run test bench deps-run deps-test deps-bench host-prep
+.PHONY: run test bench test-cgroup2 deps-run deps-test deps-bench host-prep
 
 ## Build in release mode and run the daemon in the foreground with the embedded defaults.
 run: deps-run
@@ -25,6 +25,11 @@ test: deps-test host-prep
 bench: deps-bench host-prep
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p rootstock-test-e2e --bench compare
+
+## The cgroup v2 suite (test-e2e/tests/cgroup2.rs) in a cgroup-v2-only qemu VM booted on the
+## host's own root; installs qemu and Debian's backports kernel itself. Not part of `make test`.
+test-cgroup2: deps-test
+	CARGO=$(CARGO) scripts/cgroup2-vm.sh
 
 deps-run:
 	scripts/install-deps.sh $(RUN_PKGS)

@@ -137,6 +137,22 @@ pub fn cpu_weight(shares: u64) -> u64 {
     1 + ((shares - MIN_SHARES) * 9999) / (MAX_SHARES - MIN_SHARES)
 }
 
+/// `r` with `cpu_shares` moved into `unified` as the `cpu.weight` [`cpu_weight`] gives, for
+/// the OCI spec on a cgroup v2 node: the OCI runtime then writes our value at create, so
+/// create and UpdateContainerResources ([`v2_settings`]) agree whatever runc or crun
+/// version converts shares (runc ≥ 1.3.2 and crun ≥ 1.23 moved to a non-linear formula,
+/// runc#4785: their create-time weight would differ from ours). A `cpu.weight` of the
+/// request's own `unified` map wins, as it does at update.
+pub fn weight_as_unified(r: &Resources) -> Resources {
+    let mut out = r.clone();
+    if let Some(shares) = out.cpu_shares.take() {
+        out.unified
+            .entry("cpu.weight".to_owned())
+            .or_insert_with(|| cpu_weight(shares).to_string());
+    }
+    out
+}
+
 /// A unified-map entry must name a controller file of the cgroup itself (`memory.high`):
 /// never a path, and never a `cgroup.*` core file (`cgroup.procs` would move a process of
 /// the node into the container's cgroup, `cgroup.kill` kill it, `cgroup.subtree_control`
