@@ -198,7 +198,7 @@ pub async fn repair_offline(root: &Path, config: &ImagesConfig) -> Result<Repair
             continue;
         };
         let files = replay(&layers);
-        report.paths_fixed += relink_tree(&tree.path, &objects, &files, &repaired)?;
+        report.paths_fixed += relink_tree(&tree.path, &objects, &files)?;
     }
     fsutil::sync_fs(root).map_err(|e| Error::io("sync", root, e))?;
     drop(work);
@@ -464,15 +464,10 @@ fn remove(files: &mut BTreeMap<String, TreeFile>, path: &str, below: bool, itsel
     }
 }
 
-/// Re-point the tree's files that are missing, or whose object was repaired and that do not
-/// hash to it any more. As render made them: the first path of an object links it, further
+/// Re-point the tree's files that are missing, or that are not their object's inode and do
+/// not hash to its key (a damaged private copy, or a link to a repaired object's old inode). As render made them: the first path of an object links it, further
 /// ones are private copies, the image's own hard links link their target.
-fn relink_tree(
-    tree: &Path,
-    objects: &OwnedFd,
-    files: &BTreeMap<String, TreeFile>,
-    repaired: &BTreeSet<&String>,
-) -> Result<u64> {
+fn relink_tree(tree: &Path, objects: &OwnedFd, files: &BTreeMap<String, TreeFile>) -> Result<u64> {
     let Ok(root) = fsutil::open_dir(tree) else {
         return Ok(0);
     };
@@ -491,9 +486,11 @@ fn relink_tree(
         ) else {
             continue; // not repairable; reported already
         };
+        // A link to the (whole) object is whole; anything else (a private copy, a link to
+        // a replaced object's old inode) is re-hashed.
         let whole = match lstat_in(&root, path) {
             None => None,
-            Some(st) if !repaired.contains(&f.key) => Some(st.st_ino),
+            Some(st) if st.st_ino == obj.st_ino => Some(st.st_ino),
             Some(st) => match fsutil::open_file_in(&root, path).and_then(key_of_file) {
                 Ok(k) if k == f.key => Some(st.st_ino),
                 _ => None,

@@ -170,6 +170,15 @@ async fn every_object_comes_back_from_the_registry_and_the_tree_is_as_before() {
     );
 
     let damaged = damage_all(&root);
+    // And a private copy in the tree (its own inode, not an object's).
+    let dup2 = tree.join("etc/dup2");
+    assert_eq!(std::fs::metadata(&dup2).unwrap().nlink(), 1);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&dup2)
+        .unwrap();
+    f.write_all(b"rot").unwrap();
+    drop(f);
     let report = verify::verify_offline(&root).unwrap();
     assert!(!report.is_clean());
     assert_ne!(snapshot(&tree), before);

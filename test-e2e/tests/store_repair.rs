@@ -137,14 +137,18 @@ async fn repair_fixes_changed_and_deleted_objects_and_leaves_running_containers_
         .expect("the daemon did not stop");
 
     // The damage: alpha's object changed in place (every link sees it), bravo's deleted
-    // everywhere (object, layer view, tree).
-    let trees: Vec<PathBuf> = std::fs::read_dir(daemon.root_dir.join("trees"))
+    // everywhere (object, layer view, tree). The layer view's links are the objects' inodes
+    // (in the tree, alpha.txt is a private copy of alpha-twin.txt's object).
+    let views: Vec<PathBuf> = std::fs::read_dir(daemon.root_dir.join("layers"))
         .unwrap()
-        .map(|e| e.unwrap().path())
+        .map(|e| e.unwrap().path().join("root/data"))
+        .filter(|p| p.is_dir())
         .collect();
-    assert_eq!(trees.len(), 1, "{trees:?}");
-    let alpha = trees[0].join("data/alpha.txt");
-    let bravo = trees[0].join("data/bravo.txt");
+    assert_eq!(views.len(), 1, "{views:?}");
+    let alpha = views[0].join("alpha.txt");
+    let bravo = views[0].join("bravo.txt");
+    let alpha_links = links_of(&daemon.root_dir, std::fs::metadata(&alpha).unwrap().ino());
+    assert!(alpha_links.len() >= 3, "{alpha_links:?}");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(&alpha)
