@@ -191,7 +191,7 @@ struct Inner {
 
 /// Written by [`ImageStore::close`], removed at open: its absence at open means the last run
 /// did not stop cleanly, and objects no committed layer names may be torn.
-const CLEAN_MARKER: &str = "clean-shutdown";
+pub(crate) const CLEAN_MARKER: &str = "clean-shutdown";
 
 /// The image store. Cheap to clone (an `Arc`); all methods take `&self` and may run
 /// concurrently.
