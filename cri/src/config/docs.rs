@@ -97,6 +97,30 @@ pub const DOCS: &[(&str, &str)] = &[
         "images.allow_device_nodes",
         "Create device nodes layers carry (skipped by default; the runtime mounts its own /dev).",
     ),
+    (
+        "images.max_image_bytes",
+        "Uncompressed bytes one image may unpack (sparse holes included); a pull past it fails.",
+    ),
+    (
+        "images.max_image_entries",
+        "Tar entries one image may have, all its layers together.",
+    ),
+    (
+        "images.max_path_depth",
+        "Path components one layer entry may have.",
+    ),
+    (
+        "images.request_timeout_secs",
+        "Deadline of each registry request other than a blob body (manifests, tokens), seconds.",
+    ),
+    (
+        "images.blob_min_bytes_per_sec",
+        "A blob download slower than this over blob_stall_secs is abandoned as stalled.",
+    ),
+    (
+        "images.blob_stall_secs",
+        "Window in seconds over which blob_min_bytes_per_sec is measured.",
+    ),
     ("cni", "Pod networking through CNI plugins."),
     (
         "cni.conf_dirs",
