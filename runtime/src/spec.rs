@@ -644,9 +644,7 @@ fn process(
     let mut user = User::default();
     user.set_uid(resolved.uid);
     user.set_gid(resolved.gid);
-    user.set_additional_gids(
-        (!resolved.additional_gids.is_empty()).then_some(resolved.additional_gids),
-    );
+    user.set_additional_gids(Some(resolved.additional_gids));
 
     let cwd = s
         .working_dir

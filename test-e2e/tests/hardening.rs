@@ -668,6 +668,11 @@ async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
             .linux
             .unwrap();
         assert_eq!(user.uid, 1000, "{name}");
+        // The primary group is among them (critest's supplemental-groups specs expect it).
+        assert!(
+            user.supplemental_groups.contains(&user.gid),
+            "{name}: {user:?}"
+        );
         assert!(user.supplemental_groups.contains(&1234), "{name}: {user:?}");
         assert_eq!(
             user.supplemental_groups.contains(&50),
