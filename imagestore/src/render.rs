@@ -271,7 +271,17 @@ impl Render<'_> {
                 },
             };
             if path.is_empty() {
-                fsutil::apply_meta_fd(&dir, meta).map_err(|x| Error::io("set metadata", "/", x))?;
+                // `dir` is an O_PATH descriptor, which fchown/fchmod/fsetxattr refuse (EBADF):
+                // the root gets its metadata through a descriptor opened for reading.
+                let root = rustix::fs::openat(
+                    &dir,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|x| Error::io("open", "/", x.into()))?;
+                fsutil::apply_meta_fd(&root, meta)
+                    .map_err(|x| Error::io("set metadata", "/", x))?;
                 continue;
             }
             match rustix::fs::utimensat(&dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW) {
