@@ -638,9 +638,17 @@ fn process(
     let mut user = User::default();
     user.set_uid(resolved.uid);
     user.set_gid(resolved.gid);
-    user.set_additional_gids(
-        (!resolved.additional_gids.is_empty()).then_some(resolved.additional_gids),
+    // The primary group is listed among the supplementary ones too, as containerd does
+    // (`ensureAdditionalGids`): `id -G` and ContainerStatus.user then show it, as critest's
+    // SupplementalGroupsPolicy specs expect.
+    let mut gids = vec![resolved.gid];
+    gids.extend(
+        resolved
+            .additional_gids
+            .iter()
+            .filter(|g| **g != resolved.gid),
     );
+    user.set_additional_gids(Some(gids));
 
     let cwd = s
         .working_dir
