@@ -178,4 +178,16 @@ mod tests {
         let cpus = fs::read_to_string(root.path().join("cpuset/pod/init/cpuset.cpus")).unwrap();
         assert_eq!(cpus, "0-1\n");
     }
+
+    #[test]
+    fn enter_on_v2_uses_the_one_hierarchy() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        fs::write(root.path().join("cgroup.procs"), "").unwrap();
+        let layout = CgroupLayout::detect_at(root.path());
+        assert_eq!(layout.hierarchies(), vec![root.path().to_owned()]);
+        layout.enter(MONITORS_CGROUP, 7).unwrap();
+        let procs = root.path().join("rootstock-monitors/cgroup.procs");
+        assert_eq!(fs::read_to_string(procs).unwrap(), "7");
+    }
 }

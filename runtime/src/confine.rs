@@ -157,6 +157,7 @@ pub fn base_syscalls() -> Vec<libc::c_long> {
     vec![
         libc::SYS_read,
         libc::SYS_write,
+        libc::SYS_writev,
         libc::SYS_close,
         libc::SYS_wait4,
         libc::SYS_waitid,

@@ -178,9 +178,7 @@ pub fn resolve(rootfs: &Path, req: &UserRequest<'_>) -> Result<ResolvedUser> {
     if let Some(g) = req.run_as_group {
         gid = g;
     }
-    // The primary group is listed too, as containerd and Docker do: the process keeps it
-    // even if a later setgid drops the primary group, and ContainerStatus.user says so.
-    let mut additional_gids = vec![gid];
+    let mut additional_gids = Vec::new();
     if let Some(name) = name.as_ref().filter(|_| !req.strict_groups) {
         for g in all_groups
             .iter()
@@ -234,10 +232,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(
-            (u.uid, u.gid, u.additional_gids),
-            (33, 33, vec![33, 44, 29])
-        );
+        assert_eq!((u.uid, u.gid, u.additional_gids), (33, 33, vec![44, 29]));
         let u = resolve(
             d.path(),
             &UserRequest {
@@ -270,7 +265,7 @@ mod tests {
             ..Default::default()
         };
         let u = resolve(d.path(), &req).unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids), (0, 7, vec![7, 5]));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (0, 7, vec![5]));
         // Strict: the image's /etc/group memberships of www (44, 29) are not added.
         let req = UserRequest {
             image_user: "www",
@@ -278,8 +273,7 @@ mod tests {
             strict_groups: true,
             ..Default::default()
         };
-        let www = resolve(d.path(), &req).unwrap();
-        assert_eq!(www.additional_gids, vec![www.gid, 5]);
+        assert_eq!(resolve(d.path(), &req).unwrap().additional_gids, vec![5]);
         let req = UserRequest {
             run_as_username: Some("www"),
             ..Default::default()

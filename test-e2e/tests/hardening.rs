@@ -399,12 +399,18 @@ struct ServiceCgroup {
 
 impl ServiceCgroup {
     fn create(name: &str) -> Self {
-        let dirs: Vec<PathBuf> = ["systemd", "unified", "pids"]
-            .iter()
-            .map(|h| Path::new("/sys/fs/cgroup").join(h))
-            .filter(|h| h.join("cgroup.procs").exists())
-            .map(|h| h.join(name))
-            .collect();
+        let root = Path::new("/sys/fs/cgroup");
+        // A cgroup v2 node has one hierarchy, mounted at the root.
+        let hierarchies: Vec<PathBuf> = if root.join("cgroup.controllers").exists() {
+            vec![root.to_owned()]
+        } else {
+            ["systemd", "unified", "pids"]
+                .iter()
+                .map(|h| root.join(h))
+                .filter(|h| h.join("cgroup.procs").exists())
+                .collect()
+        };
+        let dirs: Vec<PathBuf> = hierarchies.into_iter().map(|h| h.join(name)).collect();
         assert!(!dirs.is_empty(), "no cgroup hierarchy to test with");
         for d in &dirs {
             std::fs::create_dir_all(d).unwrap();
