@@ -435,7 +435,7 @@ async fn v2_oom_kill_stats_and_kill_all_read_the_v2_files() {
     let mem = stats.memory.unwrap();
     let usage = mem.usage_bytes.unwrap().value;
     let working_set = mem.working_set_bytes.unwrap().value;
-    assert!(usage >= 16 << 20 && usage <= LIMIT, "usage {usage}");
+    assert!((16 << 20..=LIMIT).contains(&usage), "usage {usage}");
     assert!(
         working_set > 0 && working_set <= usage,
         "working set {working_set}"
