@@ -306,19 +306,44 @@ async fn v2_limits_at_create_and_update_and_no_cgroup_left_after_removal() {
         Vec::<String>::new()
     );
 
-    // A pod without a cgroup parent (a bare client): rootstock's own pod cgroup.
+    // A pod without a cgroup parent (a bare client): rootstock's own pod cgroup; on crun,
+    // which gets the same weight (ours) and the same cgroup namespace.
     let own = pod_config("own-cgroup", NamespaceMode::Container);
-    let own_id = run_pod(&mut rt, own.clone()).await.unwrap();
+    let own_id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(own.clone()),
+            runtime_handler: "crun".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
     let oc = start_container(
         &mut rt,
         &own_id,
         &own,
-        container_config("own", &image, &["sleep", "3600"]),
+        with_resources(
+            "own",
+            &image,
+            &["sleep", "3600"],
+            LinuxContainerResources {
+                cpu_shares: 512,
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            },
+        ),
     )
     .await;
     let own_cg = cgroup_of(&mut rt, &oc).await;
+    assert_eq!(read(&own_cg, "cpu.weight"), weight(512), "crun: ours");
+    assert_eq!(read(&own_cg, "memory.max"), (64u64 << 20).to_string());
+    assert_eq!(sh(&mut rt, &oc, "cat /proc/self/cgroup").await, "0::/");
     let own_parent = own_cg.rsplit_once('/').unwrap().0.to_owned();
     assert!(dir(&own_parent).is_dir(), "{own_parent}");
+    assert_eq!(
+        inner_nodes_with_processes(&own_parent),
+        Vec::<String>::new()
+    );
 
     // Removal: the container cgroups go with their containers, rootstock's pod cgroup with
     // RemovePodSandbox, and kubelet's pod cgroup is left empty for kubelet to remove.
