@@ -65,6 +65,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "rootstock serving CRI v1"
     );
+    // The socket is bound: calls queue until the server below accepts them.
+    crate::notify::notify("READY=1");
     let config = Arc::new(config);
     let images = ImageServiceServer::new(ImageApi::new(store.clone(), rt.clone()));
     let runtime =
@@ -87,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(res) => res.context("serving CRI"),
         None => {
             info!("shutting down: no new calls, in-flight calls may finish");
+            crate::notify::notify("STOPPING=1");
             let _ = stop_tx.send(());
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                 Ok(res) => res.context("serving CRI"),

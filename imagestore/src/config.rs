@@ -24,8 +24,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Default of `max_image_bytes`: 128 GiB.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 128 << 30;
+/// Default of `max_image_entries`.
+pub const DEFAULT_MAX_IMAGE_ENTRIES: u64 = 1_000_000;
+/// Default of `max_path_depth` (Linux's PATH_MAX of 4096 allows about 2048 levels).
+pub const DEFAULT_MAX_PATH_DEPTH: usize = 1024;
+
 /// Settings of the image store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImagesConfig {
     /// Per-registry-host settings, keyed by `host[:port]` (`docker.io`, `127.0.0.1:5000`).
@@ -36,6 +43,37 @@ pub struct ImagesConfig {
     /// Create device nodes a layer carries (default false: they are skipped with a warning;
     /// the runtime mounts its own `/dev`, so an image's nodes are never visible anyway).
     pub allow_device_nodes: bool,
+    /// Uncompressed bytes one image may unpack (all its layers' tar streams, plus the holes
+    /// of sparse files); a pull past it fails naming the layer. Default 128 GiB.
+    pub max_image_bytes: u64,
+    /// Tar entries one image may have, all layers together. Default 1,000,000.
+    pub max_image_entries: u64,
+    /// Path components one entry may have. Default 1024.
+    pub max_path_depth: usize,
+    /// Deadline of each registry request that is not a blob body (manifests, tokens, the
+    /// identity-token exchange, a blob request until its headers), in seconds. Default 60.
+    pub request_timeout_secs: u64,
+    /// A blob download slower than this many bytes per second over `blob_stall_secs` is
+    /// abandoned as stalled (a slow-drip server cannot hold a pull forever). Default 16384.
+    pub blob_min_bytes_per_sec: u64,
+    /// The window, in seconds, over which `blob_min_bytes_per_sec` is measured. Default 60.
+    pub blob_stall_secs: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            registries: BTreeMap::new(),
+            keep_layer_blobs: false,
+            allow_device_nodes: false,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            max_image_entries: DEFAULT_MAX_IMAGE_ENTRIES,
+            max_path_depth: DEFAULT_MAX_PATH_DEPTH,
+            request_timeout_secs: 60,
+            blob_min_bytes_per_sec: 16 << 10,
+            blob_stall_secs: 60,
+        }
+    }
 }
 
 /// Settings for one registry host (or mirror host).
@@ -76,6 +114,20 @@ impl ImagesConfig {
     /// Check every key once at start-up, so a typo is reported with its key rather than at
     /// the first pull.
     pub fn validate(&self) -> Result<()> {
+        for (key, value) in [
+            ("max_image_bytes", self.max_image_bytes),
+            ("max_image_entries", self.max_image_entries),
+            ("max_path_depth", self.max_path_depth as u64),
+            ("request_timeout_secs", self.request_timeout_secs),
+            ("blob_stall_secs", self.blob_stall_secs),
+        ] {
+            if value == 0 {
+                return Err(Error::Config {
+                    key: key.into(),
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
         for (host, registry) in &self.registries {
             let key = |field: &str| format!("registries.\"{host}\".{field}");
             if host.is_empty() || host.contains('/') || host.contains("://") {

@@ -295,6 +295,40 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A layer exceeded one of the store's limits (record size, image size or entry count,
+    /// path depth); the pull fails and nothing of it is kept.
+    #[error("layer {index} ({digest}) exceeds the limit {limit}: {detail}")]
+    LayerLimit {
+        /// The compressed blob's digest.
+        digest: Digest,
+        /// Index of the layer in the manifest.
+        index: usize,
+        /// The limit, by its config key (or its fixed value).
+        limit: &'static str,
+        /// By how much.
+        detail: String,
+    },
+    /// A registry did not answer (or finish answering) within its deadline, or a blob
+    /// arrived slower than the minimum rate.
+    #[error("registry {host}: {what}: {detail}")]
+    RegistryTimeout {
+        /// The host.
+        host: String,
+        /// Which request.
+        what: String,
+        /// The deadline or rate and its config key.
+        detail: String,
+    },
+    /// A manifest, index or config larger than the store reads.
+    #[error("{what} of {reference} is larger than the {limit} bytes the store reads")]
+    DocumentTooLarge {
+        /// The image reference.
+        reference: String,
+        /// Manifest, index or config, with its digest when known.
+        what: String,
+        /// The cap.
+        limit: u64,
+    },
     /// Rendering an image's flattened tree failed on its content (not on I/O).
     #[error("tree {chain_id}: layer {diff_id}: {reason}")]
     Render {
@@ -336,7 +370,9 @@ impl Error {
             | NoMatchingPlatform { .. } => ErrorKind::NotFound,
             AuthenticationFailed { .. } => ErrorKind::Unauthenticated,
             AccessDenied { .. } => ErrorKind::PermissionDenied,
-            UnknownHost { .. } | Unreachable { .. } => ErrorKind::Unavailable,
+            UnknownHost { .. } | Unreachable { .. } | RegistryTimeout { .. } => {
+                ErrorKind::Unavailable
+            }
             Registry { status, .. } if *status >= 500 || *status == 0 || *status == 429 => {
                 ErrorKind::Unavailable
             }
@@ -353,6 +389,8 @@ impl Error {
             | LayerCountMismatch { .. }
             | TooLarge { .. }
             | LayerRefused { .. }
+            | LayerLimit { .. }
+            | DocumentTooLarge { .. }
             | Render { .. }
             | Closed
             | StoreLocked { .. } => ErrorKind::FailedPrecondition,

@@ -49,16 +49,46 @@ pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Open the directory `rel` below `root`, refusing any symlink on the way.
+/// Paths longer than `PATH_MAX` (a deep tree) are resolved a piece at a time.
 pub(crate) fn resolve_dir(root: &impl AsFd, rel: &str) -> io::Result<OwnedFd> {
     let rel = if rel.is_empty() { "." } else { rel };
-    rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        contained(),
-    )
-    .map_err(io::Error::from)
+    let open = |at: &dyn AsFd, piece: &str| -> io::Result<OwnedFd> {
+        rustix::fs::openat2(
+            at.as_fd(),
+            piece,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            contained(),
+        )
+        .map_err(io::Error::from)
+    };
+    const PIECE: usize = 2048;
+    if rel.len() <= PIECE {
+        return open(root, rel);
+    }
+    // Each piece is resolved in the directory the previous one reached, with the same
+    // containment (no symlinks, no `..` past it, which `normalize` refuses anyway).
+    let mut cur: Option<OwnedFd> = None;
+    let mut piece = String::new();
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        if !piece.is_empty() && piece.len() + comp.len() + 1 > PIECE {
+            let next = match &cur {
+                Some(fd) => open(fd, &piece)?,
+                None => open(root, &piece)?,
+            };
+            cur = Some(next);
+            piece.clear();
+        }
+        if !piece.is_empty() {
+            piece.push('/');
+        }
+        piece.push_str(comp);
+    }
+    match &cur {
+        Some(fd) if piece.is_empty() => fd.try_clone(),
+        Some(fd) => open(fd, &piece),
+        None => open(root, &piece),
+    }
 }
 
 /// Open the regular file `rel` below `root` for reading, refusing symlinks.
@@ -89,26 +119,91 @@ pub(crate) fn file_type(st: &rustix::fs::Stat) -> FileType {
 
 /// Remove `name` in `dir`, recursively if it is a directory, never following symlinks.
 /// Absent is fine.
+///
+/// Iterative, holding two directory fds at any time whatever the depth: a stack of names
+/// (memory, not descriptors) remembers the way down, and the way up is `..` of a directory
+/// opened without following symlinks, which is its real parent. A tree thousands of levels
+/// deep (beyond `PATH_MAX`) or a daemon with a small `RLIMIT_NOFILE` can always remove what
+/// it unpacked.
 pub(crate) fn remove_all_at(dir: &impl AsFd, name: &str) -> io::Result<()> {
     let Some(st) = stat_at(dir, name)? else {
         return Ok(());
     };
-    if file_type(&st) == FileType::Directory {
-        let child = rustix::fs::openat(
-            dir,
+    if file_type(&st) != FileType::Directory {
+        return match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+    }
+    struct Frame {
+        name: String,
+        subdirs: Vec<String>,
+    }
+    let open_sub = |parent: &OwnedFd, name: &str| -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat(
+            parent,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
-        clear_dir(&child)?;
-        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
-    } else {
-        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        )?)
+    };
+    let top = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut cur = top;
+    let mut stack = vec![Frame {
+        name: name.to_string(),
+        subdirs: unlink_files(&cur)?,
+    }];
+    loop {
+        let Some(frame) = stack.last_mut() else {
+            return Ok(());
+        };
+        if let Some(sub) = frame.subdirs.pop() {
+            match open_sub(&cur, &sub) {
+                Ok(fd) => {
+                    cur = fd;
+                    let subdirs = unlink_files(&cur)?;
+                    stack.push(Frame { name: sub, subdirs });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        let Some(done) = stack.pop() else {
+            return Ok(());
+        };
+        if stack.is_empty() {
+            drop(cur);
+            return match rustix::fs::unlinkat(dir, done.name.as_str(), AtFlags::REMOVEDIR) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let parent = open_sub(&cur, "..")?;
+        cur = parent;
+        match rustix::fs::unlinkat(&cur, done.name.as_str(), AtFlags::REMOVEDIR) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+}
+
+/// Unlink every non-directory in `dir`; return the names of its subdirectories.
+fn unlink_files(dir: &OwnedFd) -> io::Result<Vec<String>> {
+    let mut subdirs = Vec::new();
+    for name in list_dir(dir)? {
+        match rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(rustix::io::Errno::ISDIR) => subdirs.push(name),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(subdirs)
 }
 
 /// Remove everything inside the directory `dir` (an fd opened for reading).

@@ -10,6 +10,7 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
@@ -32,7 +33,76 @@ pub struct LayerInput {
     pub size: u64,
     /// The config's diff_id at `index`: what the uncompressed tar must hash to.
     pub diff_id: Digest,
+    /// What the image this layer belongs to may still unpack (shared by its layers).
+    pub budget: Arc<ImageBudget>,
 }
+
+/// The uncompressed bytes and tar entries one image's pull may unpack
+/// (`images.max_image_bytes`, `images.max_image_entries`), shared by its layers, which
+/// unpack concurrently. A layer that overdraws it fails with [`Error::LayerLimit`].
+#[derive(Debug)]
+pub struct ImageBudget {
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    max_bytes: u64,
+    max_entries: u64,
+}
+
+impl ImageBudget {
+    /// A budget of `max_bytes` uncompressed bytes and `max_entries` entries.
+    pub fn new(max_bytes: u64, max_entries: u64) -> Arc<Self> {
+        Arc::new(ImageBudget {
+            bytes: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            max_bytes,
+            max_entries,
+        })
+    }
+
+    /// No limits (tools and tests).
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(u64::MAX, u64::MAX)
+    }
+
+    /// Charge `n` uncompressed bytes (stream bytes, and the holes of sparse files).
+    pub(crate) fn bytes(&self, layer: &LayerInput, n: u64) -> Result<()> {
+        let total = self.bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        if total > self.max_bytes {
+            return Err(Error::LayerLimit {
+                digest: layer.digest.clone(),
+                index: layer.index,
+                limit: "images.max_image_bytes",
+                detail: format!("the image unpacks to more than {} bytes", self.max_bytes),
+            });
+        }
+        Ok(())
+    }
+
+    /// Charge one tar entry.
+    pub(crate) fn entry(&self, layer: &LayerInput) -> Result<()> {
+        let total = self
+            .entries
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if total > self.max_entries {
+            return Err(Error::LayerLimit {
+                digest: layer.digest.clone(),
+                index: layer.index,
+                limit: "images.max_image_entries",
+                detail: format!("the image has more than {} entries", self.max_entries),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Budgets never make two inputs differ.
+impl PartialEq for ImageBudget {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ImageBudget {}
 
 /// Where verified layer blobs go. Methods are blocking: the store calls them on a blocking
 /// thread (`spawn_blocking`).
@@ -254,6 +324,7 @@ mod tests {
             media_type: media_type.into(),
             size: blob.len() as u64,
             diff_id: Digest::of(tar),
+            budget: ImageBudget::unlimited(),
         }
     }
 

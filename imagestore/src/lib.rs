@@ -17,7 +17,8 @@
 //! and each image gets one flattened tree ([`Image::tree_path`]). The runtime holds a tree
 //! for a container with [`ImageStore::lease_tree`] / [`ImageStore::release`] and mounts it
 //! with [`overlay::OverlayMount`]; the daemon calls [`ImageStore::close`] on shutdown;
-//! `rootstock store verify` is [`verify::verify_offline`].
+//! `rootstock store verify` is [`verify::verify_offline`], `store verify --repair`
+//! [`repair::repair_offline`], `store gc` [`offline::gc_offline`].
 //!
 //! Errors are one enum, [`Error`]; [`Error::kind`] picks the gRPC status code.
 
@@ -29,19 +30,22 @@ mod fsutil;
 pub mod layer;
 pub mod manifest;
 pub mod metadata;
+pub mod offline;
 pub mod overlay;
 pub mod reference;
 pub mod registry;
 mod render;
+pub mod repair;
 pub mod store;
+mod tarstream;
 pub mod unpack;
 pub mod verify;
 
 pub use config::{ImagesConfig, RegistryConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use layer::{BlobLayerSink, LayerInput, LayerSink};
+pub use layer::{BlobLayerSink, ImageBudget, LayerInput, LayerSink};
 pub use manifest::RuntimeConfig;
 pub use reference::{ChainId, Digest, ImageLookup, ImageRef, ReferenceError};
 pub use registry::Credentials;
 pub use store::{FsUsage, Image, ImageStore, ImageUser};
-pub use unpack::TreeLayerSink;
+pub use unpack::{SinkLimits, TreeLayerSink};

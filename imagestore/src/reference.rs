@@ -55,6 +55,9 @@ pub enum ReferenceError {
     /// The registry host part is not a host name or address with an optional port.
     #[error("registry host {0:?} is invalid (expected host[:port])")]
     Domain(String),
+    /// The registry port is not a TCP port number.
+    #[error("registry port in {0:?} is out of range (1-65535)")]
+    Port(String),
     /// The tag has characters or a length the grammar does not allow.
     #[error("tag {0:?} is invalid: up to 128 of [A-Za-z0-9_.-], not starting with . or -")]
     Tag(String),
@@ -439,10 +442,13 @@ fn validate_domain(domain: &str) -> Result<(), ReferenceError> {
             }
         }
     }
-    if let Some(port) = port
-        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(bad());
+    if let Some(port) = port {
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        if !matches!(port.parse::<u16>(), Ok(p) if p != 0) {
+            return Err(ReferenceError::Port(domain.to_string()));
+        }
     }
     Ok(())
 }
@@ -569,6 +575,13 @@ mod tests {
             ImageRef::parse("host:99x/app"),
             Err(ReferenceError::Domain(_))
         ));
+        for port in ["0", "65536", "99999"] {
+            assert!(matches!(
+                ImageRef::parse(&format!("127.0.0.1:{port}/app")),
+                Err(ReferenceError::Port(_))
+            ));
+        }
+        ImageRef::parse("127.0.0.1:65535/app").unwrap();
         assert!(matches!(
             ImageRef::parse(HEX),
             Err(ReferenceError::RepositoryIsHex(_))

@@ -45,6 +45,8 @@ const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest manifest or index read (containerd's `limits.MaxManifestSize`-like bound).
+pub(crate) const MAX_DOCUMENT: u64 = 4 << 20;
 const USER_AGENT: &str = concat!("rootstock/", env!("CARGO_PKG_VERSION"));
 /// Clients kept; past this the cache is emptied (clients are cheap to rebuild, and pull
 /// secrets are not a set that should grow without bound).
@@ -351,6 +353,8 @@ impl RegistryClient {
                 endpoint: ep,
                 image: image.clone(),
                 auth: RegistryAuth::Anonymous,
+                bearer: None,
+                timeout: Duration::from_secs(self.config.request_timeout_secs),
             };
             match session.start().await {
                 Ok((session, bytes, digest)) => return Ok((session, bytes, digest)),
@@ -402,6 +406,10 @@ pub(crate) struct Session {
     endpoint: Endpoint,
     image: ImageRef,
     auth: RegistryAuth,
+    /// The bearer token `oci-client` obtained, for the requests we make ourselves.
+    bearer: Option<String>,
+    /// `images.request_timeout_secs`: each request that is not a blob body.
+    timeout: Duration,
 }
 
 impl Session {
@@ -415,27 +423,33 @@ impl Session {
             Auth::Anonymous => RegistryAuth::Anonymous,
             Auth::Basic(u, p) => RegistryAuth::Basic(u.clone(), p.clone()),
             Auth::Bearer(t) => RegistryAuth::Bearer(t.clone()),
-            Auth::IdentityToken(t) => {
-                RegistryAuth::Bearer(retry("identity token", || self.exchange_identity(t)).await?)
-            }
+            Auth::IdentityToken(t) => RegistryAuth::Bearer(
+                retry("identity token", || {
+                    self.timed("identity token exchange", self.exchange_identity(t))
+                })
+                .await?,
+            ),
         };
-        let session = Session {
+        let mut session = Session {
             client: self.client.clone(),
             endpoint: self.endpoint.clone(),
             image: self.image.clone(),
             auth,
+            bearer: None,
+            timeout: self.timeout,
         };
         let tag_or_digest = self.image.registry_reference().to_string();
         let reference = session
             .endpoint
             .reference(self.image.repository(), &tag_or_digest);
-        retry("authenticate", || async {
-            session
-                .client
-                .auth(&reference, &session.auth, RegistryOperation::Pull)
-                .await
-                .map(|_| ())
-                .map_err(|e| session.map_err(e, Target::Auth))
+        session.bearer = retry("authenticate", || {
+            session.timed("authentication", async {
+                session
+                    .client
+                    .auth(&reference, &session.auth, RegistryOperation::Pull)
+                    .await
+                    .map_err(|e| session.map_err(e, Target::Auth))
+            })
         })
         .await?;
         let (bytes, digest) = session.fetch_manifest(&tag_or_digest).await?;
@@ -447,11 +461,16 @@ impl Session {
         let reference = self
             .endpoint
             .reference(self.image.repository(), tag_or_digest);
-        let result = retry("fetch manifest", || async {
-            self.client
-                .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFESTS)
-                .await
-                .map_err(|e| self.map_err(e, Target::Manifest(tag_or_digest)))
+        let result = retry("fetch manifest", || {
+            self.timed("manifest request", async {
+                if let Some(bytes) = self.fetch_manifest_bounded(tag_or_digest).await? {
+                    return Ok((bytes, String::new()));
+                }
+                self.client
+                    .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFESTS)
+                    .await
+                    .map_err(|e| self.map_err(e, Target::Manifest(tag_or_digest)))
+            })
         })
         .await;
         let (bytes, _) = match result {
@@ -470,6 +489,105 @@ impl Session {
             });
         }
         Ok((bytes, digest))
+    }
+
+    /// Run one registry request under `images.request_timeout_secs`: a server that answers
+    /// slowly (or drips its answer) cannot hold a pull longer than that.
+    async fn timed<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::RegistryTimeout {
+                host: self.endpoint.host.clone(),
+                what: what.to_string(),
+                detail: format!(
+                    "no complete answer within {}s (images.request_timeout_secs)",
+                    self.timeout.as_secs()
+                ),
+            }),
+        }
+    }
+
+    /// An HTTP client for our own requests to this endpoint: its CA roots, a connect
+    /// timeout, and no redirects at all (the identity-token exchange posts a refresh token,
+    /// which a redirect must never carry anywhere).
+    fn http_client(&self, follow_redirects: bool) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(USER_AGENT);
+        if !follow_redirects {
+            builder = builder.redirect(reqwest::redirect::Policy::none());
+        }
+        let mut certs = Vec::new();
+        for path in &self.endpoint.ca_files {
+            let pem = std::fs::read(path).map_err(|e| Error::io("read CA file", path, e))?;
+            for cert in split_pem(&pem) {
+                let c = reqwest::Certificate::from_pem(&cert).map_err(|e| Error::Config {
+                    key: format!("registries.\"{}\".ca_files", self.endpoint.host),
+                    reason: format!("{}: {e}", path.display()),
+                })?;
+                certs.push(c);
+            }
+        }
+        if !certs.is_empty() {
+            builder = builder.tls_certs_merge(certs);
+        }
+        builder.build().map_err(|e| Error::Config {
+            key: format!("registries.\"{}\"", self.endpoint.host),
+            reason: format!("cannot build an HTTP client: {e}"),
+        })
+    }
+
+    /// GET a manifest reading at most [`MAX_DOCUMENT`] bytes of it (containerd's bound on
+    /// manifests and configs): `oci-client` reads a body whole, so a hostile registry could
+    /// make it hold gigabytes. `None` when the registry did not answer 200: the request is
+    /// then repeated through `oci-client`, whose error mapping names the failure. Redirects
+    /// are followed by reqwest, which drops `Authorization` when one leaves the host.
+    async fn fetch_manifest_bounded(&self, tag_or_digest: &str) -> Result<Option<Bytes>> {
+        let http = self.http_client(true)?;
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.endpoint.base_url(),
+            self.image.repository(),
+            tag_or_digest
+        );
+        let mut req = http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        match (&self.bearer, &self.auth) {
+            (Some(token), _) => req = req.bearer_auth(token),
+            (None, RegistryAuth::Basic(u, p)) => req = req.basic_auth(u, Some(p)),
+            (None, RegistryAuth::Bearer(t)) => req = req.bearer_auth(t),
+            _ => {}
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| classify_reqwest(&e, &self.endpoint.host))?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Ok(None);
+        }
+        let too_large = || Error::DocumentTooLarge {
+            reference: self.image.to_string(),
+            what: format!("manifest {tag_or_digest}"),
+            limit: MAX_DOCUMENT,
+        };
+        if resp.content_length().is_some_and(|l| l > MAX_DOCUMENT) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| classify_reqwest(&e, &self.endpoint.host))?;
+            if (body.len() + chunk.len()) as u64 > MAX_DOCUMENT {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(Bytes::from(body)))
     }
 
     /// Tell an unknown repository from an unknown tag.
@@ -511,8 +629,21 @@ impl Session {
         }
         retry("fetch blob", || async {
             let mut stream = self.open_blob(desc).await?;
+            let deadline = tokio::time::Instant::now() + self.timeout;
             let mut buf = Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0));
-            while let Some(chunk) = stream.next().await {
+            loop {
+                let next = tokio::time::timeout_at(deadline, stream.next()).await;
+                let Ok(next) = next else {
+                    return Err(Error::RegistryTimeout {
+                        host: self.endpoint.host.clone(),
+                        what: format!("blob {}", desc.digest),
+                        detail: format!(
+                            "not received within {}s (images.request_timeout_secs)",
+                            self.timeout.as_secs()
+                        ),
+                    });
+                };
+                let Some(chunk) = next else { break };
                 let chunk = chunk?;
                 buf.extend_from_slice(&chunk);
                 if buf.len() as u64 > desc.size {
@@ -558,11 +689,13 @@ impl Session {
             urls: desc.urls.clone(),
             ..Default::default()
         };
-        let stream = retry("open blob", || async {
-            self.client
-                .pull_blob_stream(&reference, &oci_desc)
-                .await
-                .map_err(|e| self.map_err(e, Target::Blob(&desc.digest)))
+        let stream = retry("open blob", || {
+            self.timed("blob request", async {
+                self.client
+                    .pull_blob_stream(&reference, &oci_desc)
+                    .await
+                    .map_err(|e| self.map_err(e, Target::Blob(&desc.digest)))
+            })
         })
         .await?;
         let host = self.endpoint.host.clone();
@@ -573,27 +706,7 @@ impl Session {
     }
 
     async fn exchange_identity(&self, token: &str) -> Result<String> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(USER_AGENT);
-        let mut certs = Vec::new();
-        for path in &self.endpoint.ca_files {
-            let pem = std::fs::read(path).map_err(|e| Error::io("read CA file", path, e))?;
-            for cert in split_pem(&pem) {
-                let c = reqwest::Certificate::from_pem(&cert).map_err(|e| Error::Config {
-                    key: format!("registries.\"{}\".ca_files", self.endpoint.host),
-                    reason: format!("{}: {e}", path.display()),
-                })?;
-                certs.push(c);
-            }
-        }
-        if !certs.is_empty() {
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder.build().map_err(|e| Error::Config {
-            key: format!("registries.\"{}\"", self.endpoint.host),
-            reason: format!("cannot build an HTTP client: {e}"),
-        })?;
+        let http = self.http_client(false)?;
         let host = &self.endpoint.host;
         let repository = self.image.repository();
         let auth_failed = |detail: String| Error::AuthenticationFailed {

@@ -271,7 +271,17 @@ impl Render<'_> {
                 },
             };
             if path.is_empty() {
-                fsutil::apply_meta_fd(&dir, meta).map_err(|x| Error::io("set metadata", "/", x))?;
+                // `dir` is an O_PATH descriptor, which fchown/fchmod/fsetxattr refuse (EBADF):
+                // the root gets its metadata through a descriptor opened for reading.
+                let root = rustix::fs::openat(
+                    &dir,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|x| Error::io("open", "/", x.into()))?;
+                fsutil::apply_meta_fd(&root, meta)
+                    .map_err(|x| Error::io("set metadata", "/", x))?;
                 continue;
             }
             match rustix::fs::utimensat(&dir, name, &ts, AtFlags::SYMLINK_NOFOLLOW) {
@@ -281,6 +291,13 @@ impl Render<'_> {
         }
         Ok(())
     }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// A private copy of `src` (content via `copy_file_range`) with `meta`.
@@ -309,6 +326,17 @@ pub(crate) fn render(paths: &StorePaths, chain: &ChainId, diff_ids: &[Digest]) -
         dir_meta: BTreeMap::new(),
         cache: None,
     };
+    // Without a root entry in any layer the root is what `tar -x` into a fresh directory
+    // and containerd's snapshots give: 0755, owned by root. The runtime gives the
+    // container's upper directory the same mode and owner (overlayfs shows the upper's).
+    r.dir_meta.insert(
+        String::new(),
+        Meta {
+            mode: 0o755,
+            mtime: now_secs(),
+            ..Meta::default()
+        },
+    );
     let mut entries = 0;
     for diff_id in diff_ids {
         let dir = paths.layer_dir(diff_id);
@@ -321,8 +349,6 @@ pub(crate) fn render(paths: &StorePaths, chain: &ChainId, diff_ids: &[Digest]) -
     }
     r.finish_dirs()?;
     drop(r);
-    // The tree's own directory keeps 0700 unless the image's root entry said otherwise: the
-    // runtime (root) mounts it; nobody else needs to look inside the store.
     fsutil::sync_fs(&paths.root).map_err(|e| Error::io("sync", &paths.root, e))?;
     failpoint::hit("render.before-rename");
     let dest = paths.trees.join(chain.0.hex());

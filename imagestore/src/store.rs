@@ -46,8 +46,9 @@ use crate::reference::{ChainId, Digest, ImageLookup, ImageRef};
 use crate::registry::{Credentials, RegistryClient, Session};
 use crate::unpack::{LayerManifest, StorePaths, TreeLayerSink, object_rel};
 
-/// Largest config blob accepted (configs are read whole; real ones are a few KiB).
-const MAX_CONFIG_SIZE: u64 = 16 << 20;
+/// Largest config blob accepted (configs are read whole; real ones are a few KiB). 4 MiB,
+/// containerd's cap on manifests and configs read into memory.
+const MAX_CONFIG_SIZE: u64 = 4 << 20;
 /// Layers downloaded at once per pull.
 const PARALLEL_LAYERS: usize = 3;
 /// A pull running longer than this logs progress, and again every such interval.
@@ -171,17 +172,26 @@ struct Inner {
     flights: FlightLocks,
     db_bytes: AtomicU64,
     paths: StorePaths,
-    /// Pulls (unpack, render, commit) hold it shared; the object sweep takes it alone, so a
-    /// sweep never deletes an object a pull is about to link.
+    /// Pulls (unpack, render, commit) hold it shared; `close` and `verify` take it alone.
+    /// Removal and GC never take it: they must not wait for a download (a slow registry
+    /// would block `RemoveContainer`/`RemoveImage`, and a write-preferring lock then every
+    /// new pull). They delete only what no pull leases (per blob, layer and chain), and
+    /// the unpacker tolerates an object vanishing under it (it creates it again).
     store_guard: tokio::sync::RwLock<()>,
+    /// One object sweep at a time.
+    sweep_lock: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     /// (bytes, inodes) of the store, hard links counted once; refreshed after each change.
     usage: (AtomicU64, AtomicU64),
+    /// `images.max_image_bytes` and `images.max_image_entries`, each pull's budget.
+    image_limits: (u64, u64),
+    /// `images.blob_min_bytes_per_sec` over `images.blob_stall_secs`.
+    blob_rate: (u64, Duration),
 }
 
 /// Written by [`ImageStore::close`], removed at open: its absence at open means the last run
 /// did not stop cleanly, and objects no committed layer names may be torn.
-const CLEAN_MARKER: &str = "clean-shutdown";
+pub(crate) const CLEAN_MARKER: &str = "clean-shutdown";
 
 /// The image store. Cheap to clone (an `Arc`); all methods take `&self` and may run
 /// concurrently.
@@ -195,6 +205,33 @@ impl std::fmt::Debug for ImageStore {
         f.debug_struct("ImageStore")
             .field("root", &self.inner.root)
             .finish_non_exhaustive()
+    }
+}
+
+/// At open: remove a directory left behind, or, when that fails, move it to `quarantine/`
+/// and go on — one bad tree must not keep the daemon from starting. The operator is told
+/// where it went.
+fn remove_or_quarantine(root: &Path, path: &Path) {
+    let Err(e) = fsutil::remove_tree(path) else {
+        return;
+    };
+    let dir = root.join("quarantine");
+    let name = format!(
+        "{}-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        now_secs()
+    );
+    let dest = dir.join(name);
+    let moved = create_private_dir(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| std::fs::rename(path, &dest).map_err(|e| e.to_string()));
+    match moved {
+        Ok(()) => warn!(path = %path.display(), error = %e, quarantine = %dest.display(),
+            "could not remove a directory at start-up; moved it aside, remove it by hand"),
+        Err(m) => warn!(path = %path.display(), error = %e, rename_error = %m,
+            "could not remove a directory at start-up nor move it aside; going on"),
     }
 }
 
@@ -249,6 +286,8 @@ impl Drop for Leases {
 
 /// Pull progress, logged by a ticker for long pulls.
 struct Progress {
+    /// Closed when the caller is gone (see [`ImageStore::pull`]).
+    gone: tokio::sync::watch::Receiver<()>,
     reference: String,
     total: AtomicU64,
     done: AtomicU64,
@@ -256,6 +295,18 @@ struct Progress {
 }
 
 impl Progress {
+    /// The caller of the pull went away.
+    fn abandoned(&self) -> bool {
+        self.gone.has_changed().is_err()
+    }
+
+    fn abandoned_error(&self) -> Error {
+        Error::Interrupted {
+            what: format!("pull of {}", self.reference),
+            detail: "the caller cancelled the request".into(),
+        }
+    }
+
     fn log(&self, final_id: Option<&Digest>) {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let done = self.done.load(Ordering::Relaxed);
@@ -284,7 +335,7 @@ impl ImageStore {
         create_private_dir(root)?;
         let tmp = root.join("tmp");
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io("clear tmp", &tmp, e))?;
+            remove_or_quarantine(root, &tmp);
         }
         create_private_dir(&tmp)?;
         // Trees are mounted as overlay lowers; the kernel stacks overlays at most two deep,
@@ -313,6 +364,9 @@ impl ImageStore {
             blobs.clone(),
             config.keep_layer_blobs,
             config.allow_device_nodes,
+            crate::unpack::SinkLimits {
+                max_path_depth: config.max_path_depth,
+            },
         ));
         let marker = root.join(CLEAN_MARKER);
         let clean = marker.exists();
@@ -340,8 +394,14 @@ impl ImageStore {
             db_bytes: AtomicU64::new(0),
             paths,
             store_guard: tokio::sync::RwLock::new(()),
+            sweep_lock: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             usage: (AtomicU64::new(0), AtomicU64::new(0)),
+            image_limits: (config.max_image_bytes, config.max_image_entries),
+            blob_rate: (
+                config.blob_min_bytes_per_sec,
+                Duration::from_secs(config.blob_stall_secs),
+            ),
         };
         inner.sweep_orphans()?;
         inner.sweep_trees_and_layer_dirs()?;
@@ -363,7 +423,10 @@ impl ImageStore {
         let image =
             ImageRef::parse(reference).map_err(|e| Error::invalid_reference(reference, e))?;
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.pull(image, auth).await })
+        // Dropped with this future: a caller that goes away (kubelet cancels the RPC, its
+        // deadline passes) closes the channel, and the pull stops downloading and cleans up.
+        let (_caller, gone) = tokio::sync::watch::channel(());
+        tokio::spawn(async move { inner.pull(image, auth, gone).await })
             .await
             .map_err(|e| Error::Interrupted {
                 what: format!("pull of {reference}"),
@@ -520,6 +583,7 @@ impl ImageStore {
     pub async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::SeqCst);
         let _all = self.inner.store_guard.write().await;
+        let _sweep = self.inner.sweep_lock.lock().await;
         let _gc = self.inner.gc_lock.lock().await;
         let root = self.inner.root.clone();
         blocking("close store", move || {
@@ -535,6 +599,7 @@ impl ImageStore {
     /// guard, so no pull or sweep changes it meanwhile).
     pub async fn verify(&self) -> Result<crate::verify::Report> {
         let _all = self.inner.store_guard.write().await;
+        let _sweep = self.inner.sweep_lock.lock().await;
         let _gc = self.inner.gc_lock.lock().await;
         let (root, meta) = (self.inner.root.clone(), self.inner.meta.clone());
         blocking("verify store", move || crate::verify::check(&root, &meta)).await
@@ -766,7 +831,7 @@ impl Inner {
                 warn!(chain = %tree.chain_id, "removing a tree nothing holds");
                 self.meta
                     .delete_trees(std::slice::from_ref(&tree.chain_id))?;
-                self.remove_tree_dir(&tree.chain_id.0)?;
+                remove_or_quarantine(&self.root, &self.paths.trees.join(tree.chain_id.0.hex()));
             }
         }
         let known_layers: HashSet<String> = self
@@ -784,8 +849,7 @@ impl Inner {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if !known.contains(&name) {
                     warn!(path = %entry.path().display(), "removing a directory without a record");
-                    fsutil::remove_tree(&entry.path())
-                        .map_err(|e| Error::io("remove", entry.path(), e))?;
+                    remove_or_quarantine(&self.root, &entry.path());
                 }
             }
         }
@@ -818,7 +882,7 @@ impl Inner {
     }
 
     /// Remove objects whose only name is their own (link count 1: no layer or tree uses
-    /// them). Caller holds the store guard exclusively (or is `open`).
+    /// them). Caller holds `sweep_lock` (or is `open`).
     fn sweep_objects(&self) -> Result<()> {
         crate::failpoint::hit("gc.object-sweep");
         let removed = self.for_each_object(|_, nlink| nlink <= 1)?;
@@ -864,9 +928,9 @@ impl Inner {
         Ok(removed)
     }
 
-    /// The object sweep with the store guard held exclusively, then the usage refreshed.
+    /// The object sweep (one at a time, concurrent with pulls), then the usage refreshed.
     async fn sweep_objects_guarded(self: Arc<Self>) -> Result<()> {
-        let _all = self.store_guard.write().await;
+        let _one = self.sweep_lock.lock().await;
         let inner = self.clone();
         blocking("sweep objects", move || {
             inner.sweep_objects()?;
@@ -956,8 +1020,14 @@ impl Inner {
         Ok(())
     }
 
-    async fn pull(self: Arc<Self>, image: ImageRef, auth: Option<Credentials>) -> Result<Image> {
+    async fn pull(
+        self: Arc<Self>,
+        image: ImageRef,
+        auth: Option<Credentials>,
+        gone: tokio::sync::watch::Receiver<()>,
+    ) -> Result<Image> {
         let progress = Arc::new(Progress {
+            gone,
             reference: image.to_string(),
             total: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -1113,6 +1183,7 @@ impl Inner {
         // writing when a failed pull cleans up.
         let failed = Arc::new(AtomicBool::new(false));
         let session = Arc::new(session);
+        let budget = crate::layer::ImageBudget::new(self.image_limits.0, self.image_limits.1);
         let inputs: Vec<LayerInput> = manifest
             .layers
             .iter()
@@ -1124,6 +1195,7 @@ impl Inner {
                 media_type: desc.media_type.clone(),
                 size: desc.size,
                 diff_id: diff_id.clone(),
+                budget: budget.clone(),
             })
             .collect();
         let results: Vec<Result<()>> =
@@ -1138,6 +1210,10 @@ impl Inner {
                     async move {
                         if failed.load(Ordering::Relaxed) {
                             return Ok(());
+                        }
+                        if progress.abandoned() {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(progress.abandoned_error());
                         }
                         let r = inner.pull_layer(&session, input, desc, &progress).await;
                         if r.is_err() {
@@ -1271,7 +1347,55 @@ impl Inner {
                 VerifyingReader::new(ChannelReader::new(rx), layer.digest.clone(), layer.size);
             sink.commit(&layer, &mut reader)
         });
-        while let Some(chunk) = stream.next().await {
+        // A blob must keep arriving at `blob_min_bytes_per_sec`, measured over windows of
+        // `blob_stall_secs` of time spent waiting on the network (time spent waiting on the
+        // disk does not count): a server that drips cannot hold the pull for ever.
+        let (min_rate, window) = self.blob_rate;
+        let min_bytes = min_rate.saturating_mul(window.as_secs());
+        let (mut waited, mut got) = (Duration::ZERO, 0u64);
+        let mut gone = progress.gone.clone();
+        loop {
+            let started = Instant::now();
+            let next = tokio::select! {
+                _ = gone.changed() => Ok(Some(Err(progress.abandoned_error()))),
+                r = tokio::time::timeout(window.saturating_sub(waited), stream.next()) => r,
+            };
+            waited += started.elapsed();
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => Err(Error::RegistryTimeout {
+                    host: session.host().to_string(),
+                    what: format!("blob {}", input.digest),
+                    detail: format!(
+                        "{got} bytes in {}s, less than images.blob_min_bytes_per_sec = \
+                         {min_rate} over images.blob_stall_secs",
+                        window.as_secs()
+                    ),
+                }),
+            };
+            if let Ok(c) = &chunk {
+                got += c.len() as u64;
+            }
+            let chunk = if waited >= window {
+                let slow = got < min_bytes;
+                let detail = format!(
+                    "{got} bytes in {}s, less than images.blob_min_bytes_per_sec = {min_rate} \
+                     over images.blob_stall_secs",
+                    waited.as_secs()
+                );
+                (waited, got) = (Duration::ZERO, 0);
+                match chunk {
+                    Ok(_) if slow => Err(Error::RegistryTimeout {
+                        host: session.host().to_string(),
+                        what: format!("blob {}", input.digest),
+                        detail,
+                    }),
+                    other => other,
+                }
+            } else {
+                chunk
+            };
             let failed = chunk.is_err();
             if let Ok(c) = &chunk {
                 progress.done.fetch_add(c.len() as u64, Ordering::Relaxed);

@@ -14,13 +14,14 @@
 //! the metadata an inode carries (mode, owner, mtime, xattrs), so a hard link to an object
 //! reproduces the file exactly.
 //!
-//! The tar reading is the `tar` crate's (headers, PAX, GNU long names); what it writes to disk
-//! is ours, because the crate's `unpack` resolves paths by string and follows symlinks, which
-//! the containment rules below forbid.
+//! The tar reading is ours too ([`crate::tarstream`]): every record it holds in memory is
+//! capped, sparse files arrive as segments (holes stay holes), and each image's pull has a
+//! budget of uncompressed bytes and entries ([`crate::layer::ImageBudget`]). Paths are
+//! root-relative: a leading `/` is contained like `tar -x` and umoci do, `..` is refused.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use crate::layer::{LayerInput, LayerSink};
 use crate::manifest::Compression;
 use crate::metadata::{LayerRecord, Metadata};
 use crate::reference::Digest;
+use crate::tarstream::{EntryType, Header, TarError, TarReader};
 
 const LAYER_MANIFEST: &str = "layer.json";
 const LAYER_ROOT: &str = "root";
@@ -228,6 +230,23 @@ pub struct TreeLayerSink {
     blobs: Arc<BlobStore>,
     keep_blobs: bool,
     allow_device_nodes: bool,
+    limits: SinkLimits,
+}
+
+/// Limits a layer's entries must keep (per-image byte and entry budgets travel with each
+/// [`LayerInput`]).
+#[derive(Debug, Clone)]
+pub struct SinkLimits {
+    /// Path components an entry may have (`images.max_path_depth`).
+    pub max_path_depth: usize,
+}
+
+impl Default for SinkLimits {
+    fn default() -> Self {
+        SinkLimits {
+            max_path_depth: crate::config::DEFAULT_MAX_PATH_DEPTH,
+        }
+    }
 }
 
 impl TreeLayerSink {
@@ -238,6 +257,7 @@ impl TreeLayerSink {
         blobs: Arc<BlobStore>,
         keep_blobs: bool,
         allow_device_nodes: bool,
+        limits: SinkLimits,
     ) -> Self {
         TreeLayerSink {
             paths: StorePaths::new(root),
@@ -245,6 +265,7 @@ impl TreeLayerSink {
             blobs,
             keep_blobs,
             allow_device_nodes,
+            limits,
         }
     }
 }
@@ -297,12 +318,10 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Split a tar path into normal components: `.` and empty parts dropped, `..` and absolute
-/// paths refused (an entry can never name anything outside the root by its path).
+/// Split a tar path into normal components: `.`, empty parts and a leading `/` dropped (an
+/// absolute path is root-relative, as `tar -x` and umoci read it), `..` refused (an entry
+/// can never name anything outside the root by its path).
 pub(crate) fn normalize(raw: &str) -> std::result::Result<Vec<String>, String> {
-    if raw.starts_with('/') {
-        return Err("absolute path".into());
-    }
     let mut out = Vec::new();
     for c in raw.split('/') {
         match c {
@@ -337,6 +356,8 @@ struct Unpack<'a> {
     parent_cache: Option<(String, OwnedFd)>,
     tmp_counter: u64,
     buf: Vec<u8>,
+    zeros: Vec<u8>,
+    limits: SinkLimits,
     skipped_devices: u64,
     dropped_xattrs: u64,
 }
@@ -429,9 +450,8 @@ impl<'a> Unpack<'a> {
         Ok(())
     }
 
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
-        let raw_path = entry.path_bytes().into_owned();
-        let raw = String::from_utf8(raw_path).map_err(|e| {
+    fn entry<R: Read>(&mut self, tar: &mut TarReader<R>, h: Header) -> Result<()> {
+        let raw = String::from_utf8(h.path.clone()).map_err(|e| {
             refused(
                 self.layer,
                 &String::from_utf8_lossy(e.as_bytes()),
@@ -439,48 +459,43 @@ impl<'a> Unpack<'a> {
             )
         })?;
         let comps = normalize(&raw).map_err(|r| refused(self.layer, &raw, r))?;
-        let header = entry.header().clone();
-        let etype = header.entry_type();
-        let num = |r: io::Result<u64>, what: &str| -> Result<u64> {
-            r.map_err(|e| refused(self.layer, &raw, format!("bad {what} field: {e}")))
-        };
+        self.layer.budget.entry(self.layer)?;
+        if comps.len() > self.limits.max_path_depth {
+            return Err(Error::LayerLimit {
+                digest: self.layer.digest.clone(),
+                index: self.layer.index,
+                limit: "images.max_path_depth",
+                detail: format!(
+                    "entry {raw:?} is {} levels deep, the limit is {}",
+                    comps.len(),
+                    self.limits.max_path_depth
+                ),
+            });
+        }
+        let etype = h.etype;
         let mut meta = Meta {
-            mode: num(header.mode().map(u64::from), "mode")? as u32 & 0o7777,
-            uid: num(header.uid(), "uid")? as u32,
-            gid: num(header.gid(), "gid")? as u32,
-            mtime: num(header.mtime(), "mtime")? as i64,
+            mode: h.mode & 0o7777,
+            uid: u32::try_from(h.uid)
+                .map_err(|_| refused(self.layer, &raw, format!("uid {} out of range", h.uid)))?,
+            gid: u32::try_from(h.gid)
+                .map_err(|_| refused(self.layer, &raw, format!("gid {} out of range", h.gid)))?,
+            mtime: h.mtime,
             xattrs: Vec::new(),
         };
-        if let Some(exts) = entry
-            .pax_extensions()
-            .map_err(|e| refused(self.layer, &raw, format!("bad PAX header: {e}")))?
-        {
-            for ext in exts {
-                let ext =
-                    ext.map_err(|e| refused(self.layer, &raw, format!("bad PAX record: {e}")))?;
-                let Ok(key) = ext.key() else { continue };
-                // In PAX an empty value deletes the keyword (as Go's archive/tar, hence
-                // umoci, reads it): no xattr.
-                if ext.value_bytes().is_empty() {
-                    continue;
-                }
-                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    // A layer must not steer overlayfs (opaque/redirect/metacopy markers).
-                    if name.starts_with("trusted.overlay.") {
-                        self.dropped_xattrs += 1;
-                        continue;
-                    }
-                    meta.xattrs
-                        .push((name.to_string(), ext.value_bytes().to_vec()));
-                }
+        for (name, value) in &h.xattrs {
+            // A layer must not steer overlayfs (opaque/redirect/metacopy markers).
+            if name.starts_with("trusted.overlay.") {
+                self.dropped_xattrs += 1;
+                continue;
             }
+            meta.xattrs.push((name.clone(), value.clone()));
         }
         meta.xattrs.sort();
         meta.xattrs.dedup_by(|a, b| a.0 == b.0);
 
         if comps.is_empty() {
             // The root itself ("./"): only a directory makes sense; its metadata is kept.
-            if etype.is_dir() {
+            if etype == EntryType::Dir {
                 self.entries.insert(
                     String::new(),
                     ManEntry {
@@ -531,7 +546,7 @@ impl<'a> Unpack<'a> {
 
         let dir = self.parent(&comps, &raw)?;
         match etype {
-            t if t.is_dir() => {
+            EntryType::Dir => {
                 self.replace(&dir, &name, &path, true)?;
                 match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
@@ -547,20 +562,17 @@ impl<'a> Unpack<'a> {
                     },
                 );
             }
-            t if t.is_file() || t == tar::EntryType::Continuous || t.is_gnu_sparse() => {
+            EntryType::File => {
                 self.replace(&dir, &name, &path, false)?;
-                let declared = entry.size();
-                let kind = self.file(&mut entry, &dir, &name, &path, &meta, declared)?;
+                let kind = self.file(tar, &h, &dir, &name, &path, &meta)?;
                 self.entries
                     .insert(path.clone(), ManEntry { path, kind, meta });
             }
-            t if t.is_hard_link() => {
-                let Some(link) = entry
-                    .link_name_bytes()
-                    .map(|l| String::from_utf8_lossy(&l).into_owned())
-                else {
+            EntryType::HardLink => {
+                if h.link.is_empty() {
                     return Err(refused(self.layer, &raw, "hard link without a target"));
-                };
+                }
+                let link = String::from_utf8_lossy(&h.link).into_owned();
                 // Hard link names are relative to the archive root; a leading `/` is
                 // contained (stripped), `..` is refused.
                 let tcomps = normalize(link.trim_start_matches('/')).map_err(|r| {
@@ -601,13 +613,11 @@ impl<'a> Unpack<'a> {
                 }
                 self.hardlinks.push((path, target));
             }
-            t if t.is_symlink() => {
-                let Some(target) = entry
-                    .link_name_bytes()
-                    .map(|l| String::from_utf8_lossy(&l).into_owned())
-                else {
+            EntryType::Symlink => {
+                if h.link.is_empty() {
                     return Err(refused(self.layer, &raw, "symlink without a target"));
-                };
+                }
+                let target = String::from_utf8_lossy(&h.link).into_owned();
                 self.replace(&dir, &name, &path, false)?;
                 rustix::fs::symlinkat(target.as_str(), &dir, name.as_str())
                     .map_err(|e| Error::io("create symlink", &path, e.into()))?;
@@ -620,23 +630,10 @@ impl<'a> Unpack<'a> {
                     },
                 );
             }
-            t if t.is_fifo() || t.is_character_special() || t.is_block_special() => {
+            EntryType::Fifo | EntryType::Char | EntryType::Block => {
                 // Fifos carry no device numbers (the fields may be blank).
-                let (major, minor) = if t.is_fifo() {
-                    (0, 0)
-                } else {
-                    (
-                        num(
-                            header.device_major().map(|m| m.unwrap_or(0) as u64),
-                            "devmajor",
-                        )? as u32,
-                        num(
-                            header.device_minor().map(|m| m.unwrap_or(0) as u64),
-                            "devminor",
-                        )? as u32,
-                    )
-                };
-                let (kind, ftype) = if t.is_fifo() {
+                let (major, minor) = (h.devmajor, h.devminor);
+                let (kind, ftype) = if etype == EntryType::Fifo {
                     (Kind::Fifo, FileType::Fifo)
                 } else if !self.allow_devices {
                     // Skipped, not refused: the runtime mounts its own /dev over the image's,
@@ -644,7 +641,7 @@ impl<'a> Unpack<'a> {
                     // refusing would break old images that carry a populated /dev.
                     self.skipped_devices += 1;
                     return Ok(());
-                } else if t.is_character_special() {
+                } else if etype == EntryType::Char {
                     (Kind::Char { major, minor }, FileType::CharacterDevice)
                 } else {
                     (Kind::Block { major, minor }, FileType::BlockDevice)
@@ -661,29 +658,36 @@ impl<'a> Unpack<'a> {
                 self.entries
                     .insert(path.clone(), ManEntry { path, kind, meta });
             }
-            t if t.is_pax_global_extensions() => {}
-            other => {
+            EntryType::Other(flag) => {
                 return Err(refused(
                     self.layer,
                     &raw,
-                    format!("unsupported tar entry type {:?}", other.as_byte() as char),
+                    format!("unsupported tar entry type {:?}", flag as char),
                 ));
             }
         }
         Ok(())
     }
 
+    /// A read error of the tar stream as the pull reports it.
+    fn tar_err(&self, e: TarError, entry: &str) -> Error {
+        tar_error(self.layer, e, entry)
+    }
+
     /// A regular file: content into a temp file (hashed as it goes, exactly `declared` bytes),
-    /// metadata applied, then linked as an object and into the view.
+    /// metadata applied, then linked as an object and into the view. A sparse file's data
+    /// segments are written at their offsets and the holes left as holes (the hash still
+    /// covers the zeros a reader sees, as `verify` rehashes the file).
     fn file<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        tar: &mut TarReader<R>,
+        h: &Header,
         dir: &OwnedFd,
         name: &str,
         path: &str,
         meta: &Meta,
-        declared: u64,
     ) -> Result<Kind> {
+        let declared = h.size;
         self.tmp_counter += 1;
         let tmp_name = format!("o{}", self.tmp_counter);
         let target_dir: &OwnedFd = if declared == 0 { dir } else { &self.work };
@@ -702,29 +706,60 @@ impl<'a> Unpack<'a> {
         let mut file = File::from(fd);
         let mut hasher = Sha256::new();
         let mut written = 0u64;
-        loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(n) => n,
-                Err(e) if e.get_ref().is_some_and(|i| i.is::<Error>()) => {
-                    return Err(Error::from_io(e, "read layer", Path::new(path)));
+        let segments: Vec<(u64, u64)> = match &h.sparse {
+            Some(map) => map.clone(),
+            None => vec![(0, declared)],
+        };
+        for (offset, len) in segments {
+            if offset > written {
+                // A hole: zeros in the hash, nothing on disk; it counts as unpacked bytes.
+                let hole = offset - written;
+                self.layer.budget.bytes(self.layer, hole)?;
+                let mut left = hole;
+                while left > 0 {
+                    let n = left.min(self.zeros.len() as u64) as usize;
+                    hasher.update(&self.zeros[..n]);
+                    left -= n as u64;
                 }
-                Err(e) => {
-                    return Err(refused(
-                        self.layer,
-                        path,
-                        format!(
-                            "declared {declared} bytes, the archive ended after {written}: {e}"
-                        ),
-                    ));
-                }
-            };
-            if n == 0 {
-                break;
+                file.seek(io::SeekFrom::Start(offset))
+                    .map_err(|e| Error::io("seek file", path, e))?;
+                written = offset;
             }
-            hasher.update(&self.buf[..n]);
-            file.write_all(&self.buf[..n])
-                .map_err(|e| Error::io("write file", path, e))?;
-            written += n as u64;
+            let mut left = len;
+            while left > 0 {
+                let want = left.min(self.buf.len() as u64) as usize;
+                let n = tar
+                    .read_data(&mut self.buf[..want])
+                    .map_err(|e| self.tar_err(e, path))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&self.buf[..n]);
+                file.write_all(&self.buf[..n])
+                    .map_err(|e| Error::io("write file", path, e))?;
+                written += n as u64;
+                left -= n as u64;
+            }
+            if left > 0 {
+                return Err(refused(
+                    self.layer,
+                    path,
+                    format!("declared {declared} bytes, the archive holds {written}"),
+                ));
+            }
+        }
+        if written < declared {
+            let hole = declared - written;
+            self.layer.budget.bytes(self.layer, hole)?;
+            let mut left = hole;
+            while left > 0 {
+                let n = left.min(self.zeros.len() as u64) as usize;
+                hasher.update(&self.zeros[..n]);
+                left -= n as u64;
+            }
+            file.set_len(declared)
+                .map_err(|e| Error::io("extend file", path, e))?;
+            written = declared;
         }
         if written != declared {
             return Err(refused(
@@ -746,41 +781,77 @@ impl<'a> Unpack<'a> {
         let key = object_key(&hasher.finalize().into(), meta);
         let rel = object_rel(&key);
         let mut private = false;
-        match rustix::fs::linkat(
-            &self.work,
-            tmp_name.as_str(),
-            &self.objects,
-            rel.as_str(),
-            AtFlags::empty(),
-        ) {
-            Ok(()) => {
-                failpoint::hit("unpack.object-linked");
-                rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
-                    .map_err(|e| Error::io("place file", path, e.into()))?;
-            }
-            Err(rustix::io::Errno::EXIST) => {
-                match rustix::fs::linkat(&self.objects, rel.as_str(), dir, name, AtFlags::empty()) {
-                    Ok(()) => {
-                        let _ =
-                            rustix::fs::unlinkat(&self.work, tmp_name.as_str(), AtFlags::empty());
-                    }
-                    Err(rustix::io::Errno::MLINK) => {
-                        // The object has as many names as the file system allows: this layer
-                        // keeps its own copy (the one just written).
-                        private = true;
-                        rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
-                            .map_err(|e| Error::io("place file", path, e.into()))?;
-                    }
-                    Err(e) => return Err(Error::io("link object", path, e.into())),
+        // The object sweep runs concurrently with pulls: an existing object with no other
+        // name may vanish between our EEXIST and our link to it; then it is created anew.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match rustix::fs::linkat(
+                &self.work,
+                tmp_name.as_str(),
+                &self.objects,
+                rel.as_str(),
+                AtFlags::empty(),
+            ) {
+                Ok(()) => {
+                    failpoint::hit("unpack.object-linked");
+                    rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
+                        .map_err(|e| Error::io("place file", path, e.into()))?;
                 }
+                Err(rustix::io::Errno::EXIST) => {
+                    match rustix::fs::linkat(
+                        &self.objects,
+                        rel.as_str(),
+                        dir,
+                        name,
+                        AtFlags::empty(),
+                    ) {
+                        Ok(()) => {
+                            let _ = rustix::fs::unlinkat(
+                                &self.work,
+                                tmp_name.as_str(),
+                                AtFlags::empty(),
+                            );
+                        }
+                        Err(rustix::io::Errno::NOENT) if attempts < 5 => continue,
+                        Err(rustix::io::Errno::MLINK) => {
+                            // The object has as many names as the file system allows: this
+                            // layer keeps its own copy (the one just written).
+                            private = true;
+                            rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
+                                .map_err(|e| Error::io("place file", path, e.into()))?;
+                        }
+                        Err(e) => return Err(Error::io("link object", path, e.into())),
+                    }
+                }
+                Err(e) => return Err(Error::io("create object", path, e.into())),
             }
-            Err(e) => return Err(Error::io("create object", path, e.into())),
+            break;
         }
         Ok(Kind::File {
             object: Some(key),
             size: declared,
             private,
         })
+    }
+}
+
+/// A read error of a layer's tar stream as the pull reports it: a limit names the limit, a
+/// typed error of the blob stream (cut connection, digest mismatch) survives as itself,
+/// anything else refuses the layer as malformed.
+fn tar_error(layer: &LayerInput, e: TarError, entry: &str) -> Error {
+    match e {
+        TarError::Limit { what, size, limit } => Error::LayerLimit {
+            digest: layer.digest.clone(),
+            index: layer.index,
+            limit: "tar record size (1 MiB, as Go's archive/tar)",
+            detail: format!("{what} of {size} bytes exceeds {limit} bytes"),
+        },
+        TarError::Malformed(m) => refused(layer, entry, format!("bad tar stream: {m}")),
+        TarError::Io(e) if e.get_ref().is_some_and(|i| i.is::<Error>()) => {
+            Error::from_io(e, "read layer", Path::new("layer stream"))
+        }
+        TarError::Io(e) => refused(layer, entry, format!("bad tar stream: {e}")),
     }
 }
 
@@ -839,6 +910,8 @@ impl TreeLayerSink {
             parent_cache: None,
             tmp_counter: 0,
             buf: vec![0u8; COPY_BUFFER],
+            zeros: vec![0u8; COPY_BUFFER],
+            limits: self.limits.clone(),
             skipped_devices: 0,
             dropped_xattrs: 0,
         };
@@ -861,21 +934,16 @@ impl TreeLayerSink {
                 hasher: Sha256::new(),
                 count: 0,
             };
-            {
-                let mut archive = tar::Archive::new(&mut hashing);
-                let entries = archive
-                    .entries()
-                    .map_err(|e| refused(layer, "", format!("not a tar archive: {e}")))?;
-                for entry in entries {
-                    let entry = entry.map_err(|e| {
-                        if e.get_ref().is_some_and(|i| i.is::<Error>()) {
-                            Error::from_io(e, "read layer", Path::new("layer stream"))
-                        } else {
-                            refused(layer, "", format!("bad tar stream: {e}"))
-                        }
-                    })?;
-                    state.entry(entry)?;
-                }
+            let mut tar = TarReader::new(&mut hashing);
+            let mut charged = 0u64;
+            loop {
+                let next = tar.next_entry().map_err(|e| tar_error(layer, e, ""))?;
+                // Every byte of the stream counts against the image's budget: headers,
+                // extension records and data.
+                layer.budget.bytes(layer, tar.consumed() - charged)?;
+                charged = tar.consumed();
+                let Some(h) = next else { break };
+                state.entry(&mut tar, h)?;
             }
             // The tar's end padding and anything after it belong to the diff_id too.
             io::copy(&mut hashing, &mut io::sink()).map_err(|e| decompress_err(e.to_string()))?;
@@ -1021,7 +1089,7 @@ mod tests {
     fn normalize_refuses_escapes_and_drops_dots() {
         assert_eq!(normalize("./a//b/").unwrap(), vec!["a", "b"]);
         assert!(normalize("a/../../b").is_err());
-        assert!(normalize("/etc/passwd").is_err());
+        assert_eq!(normalize("/etc/passwd").unwrap(), vec!["etc", "passwd"]);
         assert!(normalize("").unwrap().is_empty());
     }
 

@@ -100,8 +100,14 @@ pub fn verify_offline(root: &Path) -> Result<Report> {
 }
 
 /// Re-hash an object and compute its key from what is on disk.
-fn key_on_disk(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = File::open(path)?;
+pub(crate) fn key_on_disk(path: &Path) -> std::io::Result<(String, u64)> {
+    let f = File::open(path)?;
+    let nlink = f.metadata()?.nlink();
+    Ok((key_of_file(f)?, nlink))
+}
+
+/// The object key of an open regular file: its content and inode metadata.
+pub(crate) fn key_of_file(mut f: File) -> std::io::Result<String> {
     let m = f.metadata()?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
@@ -119,7 +125,7 @@ fn key_on_disk(path: &Path) -> std::io::Result<(String, u64)> {
         mtime: m.mtime(),
         xattrs: fsutil::read_xattrs(&f)?,
     };
-    Ok((object_key(&h.finalize().into(), &meta), m.nlink()))
+    Ok(object_key(&h.finalize().into(), &meta))
 }
 
 /// The checks (blocking).

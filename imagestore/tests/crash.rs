@@ -3,6 +3,8 @@
 //! there; the parent then reopens the store, `verify` (offline, under the root lock) must be
 //! clean, and the same pull must succeed.
 
+// The crash points exist only with the `failpoints` feature (`make test` turns it on).
+#![cfg(feature = "failpoints")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
 mod common;

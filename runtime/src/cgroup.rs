@@ -153,21 +153,30 @@ pub fn weight_as_unified(r: &Resources) -> Resources {
     out
 }
 
-/// A unified-map key must name a file of the cgroup itself (`memory.high`), never a path.
-fn check_unified_key(key: &str) -> Result<()> {
+/// A unified-map entry must name a controller file of the cgroup itself (`memory.high`):
+/// never a path, and never a `cgroup.*` core file (`cgroup.procs` would move a process of
+/// the node into the container's cgroup, `cgroup.kill` kill it, `cgroup.subtree_control`
+/// change the hierarchy). The value is one line. Checked the same way on v1 and v2, before
+/// anything is written.
+pub fn check_unified(key: &str, value: &str) -> Result<()> {
     let ok = !key.is_empty()
-        && !key.contains('/')
+        && !key.contains(['/', '\0'])
         && !key.starts_with('.')
         && key
             .split_once('.')
-            .is_some_and(|(c, f)| !c.is_empty() && !f.is_empty());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "unified cgroup resource {key:?} is not a cgroup v2 file name (<controller>.<file>)"
-        )))
+            .is_some_and(|(c, f)| !c.is_empty() && !f.is_empty() && c != "cgroup");
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "unified cgroup resource {key:?} is not a cgroup v2 controller file name \
+             (<controller>.<file>, not cgroup.*)"
+        )));
     }
+    if value.contains(['\0', '\n']) {
+        return Err(Error::InvalidArgument(format!(
+            "unified cgroup resource {key:?}: the value holds a NUL or newline"
+        )));
+    }
+    Ok(())
 }
 
 fn limit_or_max(v: i64) -> String {
@@ -248,7 +257,7 @@ pub fn v2_settings(r: &Resources) -> Result<Vec<(String, String)>> {
         set(&format!("hugetlb.{size}.max"), limit.to_string());
     }
     for (k, v) in &r.unified {
-        check_unified_key(k)?;
+        check_unified(k, v)?;
         set(k, v.clone());
     }
     Ok(out)
@@ -509,7 +518,15 @@ mod tests {
             )
             .unwrap();
         assert_eq!(read(tree.path(), "memory.max"), "1048576");
-        for key in ["../../escape.max", "memory", ".hidden", "cpu/../x.y"] {
+        for key in [
+            "../../escape.max",
+            "memory",
+            ".hidden",
+            "cpu/../x.y",
+            "cgroup.procs",
+            "cgroup.kill",
+            "cgroup.subtree_control",
+        ] {
             let r = Resources {
                 unified: [(key.to_owned(), "1".to_owned())].into(),
                 ..Default::default()

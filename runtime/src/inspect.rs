@@ -34,9 +34,9 @@ impl SandboxInfo {
         }
         match (self.record.pid, self.record.pod_init) {
             (SandboxPidMode::Host, _) => {}
-            (SandboxPidMode::Pod, Some(init)) => ns(
+            (SandboxPidMode::Pod, Some(_)) => ns(
                 LinuxNamespaceType::Pid,
-                Some(PathBuf::from(format!("/proc/{}/ns/pid", init.pid))),
+                Some(self.dir.join("ns").join("pid")),
             ),
             _ => ns(LinuxNamespaceType::Pid, None),
         }

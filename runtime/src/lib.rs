@@ -28,7 +28,9 @@
 
 pub mod cdi;
 pub mod cgroup;
+pub mod cgroup_join;
 pub mod config;
+pub mod confine;
 pub mod crilog;
 pub mod devices;
 pub mod error;
@@ -38,14 +40,17 @@ pub mod id;
 pub mod inspect;
 pub mod monitor;
 pub mod oci;
+pub mod pod_helpers;
 pub mod recovery;
 pub mod rootfs;
 pub mod runtime;
 pub mod sandbox;
+pub mod seccomp_default;
 pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod stdin;
+pub mod sysctl;
 pub mod target;
 pub mod user;
 pub mod util;

@@ -2,6 +2,7 @@
 //! the only lower directory and a private upper/work pair.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -50,6 +51,14 @@ impl OverlayRootfs {
         for d in [&me.target, &me.upper, &me.work] {
             fs::create_dir_all(d).map_err(|e| Error::io("create directory", d, e))?;
         }
+        // overlayfs shows the merged root with the upper directory's mode and owner: give it
+        // the image's (the tree root carries the layer's `./` entry), so `stat /` in the
+        // container shows what the image says, as with containerd's snapshots.
+        let root = fs::metadata(lower).map_err(|e| Error::io("stat", lower, e))?;
+        std::os::unix::fs::chown(&me.upper, Some(root.uid()), Some(root.gid()))
+            .map_err(|e| Error::io("chown", &me.upper, e))?;
+        fs::set_permissions(&me.upper, fs::Permissions::from_mode(root.mode() & 0o7777))
+            .map_err(|e| Error::io("chmod", &me.upper, e))?;
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             check_option_path(lower)?,

@@ -19,12 +19,13 @@ use std::process::{Command, Stdio};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::CgroupLayout;
 use crate::error::{Error, Result};
 use crate::id::SandboxId;
 use crate::monitor::ProcessIdentity;
 use crate::runtime::{Runtime, lock};
 use crate::spec::{BindMount, NamespaceMode, Namespaces, PidMode, Propagation};
-use crate::util;
+use crate::{sysctl, util};
 
 /// File name of a sandbox's persisted record.
 pub const SANDBOX_FILE: &str = "sandbox.json";
@@ -70,8 +71,12 @@ pub struct SandboxSpec {
     pub pid: SandboxPidMode,
     /// DNS.
     pub dns: Option<DnsConfig>,
-    /// Sysctls applied inside the new namespaces (before CNI ADD).
+    /// Sysctls applied inside the new namespaces (before CNI ADD); only namespaced ones
+    /// whose namespace the pod owns ([`crate::sysctl::check`]).
     pub sysctls: BTreeMap<String, String>,
+    /// The pod's cgroup (cleaned by [`crate::cgroup_join::clean_cgroup_parent`]); pod-init
+    /// runs in the leaf `<cgroup_parent>/<sandbox id>` below it.
+    pub cgroup_parent: String,
     /// Opaque caller data (CRI metadata, labels, annotations…).
     pub client_data: serde_json::Value,
 }
@@ -109,6 +114,9 @@ pub struct SandboxRecord {
     /// PID 1 of the pod's shared PID namespace (`SandboxPidMode::Pod` only).
     #[serde(default)]
     pub pod_init: Option<ProcessIdentity>,
+    /// The cgroup pod-init was placed in (removed with the sandbox).
+    #[serde(default)]
+    pub pod_init_cgroup: Option<String>,
     /// Opaque caller data.
     #[serde(default)]
     pub client_data: serde_json::Value,
@@ -123,7 +131,7 @@ pub struct SandboxInfo {
     pub dir: PathBuf,
 }
 
-const KINDS: [&str; 3] = ["net", "ipc", "uts"];
+const KINDS: [&str; 4] = ["net", "ipc", "uts", "pid"];
 
 impl SandboxInfo {
     /// The pinned namespace file of `kind` (`net`, `ipc`, `uts`), when the sandbox has one.
@@ -151,14 +159,17 @@ impl SandboxInfo {
             network: mode("net"),
             ipc: mode("ipc"),
             uts: mode("uts"),
-            pid: match (self.record.pid, self.record.pod_init) {
-                (SandboxPidMode::Host, _) => PidMode::Host,
-                (SandboxPidMode::Pod, Some(init)) => {
-                    PidMode::Pod(PathBuf::from(format!("/proc/{}/ns/pid", init.pid)))
+            pid: match self.record.pid {
+                SandboxPidMode::Host => PidMode::Host,
+                // The pinned namespace, never `/proc/<pid>/ns/pid`: a recycled pid would
+                // join another process's namespace. A namespace whose init has died takes
+                // no new process (fork fails in it), and such a sandbox is NotReady anyway.
+                SandboxPidMode::Pod if self.record.state == SandboxState::Ready => {
+                    PidMode::Pod(self.dir.join("ns").join("pid"))
                 }
                 // A pod-mode sandbox without its init (stopped): nothing can join it; a
                 // private namespace is the safe reading.
-                (SandboxPidMode::Container | SandboxPidMode::Pod, _) => PidMode::Private,
+                SandboxPidMode::Container | SandboxPidMode::Pod => PidMode::Private,
             },
         }
     }
@@ -171,6 +182,7 @@ impl SandboxInfo {
             host_path: src,
             readonly: false,
             propagation: Propagation::Private,
+            recursive_readonly: false,
         };
         let mut v = vec![
             m("/etc/hostname", self.dir.join("hostname")),
@@ -225,9 +237,15 @@ impl Runtime {
         self.opts.state_dir.join("sandboxes").join(id.as_str())
     }
 
+    /// The sandbox as clients see it: one whose pod-init has died is NotReady (its PID
+    /// namespace is gone with it; kubelet then recreates the pod).
     fn sandbox_info(&self, rec: &SandboxRecord) -> SandboxInfo {
+        let mut record = rec.clone();
+        if record.state == SandboxState::Ready && record.pod_init.is_some_and(|i| !i.is_alive()) {
+            record.state = SandboxState::NotReady;
+        }
         SandboxInfo {
-            record: rec.clone(),
+            record,
             dir: self.sandbox_dir(&rec.id),
         }
     }
@@ -245,6 +263,14 @@ impl Runtime {
     /// the caller's next step, with [`SandboxInfo::netns_path`].
     pub fn create_sandbox(&self, spec: SandboxSpec) -> Result<SandboxInfo> {
         let id = spec.id.clone();
+        let own = sysctl::OwnNamespaces {
+            net: !spec.host_network,
+            ipc: !spec.host_ipc,
+            uts: !spec.host_network,
+        };
+        for (k, v) in &spec.sysctls {
+            sysctl::check(k, v, own)?;
+        }
         let dir = self.sandbox_dir(&id);
         fs::create_dir_all(dir.parent().unwrap_or(&dir))
             .map_err(|e| Error::io("create directory", &dir, e))?;
@@ -271,19 +297,21 @@ impl Runtime {
             created_at_unix_nanos: util::now_unix_nanos(),
             boot_id: self.boot_id.clone(),
             pod_init: None,
+            pod_init_cgroup: None,
             client_data: spec.client_data.clone(),
         };
         let info = self.sandbox_info(&rec);
         let prepared = self.prepare_sandbox(&spec, &info).and_then(|()| {
             if spec.pid == SandboxPidMode::Pod {
-                rec.pod_init = Some(self.start_pod_init(&id)?);
+                let cgroup = (!spec.cgroup_parent.is_empty())
+                    .then(|| format!("{}/{id}", spec.cgroup_parent.trim_end_matches('/')));
+                rec.pod_init_cgroup = cgroup.clone();
+                rec.pod_init = Some(self.start_pod_init(&info, cgroup.as_deref())?);
             }
             self.persist_sandbox(&rec)
         });
         if let Err(e) = prepared {
-            if let Some(init) = rec.pod_init {
-                stop_pod_init(&init);
-            }
+            stop_pod_init(&rec);
             if let Err(c) = self.teardown_sandbox(&info, true) {
                 tracing::warn!(sandbox = %id, "cleanup after failed create: {c}");
             }
@@ -376,21 +404,7 @@ impl Runtime {
                 None => return Err(err(line.trim().trim_start_matches("error ").to_owned())),
             };
             for kind in &kinds {
-                let target = nsdir.join(kind);
-                File::create(&target).map_err(|e| Error::io("create", &target, e))?;
-                let source = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
-                mount(
-                    Some(&source),
-                    &target,
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )
-                .map_err(|source| Error::Mount {
-                    op: "bind-mount namespace to",
-                    target: target.clone(),
-                    source,
-                })?;
+                bind_namespace(pid, kind, &nsdir.join(kind))?;
             }
             Ok(())
         })();
@@ -400,14 +414,21 @@ impl Runtime {
         result
     }
 
-    /// Starts the pod's PID 1 (`rootstock-monitor pod-init`), detached from the daemon.
-    fn start_pod_init(&self, id: &SandboxId) -> Result<ProcessIdentity> {
+    /// Starts the pod's PID 1 (`rootstock-monitor pod-init`, see [`crate::pod_helpers`])
+    /// in `cgroup`, waits until it reports itself confined, and pins its PID namespace
+    /// under `ns/pid`.
+    fn start_pod_init(&self, info: &SandboxInfo, cgroup: Option<&str>) -> Result<ProcessIdentity> {
+        let id = &info.record.id;
         let err = |message: String| Error::Sandbox {
             id: id.to_string(),
-            message,
+            message: format!("pod init: {message}"),
         };
-        let mut child = Command::new(&self.monitor_binary)
-            .arg("pod-init")
+        let mut cmd = Command::new(&self.monitor_binary);
+        cmd.arg("pod-init");
+        if let Some(cg) = cgroup {
+            cmd.args(["--cgroup", cg]);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -416,25 +437,46 @@ impl Runtime {
                 program: self.monitor_binary.clone(),
                 source,
             })?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = BufReader::new(out).read_line(&mut line);
+        // Two writers share the pipe: the first stage ("pid <n>", then it exits) and PID 1
+        // itself ("ok" once confined, then it closes its end). EOF means both are done.
+        let mut out = String::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            let _ = pipe.read_to_string(&mut out);
         }
         let _ = child.wait();
-        let pid: i32 = match line.trim().strip_prefix("ok ") {
-            Some(p) => p
-                .parse()
-                .map_err(|_| err(format!("bad pod-init report {line:?}")))?,
-            None => {
-                return Err(err(format!(
-                    "pod init: {}",
-                    line.trim().trim_start_matches("error ")
-                )));
+        let mut pid = None;
+        let mut ok = false;
+        for line in out.lines() {
+            if let Some(p) = line.strip_prefix("pid ") {
+                pid = p.trim().parse::<i32>().ok();
+            } else if line.trim() == "ok" {
+                ok = true;
+            } else if let Some(e) = line.strip_prefix("error ") {
+                if let Some(p) = pid {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                return Err(err(e.to_owned()));
             }
-        };
-        let start_time =
-            util::process_start_time(pid).map_err(|e| err(format!("pod init {pid}: {e}")))?;
-        Ok(ProcessIdentity { pid, start_time })
+        }
+        let pid = pid.ok_or_else(|| err(format!("no pid reported ({out:?})")))?;
+        let start_time = util::process_start_time(pid).map_err(|e| err(format!("{pid}: {e}")))?;
+        let identity = ProcessIdentity { pid, start_time };
+        if !ok {
+            stop_identity(&identity);
+            return Err(err(format!("exited before it was confined ({out:?})")));
+        }
+        let nsdir = info.dir.join("ns");
+        let pinned = fs::create_dir_all(&nsdir)
+            .map_err(|e| Error::io("create directory", &nsdir, e))
+            .and_then(|()| bind_namespace(pid, "pid", &nsdir.join("pid")));
+        if let Err(e) = pinned {
+            stop_identity(&identity);
+            return Err(e);
+        }
+        Ok(identity)
     }
 
     /// Unmounts namespaces and `/dev/shm`; with `remove`, deletes the directory too.
@@ -463,10 +505,8 @@ impl Runtime {
             return Ok(());
         };
         let info = self.sandbox_info(rec);
-        if let Some(init) = rec.pod_init {
-            // SIGKILL of a PID namespace's init kills every process left in it.
-            stop_pod_init(&init);
-        }
+        // SIGKILL of a PID namespace's init kills every process left in it.
+        stop_pod_init(rec);
         self.teardown_sandbox(&info, false)?;
         if rec.state != SandboxState::NotReady || rec.pod_init.is_some() {
             let mut next = rec.clone();
@@ -486,9 +526,7 @@ impl Runtime {
             Some(rec) => self.sandbox_info(rec),
             None => return Ok(()),
         };
-        if let Some(init) = info.record.pod_init {
-            stop_pod_init(&init);
-        }
+        stop_pod_init(&info.record);
         self.teardown_sandbox(&info, true)?;
         map.remove(id);
         Ok(())
@@ -556,6 +594,7 @@ impl Runtime {
                             created_at_unix_nanos: 0,
                             boot_id: String::new(),
                             pod_init: None,
+                            pod_init_cgroup: None,
                             client_data: serde_json::Value::Null,
                         },
                         dir: e.path(),
@@ -575,14 +614,51 @@ fn node_hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Kills the pod's PID 1 if it is still that process (pid reuse is checked by start time).
-fn stop_pod_init(init: &ProcessIdentity) {
+/// Kills the pod's PID 1 if it is still that process (pid reuse is checked by start time)
+/// and removes the cgroup it was placed in.
+fn stop_pod_init(rec: &SandboxRecord) {
+    if let Some(init) = &rec.pod_init {
+        stop_identity(init);
+    }
+    if let Some(cg) = &rec.pod_init_cgroup
+        && let Err(e) = CgroupLayout::detect().remove(cg)
+    {
+        tracing::warn!(sandbox = %rec.id, "pod init cgroup: {e}");
+    }
+}
+
+fn stop_identity(init: &ProcessIdentity) {
     if init.is_alive() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(init.pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    // Wait (briefly) until it is gone, so that its cgroup can be removed.
+    for _ in 0..100 {
+        if !init.is_alive() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Pins `/proc/<pid>/ns/<kind>` by bind-mounting it onto `target` (created empty).
+fn bind_namespace(pid: i32, kind: &str, target: &Path) -> Result<()> {
+    File::create(target).map_err(|e| Error::io("create", target, e))?;
+    let source = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
+    mount(
+        Some(&source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| Error::Mount {
+        op: "bind-mount namespace to",
+        target: target.to_owned(),
+        source,
+    })
 }
 
 fn unmount_if_mounted(path: &Path) -> Result<()> {

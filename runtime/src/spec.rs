@@ -17,6 +17,7 @@ use oci_spec::runtime::{
 
 use crate::error::{Error, Result};
 use crate::id::ContainerId;
+use crate::seccomp_default;
 use crate::user::{self, UserRequest};
 
 /// The image config values a container inherits (OCI image config `config` section).
@@ -104,6 +105,10 @@ pub struct BindMount {
     pub readonly: bool,
     /// Propagation.
     pub propagation: Propagation,
+    /// Read-only all the way down (CRI `recursive_read_only`): submounts too, through the
+    /// OCI runtime's `rro` option (`mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`, kernel
+    /// ≥ 5.12). Needs `readonly` and private propagation (checked at the CRI boundary).
+    pub recursive_readonly: bool,
 }
 
 /// A container's seccomp profile (CRI `SecurityProfile`, or the deprecated
@@ -113,8 +118,8 @@ pub enum SeccompProfile {
     /// No filter (CRI `Unconfined`, and what an unset profile means, as in containerd).
     #[default]
     Unconfined,
-    /// The runtime's default profile. Not applied yet: rootstock ships no default filter,
-    /// so the container runs without one and the daemon warns once.
+    /// The runtime's default profile ([`crate::seccomp_default`]); also the deprecated
+    /// `runtime/default` and `docker/default` names.
     RuntimeDefault,
     /// A profile file on the node (absolute path), in the OCI/Docker seccomp JSON format,
     /// put into the spec's `linux.seccomp` as containerd's `seccomp.WithProfile` does.
@@ -146,6 +151,8 @@ pub struct SecurityContext {
     pub run_as_group: Option<u32>,
     /// `supplemental_groups`.
     pub supplemental_groups: Vec<u32>,
+    /// `supplemental_groups_policy` `Strict`: no groups from the image's `/etc/group`.
+    pub supplemental_groups_strict: bool,
     /// `readonly_rootfs`.
     pub readonly_rootfs: bool,
     /// `no_new_privs`.
@@ -418,10 +425,7 @@ pub fn build(
     let seccomp = match &s.security.seccomp {
         _ if privileged => None,
         SeccompProfile::Unconfined => None,
-        SeccompProfile::RuntimeDefault => {
-            runtime_default_skipped.push(Confinement::Seccomp);
-            None
-        }
+        SeccompProfile::RuntimeDefault => Some(seccomp_default::profile(&bounding_caps(&process))),
         SeccompProfile::Localhost(path) => Some(load_seccomp(path).map_err(&spec_err)?),
     };
     process.set_apparmor_profile(
@@ -502,6 +506,22 @@ pub fn build(
         oom_score_adj_clamped,
         runtime_default_skipped,
     })
+}
+
+/// The container's bounding capabilities by name (`CAP_CHOWN`…): what the default seccomp
+/// profile's capability-gated rules look at, as in containerd.
+fn bounding_caps(process: &Process) -> Vec<String> {
+    process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().as_ref())
+        .map(|set| {
+            set.iter()
+                .filter_map(|c| serde_json::to_value(c).ok())
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Reads a seccomp profile file (the OCI `linux.seccomp` object; the Docker format is the
@@ -618,14 +638,13 @@ fn process(
             run_as_username: s.security.run_as_username.as_deref(),
             run_as_group: s.security.run_as_group,
             supplemental_groups: &s.security.supplemental_groups,
+            strict_groups: s.security.supplemental_groups_strict,
         },
     )?;
     let mut user = User::default();
     user.set_uid(resolved.uid);
     user.set_gid(resolved.gid);
-    user.set_additional_gids(
-        (!resolved.additional_gids.is_empty()).then_some(resolved.additional_gids),
-    );
+    user.set_additional_gids(Some(resolved.additional_gids));
 
     let cwd = s
         .working_dir
@@ -765,6 +784,9 @@ fn bind(m: &BindMount) -> Mount {
         .to_owned(),
         if m.readonly { "ro" } else { "rw" }.to_owned(),
     ];
+    if m.recursive_readonly {
+        options.push("rro".to_owned());
+    }
     options.dedup();
     let mut mount = Mount::default();
     mount.set_destination(m.container_path.clone());
@@ -1009,18 +1031,21 @@ mod tests {
             host_path: "/x".into(),
             readonly: true,
             propagation: Propagation::HostToContainer,
+            recursive_readonly: false,
         });
         s.mounts.push(BindMount {
             container_path: "/data".into(),
             host_path: "/y".into(),
             readonly: false,
             propagation: Propagation::Private,
+            recursive_readonly: false,
         });
         s.sandbox_mounts.push(BindMount {
             container_path: "/dev/shm".into(),
             host_path: "/run/shm".into(),
             readonly: false,
             propagation: Propagation::Private,
+            recursive_readonly: false,
         });
         let id = ContainerId::new("c1").unwrap();
         let host = HostFacts {
@@ -1165,7 +1190,16 @@ mod tests {
 
         s.security.seccomp = SeccompProfile::RuntimeDefault;
         let b = build(&id, &s, dir.path(), &host).unwrap();
-        assert_eq!(b.runtime_default_skipped, [Confinement::Seccomp]);
+        assert!(b.runtime_default_skipped.is_empty());
+        let json = serde_json::to_value(&b.spec).unwrap();
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        s.security.privileged = true;
+        let json = serde_json::to_value(build(&id, &s, dir.path(), &host).unwrap().spec).unwrap();
+        assert!(
+            json["linux"].get("seccomp").is_none(),
+            "privileged: unconfined"
+        );
+        s.security.privileged = false;
 
         for bad in [
             dir.path().join("missing.json"),

@@ -31,6 +31,9 @@ pub struct UserRequest<'a> {
     pub run_as_group: Option<u32>,
     /// CRI `supplemental_groups`.
     pub supplemental_groups: &'a [u32],
+    /// CRI `SupplementalGroupsPolicy` `Strict`: only the requested groups, none from the
+    /// image's `/etc/group`.
+    pub strict_groups: bool,
 }
 
 struct PasswdEntry {
@@ -175,8 +178,10 @@ pub fn resolve(rootfs: &Path, req: &UserRequest<'_>) -> Result<ResolvedUser> {
     if let Some(g) = req.run_as_group {
         gid = g;
     }
-    let mut additional_gids = Vec::new();
-    if let Some(name) = &name {
+    // The primary group is listed too, as containerd and Docker do: the process keeps it
+    // even if a later setgid drops the primary group, and ContainerStatus.user says so.
+    let mut additional_gids = vec![gid];
+    if let Some(name) = name.as_ref().filter(|_| !req.strict_groups) {
         for g in all_groups
             .iter()
             .filter(|g| g.members.iter().any(|m| m == name))
@@ -229,7 +234,10 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids), (33, 33, vec![44, 29]));
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids),
+            (33, 33, vec![33, 44, 29])
+        );
         let u = resolve(
             d.path(),
             &UserRequest {
@@ -262,7 +270,16 @@ mod tests {
             ..Default::default()
         };
         let u = resolve(d.path(), &req).unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids), (0, 7, vec![5]));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (0, 7, vec![7, 5]));
+        // Strict: the image's /etc/group memberships of www (44, 29) are not added.
+        let req = UserRequest {
+            image_user: "www",
+            supplemental_groups: &[5],
+            strict_groups: true,
+            ..Default::default()
+        };
+        let www = resolve(d.path(), &req).unwrap();
+        assert_eq!(www.additional_gids, vec![www.gid, 5]);
         let req = UserRequest {
             run_as_username: Some("www"),
             ..Default::default()

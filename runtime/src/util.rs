@@ -80,6 +80,25 @@ pub fn now_unix_nanos() -> i64 {
     }
 }
 
+/// Whether the kernel has `mount_setattr(2)` (5.12+), which recursive read-only mounts
+/// (`rro`) need. Probed with an invalid call: `ENOSYS` means absent, any other error
+/// (`EBADF`/`EINVAL`) that the call exists.
+pub fn mount_setattr_supported() -> bool {
+    // SAFETY: an invalid fd and null pointers: the kernel rejects the call without
+    // touching memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0,
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,7 @@ fn sandbox_spec(name: &str, host_network: bool) -> SandboxSpec {
                 "80".to_owned(),
             )])
         },
+        cgroup_parent: String::new(),
         client_data: serde_json::Value::Null,
     }
 }
@@ -202,4 +203,61 @@ fn pod_shared_pid_namespace_lets_containers_see_each_other_and_stop_leaves_nothi
         std::thread::sleep(Duration::from_millis(20));
     }
     env.rt.remove_sandbox(&sb.record.id).unwrap();
+}
+
+/// The namespace-pinning helper, while the daemon pins its namespaces, is as confined as
+/// pod-init: empty read-only root, uid 65535, no capabilities, no_new_privs, seccomp; and a
+/// node-wide sysctl is refused by the helper itself too.
+#[test]
+fn the_namespace_pinning_helper_is_confined() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let monitor = env!("CARGO_BIN_EXE_rootstock-monitor");
+    let mut child = Command::new(monitor)
+        .args(["pin-namespaces", "--net", "--uts", "--ipc"])
+        .args(["--sysctl", "net.ipv4.ip_unprivileged_port_start=80"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: i32 = line.trim().strip_prefix("ok ").unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    for k in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+        assert_eq!(field(k), "0000000000000000", "{k}");
+    }
+    assert_eq!(field("Uid"), "65535\t65535\t65535\t65535");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .collect();
+    assert!(root.is_empty(), "{root:?}");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+
+    let out = Command::new(monitor)
+        .args([
+            "pin-namespaces",
+            "--net",
+            "--sysctl",
+            "kernel.core_pattern=|/bin/false",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("kernel.core_pattern"), "{text}");
 }

@@ -363,6 +363,10 @@ impl Daemon {
         for dir in read_dirs(&self.state_dir.join("sandboxes")) {
             let record = read_json(&dir.join("sandbox.json"));
             kill_identified(&record["pod_init"]);
+            // The leaf pod-init runs in, below the pod cgroup (removed first: longer path).
+            if let Some(cg) = record["pod_init_cgroup"].as_str() {
+                cgroups.push(cg.to_owned());
+            }
             let data = &record["client_data"];
             if data["own_cgroup"].as_bool() == Some(true)
                 && let Some(cg) = data["cgroup_parent"].as_str()

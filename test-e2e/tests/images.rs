@@ -393,6 +393,12 @@ async fn unknown_host_repository_and_tag_each_get_their_own_message() {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    // A port no registry can listen on is the user's mistake, not an unreachable registry.
+    let port = pull(&mut images, "127.0.0.1:99999/e2e/known:v1", None)
+        .await
+        .unwrap_err();
+    assert_eq!(port.code(), tonic::Code::InvalidArgument, "{port:?}");
+    assert!(port.message().contains("port"), "{}", port.message());
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! The daemon SIGKILLed inside unpack, render and GC (deterministic failpoints, not timers):
 //! after a restart `rootstock store verify` is clean and the same pull succeeds.
+//! Needs the daemon built with `--features rootstock-cri/failpoints` (`make test` does).
+#![cfg(feature = "failpoints")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::process::ExitStatusExt;

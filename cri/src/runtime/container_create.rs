@@ -255,6 +255,7 @@ fn container_spec(
                     Ok(MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
                     _ => Propagation::Private,
                 },
+                recursive_readonly: m.recursive_read_only,
             })
             .collect(),
         sandbox_mounts: sandbox.container_mounts(),
@@ -328,6 +329,8 @@ fn security(sc: Option<&LinuxContainerSecurityContext>) -> Result<SecurityContex
             .iter()
             .map(|g| id("supplemental group", *g))
             .collect::<Result<_, _>>()?,
+        supplemental_groups_strict: sc.supplemental_groups_policy
+            == k8s_cri::v1::SupplementalGroupsPolicy::Strict as i32,
         readonly_rootfs: sc.readonly_rootfs,
         no_new_privs: sc.no_new_privs,
         privileged: sc.privileged,

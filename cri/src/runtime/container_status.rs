@@ -32,13 +32,14 @@ impl RuntimeApi {
             _ => (0, 0, String::new()),
         };
         let mut info_map = HashMap::new();
+        let runtime_spec = self.rt.container_spec(&id).unwrap_or_else(|e| {
+            tracing::debug!(container = %id, "status: {e}");
+            serde_json::Value::Null
+        });
+        let user = container_user(&runtime_spec);
         if req.verbose {
             // containerd's keys (`crictl inspect -o go-template` scripts read them), then
             // ours. crictl decodes every info value as a JSON object.
-            let runtime_spec = self.rt.container_spec(&id).unwrap_or_else(|e| {
-                tracing::debug!(container = %id, "verbose status: {e}");
-                serde_json::Value::Null
-            });
             let verbose = serde_json::json!({
                 "sandboxID": meta.sandbox_id,
                 "pid": rec.init_pid,
@@ -88,7 +89,7 @@ impl RuntimeApi {
                     windows: None,
                 }),
                 image_id: meta.image_id.clone(),
-                user: None,
+                user,
                 labels: meta.labels,
                 annotations: meta.annotations,
             }),
@@ -161,4 +162,23 @@ fn log_path(info: &ContainerInfo) -> String {
     } else {
         path.display().to_string()
     }
+}
+
+/// The identity the container's first process started with (CRI `ContainerStatus.user`):
+/// `process.user` of the spec it was created with, after the image's `/etc/passwd` and
+/// `/etc/group` were resolved.
+fn container_user(spec: &serde_json::Value) -> Option<k8s_cri::v1::ContainerUser> {
+    let user = spec.get("process")?.get("user")?;
+    let id = |k: &str| user.get(k).and_then(serde_json::Value::as_i64);
+    Some(k8s_cri::v1::ContainerUser {
+        linux: Some(k8s_cri::v1::LinuxContainerUser {
+            uid: id("uid")?,
+            gid: id("gid")?,
+            supplemental_groups: user
+                .get("additionalGids")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
+                .unwrap_or_default(),
+        }),
+    })
 }

@@ -55,8 +55,10 @@ impl RuntimeApi {
             });
             info.insert("cni".to_owned(), cni.to_string());
         }
+        // Both handlers (runc, crun) take the `rro` mount option; the kernel must have
+        // mount_setattr for it.
         let features = Some(RuntimeHandlerFeatures {
-            recursive_read_only_mounts: false,
+            recursive_read_only_mounts: rootstock_runtime::util::mount_setattr_supported(),
             user_namespaces: false,
         });
         // The handler named "" is the default one (CRI `RuntimeHandler.name`).
@@ -69,7 +71,8 @@ impl RuntimeApi {
             info,
             runtime_handlers,
             features: Some(RuntimeFeatures {
-                supplemental_groups_policy: false,
+                // `Strict` is honoured and ContainerStatus.user is reported.
+                supplemental_groups_policy: true,
             }),
         })
     }

@@ -165,7 +165,11 @@ fn sandbox_meta(
         meta.cgroup_parent = format!("/rootstock/{id}");
         meta.own_cgroup = true;
     } else {
-        meta.cgroup_parent = linux.cgroup_parent;
+        // Cleaned, and refused when it would leave the cgroup root (`../../x`).
+        meta.cgroup_parent = rootstock_runtime::cgroup_join::clean_cgroup_parent(
+            &linux.cgroup_parent,
+        )
+        .map_err(|e| CriError::InvalidArgument(format!("RunPodSandbox: config.linux.{e}")))?;
     }
     Ok(meta)
 }
@@ -233,6 +237,7 @@ fn sandbox_spec(config: &PodSandboxConfig, meta: &SandboxMeta, id: &SandboxId) -
                     .collect()
             })
             .unwrap_or_default(),
+        cgroup_parent: meta.cgroup_parent.clone(),
         client_data: to_json(meta),
     }
 }

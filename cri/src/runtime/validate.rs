@@ -14,9 +14,22 @@ fn invalid(field: &str, why: String) -> CriError {
     CriError::InvalidArgument(format!("CreateContainer: {field}: {why}"))
 }
 
-/// The CRI mounts: absolute host and container paths.
+/// The CRI mounts: absolute host and container paths; `recursive_read_only` only with
+/// `readonly` and private propagation (the CRI contract; critest checks the refusals).
 pub(super) fn check_mounts(config: &ContainerConfig) -> Result<(), CriError> {
     for (i, m) in config.mounts.iter().enumerate() {
+        if m.recursive_read_only && !m.readonly {
+            return Err(invalid(
+                &format!("mounts[{i}].recursive_read_only"),
+                "needs readonly to be true as well".to_owned(),
+            ));
+        }
+        if m.recursive_read_only && m.propagation != 0 {
+            return Err(invalid(
+                &format!("mounts[{i}].recursive_read_only"),
+                "needs private propagation (PROPAGATION_PRIVATE)".to_owned(),
+            ));
+        }
         for (field, path) in [
             ("host_path", &m.host_path),
             ("container_path", &m.container_path),
@@ -43,6 +56,10 @@ pub(super) fn check_resources(r: &LinuxContainerResources, field: &str) -> Resul
             "oom_score_adj",
             format!("{} is outside [-1000, 1000]", r.oom_score_adj),
         ));
+    }
+    for (key, value) in &r.unified {
+        rootstock_runtime::cgroup::check_unified(key, value)
+            .map_err(|e| bad(&format!("unified[{key:?}]"), e.to_string()))?;
     }
     if r.cpu_quota < -1 {
         return Err(bad(

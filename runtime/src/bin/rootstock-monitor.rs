@@ -26,11 +26,13 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use rootstock_runtime::cgroup::CgroupLayout;
+use rootstock_runtime::cgroup_join::MONITORS_CGROUP;
 use rootstock_runtime::crilog::{self, CriLogFile, Stream};
 use rootstock_runtime::monitor::{
     CONSOLE_SOCKET_FILE, EXIT_FILE, ExitRecord, INIT_PID_FILE, MonitorArgs, RUNTIME_LOG_FILE,
     STDIN_SOCKET_FILE,
 };
+use rootstock_runtime::pod_helpers;
 use rootstock_runtime::stdin::StdinRelay;
 use rootstock_runtime::util;
 
@@ -40,14 +42,19 @@ use rootstock_runtime::util;
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "pin-namespaces")
-    {
-        return pin_namespaces();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if pod_helpers::is_pause(&argv) {
+        return pod_helpers::pause_main();
     }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "pod-init") {
-        return pod_init();
+    let rest: Vec<String> = argv
+        .iter()
+        .skip(2)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("pin-namespaces") => return pod_helpers::pin_namespaces_main(&rest),
+        Some("pod-init") => return pod_helpers::pod_init_main(&rest),
+        _ => {}
     }
     let args = match MonitorArgs::parse(std::env::args_os().skip(1)) {
         Ok(a) => a,
@@ -56,6 +63,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Out of the daemon's cgroup before anything else: a restart that kills the daemon's
+    // whole cgroup must leave the monitor, and so the container's log and exit record.
+    if let Err(e) = CgroupLayout::detect().enter(MONITORS_CGROUP, 0) {
+        eprintln!("rootstock-monitor {}: {e}", args.id);
+    }
     // SAFETY: no thread has been started yet, so the child is a complete copy of a
     // single-threaded process and may run arbitrary code.
     match unsafe { nix::unistd::fork() } {
@@ -512,124 +524,4 @@ fn kill_cgroup(layout: &CgroupLayout, cgroup: &str, container: &mut Container) {
         container.reap();
     }
     eprintln!("processes left in cgroup {cgroup} after repeated SIGKILL");
-}
-
-/// `rootstock-monitor pin-namespaces [--net] [--ipc] [--uts] [--hostname H] [--sysctl K=V]…`:
-/// the short-lived child of a pod sandbox. It unshares the namespaces, sets the hostname in
-/// the new UTS namespace and applies the sysctls from inside them (a `/proc/sys` file acts
-/// on the opener's namespaces), reports `ok <pid>`, and waits for EOF on stdin while the
-/// daemon bind-mounts `/proc/<pid>/ns/*`; then it exits and the pod has no process.
-fn pin_namespaces() -> ExitCode {
-    match pin_namespaces_inner() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            report(&format!("error {e}"));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn pin_namespaces_inner() -> Result<(), String> {
-    use nix::sched::{CloneFlags, unshare};
-    let mut flags = CloneFlags::empty();
-    let mut hostname = None;
-    let mut sysctls = Vec::new();
-    let mut it = std::env::args().skip(2);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--net" => flags |= CloneFlags::CLONE_NEWNET,
-            "--ipc" => flags |= CloneFlags::CLONE_NEWIPC,
-            "--uts" => flags |= CloneFlags::CLONE_NEWUTS,
-            "--hostname" => hostname = Some(it.next().ok_or("--hostname needs a value")?),
-            "--sysctl" => sysctls.push(it.next().ok_or("--sysctl needs a value")?),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    unshare(flags).map_err(|e| format!("unshare: {e}"))?;
-    if let Some(h) = hostname {
-        nix::unistd::sethostname(&h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
-    }
-    for kv in sysctls {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| format!("sysctl {kv:?}: no '='"))?;
-        // Kubernetes accepts both `net.ipv4.ip_forward` and `net/ipv4/conf/eth0.1/…`.
-        let rel = if k.contains('/') {
-            k.to_owned()
-        } else {
-            k.replace('.', "/")
-        };
-        if rel.starts_with('/') || rel.split('/').any(|c| c.is_empty() || c == "..") {
-            return Err(format!("sysctl {k:?}: invalid name"));
-        }
-        let path = format!("/proc/sys/{rel}");
-        fs::write(&path, v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
-    }
-    report(&format!("ok {}", std::process::id()));
-    let mut sink = Vec::new();
-    let _ = io::stdin().read_to_end(&mut sink);
-    Ok(())
-}
-
-/// `rootstock-monitor pod-init`: PID 1 of a pod's shared PID namespace (CRI `POD` mode).
-/// The process the daemon starts leaves the daemon's session, unshares the PID namespace
-/// and forks; the child is PID 1 of the new namespace, the parent reports `ok <host pid of
-/// the child>` and exits. PID 1 reaps every orphan of the pod and exits on SIGTERM (a PID 1
-/// ignores signals it has no handler for, hence the signalfd).
-fn pod_init() -> ExitCode {
-    if let Err(e) = nix::unistd::setsid() {
-        report(&format!("error setsid: {e}"));
-        return ExitCode::FAILURE;
-    }
-    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
-        report(&format!("error unshare pid namespace: {e}"));
-        return ExitCode::FAILURE;
-    }
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-    ] {
-        mask.add(s);
-    }
-    if let Err(e) = mask.thread_block() {
-        report(&format!("error block signals: {e}"));
-        return ExitCode::FAILURE;
-    }
-    // SAFETY: single-threaded process; the child runs ordinary code after fork.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Parent { child }) => {
-            report(&format!("ok {child}"));
-            ExitCode::SUCCESS
-        }
-        Ok(ForkResult::Child) => {
-            let _ = close_report_channel();
-            let _ = nix::unistd::chdir("/");
-            let Ok(sfd) = SignalFd::new(&mask) else {
-                return ExitCode::FAILURE;
-            };
-            loop {
-                loop {
-                    match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                        Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                        Ok(_) | Err(Errno::EINTR) => {}
-                        Err(_) => break,
-                    }
-                }
-                match sfd.read_signal() {
-                    Ok(Some(info)) if info.ssi_signo != Signal::SIGCHLD as u32 => {
-                        return ExitCode::SUCCESS;
-                    }
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(_) => return ExitCode::FAILURE,
-                }
-            }
-        }
-        Err(e) => {
-            report(&format!("error fork: {e}"));
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -522,7 +522,9 @@ fn runtime_processes(
             let Some(p) = after.get(&cur) else {
                 return false;
             };
-            if cur == daemon || in_cgroup(p) {
+            // rootstock's monitors and pod-inits leave the daemon's cgroup at spawn (issue 15:
+            // a restart that kills that cgroup must not take them along): known by name.
+            if cur == daemon || in_cgroup(p) || p.comm == "rootstock-monit" {
                 return true;
             }
             if p.ppid <= 1 {

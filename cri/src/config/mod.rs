@@ -4,6 +4,8 @@
 //! strictly (an unknown key or a wrong type stops start-up, naming the file and the key), and
 //! applies the command-line overrides.
 
+mod docs;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -197,6 +199,12 @@ impl Config {
 
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// The TOML with every key's one-line documentation as a comment above it (what
+    /// `rootstock config default` prints; [`docs::DOCS`] holds the lines).
+    pub fn to_commented_toml(&self) -> Result<String, ConfigError> {
+        Ok(docs::annotate(&self.to_toml()?))
     }
 }
 

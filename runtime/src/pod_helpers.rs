@@ -1,0 +1,242 @@
+//! The monitor binary's pod modes: `pin-namespaces` (short-lived: creates a pod's network,
+//! IPC and UTS namespaces for the daemon to pin) and `pod-init` (PID 1 of a pod's shared
+//! PID namespace). Both end up confined as a pause container is ([`crate::confine`]): an
+//! empty read-only root in a mount namespace of their own, uid 65535, no capabilities,
+//! `no_new_privs`, a seccomp allow-list.
+//!
+//! pod-init, seen from the daemon:
+//! ```text
+//! daemon ─spawn─▶ `pod-init --cgroup C`: setsid, join C, unshare(PID|MNT), fork ─▶ exits
+//!   ▲                 │ "pid <host pid>"                 │
+//!   │                 ▼                                   ▼ execve(self, ["pause"], no env)
+//!   └────────── stdout pipe ◀──── "ok" ───── PID 1: pivot to an empty root, drop, seccomp,
+//!                                                   then reap orphans until SIGTERM/SIGKILL
+//! ```
+//! The exec gives PID 1 an argv without host paths (rewriting it in place needs
+//! `CAP_SYS_RESOURCE`); confinement happens after the exec because the dynamic loader
+//! needs the host's root to start the binary. "ok" is sent only once PID 1 is confined, and
+//! the daemon lets no container join before it has read it.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SigSet, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::cgroup::CgroupLayout;
+use crate::cgroup_join::clean_cgroup_parent;
+use crate::confine;
+use crate::sysctl;
+
+/// argv\[0\] (and the whole argv) of the confined pod-init after its exec.
+pub const PAUSE_ARGV0: &str = "pause";
+
+/// Writes one report line on stdout (the daemon's pipe) with a single `write(2)`: no
+/// allocation, so it also works under the seccomp filter.
+fn report(line: &str) {
+    let mut buf = line.replace('\n', " ").into_bytes();
+    buf.push(b'\n');
+    // SAFETY: writes `buf.len()` bytes from a live buffer to fd 1.
+    unsafe {
+        libc::write(1, buf.as_ptr().cast(), buf.len());
+    }
+}
+
+fn signal_mask() -> SigSet {
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    mask
+}
+
+/// `rootstock-monitor pin-namespaces [--net] [--ipc] [--uts] [--hostname H] [--sysctl K=V]…`:
+/// unshares the namespaces (and a mount namespace for its own confinement), sets the
+/// hostname, applies the sysctls from inside them (a `/proc/sys` file acts on the opener's
+/// namespaces), confines itself, reports `ok <pid>` and waits for EOF on stdin while the
+/// daemon bind-mounts `/proc/<pid>/ns/*`; then it exits and the pod has no process.
+pub fn pin_namespaces_main(args: &[String]) -> ExitCode {
+    match pin_namespaces(args) {
+        Ok(()) => {
+            // EOF on stdin: done. Nothing to flush; exit without running destructors.
+            // SAFETY: _exit ends the process at once; nothing is left in a bad state.
+            unsafe { libc::_exit(0) }
+        }
+        Err(e) => {
+            report(&format!("error {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pin_namespaces(args: &[String]) -> Result<(), String> {
+    use nix::sched::{CloneFlags, unshare};
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    let mut hostname = None;
+    let mut sysctls = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--net" => flags |= CloneFlags::CLONE_NEWNET,
+            "--ipc" => flags |= CloneFlags::CLONE_NEWIPC,
+            "--uts" => flags |= CloneFlags::CLONE_NEWUTS,
+            "--hostname" => hostname = Some(it.next().ok_or("--hostname needs a value")?),
+            "--sysctl" => sysctls.push(it.next().ok_or("--sysctl needs a value")?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+    if let Some(h) = hostname {
+        nix::unistd::sethostname(h).map_err(|e| format!("sethostname {h:?}: {e}"))?;
+    }
+    let own = sysctl::OwnNamespaces {
+        net: flags.contains(CloneFlags::CLONE_NEWNET),
+        ipc: flags.contains(CloneFlags::CLONE_NEWIPC),
+        uts: flags.contains(CloneFlags::CLONE_NEWUTS),
+    };
+    for kv in sysctls {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("sysctl {kv:?}: no '='"))?;
+        // The daemon checked already; checked again here, where the write happens.
+        sysctl::check(k, v, own).map_err(|e| e.to_string())?;
+        fs::write(sysctl::proc_path(k), v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
+    }
+    confine::pivot_to_empty_root()?;
+    confine::drop_privileges()?;
+    confine::close_fds_except(&[0, 1, 2]);
+    let ok = format!("ok {}", std::process::id());
+    let mut allowed = confine::base_syscalls();
+    allowed.extend([libc::SYS_brk, libc::SYS_mmap, libc::SYS_madvise]);
+    confine::install_seccomp(&allowed)?;
+    report(&ok);
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reads into a live stack buffer of the given length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 || (n < 0 && Errno::last() != Errno::EINTR) {
+            return Ok(());
+        }
+    }
+}
+
+/// `rootstock-monitor pod-init [--cgroup <path>]`, the stage the daemon starts: leaves the
+/// daemon's session and cgroup, unshares the PID and mount namespaces and forks; the child
+/// (PID 1 of the new namespace) re-executes the binary as `pause`, this process reports
+/// `pid <host pid of the child>` and exits.
+pub fn pod_init_main(args: &[String]) -> ExitCode {
+    match pod_init(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&format!("error {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pod_init(args: &[String]) -> Result<(), String> {
+    let mut cgroup = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--cgroup" => cgroup = Some(it.next().ok_or("--cgroup needs a value")?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    if let Some(cg) = cgroup {
+        let cg = clean_cgroup_parent(cg).map_err(|e| e.to_string())?;
+        CgroupLayout::detect().enter(&cg, 0)?;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("unshare pid and mount namespaces: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("own binary: {e}"))?;
+    let exe = CString::new(exe.as_os_str().as_bytes()).map_err(|e| format!("own binary: {e}"))?;
+    let argv0 = CString::new(PAUSE_ARGV0).map_err(|e| e.to_string())?;
+    // Blocked across the exec (the mask is inherited): PID 1 handles them via signalfd.
+    signal_mask()
+        .thread_block()
+        .map_err(|e| format!("block signals: {e}"))?;
+    // SAFETY: single-threaded process; the child only calls execve or exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { child }) => {
+            report(&format!("pid {child}"));
+            Ok(())
+        }
+        Ok(ForkResult::Child) => {
+            let env: [CString; 0] = [];
+            let e = nix::unistd::execve(&exe, &[argv0], &env);
+            report(&format!("error exec pause: {e:?}"));
+            // SAFETY: leave the forked child at once.
+            unsafe { libc::_exit(1) }
+        }
+        Err(e) => Err(format!("fork: {e}")),
+    }
+}
+
+/// Whether this process was started as the confined pod-init (argv is exactly `pause`).
+pub fn is_pause(args: &[std::ffi::OsString]) -> bool {
+    args.len() == 1 && args[0] == PAUSE_ARGV0
+}
+
+/// PID 1 of the pod: confines itself, reports `ok`, then reaps every orphan of the pod
+/// until a SIGTERM/SIGINT/SIGHUP (a PID 1 ignores signals it has no handler for; the
+/// daemon stops it with SIGKILL from the parent namespace).
+pub fn pause_main() -> ExitCode {
+    let confined = confine::pivot_to_empty_root().and_then(|()| confine::drop_privileges());
+    let sfd = confined.and_then(|()| {
+        let mask = signal_mask();
+        mask.thread_block()
+            .map_err(|e| format!("block signals: {e}"))?;
+        SignalFd::new(&mask).map_err(|e| format!("signalfd: {e}"))
+    });
+    let sfd = match sfd {
+        Ok(s) => s,
+        Err(e) => {
+            report(&format!("error pod init: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    use std::os::fd::AsRawFd;
+    let keep = sfd.as_raw_fd();
+    let mut allowed = confine::base_syscalls();
+    allowed.push(libc::SYS_close_range);
+    if let Err(e) = confine::install_seccomp(&allowed) {
+        report(&format!("error pod init: {e}"));
+        return ExitCode::FAILURE;
+    }
+    // Every privilege is gone: report, then hold no descriptor of the host's (the
+    // daemon's pipe included).
+    report("ok");
+    confine::close_fds_except(&[keep]);
+    loop {
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        match sfd.read_signal() {
+            Ok(Some(info)) if info.ssi_signo != Signal::SIGCHLD as u32 => {
+                // SAFETY: exit at once, without destructors that might call outside the filter.
+                unsafe { libc::_exit(0) }
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => {
+                // SAFETY: as above.
+                unsafe { libc::_exit(1) }
+            }
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Installing rootstock on a node: `make install`/`uninstall` and the systemd unit
+//! (`systemd-analyze verify`), the installer chart (`helm lint`, `helm template`), and the
+//! image `make image` builds — pushed to a local registry, pulled by rootstock, its install
+//! script run in a pod with a "host root" mounted — laying out what `make install` does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use k8s_cri::v1::*;
+use rootstock_test_e2e::daemon::Daemon;
+use rootstock_test_e2e::registry::Registry;
+use serde_json::Value;
+
+/// The repository's root (the workspace).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `make TARGET VARS…` in the repository, with the debug build the tests use.
+fn make(target: &str, vars: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new("make");
+    cmd.current_dir(repo()).arg(target).arg("PROFILE=debug");
+    for (k, v) in vars {
+        cmd.arg(format!("{k}={}", v.display()));
+    }
+    run(&mut cmd)
+}
+
+/// Every file below `root`: relative path → (mode, content); directories by path only.
+fn layout(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            if m.is_dir() {
+                stack.push(path);
+                out.insert(format!("{rel}/"), (m.permissions().mode() & 0o7777, vec![]));
+            } else {
+                let content = std::fs::read(&path).unwrap();
+                out.insert(rel, (m.permissions().mode() & 0o7777, content));
+            }
+        }
+    }
+    out
+}
+
+fn files_only(l: &BTreeMap<String, (u32, Vec<u8>)>) -> Vec<(String, u32)> {
+    l.iter()
+        .filter(|(p, _)| !p.ends_with('/'))
+        .map(|(p, (mode, _))| (p.clone(), *mode))
+        .collect()
+}
+
+/// `systemd-analyze verify` of the unit at `unit` (a path inside `root`) with `root` as the
+/// root: (success, stderr). The standard targets are copied in so dependencies resolve.
+fn analyze(root: &Path, unit: &str) -> (bool, String) {
+    let targets = root.join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&targets).unwrap();
+    for entry in std::fs::read_dir("/usr/lib/systemd/system").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "target") && path.is_file() {
+            std::fs::copy(&path, targets.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn make_install_lays_out_the_files_and_systemd_accepts_the_unit() {
+    let dest = tempfile::tempdir().unwrap();
+    make("install", &[("DESTDIR", dest.path())]);
+    let files = layout(dest.path());
+    assert_eq!(
+        files_only(&files),
+        [
+            ("etc/rootstock/config.toml.example".to_string(), 0o644),
+            ("usr/local/bin/rootstock".to_string(), 0o755),
+            ("usr/local/bin/rootstock-monitor".to_string(), 0o755),
+            (
+                "usr/local/lib/systemd/system/rootstock.service".to_string(),
+                0o644
+            ),
+        ]
+    );
+    let target = repo().join("target/debug");
+    assert_eq!(
+        files["usr/local/bin/rootstock"].1,
+        std::fs::read(target.join("rootstock")).unwrap()
+    );
+    let example = run(Command::new(target.join("rootstock")).args(["config", "default"])).stdout;
+    assert_eq!(files["etc/rootstock/config.toml.example"].1, example);
+    assert!(String::from_utf8_lossy(&example).contains("# "));
+
+    let unit = String::from_utf8(
+        files["usr/local/lib/systemd/system/rootstock.service"]
+            .1
+            .clone(),
+    )
+    .unwrap();
+    for line in [
+        "Type=notify",
+        "ExecStart=/usr/local/bin/rootstock serve",
+        "KillMode=process",
+        "Delegate=yes",
+        "Restart=always",
+        "LimitNOFILE=1048576",
+        "OOMScoreAdjust=-999",
+        "After=network-online.target",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(line)),
+            "{line} missing:\n{unit}"
+        );
+    }
+    let unit_path = "/usr/local/lib/systemd/system/rootstock.service";
+    let (ok, stderr) = analyze(dest.path(), unit_path);
+    assert!(ok && stderr.trim().is_empty(), "systemd-analyze: {stderr}");
+
+    // The check can fail: a unit with a bad key or a missing binary is reported.
+    let broken = tempfile::tempdir().unwrap();
+    let broken_unit = broken.path().join("usr/local/lib/systemd/system");
+    std::fs::create_dir_all(&broken_unit).unwrap();
+    std::fs::write(
+        broken_unit.join("rootstock.service"),
+        unit.replace("KillMode=process", "KillMode=bogus"),
+    )
+    .unwrap();
+    let (ok, stderr) = analyze(broken.path(), unit_path);
+    assert!(!ok || !stderr.trim().is_empty(), "a broken unit passed");
+
+    // PREFIX moves the binaries and the unit, and the unit names the binary where it is.
+    let other = tempfile::tempdir().unwrap();
+    make(
+        "install",
+        &[("DESTDIR", other.path()), ("PREFIX", Path::new("/usr"))],
+    );
+    let unit = std::fs::read_to_string(
+        other
+            .path()
+            .join("usr/lib/systemd/system/rootstock.service"),
+    )
+    .unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/bin/rootstock serve"),
+        "{unit}"
+    );
+
+    // The man-page-like help names every command.
+    let help = run(Command::new(target.join("rootstock")).arg("--help")).stdout;
+    let help = String::from_utf8_lossy(&help);
+    for cmd in [
+        "config default",
+        "config show",
+        "store verify --repair",
+        "store gc",
+    ] {
+        assert!(help.contains(cmd), "--help lacks {cmd}:\n{help}");
+    }
+
+    make("uninstall", &[("DESTDIR", dest.path())]);
+    let left = files_only(&layout(dest.path()));
+    assert!(
+        left.iter()
+            .all(|(p, _)| p.starts_with("usr/lib/systemd/system/")),
+        "uninstall left {left:?}"
+    );
+}
+
+/// helm 3 in target/tools (fetched by scripts/install-tools.sh, as `make test` does).
+fn helm() -> PathBuf {
+    run(&mut Command::new(repo().join("scripts/install-tools.sh")));
+    repo().join("target/tools/helm")
+}
+
+/// `helm template` of the chart with `--set` values: every rendered object by kind.
+fn template(helm: &Path, sets: &[&str]) -> BTreeMap<String, Vec<Value>> {
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "r1"])
+        .arg(repo().join("charts/rootstock"));
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = run(&mut cmd);
+    let mut by_kind: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for doc in serde_yaml_ng::Deserializer::from_slice(&out.stdout) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v.is_null() {
+            continue;
+        }
+        by_kind
+            .entry(v["kind"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v);
+    }
+    by_kind
+}
+
+/// The installer DaemonSet's host paths → where they are mounted, and its other volumes.
+fn host_mounts(ds: &Value) -> (BTreeMap<String, String>, Vec<String>) {
+    let spec = &ds["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+    let mounts: BTreeMap<&str, &str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let mut host = BTreeMap::new();
+    let mut other = Vec::new();
+    for v in spec["volumes"].as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        match v["hostPath"]["path"].as_str() {
+            Some(path) => {
+                host.insert(path.to_owned(), mounts[name].to_owned());
+            }
+            None => other.push(name.to_owned()),
+        }
+    }
+    assert_eq!(
+        mounts.len(),
+        host.len() + other.len(),
+        "a mount without a volume"
+    );
+    (host, other)
+}
+
+fn installer(objects: &BTreeMap<String, Vec<Value>>) -> &Value {
+    objects["DaemonSet"]
+        .iter()
+        .find(|d| d["metadata"]["annotations"]["helm.sh/hook"].is_null())
+        .expect("the installer DaemonSet")
+}
+
+#[test]
+fn the_chart_lints_and_renders_an_installer_that_mounts_only_what_it_writes() {
+    let helm = helm();
+    let chart = repo().join("charts/rootstock");
+    let custom = [
+        "kubelet.reconfigure=true",
+        "prefix=/opt/rootstock/",
+        "image.repository=registry.example/rootstock",
+        "image.tag=1.2.3",
+        "service.start=false",
+        "config=log_level = \"debug\"",
+    ];
+    run(Command::new(&helm).args(["lint", "--strict"]).arg(&chart));
+    let mut lint = Command::new(&helm);
+    lint.args(["lint", "--strict"]).arg(&chart);
+    for s in custom {
+        lint.args(["--set", s]);
+    }
+    run(&mut lint);
+
+    // Defaults: the binaries' dir, the unit dir and /etc/rootstock, each at /host<path>.
+    let objects = template(&helm, &[]);
+    let ds = installer(&objects);
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostPID"], true);
+    assert!(
+        spec["hostNetwork"].is_null(),
+        "the installer needs no host network"
+    );
+    assert_eq!(spec["containers"][0]["securityContext"]["privileged"], true);
+    assert_eq!(spec["containers"].as_array().unwrap().len(), 1);
+    let (host, other) = host_mounts(ds);
+    let expected: BTreeMap<String, String> = [
+        "/usr/local/bin",
+        "/usr/local/lib/systemd/system",
+        "/etc/rootstock",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), format!("/host{p}")))
+    .collect();
+    assert_eq!(host, expected);
+    assert_eq!(other, ["chart"]);
+    assert_eq!(spec["containers"][0]["image"], "rootstock:0.1.0");
+    let checksum = ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"].clone();
+    assert!(
+        checksum.as_str().is_some_and(|c| c.len() == 64),
+        "{checksum}"
+    );
+    let cm = &objects["ConfigMap"][0];
+    assert_eq!(cm["data"]["config.toml"], "log_level = \"info\"\n");
+    assert!(
+        cm["data"]["node.sh"]
+            .as_str()
+            .unwrap()
+            .contains("systemctl")
+    );
+    // The labels come from one helper: every object carries the same set.
+    for obj in objects.values().flatten() {
+        assert_eq!(
+            obj["metadata"]["labels"]["app.kubernetes.io/instance"], "r1",
+            "{}",
+            obj["metadata"]["name"]
+        );
+    }
+    // The uninstaller is a pre-delete hook with the same mounts and no ConfigMap.
+    let hook = objects["DaemonSet"]
+        .iter()
+        .find(|d| d["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete")
+        .expect("the uninstall hook");
+    let (hook_host, hook_other) = host_mounts(hook);
+    assert_eq!(hook_host, expected);
+    assert!(hook_other.is_empty(), "{hook_other:?}");
+
+    // Non-default values: the prefix moves the mounts, kubelet's dir is added only when the
+    // chart reconfigures kubelet, the config changes the checksum.
+    let objects = template(&helm, &custom);
+    let ds = installer(&objects);
+    let (host, _) = host_mounts(ds);
+    assert_eq!(
+        host.keys().collect::<Vec<_>>(),
+        [
+            "/etc/rootstock",
+            "/opt/rootstock/bin",
+            "/opt/rootstock/lib/systemd/system",
+            "/var/lib/kubelet"
+        ]
+    );
+    let container = &ds["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/rootstock:1.2.3");
+    let env: BTreeMap<&str, &str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(env["PREFIX"], "/opt/rootstock");
+    assert_eq!(env["KUBELET_RECONFIGURE"], "true");
+    assert_eq!(env["START_SERVICE"], "false");
+    assert_ne!(
+        ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+        checksum
+    );
+    assert_eq!(
+        objects["ConfigMap"][0]["data"]["config.toml"],
+        "log_level = \"debug\"\n"
+    );
+
+    // A relative prefix is refused at render time.
+    let out = Command::new(&helm)
+        .args(["template", "r1"])
+        .arg(&chart)
+        .args(["--set", "prefix=usr/local"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absolute"));
+}
+
+/// Pushes the OCI layout's `tag` to `registry` as `repo:tag`.
+async fn push_layout(registry: &Registry, layout: &Path, repo: &str, tag: &str) {
+    let blob = |digest: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .expect("the tag in index.json");
+    let manifest_bytes = blob(desc["digest"].as_str().unwrap());
+    let manifest: Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    registry
+        .push_blob(repo, &blob(manifest["config"]["digest"].as_str().unwrap()))
+        .await;
+    for layer in manifest["layers"].as_array().unwrap() {
+        registry
+            .push_blob(repo, &blob(layer["digest"].as_str().unwrap()))
+            .await;
+    }
+    registry
+        .push_manifest(
+            repo,
+            tag,
+            desc["mediaType"].as_str().unwrap(),
+            &manifest_bytes,
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_installs_in_a_pod_what_make_install_installs() {
+    let work = tempfile::tempdir().unwrap();
+    let layout_dir = work.path().join("layout");
+    make("image", &[("IMAGE_DIR", &layout_dir)]);
+    let tag = env!("CARGO_PKG_VERSION");
+    let registry = Registry::start().await;
+    push_layout(&registry, &layout_dir, "rootstock", tag).await;
+
+    let config = format!(
+        "[images.registries.\"{}\"]\ninsecure = true\n",
+        registry.host()
+    );
+    let daemon = Daemon::start_with_config(&config).await;
+    loopback_network(&daemon).await;
+    let image = daemon
+        .images()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: registry.image_ref("rootstock", tag),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+
+    // The pod runs the image's own command (install.sh --root /host) with the "host" here.
+    let host_root = work.path().join("host");
+    std::fs::create_dir(&host_root).unwrap();
+    let mut rt = daemon.runtime().await;
+    let pod_cfg = pod_config("installer", NamespaceMode::Container);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await.unwrap();
+    let mut cfg = container_config("installer", &image, &[]);
+    cfg.command.clear();
+    cfg.args.clear();
+    cfg.mounts.push(Mount {
+        container_path: "/host".into(),
+        host_path: host_root.display().to_string(),
+        ..Default::default()
+    });
+    let id = start_container(&mut rt, &pod, &pod_cfg, cfg).await;
+    let status = wait_exited(&mut rt, &id, Duration::from_secs(60)).await;
+    assert_eq!(status.exit_code, 0, "install.sh failed: {}", status.message);
+    stop_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &pod).await;
+
+    let by_make = work.path().join("make");
+    make("install", &[("DESTDIR", &by_make)]);
+    let ours = layout(&host_root);
+    let theirs = layout(&by_make);
+    assert_eq!(files_only(&ours), files_only(&theirs), "different files");
+    for (path, (_, content)) in &theirs {
+        assert!(ours[path].1 == *content, "{path} differs");
+    }
+    assert_eq!(files_only(&ours).len(), 4);
+}
