@@ -24,8 +24,13 @@ for i in 0 1 2; do ln -sfn /proc/self/fd/$i /dev/$(echo stdin stdout stderr | cu
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 shm /dev/shm
 mount -t mqueue mqueue /dev/mqueue
-# The daemon's store must not be on overlayfs (the guest's root): /tmp and /run are tmpfs.
-for d in /tmp /run /var/tmp; do mount -t tmpfs -o mode=1777 tmpfs "$d"; done
+# Per-boot state on a fresh tmpfs (the host's /run shows through the root otherwise). The
+# daemons' stores must not sit on overlayfs (the guest's root): the tests' temp dirs go to a
+# tmpfs of their own, not over /tmp, which may hold the workspace (a clone in /tmp).
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /scratch
+mount -t tmpfs -o mode=1777 tmpfs /scratch
+export TMPDIR=/scratch
 mkdir -p "$out"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 out "$out" || exit 1
 # Everything on the console and in guest.log.

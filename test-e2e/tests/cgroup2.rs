@@ -8,7 +8,8 @@
 //! create and by UpdateContainerResources read back from the v2 files (one shares → weight
 //! conversion for both), a private cgroup namespace, no process in an inner node, an OOM
 //! kill read from `memory.events`, stats from `cpu.stat`/`memory.current`/`pids.current`,
-//! kill-all through the v2 `cgroup.procs`, and no cgroup left after removal. The driver
+//! kill-all through the v2 `cgroup.procs`, pod-init in a leaf of its pod cgroup and the
+//! monitors in their own cgroup, and no cgroup left after removal. The driver
 //! test runs on every host: the daemon's default config serves v1 and v2 alike.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -150,6 +151,43 @@ async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
         .into_inner();
     let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
     info["cgroupPath"].as_str().unwrap().to_owned()
+}
+
+/// The `pid` of a verbose status's `info` JSON.
+fn verbose_pid(info: &std::collections::HashMap<String, String>) -> i32 {
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let pid = v["pid"].as_i64().unwrap_or(0) as i32;
+    assert!(pid > 0, "no pid in {v}");
+    pid
+}
+
+async fn container_status_info(rt: &mut Rt, id: &str) -> std::collections::HashMap<String, String> {
+    rt.container_status(ContainerStatusRequest {
+        container_id: id.to_owned(),
+        verbose: true,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .info
+}
+
+/// A process's cgroup in the unified hierarchy (`0::<path>`), as the node sees it.
+fn cgroup_of_pid(pid: i32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("pid {pid}: {text}"))
+        .to_owned()
+}
+
+fn parent_pid(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
 }
 
 async fn update(rt: &mut Rt, id: &str, r: LinuxContainerResources) {
@@ -306,19 +344,65 @@ async fn v2_limits_at_create_and_update_and_no_cgroup_left_after_removal() {
         Vec::<String>::new()
     );
 
-    // A pod without a cgroup parent (a bare client): rootstock's own pod cgroup.
+    // The pod's init sits in a leaf of the pod cgroup, beside its containers; the monitor
+    // (the container's parent) in rootstock's monitors cgroup, out of kubelet's tree.
+    let pod_init = verbose_pid(&pod_status(&mut rt, &pod_id).await.info);
+    let init_cg = cgroup_of_pid(pod_init);
+    assert!(
+        init_cg.starts_with(&format!("{parent}/")),
+        "pod-init in {init_cg}"
+    );
+    assert_eq!(
+        subdirs(&init_cg),
+        Vec::<String>::new(),
+        "{init_cg} is a leaf"
+    );
+    let container_init = verbose_pid(&container_status_info(&mut rt, &c).await);
+    let monitor = parent_pid(container_init);
+    assert_eq!(
+        cgroup_of_pid(monitor),
+        "/rootstock-monitors",
+        "monitor {monitor}"
+    );
+
+    // A pod without a cgroup parent (a bare client): rootstock's own pod cgroup; on crun,
+    // which gets the same weight (ours) and the same cgroup namespace.
     let own = pod_config("own-cgroup", NamespaceMode::Container);
-    let own_id = run_pod(&mut rt, own.clone()).await.unwrap();
+    let own_id = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(own.clone()),
+            runtime_handler: "crun".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
     let oc = start_container(
         &mut rt,
         &own_id,
         &own,
-        container_config("own", &image, &["sleep", "3600"]),
+        with_resources(
+            "own",
+            &image,
+            &["sleep", "3600"],
+            LinuxContainerResources {
+                cpu_shares: 512,
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            },
+        ),
     )
     .await;
     let own_cg = cgroup_of(&mut rt, &oc).await;
+    assert_eq!(read(&own_cg, "cpu.weight"), weight(512), "crun: ours");
+    assert_eq!(read(&own_cg, "memory.max"), (64u64 << 20).to_string());
+    assert_eq!(sh(&mut rt, &oc, "cat /proc/self/cgroup").await, "0::/");
     let own_parent = own_cg.rsplit_once('/').unwrap().0.to_owned();
     assert!(dir(&own_parent).is_dir(), "{own_parent}");
+    assert_eq!(
+        inner_nodes_with_processes(&own_parent),
+        Vec::<String>::new()
+    );
 
     // Removal: the container cgroups go with their containers, rootstock's pod cgroup with
     // RemovePodSandbox, and kubelet's pod cgroup is left empty for kubelet to remove.
@@ -435,7 +519,7 @@ async fn v2_oom_kill_stats_and_kill_all_read_the_v2_files() {
     let mem = stats.memory.unwrap();
     let usage = mem.usage_bytes.unwrap().value;
     let working_set = mem.working_set_bytes.unwrap().value;
-    assert!(usage >= 16 << 20 && usage <= LIMIT, "usage {usage}");
+    assert!((16 << 20..=LIMIT).contains(&usage), "usage {usage}");
     assert!(
         working_set > 0 && working_set <= usage,
         "working set {working_set}"
