@@ -490,3 +490,34 @@ async fn the_image_installs_in_a_pod_what_make_install_installs() {
     }
     assert_eq!(files_only(&ours).len(), 4);
 }
+
+/// The unit is `Type=notify`: the daemon says READY=1 once its socket serves, STOPPING=1 on
+/// SIGTERM, on the datagram socket systemd names in $NOTIFY_SOCKET.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon = Daemon::start().await;
+    daemon.set_env("NOTIFY_SOCKET", Some(path.to_str().unwrap()));
+    daemon.restart().await;
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("no READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means served: a call succeeds now.
+    daemon
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+    daemon
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))
+        .await
+        .expect("the daemon did not stop");
+    let n = manager.recv(&mut buf).expect("no STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
