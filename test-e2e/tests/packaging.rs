@@ -521,3 +521,165 @@ async fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let n = manager.recv(&mut buf).expect("no STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+/// The chart's node script, run by busybox's sh as in the image, against a fake host root:
+/// `$NSENTER` is a stub that records host commands (systemctl) and runs the host's rootstock
+/// (the config check) with paths under that root.
+struct NodeScript {
+    dir: tempfile::TempDir,
+}
+
+const KUBELET_CONFIG: &str = "kind: KubeletConfiguration\ncgroupDriver: cgroupfs\n\
+                              containerRuntimeEndpoint: unix:///run/containerd/containerd.sock\n";
+const KUBEADM_FLAGS: &str = "KUBELET_KUBEADM_ARGS=\"--container-runtime-endpoint=unix:///run/containerd/containerd.sock --pod-infra-container-image=pause\"\n";
+
+impl NodeScript {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        // The image's /opt/rootstock, as build-image.sh lays it out.
+        let image = p.join("image");
+        std::fs::create_dir_all(image.join("bin")).unwrap();
+        let target = repo().join("target/debug");
+        for b in ["rootstock", "rootstock-monitor"] {
+            std::fs::copy(target.join(b), image.join("bin").join(b)).unwrap();
+        }
+        for f in ["rootstock.service", "install.sh"] {
+            std::fs::copy(repo().join("packaging").join(f), image.join(f)).unwrap();
+        }
+        let example = run(Command::new(target.join("rootstock")).args(["config", "default"]));
+        std::fs::write(image.join("config.toml.example"), example.stdout).unwrap();
+        std::fs::create_dir_all(p.join("chart")).unwrap();
+        let kubelet = p.join("host/var/lib/kubelet");
+        std::fs::create_dir_all(&kubelet).unwrap();
+        std::fs::write(kubelet.join("config.yaml"), KUBELET_CONFIG).unwrap();
+        std::fs::write(kubelet.join("kubeadm-flags.env"), KUBEADM_FLAGS).unwrap();
+        let stubs = p.join("stubs");
+        std::fs::create_dir_all(&stubs).unwrap();
+        std::fs::write(
+            stubs.join("nsenter"),
+            "#!/bin/bash\nwhile [ \"$1\" != -- ]; do shift; done; shift\n\
+             echo \"$*\" >>\"$STUB_LOG\"\n[ \"$1\" = systemctl ] && exit 0\n\
+             args=(); for a in \"$@\"; do [[ $a == /* ]] && a=\"$HOST_ROOT$a\"; args+=(\"$a\"); done\n\
+             exec \"${args[@]}\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            stubs.join("nsenter"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        NodeScript { dir }
+    }
+
+    fn host(&self) -> PathBuf {
+        self.dir.path().join("host")
+    }
+
+    /// Runs `node.sh ACTION` with the chart's `config`; returns (success, output).
+    fn run(&self, action: &str, config: &str) -> (bool, String) {
+        let p = self.dir.path();
+        std::fs::write(p.join("chart/config.toml"), config).unwrap();
+        let _ = std::fs::remove_file(p.join("log"));
+        let out = Command::new("busybox")
+            .arg("sh")
+            .arg(repo().join("charts/rootstock/files/node.sh"))
+            .arg(action)
+            // Named by path: busybox's sh would run its own nsenter applet, not PATH's.
+            .env("NSENTER", p.join("stubs/nsenter"))
+            .env("HOST_ROOT", self.host())
+            .env("IMAGE_DIR", p.join("image"))
+            .env("CHART_DIR", p.join("chart"))
+            .env("STUB_LOG", p.join("log"))
+            .env("IDLE", "false")
+            .env("PREFIX", "/usr/local")
+            .env("START_SERVICE", "true")
+            .env("KUBELET_RECONFIGURE", "true")
+            .env("KUBELET_CONFIG", "/var/lib/kubelet/config.yaml")
+            .env("KUBELET_ENDPOINT", "unix:///run/rootstock/rootstock.sock")
+            .output()
+            .unwrap();
+        let host_commands = std::fs::read_to_string(p.join("log")).unwrap_or_default();
+        (
+            out.status.success(),
+            format!(
+                "{}{}--- host commands:\n{host_commands}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.host().join(path)).unwrap_or_default()
+    }
+}
+
+#[test]
+fn the_chart_node_script_installs_switches_kubelet_and_reverts() {
+    let node = NodeScript::new();
+    let config = "log_level = \"debug\"\n";
+    let (ok, out) = node.run("install", config);
+    assert!(ok, "{out}");
+    assert_eq!(node.read("etc/rootstock/config.toml"), config);
+    assert!(node.host().join("usr/local/bin/rootstock").exists());
+    for cmd in [
+        "systemctl daemon-reload",
+        "systemctl enable rootstock.service",
+        "systemctl restart rootstock.service",
+        "systemctl restart kubelet.service",
+    ] {
+        assert!(out.contains(cmd), "{cmd}: {out}");
+    }
+    let kubelet = node.read("var/lib/kubelet/config.yaml");
+    assert!(
+        kubelet.contains("containerRuntimeEndpoint: unix:///run/rootstock/rootstock.sock\n")
+            && !kubelet.contains("containerd"),
+        "{kubelet}"
+    );
+    let flags = node.read("var/lib/kubelet/kubeadm-flags.env");
+    assert!(
+        flags.contains("--container-runtime-endpoint=unix:///run/rootstock/rootstock.sock ")
+            && flags.contains("--pod-infra-container-image=pause"),
+        "{flags}"
+    );
+    assert_eq!(
+        node.read("var/lib/kubelet/config.yaml.rootstock-orig"),
+        KUBELET_CONFIG
+    );
+
+    // A re-run (the pod restarted) changes nothing and restarts nothing.
+    let (ok, out) = node.run("install", config);
+    assert!(ok, "{out}");
+    assert!(out.contains("systemctl start rootstock.service"), "{out}");
+    assert!(!out.contains("restart"), "{out}");
+
+    // A config the binary refuses is not written, and nothing is restarted.
+    let (ok, out) = node.run("install", "log_levle = \"debug\"\n");
+    assert!(!ok, "{out}");
+    assert!(out.contains("log_levle"), "{out}");
+    assert!(!out.contains("restart"), "{out}");
+    assert_eq!(node.read("etc/rootstock/config.toml"), config);
+
+    let (ok, out) = node.run("uninstall", config);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("systemctl disable --now rootstock.service"),
+        "{out}"
+    );
+    assert!(out.contains("systemctl restart kubelet.service"), "{out}");
+    assert_eq!(node.read("var/lib/kubelet/config.yaml"), KUBELET_CONFIG);
+    assert_eq!(
+        node.read("var/lib/kubelet/kubeadm-flags.env"),
+        KUBEADM_FLAGS
+    );
+    let left = files_only(&layout(&node.host()));
+    assert_eq!(
+        left.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        [
+            "var/lib/kubelet/config.yaml",
+            "var/lib/kubelet/kubeadm-flags.env"
+        ],
+        "uninstall left files"
+    );
+}
