@@ -492,7 +492,8 @@ async fn the_image_installs_in_a_pod_what_make_install_installs() {
 }
 
 /// The unit is `Type=notify`: the daemon says READY=1 once its socket serves, STOPPING=1 on
-/// SIGTERM, on the datagram socket systemd names in $NOTIFY_SOCKET.
+/// SIGTERM, on the datagram socket systemd names in $NOTIFY_SOCKET — and passes that variable
+/// to no child (runc and crun would proxy the container's readiness and wait for it).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let dir = tempfile::tempdir().unwrap();
@@ -501,19 +502,48 @@ async fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
     manager
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut daemon = Daemon::start().await;
+    let registry = Registry::start().await;
+    let (mut daemon, image) = daemon_with_busybox(&registry, "").await;
     daemon.set_env("NOTIFY_SOCKET", Some(path.to_str().unwrap()));
     daemon.restart().await;
     let mut buf = [0u8; 256];
     let n = manager.recv(&mut buf).expect("no READY=1");
     assert_eq!(&buf[..n], b"READY=1");
-    // Ready means served: a call succeeds now.
-    daemon
-        .runtime()
-        .await
-        .version(VersionRequest::default())
-        .await
-        .unwrap();
+
+    // Ready means served; a container starts and runs (its runtime was not asked to wait
+    // for the container's own READY=1).
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod_cfg = pod_config("notify", NamespaceMode::Container);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("sleeper", &image, &["sleep", "3600"]),
+    )
+    .await;
+    let status = container_status(&mut rt, &id).await;
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    let needle = format!("NOTIFY_SOCKET={}", path.display());
+    let daemon_pid = daemon.pid().as_raw().to_string();
+    let inheritors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            let env = std::fs::read(format!("/proc/{name}/environ")).ok()?;
+            let found = env.split(|b| *b == 0).any(|v| v == needle.as_bytes());
+            (found && name != daemon_pid).then_some(name)
+        })
+        .collect();
+    assert!(
+        inheritors.is_empty(),
+        "processes with NOTIFY_SOCKET: {inheritors:?}"
+    );
+    stop_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &pod).await;
+    drop(rt);
+
     daemon
         .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))
         .await
