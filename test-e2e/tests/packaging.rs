@@ -62,7 +62,7 @@ fn layout(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
             if m.is_dir() {
                 stack.push(path);
                 out.insert(format!("{rel}/"), (m.permissions().mode() & 0o7777, vec![]));
-            } else {
+            } else if m.is_file() {
                 let content = std::fs::read(&path).unwrap();
                 out.insert(rel, (m.permissions().mode() & 0o7777, content));
             }
@@ -282,7 +282,6 @@ fn the_chart_lints_and_renders_an_installer_that_mounts_only_what_it_writes() {
         "prefix=/opt/rootstock/",
         "image.repository=registry.example/rootstock",
         "image.tag=1.2.3",
-        "service.start=false",
         "config=log_level = \"debug\"",
     ];
     run(Command::new(&helm).args(["lint", "--strict"]).arg(&chart));
@@ -370,7 +369,7 @@ fn the_chart_lints_and_renders_an_installer_that_mounts_only_what_it_writes() {
         .collect();
     assert_eq!(env["PREFIX"], "/opt/rootstock");
     assert_eq!(env["KUBELET_RECONFIGURE"], "true");
-    assert_eq!(env["START_SERVICE"], "false");
+    assert_eq!(env["START_SERVICE"], "true");
     assert_ne!(
         ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
         checksum
@@ -380,15 +379,27 @@ fn the_chart_lints_and_renders_an_installer_that_mounts_only_what_it_writes() {
         "log_level = \"debug\"\n"
     );
 
-    // A relative prefix is refused at render time.
-    let out = Command::new(&helm)
-        .args(["template", "r1"])
-        .arg(&chart)
-        .args(["--set", "prefix=usr/local"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("absolute"));
+    // Values that cannot work are refused at render time.
+    for (sets, says) in [
+        (&["prefix=usr/local"][..], "absolute"),
+        (
+            &["kubelet.reconfigure=true", "service.start=false"][..],
+            "service.start",
+        ),
+    ] {
+        let mut cmd = Command::new(&helm);
+        cmd.args(["template", "r1"]).arg(&chart);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{sets:?} rendered");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{sets:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Pushes the OCI layout's `tag` to `registry` as `repo:tag`.
@@ -557,6 +568,7 @@ async fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
 /// (the config check) with paths under that root.
 struct NodeScript {
     dir: tempfile::TempDir,
+    _socket: std::os::unix::net::UnixListener,
 }
 
 const KUBELET_CONFIG: &str = "kind: KubeletConfiguration\ncgroupDriver: cgroupfs\n\
@@ -584,6 +596,10 @@ impl NodeScript {
         std::fs::create_dir_all(&kubelet).unwrap();
         std::fs::write(kubelet.join("config.yaml"), KUBELET_CONFIG).unwrap();
         std::fs::write(kubelet.join("kubeadm-flags.env"), KUBEADM_FLAGS).unwrap();
+        // The socket the script waits for before it switches kubelet.
+        std::fs::create_dir_all(p.join("host/run/rootstock")).unwrap();
+        let socket = p.join("host/run/rootstock/rootstock.sock");
+        let socket = std::os::unix::net::UnixListener::bind(socket).unwrap();
         let stubs = p.join("stubs");
         std::fs::create_dir_all(&stubs).unwrap();
         std::fs::write(
@@ -599,7 +615,10 @@ impl NodeScript {
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        NodeScript { dir }
+        NodeScript {
+            dir,
+            _socket: socket,
+        }
     }
 
     fn host(&self) -> PathBuf {

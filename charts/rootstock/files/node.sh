@@ -25,6 +25,17 @@ kubelet_files() {
 }
 
 switch_kubelet() {
+	# kubelet is pointed only at a runtime that answers.
+	sock=${KUBELET_ENDPOINT#unix://}
+	tries=0
+	until host test -S "$sock"; do
+		tries=$((tries + 1))
+		if [ "$tries" -gt 60 ]; then
+			log "kubelet not switched: no socket $sock after 60 s (systemctl status rootstock)"
+			exit 1
+		fi
+		sleep 1
+	done
 	changed=false
 	for f in $(kubelet_files); do
 		[ -f "$f" ] || continue
