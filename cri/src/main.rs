@@ -114,6 +114,8 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // First: before any thread exists, and before anything could spawn a child with it.
+    notify::take_socket();
     // Printed by hand: anyhow's `Termination` would add a backtrace when RUST_BACKTRACE is set.
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,7 +169,11 @@ fn store(command: StoreCommand, config: Config) -> anyhow::Result<()> {
             let report = verify::verify_offline(root)
                 .with_context(|| format!("verifying the store {}", root.display()))?;
             print!("{report}");
-            anyhow::ensure!(report.is_clean(), "the store has problems");
+            anyhow::ensure!(
+                report.is_clean(),
+                "the store has problems (`rootstock store verify --repair` re-derives damaged \
+                 file objects)"
+            );
         }
         StoreCommand::Verify { repair: true } => {
             let report = block_on("repair")?

@@ -162,8 +162,12 @@ pub async fn repair_offline(root: &Path, config: &ImagesConfig) -> Result<Repair
         };
         let file = File::open(&blob).map_err(|e| Error::io("open", &blob, e))?;
         let before: BTreeSet<String> = found.keys().cloned().collect();
-        extract(file, layer.compression, &wanted, &work.path, &mut found)
-            .map_err(|e| Error::from_io(e, "re-read layer", &blob))?;
+        if let Err(e) = extract(file, layer.compression, &wanted, &work.path, &mut found) {
+            report.unrepaired.push(format!(
+                "layer {}: cannot re-read its {source}: {e}",
+                layer.diff_id
+            ));
+        }
         for (key, (_, from)) in found.iter_mut() {
             if !before.contains(key) {
                 *from = format!("{source} of layer {}", layer.diff_id);
@@ -174,6 +178,9 @@ pub async fn repair_offline(root: &Path, config: &ImagesConfig) -> Result<Repair
         match found.get(key) {
             Some((tmp, from)) => {
                 let dest = paths.objects.join(object_rel(key));
+                if let Some(fan) = dest.parent() {
+                    crate::blobs::create_private_dir(fan)?;
+                }
                 std::fs::rename(tmp, &dest).map_err(|e| Error::io("rename", &dest, e))?;
                 report.repaired.push(format!("object {key} (from {from})"));
             }
@@ -588,8 +595,8 @@ fn restore_times(dir: &impl AsFd, st: &rustix::fs::Stat) -> io::Result<()> {
     rustix::fs::futimens(
         dir,
         &Timestamps {
-            last_access: ts(st.st_atime, st.st_atime_nsec as u64),
-            last_modification: ts(st.st_mtime, st.st_mtime_nsec as u64),
+            last_access: ts(st.st_atime, st.st_atime_nsec),
+            last_modification: ts(st.st_mtime, st.st_mtime_nsec),
         },
     )?;
     Ok(())

@@ -62,7 +62,7 @@ fn layout(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
             if m.is_dir() {
                 stack.push(path);
                 out.insert(format!("{rel}/"), (m.permissions().mode() & 0o7777, vec![]));
-            } else {
+            } else if m.is_file() {
                 let content = std::fs::read(&path).unwrap();
                 out.insert(rel, (m.permissions().mode() & 0o7777, content));
             }
@@ -282,7 +282,6 @@ fn the_chart_lints_and_renders_an_installer_that_mounts_only_what_it_writes() {
         "prefix=/opt/rootstock/",
         "image.repository=registry.example/rootstock",
         "image.tag=1.2.3",
-        "service.start=false",
         "config=log_level = \"debug\"",
     ];
     run(Command::new(&helm).args(["lint", "--strict"]).arg(&chart));
@@ -370,7 +369,7 @@ fn the_chart_lints_and_renders_an_installer_that_mounts_only_what_it_writes() {
         .collect();
     assert_eq!(env["PREFIX"], "/opt/rootstock");
     assert_eq!(env["KUBELET_RECONFIGURE"], "true");
-    assert_eq!(env["START_SERVICE"], "false");
+    assert_eq!(env["START_SERVICE"], "true");
     assert_ne!(
         ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
         checksum
@@ -380,15 +379,27 @@ fn the_chart_lints_and_renders_an_installer_that_mounts_only_what_it_writes() {
         "log_level = \"debug\"\n"
     );
 
-    // A relative prefix is refused at render time.
-    let out = Command::new(&helm)
-        .args(["template", "r1"])
-        .arg(&chart)
-        .args(["--set", "prefix=usr/local"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("absolute"));
+    // Values that cannot work are refused at render time.
+    for (sets, says) in [
+        (&["prefix=usr/local"][..], "absolute"),
+        (
+            &["kubelet.reconfigure=true", "service.start=false"][..],
+            "service.start",
+        ),
+    ] {
+        let mut cmd = Command::new(&helm);
+        cmd.args(["template", "r1"]).arg(&chart);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{sets:?} rendered");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{sets:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Pushes the OCI layout's `tag` to `registry` as `repo:tag`.
@@ -489,4 +500,235 @@ async fn the_image_installs_in_a_pod_what_make_install_installs() {
         assert!(ours[path].1 == *content, "{path} differs");
     }
     assert_eq!(files_only(&ours).len(), 4);
+}
+
+/// The unit is `Type=notify`: the daemon says READY=1 once its socket serves, STOPPING=1 on
+/// SIGTERM, on the datagram socket systemd names in $NOTIFY_SOCKET — and passes that variable
+/// to no child (runc and crun would proxy the container's readiness and wait for it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let manager = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let registry = Registry::start().await;
+    let (mut daemon, image) = daemon_with_busybox(&registry, "").await;
+    daemon.set_env("NOTIFY_SOCKET", Some(path.to_str().unwrap()));
+    daemon.restart().await;
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("no READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+
+    // Ready means served; a container starts and runs (its runtime was not asked to wait
+    // for the container's own READY=1).
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod_cfg = pod_config("notify", NamespaceMode::Container);
+    let pod = run_pod(&mut rt, pod_cfg.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod,
+        &pod_cfg,
+        container_config("sleeper", &image, &["sleep", "3600"]),
+    )
+    .await;
+    let status = container_status(&mut rt, &id).await;
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    let needle = format!("NOTIFY_SOCKET={}", path.display());
+    let daemon_pid = daemon.pid().as_raw().to_string();
+    let inheritors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            let env = std::fs::read(format!("/proc/{name}/environ")).ok()?;
+            let found = env.split(|b| *b == 0).any(|v| v == needle.as_bytes());
+            (found && name != daemon_pid).then_some(name)
+        })
+        .collect();
+    assert!(
+        inheritors.is_empty(),
+        "processes with NOTIFY_SOCKET: {inheritors:?}"
+    );
+    stop_pod(&mut rt, &pod).await;
+    remove_pod(&mut rt, &pod).await;
+    drop(rt);
+
+    daemon
+        .signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15))
+        .await
+        .expect("the daemon did not stop");
+    let n = manager.recv(&mut buf).expect("no STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+/// The chart's node script, run by busybox's sh as in the image, against a fake host root:
+/// `$NSENTER` is a stub that records host commands (systemctl) and runs the host's rootstock
+/// (the config check) with paths under that root.
+struct NodeScript {
+    dir: tempfile::TempDir,
+    _socket: std::os::unix::net::UnixListener,
+}
+
+const KUBELET_CONFIG: &str = "kind: KubeletConfiguration\ncgroupDriver: cgroupfs\n\
+                              containerRuntimeEndpoint: unix:///run/containerd/containerd.sock\n";
+const KUBEADM_FLAGS: &str = "KUBELET_KUBEADM_ARGS=\"--container-runtime-endpoint=unix:///run/containerd/containerd.sock --pod-infra-container-image=pause\"\n";
+
+impl NodeScript {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        // The image's /opt/rootstock, as build-image.sh lays it out.
+        let image = p.join("image");
+        std::fs::create_dir_all(image.join("bin")).unwrap();
+        let target = repo().join("target/debug");
+        for b in ["rootstock", "rootstock-monitor"] {
+            std::fs::copy(target.join(b), image.join("bin").join(b)).unwrap();
+        }
+        for f in ["rootstock.service", "install.sh"] {
+            std::fs::copy(repo().join("packaging").join(f), image.join(f)).unwrap();
+        }
+        let example = run(Command::new(target.join("rootstock")).args(["config", "default"]));
+        std::fs::write(image.join("config.toml.example"), example.stdout).unwrap();
+        std::fs::create_dir_all(p.join("chart")).unwrap();
+        let kubelet = p.join("host/var/lib/kubelet");
+        std::fs::create_dir_all(&kubelet).unwrap();
+        std::fs::write(kubelet.join("config.yaml"), KUBELET_CONFIG).unwrap();
+        std::fs::write(kubelet.join("kubeadm-flags.env"), KUBEADM_FLAGS).unwrap();
+        // The socket the script waits for before it switches kubelet.
+        std::fs::create_dir_all(p.join("host/run/rootstock")).unwrap();
+        let socket = p.join("host/run/rootstock/rootstock.sock");
+        let socket = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        let stubs = p.join("stubs");
+        std::fs::create_dir_all(&stubs).unwrap();
+        std::fs::write(
+            stubs.join("nsenter"),
+            "#!/bin/bash\nwhile [ \"$1\" != -- ]; do shift; done; shift\n\
+             echo \"$*\" >>\"$STUB_LOG\"\n[ \"$1\" = systemctl ] && exit 0\n\
+             args=(); for a in \"$@\"; do [[ $a == /* ]] && a=\"$HOST_ROOT$a\"; args+=(\"$a\"); done\n\
+             exec \"${args[@]}\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            stubs.join("nsenter"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        NodeScript {
+            dir,
+            _socket: socket,
+        }
+    }
+
+    fn host(&self) -> PathBuf {
+        self.dir.path().join("host")
+    }
+
+    /// Runs `node.sh ACTION` with the chart's `config`; returns (success, output).
+    fn run(&self, action: &str, config: &str) -> (bool, String) {
+        let p = self.dir.path();
+        std::fs::write(p.join("chart/config.toml"), config).unwrap();
+        let _ = std::fs::remove_file(p.join("log"));
+        let out = Command::new("busybox")
+            .arg("sh")
+            .arg(repo().join("charts/rootstock/files/node.sh"))
+            .arg(action)
+            // Named by path: busybox's sh would run its own nsenter applet, not PATH's.
+            .env("NSENTER", p.join("stubs/nsenter"))
+            .env("HOST_ROOT", self.host())
+            .env("IMAGE_DIR", p.join("image"))
+            .env("CHART_DIR", p.join("chart"))
+            .env("STUB_LOG", p.join("log"))
+            .env("IDLE", "false")
+            .env("PREFIX", "/usr/local")
+            .env("START_SERVICE", "true")
+            .env("KUBELET_RECONFIGURE", "true")
+            .env("KUBELET_CONFIG", "/var/lib/kubelet/config.yaml")
+            .env("KUBELET_ENDPOINT", "unix:///run/rootstock/rootstock.sock")
+            .output()
+            .unwrap();
+        let host_commands = std::fs::read_to_string(p.join("log")).unwrap_or_default();
+        (
+            out.status.success(),
+            format!(
+                "{}{}--- host commands:\n{host_commands}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.host().join(path)).unwrap_or_default()
+    }
+}
+
+#[test]
+fn the_chart_node_script_installs_switches_kubelet_and_reverts() {
+    let node = NodeScript::new();
+    let config = "log_level = \"debug\"\n";
+    let (ok, out) = node.run("install", config);
+    assert!(ok, "{out}");
+    assert_eq!(node.read("etc/rootstock/config.toml"), config);
+    assert!(node.host().join("usr/local/bin/rootstock").exists());
+    for cmd in [
+        "systemctl daemon-reload",
+        "systemctl enable rootstock.service",
+        "systemctl restart rootstock.service",
+        "systemctl restart kubelet.service",
+    ] {
+        assert!(out.contains(cmd), "{cmd}: {out}");
+    }
+    let kubelet = node.read("var/lib/kubelet/config.yaml");
+    assert!(
+        kubelet.contains("containerRuntimeEndpoint: unix:///run/rootstock/rootstock.sock\n")
+            && !kubelet.contains("containerd"),
+        "{kubelet}"
+    );
+    let flags = node.read("var/lib/kubelet/kubeadm-flags.env");
+    assert!(
+        flags.contains("--container-runtime-endpoint=unix:///run/rootstock/rootstock.sock ")
+            && flags.contains("--pod-infra-container-image=pause"),
+        "{flags}"
+    );
+    assert_eq!(
+        node.read("var/lib/kubelet/config.yaml.rootstock-orig"),
+        KUBELET_CONFIG
+    );
+
+    // A re-run (the pod restarted) changes nothing and restarts nothing.
+    let (ok, out) = node.run("install", config);
+    assert!(ok, "{out}");
+    assert!(out.contains("systemctl start rootstock.service"), "{out}");
+    assert!(!out.contains("restart"), "{out}");
+
+    // A config the binary refuses is not written, and nothing is restarted.
+    let (ok, out) = node.run("install", "log_levle = \"debug\"\n");
+    assert!(!ok, "{out}");
+    assert!(out.contains("log_levle"), "{out}");
+    assert!(!out.contains("restart"), "{out}");
+    assert_eq!(node.read("etc/rootstock/config.toml"), config);
+
+    let (ok, out) = node.run("uninstall", config);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("systemctl disable --now rootstock.service"),
+        "{out}"
+    );
+    assert!(out.contains("systemctl restart kubelet.service"), "{out}");
+    assert_eq!(node.read("var/lib/kubelet/config.yaml"), KUBELET_CONFIG);
+    assert_eq!(
+        node.read("var/lib/kubelet/kubeadm-flags.env"),
+        KUBEADM_FLAGS
+    );
+    let left = files_only(&layout(&node.host()));
+    assert_eq!(
+        left.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        [
+            "var/lib/kubelet/config.yaml",
+            "var/lib/kubelet/kubeadm-flags.env"
+        ],
+        "uninstall left files"
+    );
 }

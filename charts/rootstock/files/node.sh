@@ -5,12 +5,19 @@
 #   node.sh uninstall  the reverse (kubelet's saved originals restored first)
 # Environment (from the chart's values): PREFIX, START_SERVICE, KUBELET_RECONFIGURE,
 # KUBELET_CONFIG, KUBELET_ENDPOINT. Idempotent: a re-run changes nothing that is in place.
+# HOST_ROOT, IMAGE_DIR, CHART_DIR, NSENTER and IDLE=false exist for the test (packaging.rs).
 set -eu
-H=/host
+H=${HOST_ROOT:-/host}
+SRC=${IMAGE_DIR:-/opt/rootstock}
+CHART=${CHART_DIR:-/etc/rootstock-chart}
 # Commands on the host: PID 1's mount, UTS, IPC, network and PID namespaces (hostPID).
-host() { nsenter -t 1 -m -u -i -n -p -- "$@"; }
+host() { "${NSENTER:-nsenter}" -t 1 -m -u -i -n -p -- "$@"; }
 log() { echo "rootstock-node: $*"; }
-idle() { while :; do sleep 3600; done; }
+# The pod stays up (a DaemonSet's pod must keep running); its log says what was done.
+idle() {
+	[ "${IDLE:-true}" = true ] || exit 0
+	while :; do sleep 3600; done
+}
 
 kubelet_files() {
 	echo "$H$KUBELET_CONFIG"
@@ -18,6 +25,17 @@ kubelet_files() {
 }
 
 switch_kubelet() {
+	# kubelet is pointed only at a runtime that answers.
+	sock=${KUBELET_ENDPOINT#unix://}
+	tries=0
+	until host test -S "$sock"; do
+		tries=$((tries + 1))
+		if [ "$tries" -gt 60 ]; then
+			log "kubelet not switched: no socket $sock after 60 s (systemctl status rootstock)"
+			exit 1
+		fi
+		sleep 1
+	done
 	changed=false
 	for f in $(kubelet_files); do
 		[ -f "$f" ] || continue
@@ -29,7 +47,7 @@ switch_kubelet() {
 			sed -i "s|--container-runtime-endpoint=[^ \"]*|--container-runtime-endpoint=$KUBELET_ENDPOINT|" "$f"
 			;;
 		*)
-			grep -q "^containerRuntimeEndpoint: *\"\?$KUBELET_ENDPOINT\"\?\$" "$f" && continue
+			grep -q "^containerRuntimeEndpoint: *\"*$KUBELET_ENDPOINT\"* *\$" "$f" && continue
 			[ -e "$f.rootstock-orig" ] || cp -p "$f" "$f.rootstock-orig"
 			if grep -q '^containerRuntimeEndpoint:' "$f"; then
 				sed -i "s|^containerRuntimeEndpoint:.*|containerRuntimeEndpoint: $KUBELET_ENDPOINT|" "$f"
@@ -64,12 +82,12 @@ restore_kubelet() {
 case "${1:-}" in
 install)
 	changed=false
-	cmp -s /opt/rootstock/bin/rootstock "$H$PREFIX/bin/rootstock" || changed=true
-	cmp -s /opt/rootstock/bin/rootstock-monitor "$H$PREFIX/bin/rootstock-monitor" || changed=true
-	/opt/rootstock/install.sh --root "$H" --prefix "$PREFIX"
+	cmp -s "$SRC/bin/rootstock" "$H$PREFIX/bin/rootstock" || changed=true
+	cmp -s "$SRC/bin/rootstock-monitor" "$H$PREFIX/bin/rootstock-monitor" || changed=true
+	"$SRC/install.sh" --root "$H" --prefix "$PREFIX"
 	conf="$H/etc/rootstock/config.toml"
-	if ! cmp -s /etc/rootstock-chart/config.toml "$conf"; then
-		cp /etc/rootstock-chart/config.toml "$conf.rootstock-new"
+	if ! cmp -s "$CHART/config.toml" "$conf"; then
+		cp "$CHART/config.toml" "$conf.rootstock-new"
 		# Checked by the binary just installed, on the host, before it replaces anything.
 		if ! out=$(host "$PREFIX/bin/rootstock" --config /etc/rootstock/config.toml.rootstock-new config show 2>&1); then
 			rm -f "$conf.rootstock-new"
@@ -100,7 +118,7 @@ install)
 uninstall)
 	restore_kubelet
 	host systemctl disable --now rootstock.service 2>/dev/null || true
-	/opt/rootstock/install.sh --uninstall --root "$H" --prefix "$PREFIX"
+	"$SRC/install.sh" --uninstall --root "$H" --prefix "$PREFIX"
 	rm -f "$H/etc/rootstock/config.toml"
 	rmdir "$H/etc/rootstock" 2>/dev/null || true
 	host systemctl daemon-reload

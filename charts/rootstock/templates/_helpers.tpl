@@ -35,6 +35,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- trimSuffix "/" .Values.prefix -}}
 {{- end -}}
 
+{{- define "rootstock.checkValues" -}}
+{{- if and .Values.kubelet.reconfigure (not .Values.service.start) -}}
+{{- fail "kubelet.reconfigure=true needs service.start=true: kubelet would point at a runtime that is not running" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The host directories the node script writes, each mounted at /host<path>. */}}
 {{- define "rootstock.hostDirs" -}}
 - {{ include "rootstock.prefix" . }}/bin

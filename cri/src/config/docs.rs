@@ -195,9 +195,16 @@ pub fn annotate(text: &str) -> String {
     for line in text.lines() {
         let path = if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             table = split_dotted(header);
-            // `[runtime.handlers.runc]` also shows that `runtime.handlers` has a value.
+            // `[runtime.handlers.runc]` is also the first sight of `runtime.handlers`, which
+            // has no header of its own: its line goes first.
             for n in 1..table.len() {
-                seen.push(table[..n].to_vec());
+                let parent = table[..n].to_vec();
+                if !seen.contains(&parent) {
+                    if let Some(doc) = doc_of(&parent) {
+                        out.push_str(&format!("# {doc}\n"));
+                    }
+                    seen.push(parent);
+                }
             }
             Some(table.clone())
         } else if !line.starts_with(char::is_whitespace)
@@ -268,13 +275,73 @@ mod tests {
         );
     }
 
+    /// Every leaf key the configuration *types* have (also optional keys and the fields of
+    /// map entries, which the default leaves out), `<key>` standing for a map key.
+    fn typed_keys() -> Vec<Vec<String>> {
+        use serde_reflection::{ContainerFormat, Format, Registry, Tracer, TracerConfig};
+        fn walk(reg: &Registry, f: &Format, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            match f {
+                Format::TypeName(name) => match reg.get(name) {
+                    Some(ContainerFormat::Struct(fields)) => {
+                        for field in fields {
+                            path.push(field.name.clone());
+                            walk(reg, &field.value, path, out);
+                            path.pop();
+                        }
+                    }
+                    _ => out.push(path.clone()), // an enum: one value
+                },
+                Format::Option(inner) => walk(reg, inner, path, out),
+                Format::Map { value, .. } => {
+                    path.push("<key>".to_owned());
+                    walk(reg, value, path, out);
+                    path.pop();
+                }
+                _ => out.push(path.clone()),
+            }
+        }
+        let mut tracer = Tracer::new(TracerConfig::default());
+        // Nested enums are traced on their own, so that every variant is seen.
+        tracer
+            .trace_simple_type::<crate::config::CgroupDriver>()
+            .unwrap();
+        tracer.trace_simple_type::<Config>().unwrap();
+        let reg = tracer.registry().unwrap();
+        let mut out = Vec::new();
+        walk(
+            &reg,
+            &Format::TypeName("Config".into()),
+            &mut Vec::new(),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn every_key_the_types_have_is_documented() {
+        let keys = typed_keys();
+        assert!(
+            keys.iter()
+                .any(|k| k.join(".") == "images.registries.<key>.password"),
+            "{keys:?}"
+        );
+        let missing: Vec<String> = keys
+            .iter()
+            .filter(|k| doc_of(k).is_none())
+            .map(|k| k.join("."))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys without a line in cri/src/config/docs.rs DOCS: {missing:?}"
+        );
+    }
+
     #[test]
     fn commented_default_names_every_key_and_parses_back() {
         let text = Config::default().to_commented_toml().unwrap();
         assert!(!text.contains("(undocumented)"), "{text}");
-        for (key, _) in DOCS {
-            let shown = key.rsplit('.').next().unwrap();
-            assert!(text.contains(shown), "{key} not in:\n{text}");
+        for (key, doc) in DOCS {
+            assert!(text.contains(doc), "the line of {key} is not in:\n{text}");
         }
         let parsed = Config::parse(&text, std::path::Path::new("default.toml")).unwrap();
         assert_eq!(parsed, Config::default());
