@@ -50,7 +50,7 @@ pub mod result;
 pub use cache::CacheEntry;
 pub use config::CniConfig;
 pub use conflist::NetworkConfigList;
-pub use error::{CniError, Result};
+pub use error::{CniError, ErrorKind, Result};
 pub use exec::CniCommand;
 pub use manager::{
     Bandwidth, CniManager, DnsConfig, NetworkStatus, POD_IFNAME, PodNetwork, PodNetworkStatus,
