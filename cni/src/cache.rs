@@ -6,7 +6,6 @@
 //! The entry is written *before* ADD runs (without a result) and rewritten with the result
 //! afterwards: a crash in the middle of ADD still leaves the config DEL needs.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -90,29 +89,18 @@ impl ResultCache {
             .join(format!("{network}-{container_id}-{ifname}.json"))
     }
 
-    /// Writes `entry` atomically: temp file in the same dir, fsync, rename, fsync the dir —
-    /// a crash leaves either the old or the new entry, never a torn one.
+    /// Writes `entry` atomically (`rootstock_fsutil::write_atomic`: temp file, fsync,
+    /// rename, fsync the dir) — a crash leaves either the old or the new entry, never a torn
+    /// one.
     pub(crate) fn store(&self, entry: &CacheEntry) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir).map_err(Self::cache_err(&self.dir))?;
+        // Root only, as libcni's: the entries name pods and their addresses.
+        rootstock_fsutil::create_private_dir(&self.dir).map_err(Self::cache_err(&self.dir))?;
         let path = self.path_of(&entry.network, &entry.container_id, &entry.ifname);
-        let tmp = self.dir.join(format!(
-            ".{}-{}-{}.json.tmp",
-            entry.network, entry.container_id, entry.ifname
-        ));
         let data = serde_json::to_vec_pretty(entry).map_err(|e| CniError::Cache {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(Self::cache_err(&tmp))?;
-            f.write_all(&data).map_err(Self::cache_err(&tmp))?;
-            f.sync_all().map_err(Self::cache_err(&tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(Self::cache_err(&path))?;
-        // The rename is durable only once the directory is synced.
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Self::cache_err(&self.dir))?;
+        rootstock_fsutil::write_atomic(&path, &data).map_err(Self::cache_err(&path))?;
         Ok(path)
     }
 
@@ -168,9 +156,7 @@ impl ResultCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Self::cache_err(path)(e)),
         }
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(Self::cache_err(&self.dir))
+        rootstock_fsutil::sync_dir(&self.dir).map_err(Self::cache_err(&self.dir))
     }
 
     /// The container ids that have an entry (for DEL of sandboxes whose teardown a crash

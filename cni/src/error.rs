@@ -3,6 +3,18 @@
 
 use std::path::PathBuf;
 
+/// How the gRPC layer should classify a [`CniError`] (it maps these onto `tonic::Code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request names something unusable (a sandbox id CNI cannot carry).
+    InvalidArgument,
+    /// The node is not in a state that allows the operation: no network is configured yet,
+    /// or the sandbox has no recorded attachment. The caller can act on it (wait, set up).
+    FailedPrecondition,
+    /// Everything else is the node's: plugins, their config and results, the cache, netns.
+    Internal,
+}
+
 /// Errors of CNI configuration loading, plugin execution, caching and netns handling.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
@@ -140,6 +152,29 @@ pub enum CniError {
     },
 }
 
+impl CniError {
+    /// The classification the gRPC layer maps to a status code. Exhaustive on purpose: a
+    /// new variant must be classified here, not fall into a catch-all.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CniError::InvalidSandboxId { .. } => ErrorKind::InvalidArgument,
+            CniError::NetworkNotReady { .. } | CniError::NotAttached { .. } => {
+                ErrorKind::FailedPrecondition
+            }
+            CniError::InvalidConfig { .. }
+            | CniError::PluginNotFound { .. }
+            | CniError::PluginFailed { .. }
+            | CniError::PluginTimeout { .. }
+            | CniError::PluginExec { .. }
+            | CniError::InvalidResult { .. }
+            | CniError::Cache { .. }
+            | CniError::CorruptCache { .. }
+            | CniError::Netns { .. }
+            | CniError::Netlink { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
 fn details_suffix(details: &str) -> String {
     if details.is_empty() {
         String::new()
@@ -150,3 +185,117 @@ fn details_suffix(details: &str) -> String {
 
 /// Result alias of the crate.
 pub type Result<T, E = CniError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io() -> std::io::Error {
+        std::io::Error::other("boom")
+    }
+
+    /// One value of every variant with its kind (`kind()` is exhaustive, so a new variant
+    /// cannot go unclassified; this pins what each one is classified as).
+    #[test]
+    fn every_variant_has_its_kind() {
+        let s = String::new;
+        let p = PathBuf::new;
+        let cases = [
+            (
+                CniError::InvalidConfig {
+                    path: p(),
+                    reason: s(),
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::NetworkNotReady { reason: s() },
+                ErrorKind::FailedPrecondition,
+            ),
+            (
+                CniError::PluginNotFound {
+                    plugin: s(),
+                    searched: vec![],
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::PluginFailed {
+                    plugin: s(),
+                    network: s(),
+                    command: s(),
+                    code: 7,
+                    msg: s(),
+                    details: s(),
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::PluginTimeout {
+                    plugin: s(),
+                    command: s(),
+                    timeout_secs: 1,
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::PluginExec {
+                    plugin: s(),
+                    path: p(),
+                    source: io(),
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::InvalidResult {
+                    plugin: s(),
+                    reason: s(),
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::Cache {
+                    path: p(),
+                    source: io(),
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::CorruptCache {
+                    path: p(),
+                    reason: s(),
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::NotAttached { sandbox_id: s() },
+                ErrorKind::FailedPrecondition,
+            ),
+            (
+                CniError::InvalidSandboxId {
+                    sandbox_id: s(),
+                    reason: s(),
+                },
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                CniError::Netns {
+                    path: p(),
+                    op: "setns",
+                    source: io(),
+                },
+                ErrorKind::Internal,
+            ),
+            (
+                CniError::Netlink {
+                    path: p(),
+                    reason: s(),
+                },
+                ErrorKind::Internal,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err:?}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! CNI for rootstock: network config loading, plugin execution (CNI spec 1.x and 0.3/0.4
-//! results), a crash-safe result cache, network readiness, and netns helpers.
+//! results), a crash-safe result cache, network readiness, and helpers for a namespace the
+//! runtime has pinned (loopback up, interface counters).
 //!
 //! The runtime holds one [`CniManager`] (in an `Arc`) and calls
 //! [`CniManager::setup`] in RunPodSandbox, [`CniManager::teardown`] in StopPodSandbox /
@@ -9,15 +10,15 @@
 //! ```no_run
 //! # async fn demo() -> rootstock_cni::Result<()> {
 //! use std::{path::Path, sync::Arc};
-//! use rootstock_cni::{CniConfig, CniManager, PodNetwork, netns};
+//! use rootstock_cni::{CniConfig, CniManager, PodNetwork};
 //!
 //! let cni = Arc::new(CniManager::new(CniConfig::default(), Path::new("/var/lib/rootstock")));
 //! let _watcher = cni.spawn_watcher(); // optional: status() also re-reads lazily
 //! let ready = cni.status().await.ready; // -> NetworkReady
 //!
-//! // RunPodSandbox (not for hostNetwork pods): pin a netns, apply sysctls, then ADD.
+//! // RunPodSandbox (not for hostNetwork pods): the runtime has created the sandbox and
+//! // pinned its netns (CNI does not create namespaces); then ADD.
 //! let ns = Path::new("/run/rootstock/sandboxes/0123abcd/ns/net");
-//! netns::create_netns(ns).await?;
 //! let status = cni
 //!     .setup(&PodNetwork {
 //!         sandbox_id: "0123abcd".into(),
@@ -29,12 +30,11 @@
 //!         bandwidth: None,
 //!         dns: None,
 //!     })
-//!     .await?; // on error: unpin the netns and fail RunPodSandbox with the message
+//!     .await?; // on error: remove the sandbox and fail RunPodSandbox with the message
 //! let _primary_ip = status.ips.first();
 //!
-//! // StopPodSandbox, RemovePodSandbox and start-up recovery: DEL, then unpin.
+//! // StopPodSandbox, RemovePodSandbox and start-up recovery: DEL, then the runtime unpins.
 //! cni.teardown("0123abcd").await?;
-//! netns::remove_netns(ns).await?;
 //! # let _ = ready; Ok(()) }
 //! ```
 
@@ -50,7 +50,7 @@ pub mod result;
 pub use cache::CacheEntry;
 pub use config::CniConfig;
 pub use conflist::NetworkConfigList;
-pub use error::{CniError, Result};
+pub use error::{CniError, ErrorKind, Result};
 pub use exec::CniCommand;
 pub use manager::{
     Bandwidth, CniManager, DnsConfig, NetworkStatus, POD_IFNAME, PodNetwork, PodNetworkStatus,

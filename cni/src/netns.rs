@@ -1,12 +1,14 @@
-//! Network namespace helpers: bring `lo` up inside a namespace and read its interfaces'
-//! counters with netlink, and create/pin or unpin a namespace at a path.
+//! Network namespace helpers: tell a pinned namespace from a leftover file, bring `lo` up
+//! inside a namespace and read its interfaces' counters with netlink. Creating and pinning
+//! the namespace is not CNI's job: the runtime pins the sandbox's (tests that drive CNI
+//! directly use `rootstock_test_e2e::netns`).
 //!
-//! `setns(2)` and `unshare(2)` change only the calling *thread*. Doing either on a tokio worker
+//! `setns(2)` changes only the calling *thread*. Doing it on a tokio worker
 //! would leave that worker (and every task later scheduled on it) in the pod's namespace, so
 //! each operation runs on a fresh OS thread that exits afterwards.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use futures_util::TryStreamExt;
 use nix::sched::CloneFlags;
@@ -191,71 +193,4 @@ fn interface_stats_here(netns: &Path) -> Result<Vec<InterfaceStats>> {
         }
         Ok(out)
     })
-}
-
-/// Creates a new network namespace and pins it by bind-mounting it onto `path` (created as an
-/// empty file; its parent must exist). The namespace lives as long as the mount, independent
-/// of any process.
-pub async fn create_netns(path: &Path) -> Result<()> {
-    let p = path.to_path_buf();
-    on_own_thread(path, move || create_netns_blocking(&p)).await
-}
-
-fn create_netns_blocking(path: &Path) -> Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|source| CniError::Netns {
-            path: path.to_path_buf(),
-            op: "create mount point",
-            source,
-        })?;
-    let res = (|| {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(netns_err(path, "unshare"))?;
-        // `/proc/thread-self`, not `/proc/self`: only this thread is in the new namespace.
-        nix::mount::mount(
-            Some(Path::new("/proc/thread-self/ns/net")),
-            path,
-            None::<&str>,
-            nix::mount::MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(netns_err(path, "bind mount"))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(path);
-    }
-    res
-}
-
-/// Unpins the namespace at `path`: unmount (lazily, so a process still inside keeps it
-/// alive but the path is freed) and remove the file. Absent or not mounted is fine.
-pub async fn remove_netns(path: &Path) -> Result<()> {
-    let p: PathBuf = path.to_path_buf();
-    tokio::task::spawn_blocking(move || remove_netns_blocking(&p))
-        .await
-        .map_err(|e| CniError::Netns {
-            path: path.to_path_buf(),
-            op: "unmount",
-            source: std::io::Error::other(e.to_string()),
-        })?
-}
-
-/// Blocking form of [`remove_netns`] (usable from `Drop` guards).
-pub fn remove_netns_blocking(path: &Path) -> Result<()> {
-    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
-        // EINVAL: not a mount point (already unmounted); ENOENT: gone.
-        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-        Err(e) => return Err(netns_err(path, "unmount")(e)),
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(CniError::Netns {
-            path: path.to_path_buf(),
-            op: "remove",
-            source,
-        }),
-    }
 }

@@ -70,7 +70,7 @@ impl From<CriError> for Status {
             CriError::FailedPrecondition(_) => Code::FailedPrecondition,
             CriError::Image(e) => image_code(e.kind()),
             CriError::Runtime(e) => runtime_code(e.kind()),
-            CriError::Cni(e) => cni_code(e),
+            CriError::Cni(e) => cni_code(e.kind()),
         };
         Status::new(code, err.to_string())
     }
@@ -103,13 +103,13 @@ fn runtime_code(kind: rootstock_runtime::ErrorKind) -> Code {
 }
 
 /// CNI failures are the node's (plugins, config, cache), except a bad id or a missing
-/// attachment, which the caller can act on.
-fn cni_code(err: &rootstock_cni::CniError) -> Code {
-    use rootstock_cni::CniError as E;
-    match err {
-        E::InvalidSandboxId { .. } => Code::InvalidArgument,
-        E::NotAttached { .. } | E::NetworkNotReady { .. } => Code::FailedPrecondition,
-        _ => Code::Internal,
+/// attachment, which the caller can act on (`CniError::kind` decides which is which).
+fn cni_code(kind: rootstock_cni::ErrorKind) -> Code {
+    use rootstock_cni::ErrorKind as K;
+    match kind {
+        K::InvalidArgument => Code::InvalidArgument,
+        K::FailedPrecondition => Code::FailedPrecondition,
+        K::Internal => Code::Internal,
     }
 }
 
@@ -128,4 +128,27 @@ pub fn reply<T>(result: Result<T, CriError>) -> Result<Response<T>, Status> {
 /// The answer of an RPC that does not exist yet.
 pub fn not_yet<T>(rpc: &'static str) -> Result<Response<T>, Status> {
     reply(Err(CriError::Unimplemented(rpc)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each CNI kind becomes its gRPC code, also through the whole `CriError` → `Status` path.
+    #[test]
+    fn cni_kinds_map_to_grpc_codes() {
+        use rootstock_cni::{CniError, ErrorKind as K};
+        for (kind, code) in [
+            (K::InvalidArgument, Code::InvalidArgument),
+            (K::FailedPrecondition, Code::FailedPrecondition),
+            (K::Internal, Code::Internal),
+        ] {
+            assert_eq!(cni_code(kind), code, "{kind:?}");
+        }
+        let status = Status::from(CriError::from(CniError::NotAttached {
+            sandbox_id: "abc".into(),
+        }));
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("abc"), "{}", status.message());
+    }
 }

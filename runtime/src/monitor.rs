@@ -176,7 +176,7 @@ impl ExitRecord {
     /// moment, and must never see a torn record.
     pub fn write(&self, run_dir: &Path) -> io::Result<()> {
         let data = serde_json::to_vec(self).map_err(io::Error::other)?;
-        util::write_atomic(&run_dir.join(EXIT_FILE), &data)
+        rootstock_fsutil::write_atomic(&run_dir.join(EXIT_FILE), &data)
     }
 }
 

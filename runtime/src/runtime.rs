@@ -119,7 +119,9 @@ impl Runtime {
     /// [`Runtime::open`] (which also recovers) in the daemon.
     pub fn new(opts: RuntimeOptions) -> Result<Self> {
         for d in [opts.state_dir.join("containers"), opts.layers_dir.clone()] {
-            fs::create_dir_all(&d).map_err(|e| Error::io("create directory", &d, e))?;
+            // Other pods' state and writable layers: root only.
+            rootstock_fsutil::create_private_dir(&d)
+                .map_err(|e| Error::io("create directory", &d, e))?;
         }
         let handlers = opts
             .config
@@ -210,7 +212,8 @@ impl Runtime {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        util::write_atomic(&path, &data).map_err(|source| Error::WriteState { path, source })
+        rootstock_fsutil::write_atomic(&path, &data)
+            .map_err(|source| Error::WriteState { path, source })
     }
 
     /// Replaces `*rec` with `next` after persisting it.
@@ -328,7 +331,7 @@ impl Runtime {
         )?;
         let config = serde_json::to_vec_pretty(&spec).map_err(spec_err)?;
         let config_path = run_dir.join("config.json");
-        util::write_atomic(&config_path, &config)
+        rootstock_fsutil::write_atomic(&config_path, &config)
             .map_err(|e| Error::io("write", &config_path, e))?;
 
         let kill_all = req.spec.namespaces.needs_kill_all();

@@ -256,7 +256,8 @@ impl Runtime {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        util::write_atomic(&path, &data).map_err(|source| Error::WriteState { path, source })
+        rootstock_fsutil::write_atomic(&path, &data)
+            .map_err(|source| Error::WriteState { path, source })
     }
 
     /// RunPodSandbox's runtime part: namespaces, hostname, files, `/dev/shm`. CNI ADD is

@@ -1,36 +1,8 @@
-//! Small file-system and `/proc` helpers shared by the library and the monitor binary.
+//! Small `/proc` and kernel helpers shared by the library and the monitor binary (the
+//! file-system basics, such as `write_atomic`, are in `rootstock_fsutil`).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
-
-/// Replaces `path` with `data` so that a reader (or a crash) sees either the old or the new
-/// content, never a torn one: temp file in the same directory, fsync, rename, fsync the
-/// directory (without the last step the rename itself may be lost on power failure).
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
-}
+use std::fs;
+use std::io;
 
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22). Together
 /// with the pid it identifies a process across pid reuse.
@@ -115,15 +87,5 @@ mod tests {
         let t = process_start_time(pid).unwrap();
         assert!(process_matches(pid, t));
         assert!(!process_matches(pid, t + 1));
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.json");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

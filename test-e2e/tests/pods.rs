@@ -320,10 +320,17 @@ async fn fifty_pod_cycles_keep_fds_mounts_and_cgroups_flat() {
     loopback_network(&daemon).await;
     let mut rt = daemon.runtime().await;
     let pid = daemon.pid();
+    // Unreadable must fail the test, not read as 0: "0 -> 0" would pass without measuring.
     let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        let n = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/fd of the daemon: {e}"))
+            .count();
+        // A live daemon holds at least stdio, its socket, the root lock and the epoll fd.
+        assert!(
+            n > 3,
+            "daemon {pid} shows only {n} fds: not measuring the daemon"
+        );
+        n
     };
     let mut ids = Vec::new();
     // Warm-up (3 cycles: the first calls open lazily created files and threads), then 50.

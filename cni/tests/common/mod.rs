@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use rootstock_cni::{CniConfig, CniManager, PodNetwork, netns};
+use rootstock_cni::{CniConfig, CniManager, PodNetwork};
+use rootstock_test_e2e::netns;
 pub use rootstock_test_e2e::network::SYSTEM_PLUGINS;
 use rootstock_test_e2e::network::TestNet as Net;
 
@@ -65,7 +66,7 @@ impl TestNet {
     /// Creates a pinned netns owned by this fixture.
     pub async fn netns(&self, tag: &str) -> PathBuf {
         let p = self.dir.path().join(format!("ns-{tag}"));
-        netns::create_netns(&p).await.unwrap();
+        netns::create_netns(&p).unwrap();
         self.namespaces.lock().unwrap().push(p.clone());
         p
     }
@@ -85,7 +86,7 @@ impl TestNet {
 
     /// Removes one of the fixture's namespaces early (as if the sandbox's netns vanished).
     pub fn drop_netns(&self, p: &Path) {
-        netns::remove_netns_blocking(p).unwrap();
+        netns::remove_netns(p).unwrap();
     }
 }
 
@@ -117,7 +118,7 @@ impl Drop for TestNet {
             .map(|v| v.clone())
             .unwrap_or_default()
         {
-            let _ = netns::remove_netns_blocking(&ns);
+            let _ = netns::remove_netns(&ns);
         }
         // `net` goes next: the bridge (and any veth left on it), the FORWARD rule, the lock.
     }

@@ -154,7 +154,9 @@ pub async fn wait_network_ready(daemon: &Daemon) {
 
 /// Every mount point under `dir` (from this process's mount table).
 pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Unreadable fails the test: an empty table would make "no mounts left" vacuous.
+    let table = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_else(|e| panic!("/proc/self/mountinfo: {e}"));
     let prefix = dir.display().to_string();
     table
         .lines()
@@ -167,7 +169,7 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 /// Lines of the mount table (the host's mount count).
 pub fn mount_count() -> usize {
     std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("/proc/self/mountinfo: {e}"))
         .lines()
         .count()
 }
