@@ -1,6 +1,6 @@
 # The two entry points the README documents: `make run` and `make test`; and `make bench`.
 RUN_PKGS  := protobuf-compiler runc crun containernetworking-plugins
-TEST_PKGS := $(RUN_PKGS) docker-registry busybox-static iptables umoci
+TEST_PKGS := $(RUN_PKGS) docker-registry busybox-static iptables umoci tar libarchive-tools python3
 BENCH_PKGS := $(TEST_PKGS) containerd
 CARGO     ?= cargo
 

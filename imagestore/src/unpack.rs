@@ -432,7 +432,8 @@ impl<'a> Unpack<'a> {
         }
         fsutil::remove_all_at(dir, name).map_err(self.io_err("remove", path))?;
         self.parent_cache = None;
-        self.entries.remove(path);
+        let mut gone = Vec::new();
+        gone.extend(self.entries.remove(path));
         self.hardlinks.retain(|(p, _)| p != path);
         if is_dir {
             let prefix = format!("{path}/");
@@ -443,11 +444,32 @@ impl<'a> Unpack<'a> {
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in below {
-                self.entries.remove(&k);
+                gone.extend(self.entries.remove(&k));
             }
             self.hardlinks.retain(|(p, _)| !p.starts_with(&prefix));
         }
+        self.drop_unlinked_objects(&gone);
         Ok(())
+    }
+
+    /// Objects of entries a later entry replaced (a path named twice) that nothing links
+    /// any more go now rather than waiting for the next sweep. An unpack that wanted one of
+    /// them concurrently creates it again (see `file`).
+    fn drop_unlinked_objects(&self, gone: &[ManEntry]) {
+        for e in gone {
+            let Kind::File {
+                object: Some(key), ..
+            } = &e.kind
+            else {
+                continue;
+            };
+            let rel = object_rel(key);
+            if let Ok(Some(st)) = fsutil::stat_at(&self.objects, &rel)
+                && st.st_nlink <= 1
+            {
+                let _ = rustix::fs::unlinkat(&self.objects, rel.as_str(), AtFlags::empty());
+            }
+        }
     }
 
     fn entry<R: Read>(&mut self, tar: &mut TarReader<R>, h: Header) -> Result<()> {
@@ -747,6 +769,12 @@ impl<'a> Unpack<'a> {
                     format!("declared {declared} bytes, the archive holds {written}"),
                 ));
             }
+        }
+        if h.sparse.is_some() {
+            // A trailing hole (GNU maps end with a zero-length segment at the size): the
+            // seek alone does not make the file that long.
+            file.set_len(declared)
+                .map_err(|e| Error::io("extend file", path, e))?;
         }
         if written < declared {
             let hole = declared - written;
