@@ -93,6 +93,13 @@ pub(crate) fn resolve_dir(root: &impl AsFd, rel: &str) -> io::Result<OwnedFd> {
 
 /// Open the regular file `rel` below `root` for reading, refusing symlinks.
 pub(crate) fn open_file_in(root: &impl AsFd, rel: &str) -> io::Result<File> {
+    if rel.len() > 2048
+        && let Some((parent, name)) = rel.rsplit_once('/')
+    {
+        // Deeper than PATH_MAX allows in one call: the directory a piece at a time.
+        let dir = resolve_dir(root, parent)?;
+        return open_file_in(&dir, name);
+    }
     let fd = rustix::fs::openat2(
         root,
         rel,

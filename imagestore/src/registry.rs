@@ -621,7 +621,7 @@ impl Session {
     pub async fn fetch_small_blob(&self, desc: &Descriptor, limit: u64) -> Result<Bytes> {
         if desc.size > limit {
             return Err(Error::TooLarge {
-                what: "blob".into(),
+                what: "config blob".into(),
                 digest: desc.digest.clone(),
                 size: desc.size,
                 limit,

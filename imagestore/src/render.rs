@@ -143,6 +143,8 @@ impl Render<'_> {
                     Mode::empty(),
                 )
                 .map_err(|x| Error::io("open directory", &e.path, x.into()))?;
+                // Entries sort parents first: the next ones likely live in this directory.
+                self.cache = fd.try_clone().ok().map(|d| (e.path.clone(), d));
                 let meta = if implicit {
                     Meta {
                         mode: 0o755,

@@ -574,7 +574,12 @@ impl<'a> Unpack<'a> {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(Error::io("create directory", &path, e.into())),
                 }
-                self.parent_cache = None;
+                // The next entries are most likely inside it (tars list a directory before
+                // its content): cache it as their parent, so a deep chain of directories
+                // costs one lookup per level rather than one per level per entry.
+                self.parent_cache = fsutil::resolve_dir(&dir, &name)
+                    .ok()
+                    .map(|fd| (path.clone(), fd));
                 self.entries.insert(
                     path.clone(),
                     ManEntry {
@@ -968,8 +973,12 @@ impl TreeLayerSink {
                 let next = tar.next_entry().map_err(|e| tar_error(layer, e, ""))?;
                 // Every byte of the stream counts against the image's budget: headers,
                 // extension records and data.
-                layer.budget.bytes(layer, tar.consumed() - charged)?;
-                charged = tar.consumed();
+                // The entry's data is charged before it is written (it is consumed later).
+                layer.budget.bytes(
+                    layer,
+                    tar.consumed().saturating_sub(charged) + tar.data_left(),
+                )?;
+                charged = tar.consumed() + tar.data_left();
                 let Some(h) = next else { break };
                 state.entry(&mut tar, h)?;
             }
