@@ -403,12 +403,23 @@ impl ImageStore {
                 Duration::from_secs(config.blob_stall_secs),
             ),
         };
-        inner.sweep_orphans()?;
-        inner.sweep_trees_and_layer_dirs()?;
+        // Garbage a crash or a failed removal left: each sweep that fails is logged and
+        // start-up goes on (what it could not remove is removed or quarantined next time).
+        // Only the unclean-stop object sweep is fatal: a torn object must never be linked.
+        let sweep = |what: &str, r: Result<()>| {
+            if let Err(e) = r {
+                warn!(error = %e, "start-up sweep of {what} failed; going on");
+            }
+        };
+        sweep("orphan layers and blobs", inner.sweep_orphans());
+        sweep(
+            "trees and layer directories",
+            inner.sweep_trees_and_layer_dirs(),
+        );
         if !clean {
             inner.sweep_unreferenced_objects()?;
         }
-        inner.sweep_objects()?;
+        sweep("unused objects", inner.sweep_objects());
         inner.refresh_db_size();
         inner.refresh_usage();
         Ok(ImageStore {

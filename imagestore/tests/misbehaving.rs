@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use rootstock_imagestore::{ErrorKind, ImageStore, RegistryConfig};
+use rootstock_imagestore::{ErrorKind, ImageStore, ImagesConfig, RegistryConfig};
 use rootstock_test_e2e::fixtures::{Compression, ImageBuilder, LayerBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -208,4 +208,46 @@ async fn redirects_to_another_host_never_carry_the_credentials() {
         "credentials sent to {}: {leaked:?}",
         b.host
     );
+}
+
+#[tokio::test]
+async fn a_tree_that_cannot_be_removed_is_quarantined_and_open_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    drop(ImageStore::open(&root, &ImagesConfig::default()).unwrap());
+    // A tree directory without a record, that cannot be removed: a mount point inside it.
+    let bad = root.join("trees").join("ab".repeat(32));
+    let mnt = bad.join("busy");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let source = dir.path().join("source");
+    std::fs::create_dir(&source).unwrap();
+    std::fs::write(source.join("keep"), "keep").unwrap();
+    rustix::mount::mount_bind(&source, &mnt).unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    // The sweep never enters another mount: the tree is moved aside, the mount's content
+    // untouched.
+    let store = ImageStore::open(&root, &ImagesConfig::default()).unwrap();
+    assert!(!bad.exists(), "the bad tree is still in trees/");
+    let quarantined: Vec<_> = std::fs::read_dir(root.join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert!(
+        quarantined[0].starts_with(&"ab".repeat(32)),
+        "{quarantined:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(source.join("keep")).unwrap(),
+        "keep"
+    );
+    drop(store);
+    let moved = root.join("quarantine").join(&quarantined[0]).join("busy");
+    rustix::mount::unmount(&moved, rustix::mount::UnmountFlags::DETACH).unwrap();
 }
