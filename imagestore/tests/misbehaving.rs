@@ -38,17 +38,20 @@ fn redirect(to: String) -> Answer {
     }
 }
 
-/// A server answering by path; logs `(path, Authorization header)` of every request.
+/// `(path, Authorization header)` of every request.
+type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A server answering by path; logs every request.
 struct Server {
     host: String,
-    log: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    log: RequestLog,
 }
 
 impl Server {
     async fn start(answers: Arc<Mutex<HashMap<String, Answer>>>) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
-        let log = Arc::new(Mutex::new(Vec::new()));
+        let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
         tokio::spawn(async move {
             while let Ok((mut sock, _)) = listener.accept().await {
