@@ -23,6 +23,7 @@
 
 pub mod blobs;
 pub mod config;
+mod entries;
 pub mod error;
 pub mod failpoint;
 mod fsutil;

@@ -21,11 +21,12 @@ use std::path::PathBuf;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use crate::entries::is_contain_errno;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, Meta};
 use crate::reference::{ChainId, Digest};
-use crate::unpack::{Kind, LayerManifest, StorePaths, TmpDir, is_contain_errno};
+use crate::unpack::{Kind, LayerManifest, StorePaths, TmpDir};
 
 /// What a render produced.
 #[derive(Debug, Clone)]
