@@ -13,13 +13,18 @@
 //! * Trees: after its layers, a pull renders (or finds) the tree of its top chain id, under a
 //!   lease on the chain, before committing the image. Trees nothing holds (no image, no
 //!   persisted container lease in the `leases` table, no pull) go with the image; objects
-//!   whose link count fell to 1 then go in a sweep that takes `store_guard` exclusively,
-//!   while every pull holds it shared, so the sweep never races an unpack or a render.
+//!   whose link count fell to 1 then go in a sweep (one at a time, `sweep_lock`).
+//! * Removal and GC never wait for a pull: they take `gc_lock` (which pulls hold only for
+//!   moments: leasing, committing) and delete only what no pull leases — leases are per
+//!   blob, layer and chain, never per store. An unpack that finds an object swept between
+//!   its `EEXIST` and its link creates it again. Only `close` and `verify` wait for pulls
+//!   (`store_guard`), and a pull's wait is bounded by the registry deadlines.
 //! * Crash safety: [`ImageStore::close`] writes a clean-shutdown marker that `open` consumes;
 //!   without it, `open` removes objects no committed layer names (torn by a power loss)
 //!   before returning, i.e. before any pull is served.
-//! * A pull runs in its own task: if the RPC is cancelled the pull still finishes (or cleans
-//!   up), as with Docker; nothing is left half-done by a dropped future.
+//! * A pull runs in its own task, so a dropped future never leaves it half-done; when its
+//!   caller goes away (kubelet cancels the RPC or its deadline passes) the task stops
+//!   downloading at the next chunk and cleans up like any failed pull.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
