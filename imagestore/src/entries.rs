@@ -18,7 +18,7 @@ use crate::failpoint;
 use crate::fsutil::{self, Meta};
 use crate::layer::LayerInput;
 use crate::tarstream::{EntryType, Header, TarError, TarReader};
-use crate::unpack::{Kind, ManEntry, SinkLimits, normalize, object_key, object_rel};
+use crate::unpack::{Kind, ManEntry, ObjectsLock, SinkLimits, normalize, object_key, object_rel};
 
 pub(crate) fn refused(layer: &LayerInput, entry: &str, reason: impl Into<String>) -> Error {
     Error::LayerRefused {
@@ -45,6 +45,7 @@ pub(crate) struct Unpack<'a> {
     pub(crate) buf: Vec<u8>,
     pub(crate) zeros: Vec<u8>,
     pub(crate) limits: SinkLimits,
+    pub(crate) objects_lock: ObjectsLock,
     pub(crate) skipped_devices: u64,
     pub(crate) dropped_xattrs: u64,
 }
@@ -143,6 +144,10 @@ impl<'a> Unpack<'a> {
     /// any more go now rather than waiting for the next sweep. An unpack that wanted one of
     /// them concurrently creates it again (see `file`).
     fn drop_unlinked_objects(&self, gone: &[ManEntry]) {
+        let _sweeping = self
+            .objects_lock
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for e in gone {
             let Kind::File {
                 object: Some(key), ..
@@ -501,8 +506,14 @@ impl<'a> Unpack<'a> {
         let key = object_key(&hasher.finalize().into(), meta);
         let rel = object_rel(&key);
         let mut private = false;
-        // The object sweep runs concurrently with pulls: an existing object with no other
-        // name may vanish between our EEXIST and our link to it; then it is created anew.
+        // The object sweep runs concurrently with pulls but not with this step (it takes the
+        // lock exclusively per fan-out directory): an object it judged unused cannot gain a
+        // name between its check and its unlink. Should an object still vanish between our
+        // EEXIST and our link, it is created anew.
+        let objects_lock = self.objects_lock.clone();
+        let _linking = objects_lock
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -16,9 +16,11 @@
 //!   whose link count fell to 1 then go in a sweep (one at a time, `sweep_lock`).
 //! * Removal and GC never wait for a pull: they take `gc_lock` (which pulls hold only for
 //!   moments: leasing, committing) and delete only what no pull leases — leases are per
-//!   blob, layer and chain, never per store. An unpack that finds an object swept between
-//!   its `EEXIST` and its link creates it again. Only `close` and `verify` wait for pulls
-//!   (`store_guard`), and a pull's wait is bounded by the registry deadlines.
+//!   blob, layer and chain, never per store. The object sweep and an unpack's linking of a
+//!   file to an object exclude each other for microseconds at a time (`objects_lock`, per
+//!   fan-out directory), so no object gains a name between the sweep's check and its
+//!   unlink. Only `close` and `verify` wait for pulls (`store_guard`), and a pull's wait is
+//!   bounded by the registry deadlines.
 //! * Crash safety: [`ImageStore::close`] writes a clean-shutdown marker that `open` consumes;
 //!   without it, `open` removes objects no committed layer names (torn by a power loss)
 //!   before returning, i.e. before any pull is served.
@@ -185,6 +187,8 @@ struct Inner {
     store_guard: tokio::sync::RwLock<()>,
     /// One object sweep at a time.
     sweep_lock: tokio::sync::Mutex<()>,
+    /// Shared with the unpacker (see [`crate::unpack::ObjectsLock`]).
+    objects_lock: crate::unpack::ObjectsLock,
     closed: AtomicBool,
     /// (bytes, inodes) of the store, hard links counted once; refreshed after each change.
     usage: (AtomicU64, AtomicU64),
@@ -363,16 +367,20 @@ impl ImageStore {
         paths.create()?;
         let meta = Arc::new(Metadata::open(&root.join("meta.redb"))?);
         let blobs = Arc::new(BlobStore::open(root)?);
-        let sink: Arc<dyn LayerSink> = Arc::new(TreeLayerSink::new(
-            root,
-            meta.clone(),
-            blobs.clone(),
-            config.keep_layer_blobs,
-            config.allow_device_nodes,
-            crate::unpack::SinkLimits {
-                max_path_depth: config.max_path_depth,
-            },
-        ));
+        let objects_lock = crate::unpack::ObjectsLock::default();
+        let sink: Arc<dyn LayerSink> = Arc::new(
+            TreeLayerSink::new(
+                root,
+                meta.clone(),
+                blobs.clone(),
+                config.keep_layer_blobs,
+                config.allow_device_nodes,
+                crate::unpack::SinkLimits {
+                    max_path_depth: config.max_path_depth,
+                },
+            )
+            .with_objects_lock(objects_lock.clone()),
+        );
         let marker = root.join(CLEAN_MARKER);
         let clean = marker.exists();
         if clean {
@@ -400,6 +408,7 @@ impl ImageStore {
             paths,
             store_guard: tokio::sync::RwLock::new(()),
             sweep_lock: tokio::sync::Mutex::new(()),
+            objects_lock,
             closed: AtomicBool::new(false),
             usage: (AtomicU64::new(0), AtomicU64::new(0)),
             image_limits: (config.max_image_bytes, config.max_image_entries),
@@ -920,6 +929,11 @@ impl Inner {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io("open", self.paths.objects.join(&fan), e)),
             };
+            // Exclusive per fan-out directory: unpacks wait microseconds, not a whole sweep.
+            let _no_linking = self
+                .objects_lock
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let names = fsutil::list_dir(&dir).map_err(|e| Error::io("list", &fan, e))?;
             let mut any = false;
             for name in names {

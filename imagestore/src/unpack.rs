@@ -229,7 +229,12 @@ pub struct TreeLayerSink {
     keep_blobs: bool,
     allow_device_nodes: bool,
     limits: SinkLimits,
+    objects_lock: ObjectsLock,
 }
+
+/// Held shared while an unpack links a file to an object, exclusively while objects are
+/// judged unused and unlinked: no object gains a name between the check and the unlink.
+pub(crate) type ObjectsLock = Arc<std::sync::RwLock<()>>;
 
 /// Limits a layer's entries must keep (per-image byte and entry budgets travel with each
 /// [`LayerInput`]).
@@ -264,7 +269,14 @@ impl TreeLayerSink {
             keep_blobs,
             allow_device_nodes,
             limits,
+            objects_lock: ObjectsLock::default(),
         }
+    }
+
+    /// Share `lock` with the store's object sweep.
+    pub(crate) fn with_objects_lock(mut self, lock: ObjectsLock) -> Self {
+        self.objects_lock = lock;
+        self
     }
 }
 
@@ -375,6 +387,7 @@ impl TreeLayerSink {
             buf: vec![0u8; COPY_BUFFER],
             zeros: vec![0u8; COPY_BUFFER],
             limits: self.limits.clone(),
+            objects_lock: self.objects_lock.clone(),
             skipped_devices: 0,
             dropped_xattrs: 0,
         };
