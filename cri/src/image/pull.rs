@@ -67,3 +67,25 @@ fn credentials(auth: AuthConfig) -> Credentials {
         registry_token: auth.registry_token,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units_parse() {
+        let of = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(of("999u"), Some(Duration::from_micros(999)));
+        assert_eq!(of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(of("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(of("5m"), Some(Duration::from_millis(5)));
+        assert_eq!(of("x"), None);
+        assert_eq!(of("10Q"), None);
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
+}
