@@ -1,7 +1,8 @@
 # The two entry points the README documents: `make run` and `make test`; and `make bench`.
 RUN_PKGS  := protobuf-compiler runc crun containernetworking-plugins
-# systemd: `systemd-analyze verify` of the unit (nothing is started by installing it).
-TEST_PKGS := $(RUN_PKGS) docker-registry busybox-static iptables umoci systemd
+# systemd: `systemd-analyze verify` of the unit (nothing is started by installing it);
+# tar, libarchive-tools (bsdtar), python3: the layer corpus made by other tools.
+TEST_PKGS := $(RUN_PKGS) docker-registry busybox-static iptables umoci systemd tar libarchive-tools python3
 BENCH_PKGS := $(TEST_PKGS) containerd
 CARGO     ?= cargo
 # Test builds compile the image store's crash points in (release builds never do); clippy

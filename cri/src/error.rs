@@ -26,6 +26,9 @@ pub enum CriError {
     /// The object is in a state that forbids the call (a container in a stopped sandbox).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller's deadline (its `grpc-timeout`) passed before the call finished.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error(transparent)]
     Image(#[from] rootstock_imagestore::Error),
     // Boxed: these variants are large and every handler's `Result` carries the enum.
@@ -68,6 +71,7 @@ impl From<CriError> for Status {
             CriError::NotFound(_) => Code::NotFound,
             CriError::AlreadyExists(_) => Code::AlreadyExists,
             CriError::FailedPrecondition(_) => Code::FailedPrecondition,
+            CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             CriError::Image(e) => image_code(e.kind()),
             CriError::Runtime(e) => runtime_code(e.kind()),
             CriError::Cni(e) => cni_code(e.kind()),

@@ -93,6 +93,13 @@ pub(crate) fn resolve_dir(root: &impl AsFd, rel: &str) -> io::Result<OwnedFd> {
 
 /// Open the regular file `rel` below `root` for reading, refusing symlinks.
 pub(crate) fn open_file_in(root: &impl AsFd, rel: &str) -> io::Result<File> {
+    if rel.len() > 2048
+        && let Some((parent, name)) = rel.rsplit_once('/')
+    {
+        // Deeper than PATH_MAX allows in one call: the directory a piece at a time.
+        let dir = resolve_dir(root, parent)?;
+        return open_file_in(&dir, name);
+    }
     let fd = rustix::fs::openat2(
         root,
         rel,
@@ -153,6 +160,9 @@ pub(crate) fn remove_all_at(dir: &impl AsFd, name: &str) -> io::Result<()> {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    // Never into another mount (`rm --one-file-system`): a mount inside a store tree is
+    // somebody's data, and the tree is then left for the caller to report or move aside.
+    let mount = mount_id(&top)?;
     let mut cur = top;
     let mut stack = vec![Frame {
         name: name.to_string(),
@@ -165,6 +175,11 @@ pub(crate) fn remove_all_at(dir: &impl AsFd, name: &str) -> io::Result<()> {
         if let Some(sub) = frame.subdirs.pop() {
             match open_sub(&cur, &sub) {
                 Ok(fd) => {
+                    if mount_id(&fd)? != mount {
+                        return Err(io::Error::from_raw_os_error(
+                            rustix::io::Errno::BUSY.raw_os_error(),
+                        ));
+                    }
                     cur = fd;
                     let subdirs = unlink_files(&cur)?;
                     stack.push(Frame { name: sub, subdirs });
@@ -191,6 +206,12 @@ pub(crate) fn remove_all_at(dir: &impl AsFd, name: &str) -> io::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The id of the mount `fd` is on.
+fn mount_id(fd: &OwnedFd) -> io::Result<u64> {
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, rustix::fs::StatxFlags::MNT_ID)?;
+    Ok(st.stx_mnt_id)
 }
 
 /// Unlink every non-directory in `dir`; return the names of its subdirectories.

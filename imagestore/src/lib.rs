@@ -24,6 +24,7 @@
 
 pub mod blobs;
 pub mod config;
+mod entries;
 pub mod error;
 pub mod failpoint;
 mod fsutil;

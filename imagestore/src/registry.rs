@@ -458,18 +458,11 @@ impl Session {
 
     /// Fetch a manifest by tag or digest; verifies the digest when asked by digest.
     pub async fn fetch_manifest(&self, tag_or_digest: &str) -> Result<(Bytes, Digest)> {
-        let reference = self
-            .endpoint
-            .reference(self.image.repository(), tag_or_digest);
         let result = retry("fetch manifest", || {
             self.timed("manifest request", async {
-                if let Some(bytes) = self.fetch_manifest_bounded(tag_or_digest).await? {
-                    return Ok((bytes, String::new()));
-                }
-                self.client
-                    .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFESTS)
+                self.fetch_manifest_bounded(tag_or_digest)
                     .await
-                    .map_err(|e| self.map_err(e, Target::Manifest(tag_or_digest)))
+                    .map(|b| (b, ()))
             })
         })
         .await;
@@ -543,10 +536,11 @@ impl Session {
 
     /// GET a manifest reading at most [`MAX_DOCUMENT`] bytes of it (containerd's bound on
     /// manifests and configs): `oci-client` reads a body whole, so a hostile registry could
-    /// make it hold gigabytes. `None` when the registry did not answer 200: the request is
-    /// then repeated through `oci-client`, whose error mapping names the failure. Redirects
-    /// are followed by reqwest, which drops `Authorization` when one leaves the host.
-    async fn fetch_manifest_bounded(&self, tag_or_digest: &str) -> Result<Option<Bytes>> {
+    /// make it hold gigabytes. Errors become the `OciDistributionError`s `oci-client` makes
+    /// of them (its `validate_registry_response`), so they map to the same [`Error`]s.
+    /// Redirects are followed by reqwest, which drops `Authorization` when one leaves the
+    /// host.
+    async fn fetch_manifest_bounded(&self, tag_or_digest: &str) -> Result<Bytes> {
         let http = self.http_client(true)?;
         let url = format!(
             "{}/v2/{}/manifests/{}",
@@ -567,9 +561,48 @@ impl Session {
             .send()
             .await
             .map_err(|e| classify_reqwest(&e, &self.endpoint.host))?;
-        if resp.status() != reqwest::StatusCode::OK {
-            return Ok(None);
+        let status = resp.status();
+        if status != reqwest::StatusCode::OK {
+            let target = Target::Manifest(tag_or_digest);
+            let mut body = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(Ok(chunk)) = stream.next().await {
+                body.extend_from_slice(&chunk);
+                if body.len() > 64 << 10 {
+                    break;
+                }
+            }
+            let message = String::from_utf8_lossy(&body).into_owned();
+            let e = match status {
+                reqwest::StatusCode::UNAUTHORIZED => {
+                    OciDistributionError::UnauthorizedError { url }
+                }
+                s if s.is_success() => OciDistributionError::SpecViolationError(format!(
+                    "Expected HTTP Status 200 OK, got {s} instead"
+                )),
+                s if s.is_client_error() => {
+                    match serde_json::from_slice::<oci_client::errors::OciEnvelope>(&body) {
+                        Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+                        Err(_) => OciDistributionError::ServerError {
+                            code: s.as_u16(),
+                            url,
+                            message,
+                        },
+                    }
+                }
+                s => OciDistributionError::ServerError {
+                    code: s.as_u16(),
+                    url,
+                    message,
+                },
+            };
+            return Err(self.map_err(e, target));
         }
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
         let too_large = || Error::DocumentTooLarge {
             reference: self.image.to_string(),
             what: format!("manifest {tag_or_digest}"),
@@ -587,7 +620,17 @@ impl Session {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Some(Bytes::from(body)))
+        // As oci-client does: a registry that names the manifest's digest must be right.
+        if let Some(named) = header_digest {
+            let actual = Digest::of(&body);
+            if named != actual {
+                return Err(Error::BlobDigestMismatch {
+                    digest: named,
+                    actual,
+                });
+            }
+        }
+        Ok(Bytes::from(body))
     }
 
     /// Tell an unknown repository from an unknown tag.
@@ -621,7 +664,7 @@ impl Session {
     pub async fn fetch_small_blob(&self, desc: &Descriptor, limit: u64) -> Result<Bytes> {
         if desc.size > limit {
             return Err(Error::TooLarge {
-                what: "blob".into(),
+                what: "config blob".into(),
                 digest: desc.digest.clone(),
                 size: desc.size,
                 limit,

@@ -21,11 +21,12 @@ use std::path::PathBuf;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use crate::entries::is_contain_errno;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, Meta};
 use crate::reference::{ChainId, Digest};
-use crate::unpack::{Kind, LayerManifest, StorePaths, TmpDir, is_contain_errno};
+use crate::unpack::{Kind, LayerManifest, StorePaths, TmpDir};
 
 /// What a render produced.
 #[derive(Debug, Clone)]
@@ -143,6 +144,8 @@ impl Render<'_> {
                     Mode::empty(),
                 )
                 .map_err(|x| Error::io("open directory", &e.path, x.into()))?;
+                // Entries sort parents first: the next ones likely live in this directory.
+                self.cache = fd.try_clone().ok().map(|d| (e.path.clone(), d));
                 let meta = if implicit {
                     Meta {
                         mode: 0o755,

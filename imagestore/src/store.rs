@@ -13,13 +13,20 @@
 //! * Trees: after its layers, a pull renders (or finds) the tree of its top chain id, under a
 //!   lease on the chain, before committing the image. Trees nothing holds (no image, no
 //!   persisted container lease in the `leases` table, no pull) go with the image; objects
-//!   whose link count fell to 1 then go in a sweep that takes `store_guard` exclusively,
-//!   while every pull holds it shared, so the sweep never races an unpack or a render.
+//!   whose link count fell to 1 then go in a sweep (one at a time, `sweep_lock`).
+//! * Removal and GC never wait for a pull: they take `gc_lock` (which pulls hold only for
+//!   moments: leasing, committing) and delete only what no pull leases — leases are per
+//!   blob, layer and chain, never per store. The object sweep and an unpack's linking of a
+//!   file to an object exclude each other for microseconds at a time (`objects_lock`, per
+//!   fan-out directory), so no object gains a name between the sweep's check and its
+//!   unlink. Only `close` and `verify` wait for pulls (`store_guard`), and a pull's wait is
+//!   bounded by the registry deadlines.
 //! * Crash safety: [`ImageStore::close`] writes a clean-shutdown marker that `open` consumes;
 //!   without it, `open` removes objects no committed layer names (torn by a power loss)
 //!   before returning, i.e. before any pull is served.
-//! * A pull runs in its own task: if the RPC is cancelled the pull still finishes (or cleans
-//!   up), as with Docker; nothing is left half-done by a dropped future.
+//! * A pull runs in its own task, so a dropped future never leaves it half-done; when its
+//!   caller goes away (kubelet cancels the RPC or its deadline passes) the task stops
+//!   downloading at the next chunk and cleans up like any failed pull.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -180,6 +187,8 @@ struct Inner {
     store_guard: tokio::sync::RwLock<()>,
     /// One object sweep at a time.
     sweep_lock: tokio::sync::Mutex<()>,
+    /// Shared with the unpacker (see [`crate::unpack::ObjectsLock`]).
+    objects_lock: crate::unpack::ObjectsLock,
     closed: AtomicBool,
     /// (bytes, inodes) of the store, hard links counted once; refreshed after each change.
     usage: (AtomicU64, AtomicU64),
@@ -358,16 +367,20 @@ impl ImageStore {
         paths.create()?;
         let meta = Arc::new(Metadata::open(&root.join("meta.redb"))?);
         let blobs = Arc::new(BlobStore::open(root)?);
-        let sink: Arc<dyn LayerSink> = Arc::new(TreeLayerSink::new(
-            root,
-            meta.clone(),
-            blobs.clone(),
-            config.keep_layer_blobs,
-            config.allow_device_nodes,
-            crate::unpack::SinkLimits {
-                max_path_depth: config.max_path_depth,
-            },
-        ));
+        let objects_lock = crate::unpack::ObjectsLock::default();
+        let sink: Arc<dyn LayerSink> = Arc::new(
+            TreeLayerSink::new(
+                root,
+                meta.clone(),
+                blobs.clone(),
+                config.keep_layer_blobs,
+                config.allow_device_nodes,
+                crate::unpack::SinkLimits {
+                    max_path_depth: config.max_path_depth,
+                },
+            )
+            .with_objects_lock(objects_lock.clone()),
+        );
         let marker = root.join(CLEAN_MARKER);
         let clean = marker.exists();
         if clean {
@@ -395,6 +408,7 @@ impl ImageStore {
             paths,
             store_guard: tokio::sync::RwLock::new(()),
             sweep_lock: tokio::sync::Mutex::new(()),
+            objects_lock,
             closed: AtomicBool::new(false),
             usage: (AtomicU64::new(0), AtomicU64::new(0)),
             image_limits: (config.max_image_bytes, config.max_image_entries),
@@ -403,12 +417,23 @@ impl ImageStore {
                 Duration::from_secs(config.blob_stall_secs),
             ),
         };
-        inner.sweep_orphans()?;
-        inner.sweep_trees_and_layer_dirs()?;
+        // Garbage a crash or a failed removal left: each sweep that fails is logged and
+        // start-up goes on (what it could not remove is removed or quarantined next time).
+        // Only the unclean-stop object sweep is fatal: a torn object must never be linked.
+        let sweep = |what: &str, r: Result<()>| {
+            if let Err(e) = r {
+                warn!(error = %e, "start-up sweep of {what} failed; going on");
+            }
+        };
+        sweep("orphan layers and blobs", inner.sweep_orphans());
+        sweep(
+            "trees and layer directories",
+            inner.sweep_trees_and_layer_dirs(),
+        );
         if !clean {
             inner.sweep_unreferenced_objects()?;
         }
-        inner.sweep_objects()?;
+        sweep("unused objects", inner.sweep_objects());
         inner.refresh_db_size();
         inner.refresh_usage();
         Ok(ImageStore {
@@ -904,6 +929,11 @@ impl Inner {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io("open", self.paths.objects.join(&fan), e)),
             };
+            // Exclusive per fan-out directory: unpacks wait microseconds, not a whole sweep.
+            let _no_linking = self
+                .objects_lock
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let names = fsutil::list_dir(&dir).map_err(|e| Error::io("list", &fan, e))?;
             let mut any = false;
             for name in names {

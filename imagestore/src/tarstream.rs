@@ -232,6 +232,12 @@ impl<R: Read> TarReader<R> {
         }
     }
 
+    /// Stored data bytes of the current entry not read yet (right after `next_entry`: all of
+    /// them, so a budget can be charged before the data is written anywhere).
+    pub(crate) fn data_left(&self) -> u64 {
+        self.data_left
+    }
+
     /// Bytes read from the stream so far.
     pub(crate) fn consumed(&self) -> u64 {
         self.consumed

@@ -20,19 +20,17 @@
 //! root-relative: a leading `/` is contained like `tar -x` and umoci do, `..` is refused.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read, Seek, Write};
-use std::os::fd::OwnedFd;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
 use crate::blobs::BlobStore;
+use crate::entries::{Unpack, tar_error};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, Meta};
@@ -40,7 +38,7 @@ use crate::layer::{LayerInput, LayerSink};
 use crate::manifest::Compression;
 use crate::metadata::{LayerRecord, Metadata};
 use crate::reference::Digest;
-use crate::tarstream::{EntryType, Header, TarError, TarReader};
+use crate::tarstream::TarReader;
 
 const LAYER_MANIFEST: &str = "layer.json";
 const LAYER_ROOT: &str = "root";
@@ -231,7 +229,12 @@ pub struct TreeLayerSink {
     keep_blobs: bool,
     allow_device_nodes: bool,
     limits: SinkLimits,
+    objects_lock: ObjectsLock,
 }
+
+/// Held shared while an unpack links a file to an object, exclusively while objects are
+/// judged unused and unlinked: no object gains a name between the check and the unlink.
+pub(crate) type ObjectsLock = Arc<std::sync::RwLock<()>>;
 
 /// Limits a layer's entries must keep (per-image byte and entry budgets travel with each
 /// [`LayerInput`]).
@@ -266,7 +269,14 @@ impl TreeLayerSink {
             keep_blobs,
             allow_device_nodes,
             limits,
+            objects_lock: ObjectsLock::default(),
         }
+    }
+
+    /// Share `lock` with the store's object sweep.
+    pub(crate) fn with_objects_lock(mut self, lock: ObjectsLock) -> Self {
+        self.objects_lock = lock;
+        self
     }
 }
 
@@ -333,541 +343,6 @@ pub(crate) fn normalize(raw: &str) -> std::result::Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn refused(layer: &LayerInput, entry: &str, reason: impl Into<String>) -> Error {
-    Error::LayerRefused {
-        digest: layer.digest.clone(),
-        index: layer.index,
-        entry: entry.to_string(),
-        reason: reason.into(),
-    }
-}
-
-/// State of one layer's unpack.
-struct Unpack<'a> {
-    layer: &'a LayerInput,
-    allow_devices: bool,
-    view: OwnedFd,
-    work: OwnedFd,
-    objects: OwnedFd,
-    entries: BTreeMap<String, ManEntry>,
-    hardlinks: Vec<(String, String)>,
-    whiteouts: Vec<String>,
-    opaques: Vec<String>,
-    parent_cache: Option<(String, OwnedFd)>,
-    tmp_counter: u64,
-    buf: Vec<u8>,
-    zeros: Vec<u8>,
-    limits: SinkLimits,
-    skipped_devices: u64,
-    dropped_xattrs: u64,
-}
-
-impl<'a> Unpack<'a> {
-    fn io_err(&self, op: &'static str, entry: &str) -> impl Fn(io::Error) -> Error + '_ {
-        let path = PathBuf::from(entry);
-        move |e| Error::io(op, path.clone(), e)
-    }
-
-    /// The directory that holds `comps`' last component, creating missing parents as
-    /// implicit directories; refuses to go through a symlink or a non-directory.
-    fn parent(&mut self, comps: &[String], entry: &str) -> Result<OwnedFd> {
-        let parent = comps[..comps.len().saturating_sub(1)].join("/");
-        if let Some((p, fd)) = &self.parent_cache
-            && *p == parent
-        {
-            return fd.try_clone().map_err(|e| Error::io("dup dir", entry, e));
-        }
-        let mut cur = self
-            .view
-            .try_clone()
-            .map_err(|e| Error::io("dup dir", entry, e))?;
-        let mut prefix = String::new();
-        for c in &comps[..comps.len().saturating_sub(1)] {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(c);
-            cur = match fsutil::resolve_dir(&cur, c) {
-                Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc_enoent()) => {
-                    rustix::fs::mkdirat(&cur, c.as_str(), Mode::from_raw_mode(0o755))
-                        .map_err(|e| Error::io("create directory", &prefix, e.into()))?;
-                    self.entries.entry(prefix.clone()).or_insert(ManEntry {
-                        path: prefix.clone(),
-                        kind: Kind::Dir { implicit: true },
-                        meta: Meta {
-                            mode: 0o755,
-                            ..Meta::default()
-                        },
-                    });
-                    fsutil::resolve_dir(&cur, c)
-                        .map_err(|e| Error::io("open directory", &prefix, e))?
-                }
-                Err(e) if is_contain_errno(&e) => {
-                    return Err(refused(
-                        self.layer,
-                        entry,
-                        format!("its parent {prefix:?} is a symlink or not a directory"),
-                    ));
-                }
-                Err(e) => return Err(Error::io("open directory", &prefix, e)),
-            };
-        }
-        let dup = cur
-            .try_clone()
-            .map_err(|e| Error::io("dup dir", entry, e))?;
-        self.parent_cache = Some((parent, dup));
-        Ok(cur)
-    }
-
-    /// Make room for a new entry `name` in `dir`: whatever is there goes (a directory only
-    /// when the new entry is not one), and the manifest forgets it and what was below it.
-    fn replace(&mut self, dir: &OwnedFd, name: &str, path: &str, new_is_dir: bool) -> Result<()> {
-        let Some(st) = fsutil::stat_at(dir, name).map_err(self.io_err("stat", path))? else {
-            return Ok(());
-        };
-        let is_dir = fsutil::file_type(&st) == FileType::Directory;
-        if is_dir && new_is_dir {
-            return Ok(());
-        }
-        fsutil::remove_all_at(dir, name).map_err(self.io_err("remove", path))?;
-        self.parent_cache = None;
-        self.entries.remove(path);
-        self.hardlinks.retain(|(p, _)| p != path);
-        if is_dir {
-            let prefix = format!("{path}/");
-            let below: Vec<String> = self
-                .entries
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in below {
-                self.entries.remove(&k);
-            }
-            self.hardlinks.retain(|(p, _)| !p.starts_with(&prefix));
-        }
-        Ok(())
-    }
-
-    fn entry<R: Read>(&mut self, tar: &mut TarReader<R>, h: Header) -> Result<()> {
-        let raw = String::from_utf8(h.path.clone()).map_err(|e| {
-            refused(
-                self.layer,
-                &String::from_utf8_lossy(e.as_bytes()),
-                "path is not UTF-8",
-            )
-        })?;
-        let comps = normalize(&raw).map_err(|r| refused(self.layer, &raw, r))?;
-        self.layer.budget.entry(self.layer)?;
-        if comps.len() > self.limits.max_path_depth {
-            return Err(Error::LayerLimit {
-                digest: self.layer.digest.clone(),
-                index: self.layer.index,
-                limit: "images.max_path_depth",
-                detail: format!(
-                    "entry {raw:?} is {} levels deep, the limit is {}",
-                    comps.len(),
-                    self.limits.max_path_depth
-                ),
-            });
-        }
-        let etype = h.etype;
-        let mut meta = Meta {
-            mode: h.mode & 0o7777,
-            uid: u32::try_from(h.uid)
-                .map_err(|_| refused(self.layer, &raw, format!("uid {} out of range", h.uid)))?,
-            gid: u32::try_from(h.gid)
-                .map_err(|_| refused(self.layer, &raw, format!("gid {} out of range", h.gid)))?,
-            mtime: h.mtime,
-            xattrs: Vec::new(),
-        };
-        for (name, value) in &h.xattrs {
-            // A layer must not steer overlayfs (opaque/redirect/metacopy markers).
-            if name.starts_with("trusted.overlay.") {
-                self.dropped_xattrs += 1;
-                continue;
-            }
-            meta.xattrs.push((name.clone(), value.clone()));
-        }
-        meta.xattrs.sort();
-        meta.xattrs.dedup_by(|a, b| a.0 == b.0);
-
-        if comps.is_empty() {
-            // The root itself ("./"): only a directory makes sense; its metadata is kept.
-            if etype == EntryType::Dir {
-                self.entries.insert(
-                    String::new(),
-                    ManEntry {
-                        path: String::new(),
-                        kind: Kind::Dir { implicit: false },
-                        meta,
-                    },
-                );
-                return Ok(());
-            }
-            return Err(refused(
-                self.layer,
-                &raw,
-                "a non-directory entry for the root",
-            ));
-        }
-        let path = comps.join("/");
-        let name = comps[comps.len() - 1].clone();
-
-        // Whiteouts (AUFS style, as the OCI layer spec defines them).
-        if let Some(target) = name.strip_prefix(".wh.") {
-            let parent_path = comps[..comps.len() - 1].join("/");
-            if name == ".wh..wh..opq" {
-                self.opaques.push(parent_path);
-            } else if target.starts_with(".wh.") {
-                debug!(entry = %raw, "ignoring AUFS metadata entry");
-                return Ok(());
-            } else if target.is_empty() || target == "." || target == ".." {
-                return Err(refused(self.layer, &raw, "whiteout names no file"));
-            } else if parent_path.is_empty() {
-                self.whiteouts.push(target.to_string());
-            } else {
-                self.whiteouts.push(format!("{parent_path}/{target}"));
-            }
-            // The marker stays in the layer's view as the empty file the tar carried.
-            let dir = self.parent(&comps, &raw)?;
-            self.replace(&dir, &name, &path, false)?;
-            let fd = rustix::fs::openat(
-                &dir,
-                name.as_str(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )
-            .map_err(|e| Error::io("create whiteout", &path, e.into()))?;
-            drop(fd);
-            return Ok(());
-        }
-
-        let dir = self.parent(&comps, &raw)?;
-        match etype {
-            EntryType::Dir => {
-                self.replace(&dir, &name, &path, true)?;
-                match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(Error::io("create directory", &path, e.into())),
-                }
-                self.parent_cache = None;
-                self.entries.insert(
-                    path.clone(),
-                    ManEntry {
-                        path,
-                        kind: Kind::Dir { implicit: false },
-                        meta,
-                    },
-                );
-            }
-            EntryType::File => {
-                self.replace(&dir, &name, &path, false)?;
-                let kind = self.file(tar, &h, &dir, &name, &path, &meta)?;
-                self.entries
-                    .insert(path.clone(), ManEntry { path, kind, meta });
-            }
-            EntryType::HardLink => {
-                if h.link.is_empty() {
-                    return Err(refused(self.layer, &raw, "hard link without a target"));
-                }
-                let link = String::from_utf8_lossy(&h.link).into_owned();
-                // Hard link names are relative to the archive root; a leading `/` is
-                // contained (stripped), `..` is refused.
-                let tcomps = normalize(link.trim_start_matches('/')).map_err(|r| {
-                    refused(self.layer, &raw, format!("hard link target {link:?}: {r}"))
-                })?;
-                if tcomps.is_empty() {
-                    return Err(refused(self.layer, &raw, "hard link to the root"));
-                }
-                let target = tcomps.join("/");
-                if target == path {
-                    return Err(refused(self.layer, &raw, "hard link to itself"));
-                }
-                self.replace(&dir, &name, &path, false)?;
-                // Within the layer: link now so the view is exact; to a lower layer: the
-                // render links it.
-                if let Some(entry) = self.entries.get(&target)
-                    && !matches!(entry.kind, Kind::Dir { .. })
-                {
-                    let tparent =
-                        fsutil::resolve_dir(&self.view, &tcomps[..tcomps.len() - 1].join("/"))
-                            .map_err(|_| {
-                                refused(
-                                    self.layer,
-                                    &raw,
-                                    format!("hard link target {link:?} unreachable"),
-                                )
-                            })?;
-                    rustix::fs::linkat(
-                        &tparent,
-                        tcomps[tcomps.len() - 1].as_str(),
-                        &dir,
-                        name.as_str(),
-                        AtFlags::empty(),
-                    )
-                    .map_err(|e| Error::io("hard link", &path, e.into()))?;
-                } else if self.entries.contains_key(&target) {
-                    return Err(refused(self.layer, &raw, "hard link to a directory"));
-                }
-                self.hardlinks.push((path, target));
-            }
-            EntryType::Symlink => {
-                if h.link.is_empty() {
-                    return Err(refused(self.layer, &raw, "symlink without a target"));
-                }
-                let target = String::from_utf8_lossy(&h.link).into_owned();
-                self.replace(&dir, &name, &path, false)?;
-                rustix::fs::symlinkat(target.as_str(), &dir, name.as_str())
-                    .map_err(|e| Error::io("create symlink", &path, e.into()))?;
-                self.entries.insert(
-                    path.clone(),
-                    ManEntry {
-                        path,
-                        kind: Kind::Symlink { target },
-                        meta,
-                    },
-                );
-            }
-            EntryType::Fifo | EntryType::Char | EntryType::Block => {
-                // Fifos carry no device numbers (the fields may be blank).
-                let (major, minor) = (h.devmajor, h.devminor);
-                let (kind, ftype) = if etype == EntryType::Fifo {
-                    (Kind::Fifo, FileType::Fifo)
-                } else if !self.allow_devices {
-                    // Skipped, not refused: the runtime mounts its own /dev over the image's,
-                    // so nodes shipped in an image are never visible in a container, and
-                    // refusing would break old images that carry a populated /dev.
-                    self.skipped_devices += 1;
-                    return Ok(());
-                } else if etype == EntryType::Char {
-                    (Kind::Char { major, minor }, FileType::CharacterDevice)
-                } else {
-                    (Kind::Block { major, minor }, FileType::BlockDevice)
-                };
-                self.replace(&dir, &name, &path, false)?;
-                rustix::fs::mknodat(
-                    &dir,
-                    name.as_str(),
-                    ftype,
-                    Mode::from_raw_mode(0o600),
-                    rustix::fs::makedev(major, minor),
-                )
-                .map_err(|e| Error::io("create node", &path, e.into()))?;
-                self.entries
-                    .insert(path.clone(), ManEntry { path, kind, meta });
-            }
-            EntryType::Other(flag) => {
-                return Err(refused(
-                    self.layer,
-                    &raw,
-                    format!("unsupported tar entry type {:?}", flag as char),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// A read error of the tar stream as the pull reports it.
-    fn tar_err(&self, e: TarError, entry: &str) -> Error {
-        tar_error(self.layer, e, entry)
-    }
-
-    /// A regular file: content into a temp file (hashed as it goes, exactly `declared` bytes),
-    /// metadata applied, then linked as an object and into the view. A sparse file's data
-    /// segments are written at their offsets and the holes left as holes (the hash still
-    /// covers the zeros a reader sees, as `verify` rehashes the file).
-    fn file<R: Read>(
-        &mut self,
-        tar: &mut TarReader<R>,
-        h: &Header,
-        dir: &OwnedFd,
-        name: &str,
-        path: &str,
-        meta: &Meta,
-    ) -> Result<Kind> {
-        let declared = h.size;
-        self.tmp_counter += 1;
-        let tmp_name = format!("o{}", self.tmp_counter);
-        let target_dir: &OwnedFd = if declared == 0 { dir } else { &self.work };
-        let target_name = if declared == 0 {
-            name
-        } else {
-            tmp_name.as_str()
-        };
-        let fd = rustix::fs::openat(
-            target_dir,
-            target_name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| Error::io("create file", path, e.into()))?;
-        let mut file = File::from(fd);
-        let mut hasher = Sha256::new();
-        let mut written = 0u64;
-        let segments: Vec<(u64, u64)> = match &h.sparse {
-            Some(map) => map.clone(),
-            None => vec![(0, declared)],
-        };
-        for (offset, len) in segments {
-            if offset > written {
-                // A hole: zeros in the hash, nothing on disk; it counts as unpacked bytes.
-                let hole = offset - written;
-                self.layer.budget.bytes(self.layer, hole)?;
-                let mut left = hole;
-                while left > 0 {
-                    let n = left.min(self.zeros.len() as u64) as usize;
-                    hasher.update(&self.zeros[..n]);
-                    left -= n as u64;
-                }
-                file.seek(io::SeekFrom::Start(offset))
-                    .map_err(|e| Error::io("seek file", path, e))?;
-                written = offset;
-            }
-            let mut left = len;
-            while left > 0 {
-                let want = left.min(self.buf.len() as u64) as usize;
-                let n = tar
-                    .read_data(&mut self.buf[..want])
-                    .map_err(|e| self.tar_err(e, path))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&self.buf[..n]);
-                file.write_all(&self.buf[..n])
-                    .map_err(|e| Error::io("write file", path, e))?;
-                written += n as u64;
-                left -= n as u64;
-            }
-            if left > 0 {
-                return Err(refused(
-                    self.layer,
-                    path,
-                    format!("declared {declared} bytes, the archive holds {written}"),
-                ));
-            }
-        }
-        if written < declared {
-            let hole = declared - written;
-            self.layer.budget.bytes(self.layer, hole)?;
-            let mut left = hole;
-            while left > 0 {
-                let n = left.min(self.zeros.len() as u64) as usize;
-                hasher.update(&self.zeros[..n]);
-                left -= n as u64;
-            }
-            file.set_len(declared)
-                .map_err(|e| Error::io("extend file", path, e))?;
-            written = declared;
-        }
-        if written != declared {
-            return Err(refused(
-                self.layer,
-                path,
-                format!("declared {declared} bytes, the archive holds {written}"),
-            ));
-        }
-        fsutil::apply_meta_fd(&file, meta).map_err(|e| Error::io("set metadata", path, e))?;
-        drop(file);
-        if declared == 0 {
-            return Ok(Kind::File {
-                object: None,
-                size: 0,
-                private: true,
-            });
-        }
-        failpoint::hit("unpack.object-written");
-        let key = object_key(&hasher.finalize().into(), meta);
-        let rel = object_rel(&key);
-        let mut private = false;
-        // The object sweep runs concurrently with pulls: an existing object with no other
-        // name may vanish between our EEXIST and our link to it; then it is created anew.
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            match rustix::fs::linkat(
-                &self.work,
-                tmp_name.as_str(),
-                &self.objects,
-                rel.as_str(),
-                AtFlags::empty(),
-            ) {
-                Ok(()) => {
-                    failpoint::hit("unpack.object-linked");
-                    rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
-                        .map_err(|e| Error::io("place file", path, e.into()))?;
-                }
-                Err(rustix::io::Errno::EXIST) => {
-                    match rustix::fs::linkat(
-                        &self.objects,
-                        rel.as_str(),
-                        dir,
-                        name,
-                        AtFlags::empty(),
-                    ) {
-                        Ok(()) => {
-                            let _ = rustix::fs::unlinkat(
-                                &self.work,
-                                tmp_name.as_str(),
-                                AtFlags::empty(),
-                            );
-                        }
-                        Err(rustix::io::Errno::NOENT) if attempts < 5 => continue,
-                        Err(rustix::io::Errno::MLINK) => {
-                            // The object has as many names as the file system allows: this
-                            // layer keeps its own copy (the one just written).
-                            private = true;
-                            rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
-                                .map_err(|e| Error::io("place file", path, e.into()))?;
-                        }
-                        Err(e) => return Err(Error::io("link object", path, e.into())),
-                    }
-                }
-                Err(e) => return Err(Error::io("create object", path, e.into())),
-            }
-            break;
-        }
-        Ok(Kind::File {
-            object: Some(key),
-            size: declared,
-            private,
-        })
-    }
-}
-
-/// A read error of a layer's tar stream as the pull reports it: a limit names the limit, a
-/// typed error of the blob stream (cut connection, digest mismatch) survives as itself,
-/// anything else refuses the layer as malformed.
-fn tar_error(layer: &LayerInput, e: TarError, entry: &str) -> Error {
-    match e {
-        TarError::Limit { what, size, limit } => Error::LayerLimit {
-            digest: layer.digest.clone(),
-            index: layer.index,
-            limit: "tar record size (1 MiB, as Go's archive/tar)",
-            detail: format!("{what} of {size} bytes exceeds {limit} bytes"),
-        },
-        TarError::Malformed(m) => refused(layer, entry, format!("bad tar stream: {m}")),
-        TarError::Io(e) if e.get_ref().is_some_and(|i| i.is::<Error>()) => {
-            Error::from_io(e, "read layer", Path::new("layer stream"))
-        }
-        TarError::Io(e) => refused(layer, entry, format!("bad tar stream: {e}")),
-    }
-}
-
-fn libc_enoent() -> i32 {
-    rustix::io::Errno::NOENT.raw_os_error()
-}
-
-/// Errors of a contained resolution that mean "the path goes through a symlink or a
-/// non-directory", i.e. a containment refusal rather than an I/O failure.
-pub(crate) fn is_contain_errno(e: &io::Error) -> bool {
-    let code = e.raw_os_error();
-    code == Some(rustix::io::Errno::LOOP.raw_os_error())
-        || code == Some(rustix::io::Errno::NOTDIR.raw_os_error())
-        || code == Some(rustix::io::Errno::XDEV.raw_os_error())
-}
-
 impl TreeLayerSink {
     fn unpack(&self, layer: &LayerInput, blob: &mut dyn Read) -> Result<(LayerRecord, u64)> {
         let compression = Compression::of_layer_media_type(&layer.media_type).ok_or_else(|| {
@@ -912,6 +387,7 @@ impl TreeLayerSink {
             buf: vec![0u8; COPY_BUFFER],
             zeros: vec![0u8; COPY_BUFFER],
             limits: self.limits.clone(),
+            objects_lock: self.objects_lock.clone(),
             skipped_devices: 0,
             dropped_xattrs: 0,
         };
@@ -940,8 +416,12 @@ impl TreeLayerSink {
                 let next = tar.next_entry().map_err(|e| tar_error(layer, e, ""))?;
                 // Every byte of the stream counts against the image's budget: headers,
                 // extension records and data.
-                layer.budget.bytes(layer, tar.consumed() - charged)?;
-                charged = tar.consumed();
+                // The entry's data is charged before it is written (it is consumed later).
+                layer.budget.bytes(
+                    layer,
+                    tar.consumed().saturating_sub(charged) + tar.data_left(),
+                )?;
+                charged = tar.consumed() + tar.data_left();
                 let Some(h) = next else { break };
                 state.entry(&mut tar, h)?;
             }

@@ -173,6 +173,8 @@ pub(crate) fn check(root: &Path, meta: &Metadata) -> Result<Report> {
             }
         };
         let view = paths.layer_root(&layer.diff_id);
+        // Paths below the view may be longer than PATH_MAX (a deep tree): resolved in it.
+        let view_fd = crate::fsutil::open_dir(&view).ok();
         for e in &manifest.entries {
             if let Kind::File {
                 object: Some(key),
@@ -180,9 +182,12 @@ pub(crate) fn check(root: &Path, meta: &Metadata) -> Result<Report> {
                 ..
             } = &e.kind
             {
-                let file = view.join(&e.path);
                 let obj = paths.objects.join(object_rel(key));
-                match (std::fs::symlink_metadata(&file), std::fs::metadata(&obj)) {
+                let file = match &view_fd {
+                    Some(v) => crate::fsutil::open_file_in(v, &e.path).and_then(|f| f.metadata()),
+                    None => std::fs::symlink_metadata(view.join(&e.path)),
+                };
+                match (file, std::fs::metadata(&obj)) {
                     (Ok(f), Ok(o)) if !private && f.ino() != o.ino() => {
                         problems.push(format!(
                             "layer {}: {} is not object {key}",

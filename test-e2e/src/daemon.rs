@@ -73,6 +73,8 @@ pub struct Daemon {
     extra_config: String,
     /// Extra environment for the daemon, applied at every (re)start.
     env: Vec<(String, String)>,
+    /// A soft `RLIMIT_NOFILE` for the next starts.
+    nofile_soft: Option<u64>,
     /// The CRI socket.
     pub socket: PathBuf,
     /// `root_dir`: the persistent store.
@@ -101,6 +103,7 @@ impl Daemon {
             state_dir: dir.path().join("state"),
             extra_config: extra_config.to_owned(),
             env: Vec::new(),
+            nofile_soft: None,
             dir,
         };
         daemon.spawn().await;
@@ -114,6 +117,12 @@ impl Daemon {
         if let Some(value) = value {
             self.env.push((key.to_owned(), value.to_owned()));
         }
+    }
+
+    /// Sets (`Some`) or clears (`None`) a soft `RLIMIT_NOFILE` for the next starts (a daemon
+    /// that must live with few file descriptors).
+    pub fn set_nofile_soft(&mut self, limit: Option<u64>) {
+        self.nofile_soft = limit;
     }
 
     /// The daemon's config file (written at every start).
@@ -179,12 +188,27 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the closure touches no memory of the parent.
+        let nofile = self.nofile_soft;
+        // SAFETY: prctl, getrlimit and setrlimit are async-signal-safe; the closure touches no
+        // memory of the parent beyond the copied `nofile`.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // A test process that dies (even SIGKILLed) takes its daemon with it.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(soft) = nofile {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });

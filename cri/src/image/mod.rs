@@ -57,7 +57,8 @@ impl ImageService for ImageApi {
         &self,
         req: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        reply(self.pull(req.into_inner()).await)
+        let deadline = pull::grpc_timeout(req.metadata());
+        reply(self.pull(req.into_inner(), deadline).await)
     }
 
     async fn remove_image(

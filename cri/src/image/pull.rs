@@ -1,5 +1,7 @@
 //! PullImage.
 
+use std::time::Duration;
+
 use k8s_cri::v1::{AuthConfig, PullImageRequest, PullImageResponse};
 use rootstock_imagestore::Credentials;
 use tracing::info;
@@ -7,16 +9,52 @@ use tracing::info;
 use super::{ImageApi, image_name};
 use crate::error::CriError;
 
+/// Finish a little before the caller's deadline, so the answer is ours (DeadlineExceeded, as
+/// containerd answers and critest expects) and not tonic's own timeout (Cancelled).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
 impl ImageApi {
-    pub(super) async fn pull(&self, req: PullImageRequest) -> Result<PullImageResponse, CriError> {
+    /// `deadline`: the request's `grpc-timeout`. When it passes, the pull is dropped, which
+    /// stops its download and cleans it up (see `ImageStore::pull`).
+    pub(super) async fn pull(
+        &self,
+        req: PullImageRequest,
+        deadline: Option<Duration>,
+    ) -> Result<PullImageResponse, CriError> {
         let name = image_name(req.image.as_ref())?;
-        let image = self.store.pull(name, req.auth.map(credentials)).await?;
+        let pull = self.store.pull(name, req.auth.map(credentials));
+        let image = match deadline {
+            Some(d) => tokio::time::timeout(d.saturating_sub(DEADLINE_MARGIN), pull)
+                .await
+                .map_err(|_| {
+                    CriError::DeadlineExceeded(format!(
+                        "pull of {name}: the caller's deadline ({d:?}) passed"
+                    ))
+                })??,
+            None => pull.await?,
+        };
         info!(image = name, id = %image.id, "pulled");
         // kubelet passes this id back in CreateContainer (images/image_manager.go).
         Ok(PullImageResponse {
             image_ref: image.id.to_string(),
         })
     }
+}
+
+/// The `grpc-timeout` header (`<digits><H|M|S|m|u|n>`), if the caller set a deadline.
+pub(super) fn grpc_timeout(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn credentials(auth: AuthConfig) -> Credentials {
@@ -27,5 +65,27 @@ fn credentials(auth: AuthConfig) -> Credentials {
         server_address: auth.server_address,
         identity_token: auth.identity_token,
         registry_token: auth.registry_token,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units_parse() {
+        let of = |v: &str| {
+            let mut m = tonic::metadata::MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(of("999u"), Some(Duration::from_micros(999)));
+        assert_eq!(of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(of("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(of("5m"), Some(Duration::from_millis(5)));
+        assert_eq!(of("x"), None);
+        assert_eq!(of("10Q"), None);
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
     }
 }
