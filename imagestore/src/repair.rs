@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,7 @@ use crate::manifest::{Compression, Descriptor};
 use crate::metadata::{LayerRecord, Metadata};
 use crate::reference::{Digest, ImageRef};
 use crate::registry::RegistryClient;
+use crate::tarstream::{EntryType, TarError, TarReader};
 use crate::unpack::{Kind, LayerManifest, StorePaths, TmpDir, normalize, object_key, object_rel};
 use crate::verify::{Report, key_of_file, key_on_disk};
 
@@ -310,16 +311,16 @@ fn extract(
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob)?),
     };
-    let mut archive = tar::Archive::new(decoder);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        if !matches!(
-            entry.header().entry_type(),
-            tar::EntryType::Regular | tar::EntryType::Continuous
-        ) {
+    let tar_err = |e: TarError| match e {
+        TarError::Io(e) => e,
+        other => io::Error::other(format!("layer blob: {other:?}")),
+    };
+    let mut archive = TarReader::new(decoder);
+    while let Some(entry) = archive.next_entry().map_err(tar_err)? {
+        if entry.etype != EntryType::File {
             continue;
         }
-        let raw = entry.path()?.to_string_lossy().into_owned();
+        let raw = String::from_utf8_lossy(&entry.path).into_owned();
         let Ok(parts) = normalize(&raw) else {
             continue;
         };
@@ -332,15 +333,33 @@ fn extract(
         let path = dir.join(key);
         let mut out = File::create(&path)?;
         let mut hasher = Sha256::new();
+        // A sparse file's stored data is its segments one after the other: each is written
+        // at its offset, and the holes between them hash as the zeros they read as.
+        let segments = entry
+            .sparse
+            .clone()
+            .unwrap_or_else(|| vec![(0, entry.size)]);
         let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = entry.read(&mut buf)?;
-            if n == 0 {
-                break;
+        let mut pos = 0u64;
+        for (offset, len) in segments.into_iter().chain([(entry.size, 0)]) {
+            hash_zeros(&mut hasher, offset.saturating_sub(pos));
+            out.seek(SeekFrom::Start(offset))?;
+            let mut left = len;
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                let n = archive.read_data(&mut buf[..want]).map_err(tar_err)?;
+                if n == 0 {
+                    return Err(io::Error::other(
+                        "layer blob: a sparse segment is cut short",
+                    ));
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+                left -= n as u64;
             }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
+            pos = offset.max(pos) + len;
         }
+        out.set_len(entry.size)?;
         fsutil::apply_meta_fd(&out, meta)?;
         out.sync_all()?;
         // A tar may carry a path twice (the last one wins): only the matching one is kept.
@@ -351,6 +370,16 @@ fn extract(
         }
     }
     Ok(())
+}
+
+/// Feed `n` zero bytes to `hasher` (a sparse file's hole).
+fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
+    let zeros = [0u8; 64 << 10];
+    while n > 0 {
+        let k = n.min(zeros.len() as u64) as usize;
+        hasher.update(&zeros[..k]);
+        n -= k as u64;
+    }
 }
 
 /// Re-point every layer-view path at its object where it is missing, is another inode, or
