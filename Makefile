@@ -14,6 +14,8 @@ PREFIX    ?= /usr/local
 DESTDIR   ?=
 # Which build to install or put in the image: release (default) or debug.
 PROFILE   ?= release
+# Cargo features of that build (the e2e packaging tests pass the suite's own TEST_FEATURES).
+FEATURES  ?=
 CARGO_PROFILE := $(if $(filter debug,$(PROFILE)),dev,$(PROFILE))
 VERSION   := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_DIR ?= target/image/rootstock
@@ -61,7 +63,7 @@ host-prep:
 ## The binaries `install` and `image` use (the whole workspace, as `make test` builds it, so
 ## both share one set of dependency features).
 build-bins:
-	$(CARGO) build --profile $(CARGO_PROFILE) --workspace --bins
+	$(CARGO) build --profile $(CARGO_PROFILE) --workspace --bins $(if $(FEATURES),--features $(FEATURES))
 
 ## Lay out rootstock and rootstock-monitor in $(PREFIX)/bin, rootstock.service in
 ## $(PREFIX)/lib/systemd/system and /etc/rootstock/config.toml.example, under $(DESTDIR).

@@ -44,6 +44,12 @@ fn run(cmd: &mut Command) -> Output {
 fn make(target: &str, vars: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new("make");
     cmd.current_dir(repo()).arg(target).arg("PROFILE=debug");
+    // Build with the features the suite's own build has (`make test` turns the failpoints
+    // on): otherwise `make install` rebuilds target/debug without them under the feet of
+    // the tests that run after this one (store_crash).
+    if cfg!(feature = "failpoints") {
+        cmd.arg("FEATURES=$(TEST_FEATURES)");
+    }
     for (k, v) in vars {
         cmd.arg(format!("{k}={}", v.display()));
     }
