@@ -623,6 +623,30 @@ impl Runtime {
         oci.exec(id, req, timeout, &self.run_dir(id))
     }
 
+    /// Streaming Exec: starts `req` in the running container with its stdio as pipes
+    /// (stdin only when `stdin`); the caller pumps them and waits (see [`crate::exec_stream::ExecChild`]).
+    pub fn exec_spawn(
+        &self,
+        id: &ContainerId,
+        req: &ExecRequest,
+        stdin: bool,
+    ) -> Result<crate::exec_stream::ExecChild> {
+        let entry = self.entry_or_not_found(id)?;
+        let oci = {
+            let mut rec = lock(&entry);
+            self.refresh(&mut rec)?;
+            if !rec.state.can_exec() {
+                return Err(Error::BadState {
+                    id: id.to_string(),
+                    action: "exec in",
+                    state: rec.state.to_string(),
+                });
+            }
+            self.handler(&rec.handler)?.clone()
+        };
+        oci.exec_spawn(id, req, stdin, &self.run_dir(id))
+    }
+
     /// UpdateContainerResources: the new cgroup limits; on cgroup v1 through
     /// `<runtime> update`, on v2 written by rootstock ([`CgroupLayout::apply_v2`]: the
     /// cgroup2 values, and kubelet's `unified` map, are ours to compute). The

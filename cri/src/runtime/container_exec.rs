@@ -1,14 +1,17 @@
 //! ExecSync: run a command in a running container and collect its output. On timeout the
 //! exec'd process itself is killed (the runtime crate learns its pid) and the call returns
 //! DeadlineExceeded, which kubelet maps to a probe timeout.
+//!
+//! Exec: validate, then hand out a single-use URL on the streaming server.
 
 use std::time::Duration;
 
-use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
+use k8s_cri::v1::{ExecRequest as CriExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse};
 use rootstock_runtime::oci::ExecRequest;
 
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
+use crate::streaming::{ExecSpec, Pending};
 
 impl RuntimeApi {
     pub(super) async fn exec_sync_in(
@@ -38,5 +41,37 @@ impl RuntimeApi {
             stderr: out.stderr,
             exit_code: out.exit_code,
         })
+    }
+
+    pub(super) async fn exec_in(&self, req: CriExecRequest) -> Result<ExecResponse, CriError> {
+        let id = self.container_id(&req.container_id)?;
+        if req.cmd.is_empty() {
+            return Err(CriError::InvalidArgument("Exec: no command given".to_owned()));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(CriError::InvalidArgument(
+                "Exec: one of stdin, stdout and stderr must be set".to_owned(),
+            ));
+        }
+        if req.tty {
+            return Err(CriError::Unimplemented("Exec with tty"));
+        }
+        // The container must exist now; whether it still runs is checked when the URL is
+        // used (it may stop in between, as with any runtime).
+        let rt = self.rt.clone();
+        let probe = id.clone();
+        blocking(move || rt.container(&probe).map(|_| ())).await?;
+        let spec = ExecSpec {
+            container: id,
+            cmd: req.cmd,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        };
+        let url = self
+            .streaming
+            .url_for(Pending::Exec(spec))
+            .map_err(|e| CriError::Internal(format!("Exec: cannot make a token: {e}")))?;
+        Ok(ExecResponse { url })
     }
 }

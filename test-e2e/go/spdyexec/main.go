@@ -1,0 +1,148 @@
+// spdyexec: a remotecommand (v4/v5.channel.k8s.io) exec client over SPDY/3.1, built by the
+// e2e tests from Debian's golang-github-docker-spdystream-dev (moby/spdystream, the SPDY
+// implementation client-go uses) in GOPATH mode. It does what client-go's StreamExecutor
+// does for a non-TTY exec: upgrade, open error/stdin/stdout/stderr streams, copy, and exit
+// with the code in the error stream's metav1.Status.
+//
+// Usage: spdyexec URL [stdin]. Exit codes: the command's; 100 when the upgrade is refused
+// (the HTTP status line goes to stderr); 101 for any other failure.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/ioutil"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/moby/spdystream"
+)
+
+type bufConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func fail(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "spdyexec: "+format+"\n", args...)
+	os.Exit(101)
+}
+
+type status struct {
+	Status  string `json:"status"`
+	Message string `json:"message"`
+	Reason  string `json:"reason"`
+	Details *struct {
+		Causes []struct {
+			Reason  string `json:"reason"`
+			Message string `json:"message"`
+		} `json:"causes"`
+	} `json:"details"`
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		fail("usage: spdyexec URL [stdin]")
+	}
+	withStdin := len(os.Args) > 2 && os.Args[2] == "stdin"
+	u, err := url.Parse(os.Args[1])
+	if err != nil {
+		fail("url: %v", err)
+	}
+	raw, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		fail("dial: %v", err)
+	}
+	req, _ := http.NewRequest("POST", u.String(), nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "SPDY/3.1")
+	req.Header.Add("X-Stream-Protocol-Version", "v5.channel.k8s.io")
+	req.Header.Add("X-Stream-Protocol-Version", "v4.channel.k8s.io")
+	if err := req.Write(raw); err != nil {
+		fail("request: %v", err)
+	}
+	br := bufio.NewReader(raw)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		fail("response: %v", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		body, _ := ioutil.ReadAll(resp.Body)
+		fmt.Fprintf(os.Stderr, "upgrade refused: %s: %s", resp.Status, body)
+		os.Exit(100)
+	}
+	proto := resp.Header.Get("X-Stream-Protocol-Version")
+	if proto != "v5.channel.k8s.io" && proto != "v4.channel.k8s.io" {
+		fail("negotiated protocol %q", proto)
+	}
+	conn, err := spdystream.NewConnection(&bufConn{raw, br}, false)
+	if err != nil {
+		fail("spdy: %v", err)
+	}
+	go conn.Serve(spdystream.NoOpStreamHandler)
+	open := func(kind string) *spdystream.Stream {
+		h := http.Header{}
+		h.Set("streamType", kind)
+		s, err := conn.CreateStream(h, nil, false)
+		if err != nil {
+			fail("create %s stream: %v", kind, err)
+		}
+		if err := s.WaitTimeout(30 * time.Second); err != nil {
+			fail("%s stream reply: %v", kind, err)
+		}
+		return s
+	}
+	errStream := open("error")
+	var stdin *spdystream.Stream
+	if withStdin {
+		stdin = open("stdin")
+	}
+	stdout := open("stdout")
+	stderr := open("stderr")
+	if stdin != nil {
+		go func() {
+			io.Copy(stdin, os.Stdin)
+			stdin.Close()
+		}()
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { io.Copy(os.Stdout, stdout); wg.Done() }()
+	go func() { io.Copy(os.Stderr, stderr); wg.Done() }()
+	msg, err := ioutil.ReadAll(errStream)
+	if err != nil {
+		fail("error stream: %v", err)
+	}
+	wg.Wait()
+	conn.Close()
+	if len(msg) == 0 {
+		fail("empty error stream")
+	}
+	var st status
+	if err := json.Unmarshal(msg, &st); err != nil {
+		fail("status %q: %v", msg, err)
+	}
+	if st.Status == "Success" {
+		os.Exit(0)
+	}
+	if st.Reason == "NonZeroExitCode" && st.Details != nil {
+		for _, c := range st.Details.Causes {
+			if c.Reason == "ExitCode" {
+				code, err := strconv.Atoi(c.Message)
+				if err == nil {
+					os.Exit(code)
+				}
+			}
+		}
+	}
+	fail("exec failed: %s", msg)
+}

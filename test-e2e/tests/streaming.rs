@@ -1,0 +1,193 @@
+//! CRI streaming Exec, driven by a client we did not write: `spdyexec`, a small Go program
+//! (test-e2e/go/spdyexec) built here from Debian's golang-github-docker-spdystream-dev —
+//! moby/spdystream, the SPDY/3.1 implementation client-go uses — in GOPATH mode, offline.
+//! It speaks remotecommand v5/v4 as client-go's StreamExecutor does for a non-TTY exec.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use common::*;
+use k8s_cri::v1::*;
+use rootstock_test_e2e::registry::Registry;
+use tonic::Code;
+
+const GO: &str = "/usr/lib/go-1.23/bin/go";
+const SPDYSTREAM: &str = "/usr/share/gocode/src/github.com/moby/spdystream";
+
+/// Builds spdyexec once per test binary (Go's build cache under target/ keeps it quick).
+fn spdyexec() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        assert!(
+            Path::new(GO).exists() && Path::new(SPDYSTREAM).exists(),
+            "needs golang-1.23-go and golang-github-docker-spdystream-dev (make deps-test)"
+        );
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spdyexec");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let bin = tmp.join("spdyexec");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/spdyexec/main.go");
+        let out = Command::new(GO)
+            .arg("build")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", tmp.join("cache"))
+            .env("GOFLAGS", "")
+            .env("GOPROXY", "off")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building spdyexec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+}
+
+/// Runs spdyexec on `url`, feeding `stdin` when given.
+fn spdy_exec(url: &str, stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(spdyexec());
+    cmd.arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    if stdin.is_some() {
+        cmd.arg("stdin").stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let writer = stdin.map(|data| {
+        let mut pipe = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            pipe.write_all(&data).unwrap();
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    out
+}
+
+async fn exec_url(rt: &mut Rt, id: &str, cmd: &[&str], stdin: bool) -> String {
+    rt.exec(exec_request(id, cmd, stdin))
+        .await
+        .unwrap_or_else(|e| panic!("Exec: {e}"))
+        .into_inner()
+        .url
+}
+
+fn exec_request(id: &str, cmd: &[&str], stdin: bool) -> ExecRequest {
+    ExecRequest {
+        container_id: id.to_owned(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        stdin,
+        stdout: true,
+        stderr: true,
+    }
+}
+
+/// The status line a plain HTTP request to `url` gets (for the URLs spdyexec never reaches).
+fn http_status(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.lines().next().unwrap_or_default().to_owned()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_single_use() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("streaming", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+
+    // stdout and stderr arrive on their own streams; exit code 3 comes back as 3.
+    let script = "echo out; echo err >&2; exit 3";
+    let url = exec_url(&mut rt, &id, &["sh", "-c", script], false).await;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || spdy_exec(&url, None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(3));
+
+    // The URL served once: a second use is refused, as is a URL without a token or with
+    // one we never handed out.
+    let again = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
+        .await
+        .unwrap();
+    assert_eq!(again.status.code(), Some(100), "{}", text(&again.stderr));
+    assert!(text(&again.stderr).contains("404"), "{}", text(&again.stderr));
+    let fresh = exec_url(&mut rt, &id, &["true"], false).await;
+    let base = &fresh[..fresh.rfind('/').unwrap() + 1];
+    let (no_token, made_up) = (base.to_owned(), format!("{base}{}", "0".repeat(32)));
+    let statuses = tokio::task::spawn_blocking(move || (http_status(&no_token), http_status(&made_up)))
+        .await
+        .unwrap();
+    assert!(statuses.0.contains(" 404 "), "{statuses:?}");
+    assert!(statuses.1.contains(" 404 "), "{statuses:?}");
+    // The untouched fresh URL still works, and exit 0 is a success.
+    let ok = tokio::task::spawn_blocking(move || spdy_exec(&fresh, None))
+        .await
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+
+    // stdin reaches the command, and its end closes the command's stdin.
+    let input: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "cat; echo done >&2"], true).await;
+    let expected = input.clone();
+    let out = tokio::task::spawn_blocking(move || spdy_exec(&url, Some(&input)))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout == expected, "stdin came back altered ({} bytes)", out.stdout.len());
+    assert_eq!(text(&out.stderr), "done\n");
+
+    // Requests the server cannot serve are refused up front, naming what is wrong.
+    let err = rt
+        .exec(exec_request("0123456789abcdef", &["true"], false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = rt.exec(exec_request(&id, &[], false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
