@@ -17,6 +17,7 @@ use rootstock_test_e2e::registry::Registry;
 use tonic::Code;
 
 const GO: &str = "/usr/lib/go-1.23/bin/go";
+const CRICTL: &str = "/usr/local/bin/crictl";
 const SPDYSTREAM: &str = "/usr/share/gocode/src/github.com/moby/spdystream";
 
 /// Builds spdyexec once per test binary (Go's build cache under target/ keeps it quick).
@@ -153,13 +154,18 @@ async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_s
         .await
         .unwrap();
     assert_eq!(again.status.code(), Some(100), "{}", text(&again.stderr));
-    assert!(text(&again.stderr).contains("404"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("404"),
+        "{}",
+        text(&again.stderr)
+    );
     let fresh = exec_url(&mut rt, &id, &["true"], false).await;
     let base = &fresh[..fresh.rfind('/').unwrap() + 1];
     let (no_token, made_up) = (base.to_owned(), format!("{base}{}", "0".repeat(32)));
-    let statuses = tokio::task::spawn_blocking(move || (http_status(&no_token), http_status(&made_up)))
-        .await
-        .unwrap();
+    let statuses =
+        tokio::task::spawn_blocking(move || (http_status(&no_token), http_status(&made_up)))
+            .await
+            .unwrap();
     assert!(statuses.0.contains(" 404 "), "{statuses:?}");
     assert!(statuses.1.contains(" 404 "), "{statuses:?}");
     // The untouched fresh URL still works, and exit 0 is a success.
@@ -176,8 +182,37 @@ async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_s
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(out.stdout == expected, "stdin came back altered ({} bytes)", out.stdout.len());
+    assert!(
+        out.stdout == expected,
+        "stdin came back altered ({} bytes)",
+        out.stdout.len()
+    );
     assert_eq!(text(&out.stderr), "done\n");
+
+    // crictl (cri-tools, client-go's SPDY executor) when installed: the same exec, the exit
+    // code as client-go reads it, separated streams.
+    if Path::new(CRICTL).exists() {
+        let endpoint = format!("unix://{}", daemon.socket.display());
+        let id2 = id.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(CRICTL)
+                .args(["--runtime-endpoint", &endpoint, "--timeout", "20s"])
+                .args(["exec", &id2, "sh", "-c", script])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(text(&out.stdout), "out\n", "{}", text(&out.stderr));
+        // crictl adds its own lines (a config warning, the exit message) around the
+        // command's stderr.
+        let stderr = text(&out.stderr);
+        assert!(stderr.lines().any(|l| l == "err"), "{stderr}");
+        assert!(stderr.contains("exit code 3"), "{stderr}");
+        // crictl 1.32 exits 1 on any failure; the message is client-go's CodeExitError,
+        // made from the exit code in our status.
+        assert!(!out.status.success());
+    }
 
     // Requests the server cannot serve are refused up front, naming what is wrong.
     let err = rt

@@ -46,7 +46,9 @@ impl RuntimeApi {
     pub(super) async fn exec_in(&self, req: CriExecRequest) -> Result<ExecResponse, CriError> {
         let id = self.container_id(&req.container_id)?;
         if req.cmd.is_empty() {
-            return Err(CriError::InvalidArgument("Exec: no command given".to_owned()));
+            return Err(CriError::InvalidArgument(
+                "Exec: no command given".to_owned(),
+            ));
         }
         if !(req.stdin || req.stdout || req.stderr) {
             return Err(CriError::InvalidArgument(

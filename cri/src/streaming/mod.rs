@@ -9,9 +9,9 @@
 
 mod dictionary;
 mod exec;
+mod server;
 mod session;
 mod spdy;
-mod server;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

@@ -196,7 +196,12 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         _ => None,
     };
     let Some(Pending::Exec(spec)) = pending else {
-        respond(&mut conn, "404 Not Found", "unknown or expired streaming URL\n").await;
+        respond(
+            &mut conn,
+            "404 Not Found",
+            "unknown or expired streaming URL\n",
+        )
+        .await;
         return;
     };
     let spdy = req

@@ -198,7 +198,10 @@ async fn handle(
             ..
         } => {
             if let Err(status) = streams.open(stream_id, headers.clone(), fin) {
-                return out.send(Frame::RstStream { stream_id, status }).await.is_ok();
+                return out
+                    .send(Frame::RstStream { stream_id, status })
+                    .await
+                    .is_ok();
             }
             // client-go waits for the reply before it uses a stream.
             let reply = Frame::SynReply {
@@ -222,7 +225,10 @@ async fn handle(
                 // The handler has all the streams it wants.
                 sinks.remove(&stream_id);
                 let status = RST_REFUSED_STREAM;
-                return out.send(Frame::RstStream { stream_id, status }).await.is_ok();
+                return out
+                    .send(Frame::RstStream { stream_id, status })
+                    .await
+                    .is_ok();
             }
         }
         Frame::Data {
@@ -231,7 +237,10 @@ async fn handle(
             data,
         } => {
             if let Err(status) = streams.data(stream_id, fin) {
-                return out.send(Frame::RstStream { stream_id, status }).await.is_ok();
+                return out
+                    .send(Frame::RstStream { stream_id, status })
+                    .await
+                    .is_ok();
             }
             let len = data.len() as u32;
             if let Some(sink) = sinks.get(&stream_id)

@@ -291,7 +291,9 @@ impl Codec {
             Frame::Settings(entries) => {
                 let mut p = (entries.len() as u32).to_be_bytes().to_vec();
                 for (flags, id, value) in entries {
-                    p.extend_from_slice(&((u32::from(*flags) << 24) | (id & 0xff_ffff)).to_be_bytes());
+                    p.extend_from_slice(
+                        &((u32::from(*flags) << 24) | (id & 0xff_ffff)).to_be_bytes(),
+                    );
                     p.extend_from_slice(&value.to_be_bytes());
                 }
                 (TYPE_SETTINGS, 0, p)
