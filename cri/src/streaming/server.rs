@@ -237,6 +237,7 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -473,7 +473,7 @@ pub struct Streams {
 impl Streams {
     /// A SYN_STREAM from the client: `Err` is the RST_STREAM status to answer with.
     pub fn open(&mut self, stream_id: u32, headers: Headers, fin: bool) -> Result<(), u32> {
-        if stream_id == 0 || stream_id % 2 == 0 {
+        if stream_id == 0 || stream_id.is_multiple_of(2) {
             return Err(RST_PROTOCOL_ERROR);
         }
         if self.streams.contains_key(&stream_id) {
