@@ -214,6 +214,60 @@ async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_s
         assert!(!out.status.success());
     }
 
+    // Bulk output: every byte arrives (the rate is a figure for the report, not asserted).
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["head", "-c", "52428800", "/dev/zero"],
+        false,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 50 << 20);
+    assert!(out.stdout.iter().all(|b| *b == 0));
+    eprintln!(
+        "50 MiB through exec stdout in {secs:.2} s ({:.0} MiB/s)",
+        50.0 / secs
+    );
+
+    // 100 sessions in a row leave the daemon's fds and threads where they were.
+    let pid = daemon.pid().as_raw();
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{what}"))
+            .unwrap()
+            .count()
+    };
+    let (fds, threads) = (count("fd"), count("task"));
+    for i in 0..100 {
+        let url = exec_url(
+            &mut rt,
+            &id,
+            &["sh", "-c", "echo $0", &i.to_string()],
+            false,
+        )
+        .await;
+        let out = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
+            .await
+            .unwrap();
+        assert_eq!(text(&out.stdout), format!("{i}\n"), "{}", text(&out.stderr));
+    }
+    // Sessions end after the client hangs up, and idle blocking threads exit after 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (count("fd") > fds || count("task") > threads) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(count("fd") <= fds, "fds {fds} -> {}", count("fd"));
+    assert!(
+        count("task") <= threads,
+        "threads {threads} -> {}",
+        count("task")
+    );
+
     // Requests the server cannot serve are refused up front, naming what is wrong.
     let err = rt
         .exec(exec_request("0123456789abcdef", &["true"], false))
