@@ -55,8 +55,14 @@ fn spdyexec() -> &'static Path {
 
 /// Runs spdyexec on `url`, feeding `stdin` when given.
 fn spdy_exec(url: &str, stdin: Option<&[u8]>) -> Output {
+    spdy_exec_with(url, stdin, &[])
+}
+
+/// The same with more arguments (`tty=WxH`).
+fn spdy_exec_with(url: &str, stdin: Option<&[u8]>, args: &[&str]) -> Output {
     let mut cmd = Command::new(spdyexec());
     cmd.arg(url)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null());
@@ -276,6 +282,80 @@ async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_s
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let err = rt.exec(exec_request(&id, &[], false)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_a_tty_takes_the_window_size_and_echoes_an_interactive_shell() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("streaming-tty", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+    let tty_request = |cmd: &[&str], stdin: bool| ExecRequest {
+        tty: true,
+        stderr: false,
+        ..exec_request(&id, cmd, stdin)
+    };
+
+    // The size from the resize stream becomes the terminal's. runc copies it to the
+    // container's pty just after the command starts (as it does for `runc exec -t` in a
+    // terminal), so the script waits for it as an interactive program gets SIGWINCH;
+    // busybox's `stty size` fails while the size is 0.
+    let script = "for i in $(seq 100); do stty size >/dev/null 2>&1 && break; sleep 0.05; done; \
+                  stty size";
+    let url = rt
+        .exec(tty_request(&["sh", "-c", script], false))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let out = tokio::task::spawn_blocking(move || spdy_exec_with(&url, None, &["tty=123x45"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A terminal ends lines with CR LF.
+    assert_eq!(text(&out.stdout), "45 123\r\n");
+
+    // An interactive shell: the terminal echoes the input, the shell answers, and its exit
+    // code comes back.
+    let url = rt
+        .exec(tty_request(&["sh"], true))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let out = tokio::task::spawn_blocking(move || {
+        spdy_exec_with(&url, Some(b"echo $((6*7))\nexit 5\n"), &["tty=80x24"])
+    })
+    .await
+    .unwrap();
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{screen}{}", text(&out.stderr));
+    assert!(screen.contains("echo $((6*7))"), "no echo: {screen:?}");
+    assert!(screen.lines().any(|l| l.trim_end() == "42"), "{screen:?}");
+
+    // A terminal has no separate stderr: asking for both is refused, naming the fields.
+    let err = rt
+        .exec(ExecRequest {
+            stderr: true,
+            ..tty_request(&["true"], false)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("tty"), "{err:?}");
 
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;

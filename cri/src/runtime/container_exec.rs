@@ -55,8 +55,11 @@ impl RuntimeApi {
                 "Exec: one of stdin, stdout and stderr must be set".to_owned(),
             ));
         }
-        if req.tty {
-            return Err(CriError::Unimplemented("Exec with tty"));
+        if req.tty && req.stderr {
+            return Err(CriError::InvalidArgument(
+                "Exec: tty and stderr cannot both be set (a terminal merges stderr into stdout)"
+                    .to_owned(),
+            ));
         }
         // The container must exist now; whether it still runs is checked when the URL is
         // used (it may stop in between, as with any runtime).
@@ -69,6 +72,7 @@ impl RuntimeApi {
             stdin: req.stdin,
             stdout: req.stdout,
             stderr: req.stderr,
+            tty: req.tty,
         };
         let url = self
             .streaming

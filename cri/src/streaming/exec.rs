@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::os::fd::OwnedFd;
+
 use rootstock_runtime::Runtime;
+use rootstock_runtime::exec_stream::ExecChild;
 use rootstock_runtime::id::ContainerId;
 use rootstock_runtime::oci::ExecRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,6 +26,9 @@ const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the command exits, how long a background process that still holds its stdout or
 /// stderr may keep them open before they are cut (as ExecSync does).
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// How long a TTY exec waits for the client's first window size before it starts the
+/// command without one.
+const INITIAL_SIZE_WAIT: Duration = Duration::from_secs(1);
 /// How long the client gets to hang up after the status was sent.
 const LINGER: Duration = Duration::from_secs(5);
 
@@ -34,6 +40,8 @@ pub struct ExecSpec {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+    /// A pty for the command (stderr is then merged into stdout).
+    pub tty: bool,
 }
 
 /// The client's streams, by `streamType`.
@@ -43,6 +51,7 @@ struct Channels {
     stdin: Option<Incoming>,
     stdout: Option<Incoming>,
     stderr: Option<Incoming>,
+    resize: Option<Incoming>,
 }
 
 impl Channels {
@@ -51,6 +60,7 @@ impl Channels {
             && (!spec.stdin || self.stdin.is_some())
             && (!spec.stdout || self.stdout.is_some())
             && (!spec.stderr || self.stderr.is_some())
+            && (!spec.tty || self.resize.is_some())
     }
 }
 
@@ -62,8 +72,8 @@ pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>) {
     // Streams opened from now on are refused (RST_STREAM) rather than queued unread.
     session.incoming.close();
     let tx = session.sender();
-    let stdin = ch.stdin.take();
-    let status = run(&spec, rt, stdin, &ch, &tx).await;
+    let (stdin, resize) = (ch.stdin.take(), ch.resize.take());
+    let status = run(&spec, rt, stdin, resize, &ch, &tx).await;
     if let Some(error) = &ch.error {
         let _ = tx.data(error.id, status.to_string().as_bytes()).await;
         let _ = tx.fin(error.id).await;
@@ -90,6 +100,7 @@ async fn accept_streams(session: &mut Session, spec: &ExecSpec) -> Option<Channe
             Some("stdin") => &mut ch.stdin,
             Some("stdout") => &mut ch.stdout,
             Some("stderr") => &mut ch.stderr,
+            Some("resize") if spec.tty => &mut ch.resize,
             // `resize` without a TTY, or a type we do not know: its data is dropped.
             _ => continue,
         };
@@ -103,6 +114,7 @@ async fn run(
     spec: &ExecSpec,
     rt: Arc<Runtime>,
     stdin: Option<Incoming>,
+    resize_stream: Option<Incoming>,
     ch: &Channels,
     tx: &Sender,
 ) -> serde_json::Value {
@@ -113,21 +125,64 @@ async fn run(
         cwd: None,
     };
     let want_stdin = stdin.is_some();
-    let spawned = tokio::task::spawn_blocking(move || rt.exec_spawn(&id, &req, want_stdin)).await;
-    let mut child = match spawned {
+    let tty = spec.tty;
+    // client-go sends the terminal's size as soon as the resize stream is open.
+    let mut resize_stream = resize_stream;
+    let mut sizes = Sizes::default();
+    if let Some(s) = resize_stream.as_mut()
+        && let Ok(Some(data)) = tokio::time::timeout(INITIAL_SIZE_WAIT, s.data.recv()).await
+    {
+        sizes.push(&data);
+    }
+    let initial = sizes.next_size().ok().flatten();
+    let spawned = tokio::task::spawn_blocking(move || {
+        if tty {
+            rt.exec_spawn_tty(&id, &req, initial)
+                .map(|(c, m)| (c, Some(m)))
+        } else {
+            rt.exec_spawn(&id, &req, want_stdin).map(|c| (c, None))
+        }
+    })
+    .await;
+    let (mut child, master) = match spawned {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return failure(&format!("exec in {}: {e}", spec.container)),
         Err(e) => return failure(&format!("exec task failed: {e}")),
     };
-    let out = child
-        .take_stdout()
-        .and_then(|p| pipe::Receiver::from_owned_fd(p.into()).ok());
-    let err = child
-        .take_stderr()
-        .and_then(|p| pipe::Receiver::from_owned_fd(p.into()).ok());
-    let input = child
-        .take_stdin()
-        .and_then(|p| pipe::Sender::from_owned_fd(p.into()).ok());
+    let (out, err, input, resize) = match master {
+        // One pty: output (stdout and stderr merged, as a terminal does), input, and the
+        // window size, each on its own descriptor of the master.
+        Some(m) => {
+            let out = m
+                .try_clone()
+                .ok()
+                .and_then(|f| pipe::Receiver::from_owned_fd_unchecked(OwnedFd::from(f)).ok());
+            let input = if want_stdin {
+                m.try_clone()
+                    .ok()
+                    .and_then(|f| pipe::Sender::from_owned_fd_unchecked(OwnedFd::from(f)).ok())
+            } else {
+                None
+            };
+            (out, None, input, Some(m))
+        }
+        None => (
+            child
+                .take_stdout()
+                .and_then(|p| pipe::Receiver::from_owned_fd(p.into()).ok()),
+            child
+                .take_stderr()
+                .and_then(|p| pipe::Receiver::from_owned_fd(p.into()).ok()),
+            child
+                .take_stdin()
+                .and_then(|p| pipe::Sender::from_owned_fd(p.into()).ok()),
+            None,
+        ),
+    };
+    let resize_task = match (resize, resize_stream) {
+        (Some(m), Some(s)) => Some(tokio::spawn(pump_resize(s, sizes, initial, m, child.pid()))),
+        _ => None,
+    };
     let mut pumps = vec![
         tokio::spawn(pump_out(out, ch.stdout.as_ref().map(|s| s.id), tx.clone())),
         tokio::spawn(pump_out(err, ch.stderr.as_ref().map(|s| s.id), tx.clone())),
@@ -147,6 +202,10 @@ async fn run(
             () = tx.closed() => cancel.store(true, Ordering::Relaxed),
         }
     };
+    // The runtime client is reaped: its pid must not be signalled for a resize any more.
+    if let Some(t) = resize_task {
+        t.abort();
+    }
     // Output still in the pipes is sent; a background process keeping them open is cut.
     let drained = async {
         for p in &mut pumps {
@@ -192,6 +251,84 @@ async fn pump_out(pipe: Option<pipe::Receiver>, stream: Option<u32>, tx: Sender)
     }
 }
 
+/// The resize stream's messages: JSON objects `{"Width":…,"Height":…}` (client-go's
+/// `TerminalSize`, one per resize, from a JSON encoder), possibly cut across frames.
+#[derive(Default)]
+struct Sizes {
+    buf: Vec<u8>,
+}
+
+impl Sizes {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The latest complete size, if any; `Err` on a malformed or oversized message.
+    fn next_size(&mut self) -> Result<Option<(u16, u16)>, ()> {
+        #[derive(serde::Deserialize)]
+        struct Size {
+            #[serde(rename = "Width")]
+            width: u16,
+            #[serde(rename = "Height")]
+            height: u16,
+        }
+        let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Size>();
+        let (mut latest, mut used) = (None, 0);
+        loop {
+            match it.next() {
+                Some(Ok(size)) => {
+                    used = it.byte_offset();
+                    latest = Some((size.width, size.height));
+                }
+                // An object cut between frames: the rest comes later.
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(_)) => return Err(()),
+                None => break,
+            }
+        }
+        self.buf.drain(..used);
+        if self.buf.len() > 4096 {
+            return Err(());
+        }
+        Ok(latest)
+    }
+}
+
+/// Applies the client's window sizes. runc copies our pty's size to the container's on
+/// SIGWINCH, and a SIGWINCH that comes before its handler is installed is lost: the
+/// initial size is signalled again a few times while runc starts.
+async fn pump_resize(
+    mut s: Incoming,
+    mut sizes: Sizes,
+    initial: Option<(u16, u16)>,
+    master: std::fs::File,
+    pid: i32,
+) {
+    if let Some((w, h)) = initial {
+        for pause in [0, 50, 100, 200, 400, 800] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            if sizes.buf.is_empty() && s.data.is_empty() {
+                let _ = ExecChild::resize(pid, &master, w, h);
+            }
+        }
+    }
+    while let Some(data) = s.data.recv().await {
+        sizes.push(&data);
+        match sizes.next_size() {
+            Ok(Some((w, h))) => {
+                if let Err(e) = ExecChild::resize(pid, &master, w, h) {
+                    tracing::debug!("streaming exec: resize: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(()) => {
+                tracing::debug!("streaming exec: bad resize message; resizes ignored");
+                return;
+            }
+        }
+    }
+}
+
 /// Copies the client's stdin stream to the command; its FIN closes the command's stdin.
 async fn pump_in(mut s: Incoming, mut pipe: pipe::Sender) {
     while let Some(data) = s.data.recv().await {
@@ -228,6 +365,19 @@ fn failure(message: &str) -> serde_json::Value {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resize_messages_cut_across_frames_are_reassembled() {
+        let mut s = Sizes::default();
+        s.push(br#"{"Width":80,"Height":24}"#);
+        s.push(b"\n{\"Width\":1");
+        assert_eq!(s.next_size(), Ok(Some((80, 24))));
+        assert_eq!(s.next_size(), Ok(None));
+        s.push(b"00,\"Height\":30}\n{\"Width\":7,\"Height\":8}\n");
+        assert_eq!(s.next_size(), Ok(Some((7, 8))));
+        s.push(b"garbage");
+        assert_eq!(s.next_size(), Err(()));
+    }
 
     #[test]
     fn exit_status_is_the_kubelet_shape() {

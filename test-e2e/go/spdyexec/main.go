@@ -4,7 +4,10 @@
 // does for a non-TTY exec: upgrade, open error/stdin/stdout/stderr streams, copy, and exit
 // with the code in the error stream's metav1.Status.
 //
-// Usage: spdyexec URL [stdin]. Exit codes: the command's; 100 when the upgrade is refused
+// With "tty=WxH" it does what client-go does for a TTY exec: no stderr stream, a resize
+// stream on which it sends the size (client-go's TerminalSize JSON).
+//
+// Usage: spdyexec URL [stdin] [tty=WxH]. Exit codes: the command's; 100 when the upgrade is refused
 // (the HTTP status line goes to stderr); 101 for any other failure.
 package main
 
@@ -19,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,7 +57,17 @@ func main() {
 	if len(os.Args) < 2 {
 		fail("usage: spdyexec URL [stdin]")
 	}
-	withStdin := len(os.Args) > 2 && os.Args[2] == "stdin"
+	withStdin := false
+	tty := ""
+	for _, a := range os.Args[2:] {
+		if a == "stdin" {
+			withStdin = true
+		} else if strings.HasPrefix(a, "tty=") {
+			tty = strings.TrimPrefix(a, "tty=")
+		} else {
+			fail("unknown argument %q", a)
+		}
+	}
 	u, err := url.Parse(os.Args[1])
 	if err != nil {
 		fail("url: %v", err)
@@ -107,7 +121,20 @@ func main() {
 		stdin = open("stdin")
 	}
 	stdout := open("stdout")
-	stderr := open("stderr")
+	var stderr *spdystream.Stream
+	if tty == "" {
+		stderr = open("stderr")
+	} else {
+		var w, h uint16
+		if _, err := fmt.Sscanf(tty, "%dx%d", &w, &h); err != nil {
+			fail("tty=%s: %v", tty, err)
+		}
+		resize := open("resize")
+		size := struct{ Width, Height uint16 }{w, h}
+		if err := json.NewEncoder(resize).Encode(&size); err != nil {
+			fail("resize: %v", err)
+		}
+	}
 	if stdin != nil {
 		go func() {
 			io.Copy(stdin, os.Stdin)
@@ -117,7 +144,12 @@ func main() {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { io.Copy(os.Stdout, stdout); wg.Done() }()
-	go func() { io.Copy(os.Stderr, stderr); wg.Done() }()
+	go func() {
+		if stderr != nil {
+			io.Copy(os.Stderr, stderr)
+		}
+		wg.Done()
+	}()
 	msg, err := ioutil.ReadAll(errStream)
 	if err != nil {
 		fail("error stream: %v", err)
