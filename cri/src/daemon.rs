@@ -69,12 +69,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::notify::notify("READY=1");
     let config = Arc::new(config);
     let streaming = crate::streaming::StreamingServer::start(
-        crate::streaming::DEFAULT_ADDR,
-        crate::streaming::TOKEN_TTL,
+        config.streaming.listen_addr(),
+        config.streaming.token_ttl(),
         rt.clone(),
     )
     .await
-    .context("starting the streaming server")?;
+    .with_context(|| {
+        format!(
+            "starting the streaming server on {}",
+            config.streaming.listen_addr()
+        )
+    })?;
     let images = ImageServiceServer::new(ImageApi::new(store.clone(), rt.clone()));
     let runtime = RuntimeServiceServer::new(RuntimeApi::new(
         config.clone(),

@@ -127,7 +127,8 @@ fn text(b: &[u8]) -> String {
 async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_single_use() {
     spdyexec();
     let registry = Registry::start().await;
-    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    // Short-lived URLs, so that expiry is seen (every other URL here is used at once).
+    let (daemon, image) = daemon_with_busybox(&registry, "[streaming]\ntoken_ttl_secs = 2").await;
     loopback_network(&daemon).await;
     let mut rt = daemon.runtime().await;
     let pod = pod_config("streaming", NamespaceMode::Container);
@@ -174,7 +175,16 @@ async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_s
             .unwrap();
     assert!(statuses.0.contains(" 404 "), "{statuses:?}");
     assert!(statuses.1.contains(" 404 "), "{statuses:?}");
-    // The untouched fresh URL still works, and exit 0 is a success.
+    // A URL used after its TTL is refused.
+    let stale = exec_url(&mut rt, &id, &["true"], false).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let late = tokio::task::spawn_blocking(move || spdy_exec(&stale, None))
+        .await
+        .unwrap();
+    assert_eq!(late.status.code(), Some(100), "{}", text(&late.stderr));
+    assert!(text(&late.stderr).contains("404"), "{}", text(&late.stderr));
+    // A URL within its TTL works, and exit 0 is a success.
+    let fresh = exec_url(&mut rt, &id, &["true"], false).await;
     let ok = tokio::task::spawn_blocking(move || spdy_exec(&fresh, None))
         .await
         .unwrap();

@@ -16,11 +16,40 @@ mod spdy;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 pub use exec::ExecSpec;
 pub use server::{Pending, StreamingServer};
 
-/// Where the server listens until `[streaming]` config exists: loopback, a random port
-/// (containerd's default), so only local clients (kubelet's proxy) can reach it.
-pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-/// How long a URL stays valid (containerd: 1 minute).
-pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// `[streaming]`: where the server listens and how long its URLs live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Loopback by default (containerd's too): only kubelet, on this node, needs to reach
+    /// it; it serves no TLS yet.
+    pub address: IpAddr,
+    /// 0: a free port chosen at start (the URL names it).
+    pub port: u16,
+    /// How long a URL stays valid (containerd: 1 minute).
+    pub token_ttl_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 0,
+            token_ttl_secs: 60,
+        }
+    }
+}
+
+impl StreamingConfig {
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+}
