@@ -370,3 +370,114 @@ async fn exec_with_a_tty_takes_the_window_size_and_echoes_an_interactive_shell()
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }
+
+/// Forwards `bytes` each way on `conns` concurrent connections of one session to `port` of
+/// `pod`, through an echo server there; retries while the server is not listening yet.
+async fn forward_echo(rt: &mut Rt, pod: &str, port: u16, bytes: usize, conns: usize) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let url = rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.to_owned(),
+                port: vec![i32::from(port)],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PortForward: {e}"))
+            .into_inner()
+            .url;
+        let args = [
+            format!("portforward={port}"),
+            format!("bytes={bytes}"),
+            format!("conns={conns}"),
+        ];
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            spdy_exec_with(&url, None, &args)
+        })
+        .await
+        .unwrap();
+        let refused = text(&out.stderr).contains("connection refused");
+        if out.status.success() || !refused || std::time::Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_over_spdy_reaches_the_pod_network_and_the_host_network() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    // busybox nc: `-ll -e cat` serves every connection with its own `cat` (an echo).
+    let echo = |port: u16| {
+        let port = port.to_string();
+        container_config("echo", &image, &["nc", "-ll", "-p", &port, "-e", "cat"])
+    };
+
+    // A pod with its own network namespace: localhost there, not the host's.
+    let pod = pod_config("forward", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    start_container(&mut rt, &pod_id, &pod, echo(8080)).await;
+    let out = forward_echo(&mut rt, &pod_id, 8080, 10 << 20, 2).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "forwarded 10485760 bytes each way on 2 connections\n"
+    );
+    // Nothing listens on 8081: the error stream says so and the client reports it.
+    let out = forward_echo(&mut rt, &pod_id, 8081, 10, 1).await;
+    assert_eq!(out.status.code(), Some(102), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("error forwarding port 8081"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A hostNetwork pod: the host's localhost, on a port free on this machine.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host_pod = with_modes(
+        pod_config("forward-host", NamespaceMode::Container),
+        NamespaceMode::Node,
+        NamespaceMode::Container,
+        NamespaceMode::Pod,
+    );
+    let host_pod_id = run_pod(&mut rt, host_pod.clone()).await.unwrap();
+    start_container(&mut rt, &host_pod_id, &host_pod, echo(port)).await;
+    let out = forward_echo(&mut rt, &host_pod_id, port, 1 << 20, 2).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "forwarded 1048576 bytes each way on 2 connections\n"
+    );
+
+    let err = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod_id.clone(),
+            port: vec![70000],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    for id in [pod_id, host_pod_id] {
+        stop_pod(&mut rt, &id).await;
+        remove_pod(&mut rt, &id).await;
+    }
+}

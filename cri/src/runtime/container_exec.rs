@@ -2,16 +2,19 @@
 //! exec'd process itself is killed (the runtime crate learns its pid) and the call returns
 //! DeadlineExceeded, which kubelet maps to a probe timeout.
 //!
-//! Exec: validate, then hand out a single-use URL on the streaming server.
+//! Exec and PortForward: validate, then hand out a single-use URL on the streaming server.
 
 use std::time::Duration;
 
-use k8s_cri::v1::{ExecRequest as CriExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse};
+use k8s_cri::v1::{
+    ExecRequest as CriExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
+    PortForwardRequest, PortForwardResponse,
+};
 use rootstock_runtime::oci::ExecRequest;
 
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
-use crate::streaming::{ExecSpec, Pending};
+use crate::streaming::{ExecSpec, Pending, PortForwardSpec};
 
 impl RuntimeApi {
     pub(super) async fn exec_sync_in(
@@ -79,5 +82,27 @@ impl RuntimeApi {
             .url_for(Pending::Exec(spec))
             .map_err(|e| CriError::Internal(format!("Exec: cannot make a token: {e}")))?;
         Ok(ExecResponse { url })
+    }
+
+    /// PortForward: the URL serves any port of the pod (the streams name it, as kubelet's
+    /// do; the request's port list is advisory).
+    pub(super) async fn port_forward_in(
+        &self,
+        req: PortForwardRequest,
+    ) -> Result<PortForwardResponse, CriError> {
+        let id = self.sandbox_id(&req.pod_sandbox_id)?;
+        if let Some(bad) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(CriError::InvalidArgument(format!(
+                "PortForward: port {bad} is not a TCP port"
+            )));
+        }
+        let rt = self.rt.clone();
+        let probe = id.clone();
+        blocking(move || rt.sandbox(&probe).map(|_| ())).await?;
+        let url = self
+            .streaming
+            .url_for(Pending::PortForward(PortForwardSpec { sandbox: id }))
+            .map_err(|e| CriError::Internal(format!("PortForward: cannot make a token: {e}")))?;
+        Ok(PortForwardResponse { url })
     }
 }

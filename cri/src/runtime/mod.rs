@@ -325,9 +325,9 @@ impl RuntimeService for RuntimeApi {
 
     async fn port_forward(
         &self,
-        _req: Request<PortForwardRequest>,
+        req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        not_yet("PortForward")
+        reply(self.port_forward_in(req.into_inner()).await)
     }
 
     async fn container_stats(

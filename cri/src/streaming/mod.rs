@@ -1,14 +1,16 @@
-//! CRI streaming (`Exec`, later `Attach` and `PortForward`): the RPC hands out a single-use
+//! CRI streaming (`Exec`, `PortForward`; `Attach` not yet): the RPC hands out a single-use
 //! URL on our own HTTP server, and the client (kubelet's proxy, crictl) upgrades a request
 //! there to a multiplexed SPDY/3.1 connection carrying the command's stdio.
 //!
 //! - `spdy`: frames, header compression, stream table (no I/O).
 //! - `session`: one SPDY connection over a socket.
 //! - `exec`: the remotecommand protocol (v4/v5) for Exec.
+//! - `portforward`: the portforward.k8s.io protocol for PortForward.
 //! - `server`: listener, upgrade, tokens.
 
 mod dictionary;
 mod exec;
+mod portforward;
 mod server;
 mod session;
 mod spdy;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use exec::ExecSpec;
+pub use portforward::PortForwardSpec;
 pub use server::{Pending, StreamingServer};
 
 /// `[streaming]`: where the server listens and how long its URLs live.

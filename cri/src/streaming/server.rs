@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::exec::{self, ExecSpec};
+use super::portforward::{self, PortForwardSpec};
 use super::session::Session;
 
 /// How long a client may take to send its upgrade request.
@@ -22,12 +23,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest upgrade request read (client-go's is well under 1 KiB).
 const MAX_REQUEST: usize = 16 * 1024;
 /// Exec protocols served, preferred first (kubelet's order; older ones not yet).
-const EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// Port-forward protocols served.
+const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 
 /// What a token stands for.
 #[derive(Debug, Clone)]
 pub enum Pending {
     Exec(ExecSpec),
+    PortForward(PortForwardSpec),
 }
 
 pub struct StreamingServer {
@@ -62,6 +66,7 @@ impl StreamingServer {
         let token = random_token()?;
         let kind = match req {
             Pending::Exec(_) => "exec",
+            Pending::PortForward(_) => "portforward",
         };
         let now = Instant::now();
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,11 +196,15 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         return;
     }
     // Never serve without a valid token: an unknown, used or expired one is the same 404.
-    let pending = match req.path.strip_prefix("/exec/") {
-        Some(token) if !token.is_empty() => server.take(token),
+    let pending = match req.path.rsplit_once('/') {
+        Some((kind, token)) if !token.is_empty() => match (kind, server.take(token)) {
+            ("/exec", Some(p @ Pending::Exec(_))) => Some(p),
+            ("/portforward", Some(p @ Pending::PortForward(_))) => Some(p),
+            _ => None,
+        },
         _ => None,
     };
-    let Some(Pending::Exec(spec)) = pending else {
+    let Some(pending) = pending else {
         respond(
             &mut conn,
             "404 Not Found",
@@ -216,11 +225,15 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         .await;
         return;
     }
+    let supported = match pending {
+        Pending::Exec(_) => EXEC_PROTOCOLS,
+        Pending::PortForward(_) => PORT_FORWARD_PROTOCOLS,
+    };
     let offered: Vec<&str> = req.values("x-stream-protocol-version").collect();
-    let Some(protocol) = EXEC_PROTOCOLS.iter().find(|p| offered.contains(p)) else {
+    let Some(protocol) = supported.iter().find(|p| offered.contains(p)) else {
         let body = format!(
             "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, \
-             server supports {EXEC_PROTOCOLS:?}\n"
+             server supports {supported:?}\n"
         );
         respond(&mut conn, "403 Forbidden", &body).await;
         return;
@@ -233,7 +246,10 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         return;
     }
     let session = Session::start(conn, early);
-    exec::serve(session, spec, server.rt.clone()).await;
+    match pending {
+        Pending::Exec(spec) => exec::serve(session, spec, server.rt.clone()).await,
+        Pending::PortForward(spec) => portforward::serve(session, spec, server.rt.clone()).await,
+    }
 }
 
 #[cfg(test)]
