@@ -481,3 +481,43 @@ async fn port_forward_over_spdy_reaches_the_pod_network_and_the_host_network() {
         remove_pod(&mut rt, &id).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_exec_session_is_closed_and_its_command_killed() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) =
+        daemon_with_busybox(&registry, "[streaming]\nidle_timeout_secs = 2").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("streaming-idle", NamespaceMode::Pod);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+    // Silent for longer than the idle timeout: the session ends before the command would.
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "sleep 20; echo late"], false).await;
+    let out = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(101), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    // The command went with its session (the pod shares one PID namespace, so `ps` sees
+    // every process of the exec).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let ps = exec(&mut rt, &id, &["ps", "-o", "args"], 10).await.unwrap();
+        let ps = text(&ps.stdout);
+        if !ps.contains("sleep 20") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running:\n{ps}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}

@@ -148,7 +148,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "streaming",
-        "The server behind Exec URLs (kubelet proxies kubectl exec to it).",
+        "The server behind Exec and PortForward URLs (kubelet proxies kubectl to it).",
     ),
     (
         "streaming.address",
@@ -157,7 +157,11 @@ pub const DOCS: &[(&str, &str)] = &[
     ("streaming.port", "TCP port; 0 picks a free one at start."),
     (
         "streaming.token_ttl_secs",
-        "How long an Exec URL stays valid; each is good for one connection.",
+        "How long an Exec/PortForward URL stays valid; each is good for one connection.",
+    ),
+    (
+        "streaming.idle_timeout_secs",
+        "A stream with no data either way for this long is closed (its command killed).",
     ),
 ];
 

@@ -35,6 +35,9 @@ pub struct StreamingConfig {
     pub port: u16,
     /// How long a URL stays valid (containerd: 1 minute).
     pub token_ttl_secs: u64,
+    /// A connection with no data either way for this long is closed, and what it served
+    /// (an exec'd command) ended; kubelet's `streamingConnectionIdleTimeout` is 4 h.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for StreamingConfig {
@@ -43,6 +46,7 @@ impl Default for StreamingConfig {
             address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
             token_ttl_secs: 60,
+            idle_timeout_secs: 4 * 3600,
         }
     }
 }
@@ -54,5 +58,10 @@ impl StreamingConfig {
 
     pub fn token_ttl(&self) -> Duration {
         Duration::from_secs(self.token_ttl_secs)
+    }
+
+    /// 0 is taken as 1 s: a session must have some time to start.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
     }
 }

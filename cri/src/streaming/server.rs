@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use rootstock_runtime::Runtime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::StreamingConfig;
 use super::exec::{self, ExecSpec};
 use super::portforward::{self, PortForwardSpec};
 use super::session::Session;
@@ -37,22 +37,20 @@ pub enum Pending {
 pub struct StreamingServer {
     base_url: String,
     ttl: Duration,
+    idle: Duration,
     tokens: Mutex<HashMap<String, (Pending, Instant)>>,
     rt: Arc<Runtime>,
 }
 
 impl StreamingServer {
     /// Binds `addr` (port 0: a random free port) and serves on a background task.
-    pub async fn start(
-        addr: SocketAddr,
-        ttl: Duration,
-        rt: Arc<Runtime>,
-    ) -> std::io::Result<Arc<Self>> {
-        let listener = TcpListener::bind(addr).await?;
+    pub async fn start(config: &StreamingConfig, rt: Arc<Runtime>) -> std::io::Result<Arc<Self>> {
+        let listener = TcpListener::bind(config.listen_addr()).await?;
         let local = listener.local_addr()?;
         let server = Arc::new(Self {
             base_url: format!("http://{local}"),
-            ttl,
+            ttl: config.token_ttl(),
+            idle: config.idle_timeout(),
             tokens: Mutex::default(),
             rt,
         });
@@ -245,7 +243,7 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
     if conn.write_all(upgrade.as_bytes()).await.is_err() {
         return;
     }
-    let session = Session::start(conn, early);
+    let session = Session::start(conn, early, server.idle);
     match pending {
         Pending::Exec(spec) => exec::serve(session, spec, server.rt.clone()).await,
         Pending::PortForward(spec) => portforward::serve(session, spec, server.rt.clone()).await,

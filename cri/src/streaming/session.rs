@@ -5,6 +5,9 @@
 //! other side instead of growing memory (backpressure through TCP and pipes).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -85,18 +88,22 @@ impl Sender {
 impl Session {
     /// Takes over an upgraded connection; `early` holds bytes the client sent right after
     /// its HTTP request (read along with the request's headers).
-    pub fn start(stream: TcpStream, early: Vec<u8>) -> Self {
+    /// A session with no data either way for `idle` is ended (kubelet's
+    /// `streamingConnectionIdleTimeout`), which cancels what it serves.
+    pub fn start(stream: TcpStream, early: Vec<u8>, idle: Duration) -> Self {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let out_tx2 = out_tx.clone();
+        let activity = Arc::new(Activity::new());
+        let activity2 = activity.clone();
         let (new_tx, new_rx) = mpsc::channel(8);
         let (gone_tx, gone_rx) = watch::channel(());
         let reader = tokio::spawn(async move {
-            read_loop(rd, early, out_tx2, new_tx).await;
+            read_loop(rd, early, out_tx2, new_tx, idle, activity2).await;
             drop(gone_tx);
         });
-        let writer = tokio::spawn(write_loop(wr, out_rx));
+        let writer = tokio::spawn(write_loop(wr, out_rx, activity));
         Self {
             out: out_tx,
             gone: gone_rx,
@@ -117,7 +124,7 @@ impl Session {
     /// reader keeps draining until the client hangs up (closing with unread input would
     /// reset the connection and could cost the client data still in flight to it), at most
     /// `linger`.
-    pub async fn close(self, linger: std::time::Duration) {
+    pub async fn close(self, linger: Duration) {
         let Session {
             out,
             gone: _,
@@ -143,11 +150,39 @@ impl Session {
     }
 }
 
+/// When the connection last carried data (either way), for the idle timeout.
+struct Activity {
+    start: Instant,
+    /// Milliseconds since `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
 async fn read_loop(
     mut rd: OwnedReadHalf,
     mut buf: Vec<u8>,
     out: mpsc::Sender<Frame>,
     new: mpsc::Sender<Incoming>,
+    idle: Duration,
+    activity: Arc<Activity>,
 ) {
     let mut codec = Codec::new();
     let mut streams = Streams::default();
@@ -175,9 +210,24 @@ async fn read_loop(
                 return;
             }
         }
-        match rd.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        let wait = idle.saturating_sub(activity.idle_for());
+        match tokio::time::timeout(wait, rd.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => {
+                activity.touch();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            // Only idle if nothing was written meanwhile either.
+            Err(_) if activity.idle_for() < idle => {}
+            Err(_) => {
+                tracing::info!("streaming: connection idle for {idle:?}; closed");
+                let goaway = Frame::GoAway {
+                    last_good_stream_id: streams.last_id(),
+                    status: 0,
+                };
+                let _ = out.send(goaway).await;
+                return;
+            }
         }
     }
 }
@@ -279,7 +329,11 @@ async fn handle(
     true
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Frame>,
+    activity: Arc<Activity>,
+) {
     let mut codec = Codec::new();
     let mut buf = Vec::with_capacity(64 * 1024);
     while let Some(frame) = rx.recv().await {
@@ -291,6 +345,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
         if wr.write_all(&buf).await.is_err() {
             break;
         }
+        activity.touch();
     }
     let _ = wr.shutdown().await;
 }
