@@ -521,3 +521,82 @@ async fn an_idle_exec_session_is_closed_and_its_command_killed() {
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }
+
+/// Runs wsexec.py (Python `websockets`, Debian's python3-websockets) on `url`.
+fn ws_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/wsexec.py");
+    // Debian's interpreter: python3-websockets is installed for it.
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(url)
+        .arg(protocol)
+        .args(stdin.map(|_| "stdin"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let data = stdin.unwrap_or_default().to_vec();
+    let writer = std::thread::spawn(move || {
+        pipe.write_all(&data).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_websocket_v4_and_v5() {
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("streaming-ws", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+    let script = "echo out; echo err >&2; exit 3";
+    for protocol in ["v4.channel.k8s.io", "v5.channel.k8s.io"] {
+        let url = exec_url(&mut rt, &id, &["sh", "-c", script], false).await;
+        let again = url.clone();
+        let out = tokio::task::spawn_blocking(move || ws_exec(&url, protocol, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            "out\n",
+            "{protocol}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "err\n", "{protocol}");
+        assert_eq!(out.status.code(), Some(3), "{protocol}");
+        // Single use over WebSocket too.
+        let out = tokio::task::spawn_blocking(move || ws_exec(&again, protocol, None))
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(100), "{}", text(&out.stderr));
+    }
+    // v5 can close stdin: `cat` sees its end and the command finishes.
+    let input: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_be_bytes()).collect();
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "cat; echo done >&2"], true).await;
+    let expected = input.clone();
+    let out = tokio::task::spawn_blocking(move || ws_exec(&url, "v5.channel.k8s.io", Some(&input)))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == expected,
+        "stdin came back altered ({} bytes)",
+        out.stdout.len()
+    );
+    assert_eq!(text(&out.stderr), "done\n");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}

@@ -6,6 +6,7 @@
 //! - `session`: one SPDY connection over a socket.
 //! - `exec`: the remotecommand protocol (v4/v5) for Exec.
 //! - `portforward`: the portforward.k8s.io protocol for PortForward.
+//! - `websocket`: exec over WebSocket (v4/v5 binary channels), bridged to a session.
 //! - `server`: listener, upgrade, tokens.
 
 mod dictionary;
@@ -14,6 +15,7 @@ mod portforward;
 mod server;
 mod session;
 mod spdy;
+mod websocket;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

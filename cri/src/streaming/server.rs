@@ -17,6 +17,8 @@ use super::StreamingConfig;
 use super::exec::{self, ExecSpec};
 use super::portforward::{self, PortForwardSpec};
 use super::session::Session;
+use super::websocket;
+use tokio_tungstenite::WebSocketStream;
 
 /// How long a client may take to send its upgrade request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -211,6 +213,13 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         .await;
         return;
     };
+    let websocket = req
+        .values("upgrade")
+        .any(|v| v.eq_ignore_ascii_case("websocket"));
+    if websocket {
+        serve_websocket(conn, &req, early, pending, &server).await;
+        return;
+    }
     let spdy = req
         .values("upgrade")
         .any(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
@@ -218,7 +227,7 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         respond(
             &mut conn,
             "400 Bad Request",
-            "this URL needs an upgrade to SPDY/3.1\n",
+            "this URL needs an upgrade to SPDY/3.1 or websocket\n",
         )
         .await;
         return;
@@ -248,6 +257,51 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         Pending::Exec(spec) => exec::serve(session, spec, server.rt.clone()).await,
         Pending::PortForward(spec) => portforward::serve(session, spec, server.rt.clone()).await,
     }
+}
+
+/// The WebSocket upgrade (RFC 6455 section 4.2.2), for Exec.
+async fn serve_websocket(
+    mut conn: TcpStream,
+    req: &UpgradeRequest,
+    early: Vec<u8>,
+    pending: Pending,
+    server: &StreamingServer,
+) {
+    let Pending::Exec(spec) = pending else {
+        let body = "port forwarding over WebSocket is not supported yet; use SPDY/3.1\n";
+        respond(&mut conn, "400 Bad Request", body).await;
+        return;
+    };
+    let Some(key) = req.values("sec-websocket-key").next() else {
+        respond(&mut conn, "400 Bad Request", "no Sec-WebSocket-Key\n").await;
+        return;
+    };
+    let offered: Vec<&str> = req.values("sec-websocket-protocol").collect();
+    let Some(protocol) = websocket::EXEC_SUBPROTOCOLS
+        .iter()
+        .find(|p| offered.contains(p))
+    else {
+        let body = format!(
+            "unable to upgrade: client offers {offered:?}, server supports {:?}\n",
+            websocket::EXEC_SUBPROTOCOLS
+        );
+        respond(&mut conn, "403 Forbidden", &body).await;
+        return;
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    );
+    if conn.write_all(upgrade.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = conn.set_nodelay(true);
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+    let ws = WebSocketStream::from_partially_read(conn, early, role, None).await;
+    let v5 = *protocol == "v5.channel.k8s.io";
+    let session = websocket::session(ws, &spec, v5);
+    exec::serve(session, spec, server.rt.clone()).await;
 }
 
 #[cfg(test)]

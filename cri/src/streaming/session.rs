@@ -18,9 +18,9 @@ use tokio::task::JoinHandle;
 use super::spdy::{Codec, Frame, Headers, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM, Streams};
 
 /// Frames queued for the writer; with 32 KiB data frames about 2 MiB per connection.
-const OUT_QUEUE: usize = 64;
+pub const OUT_QUEUE: usize = 64;
 /// Inbound data chunks queued per stream before the reader stops reading the socket.
-const IN_QUEUE: usize = 16;
+pub const IN_QUEUE: usize = 16;
 /// Data frames we send carry at most this much (client-go reads in 32 KiB too).
 pub const DATA_CHUNK: usize = 32 * 1024;
 
@@ -108,6 +108,25 @@ impl Session {
             out: out_tx,
             gone: gone_rx,
             incoming: new_rx,
+            reader,
+            writer,
+        }
+    }
+
+    /// A session over another transport (WebSocket): `out` receives what the handler
+    /// sends, `incoming` yields the streams, and dropping `gone`'s sender means the client
+    /// is gone. `reader`/`writer` are that transport's tasks.
+    pub fn from_parts(
+        out: mpsc::Sender<Frame>,
+        gone: watch::Receiver<()>,
+        incoming: mpsc::Receiver<Incoming>,
+        reader: JoinHandle<()>,
+        writer: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            out,
+            gone,
+            incoming,
             reader,
             writer,
         }
