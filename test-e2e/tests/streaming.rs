@@ -582,6 +582,24 @@ async fn exec_over_websocket_v4_and_v5() {
             .unwrap();
         assert_eq!(out.status.code(), Some(100), "{}", text(&out.stderr));
     }
+    // crictl --transport websocket (client-go's WebSocket executor) when installed.
+    if Path::new(CRICTL).exists() {
+        let endpoint = format!("unix://{}", daemon.socket.display());
+        let id2 = id.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(CRICTL)
+                .args(["--runtime-endpoint", &endpoint, "--timeout", "20s"])
+                .args(["exec", "--transport", "websocket", &id2, "sh", "-c", script])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(text(&out.stdout), "out\n", "{stderr}");
+        assert!(stderr.lines().any(|l| l == "err"), "{stderr}");
+        assert!(stderr.contains("exit code 3"), "{stderr}");
+    }
     // v5 can close stdin: `cat` sees its end and the command finishes.
     let input: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_be_bytes()).collect();
     let url = exec_url(&mut rt, &id, &["sh", "-c", "cat; echo done >&2"], true).await;
