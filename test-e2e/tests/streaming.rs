@@ -618,3 +618,52 @@ async fn exec_over_websocket_v4_and_v5() {
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_to_cat_echoes_input_into_stdout_and_the_log_and_detaching_leaves_it_running() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut pod = pod_config("streaming-attach", NamespaceMode::Container);
+    pod.log_directory = logs.path().display().to_string();
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let mut config = container_config("cat", &image, &["cat"]);
+    config.stdin = true;
+    config.log_path = "cat.log".to_owned();
+    let id = start_container(&mut rt, &pod_id, &pod, config).await;
+
+    for round in ["first", "second"] {
+        let url = rt
+            .attach(AttachRequest {
+                container_id: id.clone(),
+                stdin: true,
+                tty: false,
+                stdout: true,
+                stderr: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("Attach: {e}"))
+            .into_inner()
+            .url;
+        let line = format!("hello {round}\n");
+        let expect = format!("expect=hello {round}");
+        let out = tokio::task::spawn_blocking(move || {
+            spdy_exec_with(&url, Some(line.as_bytes()), &["stdin", &expect])
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("hello {round}\n"));
+        // Detached: the container runs on, and a second client attaches the same way.
+        let status = container_status(&mut rt, &id).await;
+        assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    }
+    let log = wait_file(&logs.path().join("cat.log"), |l| l.contains("hello second")).await;
+    assert!(log.contains(" stdout F hello first\n"), "{log}");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}

@@ -2,13 +2,13 @@
 //! exec'd process itself is killed (the runtime crate learns its pid) and the call returns
 //! DeadlineExceeded, which kubelet maps to a probe timeout.
 //!
-//! Exec and PortForward: validate, then hand out a single-use URL on the streaming server.
+//! Exec, Attach and PortForward: validate, then hand out a single-use URL on the streaming server.
 
 use std::time::Duration;
 
 use k8s_cri::v1::{
-    ExecRequest as CriExecRequest, ExecResponse, ExecSyncRequest, ExecSyncResponse,
-    PortForwardRequest, PortForwardResponse,
+    AttachRequest, AttachResponse, ExecRequest as CriExecRequest, ExecResponse, ExecSyncRequest,
+    ExecSyncResponse, PortForwardRequest, PortForwardResponse,
 };
 use rootstock_runtime::oci::ExecRequest;
 
@@ -104,5 +104,37 @@ impl RuntimeApi {
             .url_for(Pending::PortForward(PortForwardSpec { sandbox: id }))
             .map_err(|e| CriError::Internal(format!("PortForward: cannot make a token: {e}")))?;
         Ok(PortForwardResponse { url })
+    }
+
+    /// Attach: the container's own stdio (see `streaming::attach`).
+    pub(super) async fn attach_in(&self, req: AttachRequest) -> Result<AttachResponse, CriError> {
+        let id = self.container_id(&req.container_id)?;
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(CriError::InvalidArgument(
+                "Attach: one of stdin, stdout and stderr must be set".to_owned(),
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(CriError::InvalidArgument(
+                "Attach: tty and stderr cannot both be set (a terminal merges stderr into stdout)"
+                    .to_owned(),
+            ));
+        }
+        let rt = self.rt.clone();
+        let probe = id.clone();
+        blocking(move || rt.container(&probe).map(|_| ())).await?;
+        let spec = ExecSpec {
+            container: id,
+            cmd: Vec::new(),
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+        };
+        let url = self
+            .streaming
+            .url_for(Pending::Attach(spec))
+            .map_err(|e| CriError::Internal(format!("Attach: cannot make a token: {e}")))?;
+        Ok(AttachResponse { url })
     }
 }

@@ -318,9 +318,9 @@ impl RuntimeService for RuntimeApi {
 
     async fn attach(
         &self,
-        _req: Request<AttachRequest>,
+        req: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        not_yet("Attach")
+        reply(self.attach_in(req.into_inner()).await)
     }
 
     async fn port_forward(

@@ -46,12 +46,12 @@ pub struct ExecSpec {
 
 /// The client's streams, by `streamType`.
 #[derive(Default)]
-struct Channels {
-    error: Option<Incoming>,
-    stdin: Option<Incoming>,
-    stdout: Option<Incoming>,
-    stderr: Option<Incoming>,
-    resize: Option<Incoming>,
+pub(super) struct Channels {
+    pub(super) error: Option<Incoming>,
+    pub(super) stdin: Option<Incoming>,
+    pub(super) stdout: Option<Incoming>,
+    pub(super) stderr: Option<Incoming>,
+    pub(super) resize: Option<Incoming>,
 }
 
 impl Channels {
@@ -83,7 +83,8 @@ pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>) {
 }
 
 /// Waits until the client has opened every stream the request implies.
-async fn accept_streams(session: &mut Session, spec: &ExecSpec) -> Option<Channels> {
+/// (Attach's streams are the same, its spec an [`ExecSpec`] without a command.)
+pub(super) async fn accept_streams(session: &mut Session, spec: &ExecSpec) -> Option<Channels> {
     let mut ch = Channels::default();
     let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
     while !ch.complete(spec) {
@@ -225,7 +226,7 @@ async fn run(
         let _ = tx.fin(s.id).await;
     }
     match exited {
-        Ok(Ok(Some(0))) => serde_json::json!({"metadata": {}, "status": "Success"}),
+        Ok(Ok(Some(0))) => success(),
         Ok(Ok(Some(code))) => exit_status(code),
         Ok(Ok(None)) => failure("the client went away; the command was killed"),
         Ok(Err(e)) => failure(&format!("exec: {e}")),
@@ -350,8 +351,13 @@ pub fn exit_status(code: i32) -> serde_json::Value {
     })
 }
 
+/// `metav1.Status` of a success.
+pub(super) fn success() -> serde_json::Value {
+    serde_json::json!({"metadata": {}, "status": "Success"})
+}
+
 /// `metav1.Status` for an exec that could not run or finish.
-fn failure(message: &str) -> serde_json::Value {
+pub(super) fn failure(message: &str) -> serde_json::Value {
     serde_json::json!({
         "metadata": {},
         "status": "Failure",

@@ -1,14 +1,16 @@
-//! CRI streaming (`Exec`, `PortForward`; `Attach` not yet): the RPC hands out a single-use
+//! CRI streaming (`Exec`, `Attach`, `PortForward`): the RPC hands out a single-use
 //! URL on our own HTTP server, and the client (kubelet's proxy, crictl) upgrades a request
 //! there to a multiplexed SPDY/3.1 connection carrying the command's stdio.
 //!
 //! - `spdy`: frames, header compression, stream table (no I/O).
 //! - `session`: one SPDY connection over a socket.
 //! - `exec`: the remotecommand protocol (v4/v5) for Exec.
+//! - `attach`: Attach, on the same protocol (stdin relay, output followed from the log).
 //! - `portforward`: the portforward.k8s.io protocol for PortForward.
 //! - `websocket`: exec over WebSocket (v4/v5 binary channels), bridged to a session.
 //! - `server`: listener, upgrade, tokens.
 
+mod attach;
 mod dictionary;
 mod exec;
 mod portforward;

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::StreamingConfig;
+use super::attach;
 use super::exec::{self, ExecSpec};
 use super::portforward::{self, PortForwardSpec};
 use super::session::Session;
@@ -33,6 +34,8 @@ const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 #[derive(Debug, Clone)]
 pub enum Pending {
     Exec(ExecSpec),
+    /// Attach: an [`ExecSpec`] without a command.
+    Attach(ExecSpec),
     PortForward(PortForwardSpec),
 }
 
@@ -66,6 +69,7 @@ impl StreamingServer {
         let token = random_token()?;
         let kind = match req {
             Pending::Exec(_) => "exec",
+            Pending::Attach(_) => "attach",
             Pending::PortForward(_) => "portforward",
         };
         let now = Instant::now();
@@ -199,6 +203,7 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
     let pending = match req.path.rsplit_once('/') {
         Some((kind, token)) if !token.is_empty() => match (kind, server.take(token)) {
             ("/exec", Some(p @ Pending::Exec(_))) => Some(p),
+            ("/attach", Some(p @ Pending::Attach(_))) => Some(p),
             ("/portforward", Some(p @ Pending::PortForward(_))) => Some(p),
             _ => None,
         },
@@ -233,7 +238,7 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         return;
     }
     let supported = match pending {
-        Pending::Exec(_) => EXEC_PROTOCOLS,
+        Pending::Exec(_) | Pending::Attach(_) => EXEC_PROTOCOLS,
         Pending::PortForward(_) => PORT_FORWARD_PROTOCOLS,
     };
     let offered: Vec<&str> = req.values("x-stream-protocol-version").collect();
@@ -255,6 +260,7 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
     let session = Session::start(conn, early, server.idle);
     match pending {
         Pending::Exec(spec) => exec::serve(session, spec, server.rt.clone()).await,
+        Pending::Attach(spec) => attach::serve(session, spec, server.rt.clone()).await,
         Pending::PortForward(spec) => portforward::serve(session, spec, server.rt.clone()).await,
     }
 }
@@ -267,7 +273,7 @@ async fn serve_websocket(
     pending: Pending,
     server: &StreamingServer,
 ) {
-    let Pending::Exec(spec) = pending else {
+    let (Pending::Exec(spec) | Pending::Attach(spec)) = pending.clone() else {
         let body = "port forwarding over WebSocket is not supported yet; use SPDY/3.1\n";
         respond(&mut conn, "400 Bad Request", body).await;
         return;
@@ -301,7 +307,10 @@ async fn serve_websocket(
     let ws = WebSocketStream::from_partially_read(conn, early, role, None).await;
     let v5 = *protocol == "v5.channel.k8s.io";
     let session = websocket::session(ws, &spec, v5);
-    exec::serve(session, spec, server.rt.clone()).await;
+    match pending {
+        Pending::Attach(_) => attach::serve(session, spec, server.rt.clone()).await,
+        _ => exec::serve(session, spec, server.rt.clone()).await,
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@
 // sends N random bytes on each of K concurrent connections and checks that the same bytes
 // come back (an echo server), then that the error stream is empty.
 //
-// Usage: spdyexec URL [stdin] [tty=WxH] [portforward=PORT bytes=N conns=K]. Exit codes: the command's; 100 when the upgrade is refused
+// With "expect=TEXT" (attach) it reads stdout until TEXT appears, then hangs up: detaching.
+//
+// Usage: spdyexec URL [stdin] [tty=WxH] [expect=TEXT] [portforward=PORT bytes=N conns=K].
+// Exit codes: the command's; 100 when the upgrade is refused
 // (the HTTP status line goes to stderr); 101 for any other failure.
 package main
 
@@ -68,6 +71,7 @@ func main() {
 	tty := ""
 	pf := ""
 	pfBytes, pfConns := 0, 1
+	expect := ""
 	for _, a := range os.Args[2:] {
 		if a == "stdin" {
 			withStdin = true
@@ -77,6 +81,8 @@ func main() {
 			pf = strings.TrimPrefix(a, "portforward=")
 		} else if strings.HasPrefix(a, "bytes=") {
 			pfBytes, _ = strconv.Atoi(strings.TrimPrefix(a, "bytes="))
+		} else if strings.HasPrefix(a, "expect=") {
+			expect = strings.TrimPrefix(a, "expect=")
 		} else if strings.HasPrefix(a, "conns=") {
 			pfConns, _ = strconv.Atoi(strings.TrimPrefix(a, "conns="))
 		} else {
@@ -128,6 +134,22 @@ func main() {
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
+	if expect != "" {
+		// Attach: read stdout until it shows `expect`, then detach (hang up), exit 0.
+		var seen []byte
+		buf := make([]byte, 32*1024)
+		for !bytes.Contains(seen, []byte(expect)) {
+			n, err := stdout.Read(buf)
+			os.Stdout.Write(buf[:n])
+			seen = append(seen, buf[:n]...)
+			if err != nil {
+				msg, _ := ioutil.ReadAll(errStream)
+				fail("stdout ended before %q appeared: %s", expect, msg)
+			}
+		}
+		conn.Close()
+		os.Exit(0)
+	}
 	go func() { io.Copy(os.Stdout, stdout); wg.Done() }()
 	go func() {
 		if stderr != nil {
