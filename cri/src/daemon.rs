@@ -68,9 +68,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The socket is bound: calls queue until the server below accepts them.
     crate::notify::notify("READY=1");
     let config = Arc::new(config);
+    let streaming = crate::streaming::StreamingServer::start(&config.streaming, rt.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "starting the streaming server on {}",
+                config.streaming.listen_addr()
+            )
+        })?;
     let images = ImageServiceServer::new(ImageApi::new(store.clone(), rt.clone()));
-    let runtime =
-        RuntimeServiceServer::new(RuntimeApi::new(config.clone(), cni, rt, store.clone()));
+    let runtime = RuntimeServiceServer::new(RuntimeApi::new(
+        config.clone(),
+        cni,
+        rt,
+        store.clone(),
+        streaming,
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = req.uri().path()))

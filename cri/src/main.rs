@@ -7,6 +7,7 @@ mod error;
 mod image;
 mod notify;
 mod runtime;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -98,7 +98,7 @@ impl OciRuntime {
     }
 }
 
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -108,12 +108,12 @@ fn unique_suffix() -> String {
     )
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
+pub(crate) fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Kills what the exec started in the order the module doc explains, and reaps the client.
-fn kill_exec(child: &mut Child, exec_pid: Option<i32>) {
+pub(crate) fn kill_exec(child: &mut Child, exec_pid: Option<i32>) {
     let client = child.id() as i32;
     // The exec'd process is the client's child (runc's and crun's `init` clone with
     // CLONE_PARENT) in a session of its own (`setsid`, done by it or by an intermediate
@@ -309,7 +309,7 @@ fn collect(
     }
 }
 
-fn exit_code(st: std::process::ExitStatus) -> i32 {
+pub(crate) fn exit_code(st: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     st.code()
         .or_else(|| st.signal().map(|s| 128 + s))

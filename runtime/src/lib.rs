@@ -35,6 +35,7 @@ pub mod crilog;
 pub mod devices;
 pub mod error;
 pub mod exec;
+pub mod exec_stream;
 pub mod hostpath;
 pub mod id;
 pub mod inspect;

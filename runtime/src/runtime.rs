@@ -626,6 +626,44 @@ impl Runtime {
         oci.exec(id, req, timeout, &self.run_dir(id))
     }
 
+    /// The OCI runtime to exec with in container `id`, which must be running.
+    fn exec_handler(&self, id: &ContainerId) -> Result<OciRuntime> {
+        let entry = self.entry_or_not_found(id)?;
+        let mut rec = lock(&entry);
+        self.refresh(&mut rec)?;
+        if !rec.state.can_exec() {
+            return Err(Error::BadState {
+                id: id.to_string(),
+                action: "exec in",
+                state: rec.state.to_string(),
+            });
+        }
+        Ok(self.handler(&rec.handler)?.clone())
+    }
+
+    /// Streaming Exec: starts `req` in the running container with its stdio as pipes
+    /// (stdin only when `stdin`); the caller pumps them and waits (see [`crate::exec_stream::ExecChild`]).
+    pub fn exec_spawn(
+        &self,
+        id: &ContainerId,
+        req: &ExecRequest,
+        stdin: bool,
+    ) -> Result<crate::exec_stream::ExecChild> {
+        let oci = self.exec_handler(id)?;
+        oci.exec_spawn(id, req, stdin, &self.run_dir(id))
+    }
+
+    /// Streaming Exec with a TTY of `size` (width, height): the command and its pty master.
+    pub fn exec_spawn_tty(
+        &self,
+        id: &ContainerId,
+        req: &ExecRequest,
+        size: Option<(u16, u16)>,
+    ) -> Result<(crate::exec_stream::ExecChild, std::fs::File)> {
+        let oci = self.exec_handler(id)?;
+        oci.exec_spawn_tty(id, req, size, &self.run_dir(id))
+    }
+
     /// UpdateContainerResources: the new cgroup limits; on cgroup v1 through
     /// `<runtime> update`, on v2 written by rootstock ([`CgroupLayout::apply_v2`]: the
     /// cgroup2 values, and kubelet's `unified` map, are ours to compute). The

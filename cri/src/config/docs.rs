@@ -146,6 +146,23 @@ pub const DOCS: &[(&str, &str)] = &[
         "cni.poll_interval_ms",
         "How often the conf dirs are re-read for a config written after start-up.",
     ),
+    (
+        "streaming",
+        "The server behind Exec and PortForward URLs (kubelet proxies kubectl to it).",
+    ),
+    (
+        "streaming.address",
+        "IP it listens on; loopback keeps it reachable only from this node (kubelet).",
+    ),
+    ("streaming.port", "TCP port; 0 picks a free one at start."),
+    (
+        "streaming.token_ttl_secs",
+        "How long an Exec/PortForward URL stays valid; each is good for one connection.",
+    ),
+    (
+        "streaming.idle_timeout_secs",
+        "A stream with no data either way for this long is closed (its command killed).",
+    ),
 ];
 
 /// The documentation of a dotted key path (map keys already split out), if any.

@@ -37,6 +37,8 @@ pub struct Config {
     pub images: ImagesConfig,
     /// Pod networking.
     pub cni: CniConfig,
+    /// The streaming server (Exec URLs).
+    pub streaming: crate::streaming::StreamingConfig,
 }
 
 /// How cgroups are managed. kubelet's `cgroupDriver` must match what `RuntimeConfig` reports.
@@ -58,6 +60,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             images: ImagesConfig::default(),
             cni: CniConfig::default(),
+            streaming: crate::streaming::StreamingConfig::default(),
         }
     }
 }

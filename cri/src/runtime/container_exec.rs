@@ -1,14 +1,20 @@
 //! ExecSync: run a command in a running container and collect its output. On timeout the
 //! exec'd process itself is killed (the runtime crate learns its pid) and the call returns
 //! DeadlineExceeded, which kubelet maps to a probe timeout.
+//!
+//! Exec, Attach and PortForward: validate, then hand out a single-use URL on the streaming server.
 
 use std::time::Duration;
 
-use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
+use k8s_cri::v1::{
+    AttachRequest, AttachResponse, ExecRequest as CriExecRequest, ExecResponse, ExecSyncRequest,
+    ExecSyncResponse, PortForwardRequest, PortForwardResponse,
+};
 use rootstock_runtime::oci::ExecRequest;
 
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
+use crate::streaming::{ExecSpec, Pending, PortForwardSpec};
 
 impl RuntimeApi {
     pub(super) async fn exec_sync_in(
@@ -38,5 +44,97 @@ impl RuntimeApi {
             stderr: out.stderr,
             exit_code: out.exit_code,
         })
+    }
+
+    pub(super) async fn exec_in(&self, req: CriExecRequest) -> Result<ExecResponse, CriError> {
+        let id = self.container_id(&req.container_id)?;
+        if req.cmd.is_empty() {
+            return Err(CriError::InvalidArgument(
+                "Exec: no command given".to_owned(),
+            ));
+        }
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(CriError::InvalidArgument(
+                "Exec: one of stdin, stdout and stderr must be set".to_owned(),
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(CriError::InvalidArgument(
+                "Exec: tty and stderr cannot both be set (a terminal merges stderr into stdout)"
+                    .to_owned(),
+            ));
+        }
+        // The container must exist now; whether it still runs is checked when the URL is
+        // used (it may stop in between, as with any runtime).
+        let rt = self.rt.clone();
+        let probe = id.clone();
+        blocking(move || rt.container(&probe).map(|_| ())).await?;
+        let spec = ExecSpec {
+            container: id,
+            cmd: req.cmd,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+        };
+        let url = self
+            .streaming
+            .url_for(Pending::Exec(spec))
+            .map_err(|e| CriError::Internal(format!("Exec: cannot make a token: {e}")))?;
+        Ok(ExecResponse { url })
+    }
+
+    /// PortForward: the URL serves any port of the pod (the streams name it, as kubelet's
+    /// do; the request's port list is advisory).
+    pub(super) async fn port_forward_in(
+        &self,
+        req: PortForwardRequest,
+    ) -> Result<PortForwardResponse, CriError> {
+        let id = self.sandbox_id(&req.pod_sandbox_id)?;
+        if let Some(bad) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(CriError::InvalidArgument(format!(
+                "PortForward: port {bad} is not a TCP port"
+            )));
+        }
+        let rt = self.rt.clone();
+        let probe = id.clone();
+        blocking(move || rt.sandbox(&probe).map(|_| ())).await?;
+        let url = self
+            .streaming
+            .url_for(Pending::PortForward(PortForwardSpec { sandbox: id }))
+            .map_err(|e| CriError::Internal(format!("PortForward: cannot make a token: {e}")))?;
+        Ok(PortForwardResponse { url })
+    }
+
+    /// Attach: the container's own stdio (see `streaming::attach`).
+    pub(super) async fn attach_in(&self, req: AttachRequest) -> Result<AttachResponse, CriError> {
+        let id = self.container_id(&req.container_id)?;
+        if !(req.stdin || req.stdout || req.stderr) {
+            return Err(CriError::InvalidArgument(
+                "Attach: one of stdin, stdout and stderr must be set".to_owned(),
+            ));
+        }
+        if req.tty && req.stderr {
+            return Err(CriError::InvalidArgument(
+                "Attach: tty and stderr cannot both be set (a terminal merges stderr into stdout)"
+                    .to_owned(),
+            ));
+        }
+        let rt = self.rt.clone();
+        let probe = id.clone();
+        blocking(move || rt.container(&probe).map(|_| ())).await?;
+        let spec = ExecSpec {
+            container: id,
+            cmd: Vec::new(),
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+        };
+        let url = self
+            .streaming
+            .url_for(Pending::Attach(spec))
+            .map_err(|e| CriError::Internal(format!("Attach: cannot make a token: {e}")))?;
+        Ok(AttachResponse { url })
     }
 }

@@ -63,6 +63,8 @@ pub struct RuntimeApi {
     cpu_rates: Arc<CpuRates>,
     /// The node's pod CIDR as kubelet last sent it (UpdateRuntimeConfig).
     pod_cidr: Arc<Mutex<String>>,
+    /// Serves the URLs Exec hands out.
+    streaming: Arc<crate::streaming::StreamingServer>,
 }
 
 impl RuntimeApi {
@@ -71,6 +73,7 @@ impl RuntimeApi {
         cni: Arc<CniManager>,
         rt: Arc<Runtime>,
         store: Arc<ImageStore>,
+        streaming: Arc<crate::streaming::StreamingServer>,
     ) -> Self {
         let names = Arc::new(Names::default());
         names.rebuild(&rt);
@@ -84,6 +87,7 @@ impl RuntimeApi {
             pod_ips: Arc::default(),
             cpu_rates: Arc::default(),
             pod_cidr: Arc::default(),
+            streaming,
         }
     }
 
@@ -308,22 +312,22 @@ impl RuntimeService for RuntimeApi {
         reply(self.exec_sync_in(req).await)
     }
 
-    async fn exec(&self, _req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        not_yet("Exec")
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        reply(self.exec_in(req.into_inner()).await)
     }
 
     async fn attach(
         &self,
-        _req: Request<AttachRequest>,
+        req: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        not_yet("Attach")
+        reply(self.attach_in(req.into_inner()).await)
     }
 
     async fn port_forward(
         &self,
-        _req: Request<PortForwardRequest>,
+        req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        not_yet("PortForward")
+        reply(self.port_forward_in(req.into_inner()).await)
     }
 
     async fn container_stats(

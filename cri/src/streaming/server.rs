@@ -1,0 +1,344 @@
+//! The streaming server: a plain HTTP/1.1 listener (loopback by default, as containerd's)
+//! that serves each URL handed out by Exec once. A URL is `/exec/<token>`: the token is
+//! random, single-use and expires; the request it stands for is kept here, so the URL
+//! carries nothing a client could alter. Only the upgrade request is HTTP: it is small
+//! and fixed in shape, so it is parsed here rather than pulling in an HTTP server.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rootstock_runtime::Runtime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::StreamingConfig;
+use super::attach;
+use super::exec::{self, ExecSpec};
+use super::portforward::{self, PortForwardSpec};
+use super::session::Session;
+use super::websocket;
+use tokio_tungstenite::WebSocketStream;
+
+/// How long a client may take to send its upgrade request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest upgrade request read (client-go's is well under 1 KiB).
+const MAX_REQUEST: usize = 16 * 1024;
+/// Exec protocols served, preferred first (kubelet's order; older ones not yet).
+const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// Port-forward protocols served.
+const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
+
+/// What a token stands for.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    Exec(ExecSpec),
+    /// Attach: an [`ExecSpec`] without a command.
+    Attach(ExecSpec),
+    PortForward(PortForwardSpec),
+}
+
+pub struct StreamingServer {
+    base_url: String,
+    ttl: Duration,
+    idle: Duration,
+    tokens: Mutex<HashMap<String, (Pending, Instant)>>,
+    rt: Arc<Runtime>,
+}
+
+impl StreamingServer {
+    /// Binds `addr` (port 0: a random free port) and serves on a background task.
+    pub async fn start(config: &StreamingConfig, rt: Arc<Runtime>) -> std::io::Result<Arc<Self>> {
+        let listener = TcpListener::bind(config.listen_addr()).await?;
+        let local = listener.local_addr()?;
+        let server = Arc::new(Self {
+            base_url: format!("http://{local}"),
+            ttl: config.token_ttl(),
+            idle: config.idle_timeout(),
+            tokens: Mutex::default(),
+            rt,
+        });
+        tracing::info!("streaming server on {local}");
+        tokio::spawn(accept_loop(listener, server.clone()));
+        Ok(server)
+    }
+
+    /// Registers `req` and returns the URL that serves it once, within the TTL.
+    pub fn url_for(&self, req: Pending) -> std::io::Result<String> {
+        let token = random_token()?;
+        let kind = match req {
+            Pending::Exec(_) => "exec",
+            Pending::Attach(_) => "attach",
+            Pending::PortForward(_) => "portforward",
+        };
+        let now = Instant::now();
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        // Expired tokens go when new ones come: the map stays bounded by the request rate.
+        tokens.retain(|_, (_, expires)| *expires > now);
+        tokens.insert(token.clone(), (req, now + self.ttl));
+        Ok(format!("{}/{kind}/{token}", self.base_url))
+    }
+
+    /// Takes the token's request: a token is good for one connection, used or not.
+    fn take(&self, token: &str) -> Option<Pending> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let (req, expires) = tokens.remove(token)?;
+        (expires > Instant::now()).then_some(req)
+    }
+}
+
+/// 128 random bits, hex: not guessable within a token's lifetime.
+fn random_token() -> std::io::Result<String> {
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+async fn accept_loop(listener: TcpListener, server: Arc<StreamingServer>) {
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                tokio::spawn(serve_conn(conn, server.clone()));
+            }
+            Err(e) => {
+                // EMFILE and the like: back off instead of spinning.
+                tracing::warn!("streaming server: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The upgrade request, as much of it as matters.
+#[derive(Debug, PartialEq, Eq)]
+struct UpgradeRequest {
+    method: String,
+    path: String,
+    /// Header names lowercase; repeated headers kept in order.
+    headers: Vec<(String, String)>,
+}
+
+impl UpgradeRequest {
+    /// Every value of header `name`, comma-separated lists split.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Parses the request head (up to the blank line).
+fn parse_request(head: &str) -> Option<UpgradeRequest> {
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_owned();
+    let target = first.next()?;
+    if !first.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let path = target.split('?').next()?.to_owned();
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':')?;
+            Some((n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(UpgradeRequest {
+        method,
+        path,
+        headers,
+    })
+}
+
+/// Reads the request head; returns it and whatever followed it.
+async fn read_head(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            buf.truncate(end);
+            return Some((String::from_utf8(buf).ok()?, rest));
+        }
+        if buf.len() > MAX_REQUEST {
+            return None;
+        }
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn respond(conn: &mut TcpStream, status: &str, body: &str) {
+    let msg = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(msg.as_bytes()).await;
+    let _ = conn.shutdown().await;
+}
+
+async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
+    let Ok(Some((head, early))) = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await
+    else {
+        return;
+    };
+    let Some(req) = parse_request(&head) else {
+        respond(&mut conn, "400 Bad Request", "malformed HTTP request\n").await;
+        return;
+    };
+    if req.method != "GET" && req.method != "POST" {
+        respond(&mut conn, "405 Method Not Allowed", "use GET or POST\n").await;
+        return;
+    }
+    // Never serve without a valid token: an unknown, used or expired one is the same 404.
+    let pending = match req.path.rsplit_once('/') {
+        Some((kind, token)) if !token.is_empty() => match (kind, server.take(token)) {
+            ("/exec", Some(p @ Pending::Exec(_))) => Some(p),
+            ("/attach", Some(p @ Pending::Attach(_))) => Some(p),
+            ("/portforward", Some(p @ Pending::PortForward(_))) => Some(p),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(pending) = pending else {
+        respond(
+            &mut conn,
+            "404 Not Found",
+            "unknown or expired streaming URL\n",
+        )
+        .await;
+        return;
+    };
+    let websocket = req
+        .values("upgrade")
+        .any(|v| v.eq_ignore_ascii_case("websocket"));
+    if websocket {
+        serve_websocket(conn, &req, early, pending, &server).await;
+        return;
+    }
+    let spdy = req
+        .values("upgrade")
+        .any(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    if !spdy {
+        respond(
+            &mut conn,
+            "400 Bad Request",
+            "this URL needs an upgrade to SPDY/3.1 or websocket\n",
+        )
+        .await;
+        return;
+    }
+    let supported = match pending {
+        Pending::Exec(_) | Pending::Attach(_) => EXEC_PROTOCOLS,
+        Pending::PortForward(_) => PORT_FORWARD_PROTOCOLS,
+    };
+    let offered: Vec<&str> = req.values("x-stream-protocol-version").collect();
+    let Some(protocol) = supported.iter().find(|p| offered.contains(p)) else {
+        let body = format!(
+            "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, \
+             server supports {supported:?}\n"
+        );
+        respond(&mut conn, "403 Forbidden", &body).await;
+        return;
+    };
+    let upgrade = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: {protocol}\r\n\r\n"
+    );
+    if conn.write_all(upgrade.as_bytes()).await.is_err() {
+        return;
+    }
+    let session = Session::start(conn, early, server.idle);
+    match pending {
+        Pending::Exec(spec) => exec::serve(session, spec, server.rt.clone()).await,
+        Pending::Attach(spec) => attach::serve(session, spec, server.rt.clone()).await,
+        Pending::PortForward(spec) => portforward::serve(session, spec, server.rt.clone()).await,
+    }
+}
+
+/// The WebSocket upgrade (RFC 6455 section 4.2.2), for Exec.
+async fn serve_websocket(
+    mut conn: TcpStream,
+    req: &UpgradeRequest,
+    early: Vec<u8>,
+    pending: Pending,
+    server: &StreamingServer,
+) {
+    let (Pending::Exec(spec) | Pending::Attach(spec)) = pending.clone() else {
+        let body = "port forwarding over WebSocket is not supported yet; use SPDY/3.1\n";
+        respond(&mut conn, "400 Bad Request", body).await;
+        return;
+    };
+    let Some(key) = req.values("sec-websocket-key").next() else {
+        respond(&mut conn, "400 Bad Request", "no Sec-WebSocket-Key\n").await;
+        return;
+    };
+    let offered: Vec<&str> = req.values("sec-websocket-protocol").collect();
+    let Some(protocol) = websocket::EXEC_SUBPROTOCOLS
+        .iter()
+        .find(|p| offered.contains(p))
+    else {
+        let body = format!(
+            "unable to upgrade: client offers {offered:?}, server supports {:?}\n",
+            websocket::EXEC_SUBPROTOCOLS
+        );
+        respond(&mut conn, "403 Forbidden", &body).await;
+        return;
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let upgrade = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    );
+    if conn.write_all(upgrade.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = conn.set_nodelay(true);
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
+    let ws = WebSocketStream::from_partially_read(conn, early, role, None).await;
+    let v5 = *protocol == "v5.channel.k8s.io";
+    let session = websocket::session(ws, &spec, v5);
+    match pending {
+        Pending::Attach(_) => attach::serve(session, spec, server.rt.clone()).await,
+        _ => exec::serve(session, spec, server.rt.clone()).await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_client_go_upgrade_requests() {
+        let head = "POST /exec/abc?x=1 HTTP/1.1\r\nHost: 127.0.0.1:1\r\nConnection: Upgrade\r\n\
+                    Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v5.channel.k8s.io\r\n\
+                    X-Stream-Protocol-Version: v4.channel.k8s.io, channel.k8s.io";
+        let req = parse_request(head).unwrap();
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.path, "/exec/abc");
+        let v: Vec<_> = req.values("x-stream-protocol-version").collect();
+        assert_eq!(
+            v,
+            ["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"]
+        );
+        assert!(parse_request("GET /x\r\n").is_none());
+        assert!(parse_request("GET /x HTTP/1.1\r\nno colon").is_none());
+    }
+
+    #[test]
+    fn tokens_are_random_and_distinct() {
+        let a = random_token().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_token().unwrap());
+    }
+}

@@ -1,0 +1,370 @@
+//! One upgraded SPDY connection: a reader task that decodes frames, answers what the
+//! protocol itself needs (SYN_REPLY, PING, WINDOW_UPDATE, RST_STREAM) and hands each new
+//! stream with its inbound data to the handler; a writer task that encodes the frames the
+//! handler sends. Both channels are bounded, so a slow peer or a slow command stops the
+//! other side instead of growing memory (backpressure through TCP and pipes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::spdy::{Codec, Frame, Headers, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM, Streams};
+
+/// Frames queued for the writer; with 32 KiB data frames about 2 MiB per connection.
+pub const OUT_QUEUE: usize = 64;
+/// Inbound data chunks queued per stream before the reader stops reading the socket.
+pub const IN_QUEUE: usize = 16;
+/// Data frames we send carry at most this much (client-go reads in 32 KiB too).
+pub const DATA_CHUNK: usize = 32 * 1024;
+
+/// A stream the client opened: its headers and the data it sends (the channel closes on
+/// the client's FIN or RST_STREAM, or when the connection ends).
+pub struct Incoming {
+    pub id: u32,
+    pub headers: Headers,
+    pub data: mpsc::Receiver<Vec<u8>>,
+}
+
+/// The handler's side of a connection.
+pub struct Session {
+    out: mpsc::Sender<Frame>,
+    gone: watch::Receiver<()>,
+    pub incoming: mpsc::Receiver<Incoming>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+/// Sends frames on one connection; cheap to clone into pump tasks.
+#[derive(Clone)]
+pub struct Sender {
+    out: mpsc::Sender<Frame>,
+    /// Never written: the reader drops its end when the client's side of the connection ends.
+    gone: watch::Receiver<()>,
+}
+
+impl Sender {
+    /// Resolves once the client is gone (its side ended, or writing to it failed).
+    pub async fn closed(&self) {
+        let mut gone = self.gone.clone();
+        tokio::select! {
+            () = self.out.closed() => {}
+            _ = gone.changed() => {}
+        }
+    }
+
+    /// Sends `data` on `stream_id` in chunks; `false` once the connection is gone.
+    pub async fn data(&self, stream_id: u32, data: &[u8]) -> bool {
+        for chunk in data.chunks(DATA_CHUNK) {
+            let frame = Frame::Data {
+                stream_id,
+                fin: false,
+                data: chunk.to_vec(),
+            };
+            if self.out.send(frame).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Half-closes `stream_id` (an empty data frame with FIN), as spdystream's Close does.
+    pub async fn fin(&self, stream_id: u32) -> bool {
+        let frame = Frame::Data {
+            stream_id,
+            fin: true,
+            data: Vec::new(),
+        };
+        self.out.send(frame).await.is_ok()
+    }
+}
+
+impl Session {
+    /// Takes over an upgraded connection; `early` holds bytes the client sent right after
+    /// its HTTP request (read along with the request's headers).
+    /// A session with no data either way for `idle` is ended (kubelet's
+    /// `streamingConnectionIdleTimeout`), which cancels what it serves.
+    pub fn start(stream: TcpStream, early: Vec<u8>, idle: Duration) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+        let out_tx2 = out_tx.clone();
+        let activity = Arc::new(Activity::new());
+        let activity2 = activity.clone();
+        let (new_tx, new_rx) = mpsc::channel(8);
+        let (gone_tx, gone_rx) = watch::channel(());
+        let reader = tokio::spawn(async move {
+            read_loop(rd, early, out_tx2, new_tx, idle, activity2).await;
+            drop(gone_tx);
+        });
+        let writer = tokio::spawn(write_loop(wr, out_rx, activity));
+        Self {
+            out: out_tx,
+            gone: gone_rx,
+            incoming: new_rx,
+            reader,
+            writer,
+        }
+    }
+
+    /// A session over another transport (WebSocket): `out` receives what the handler
+    /// sends, `incoming` yields the streams, and dropping `gone`'s sender means the client
+    /// is gone. `reader`/`writer` are that transport's tasks.
+    pub fn from_parts(
+        out: mpsc::Sender<Frame>,
+        gone: watch::Receiver<()>,
+        incoming: mpsc::Receiver<Incoming>,
+        reader: JoinHandle<()>,
+        writer: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            out,
+            gone,
+            incoming,
+            reader,
+            writer,
+        }
+    }
+
+    pub fn sender(&self) -> Sender {
+        Sender {
+            out: self.out.clone(),
+            gone: self.gone.clone(),
+        }
+    }
+
+    /// Ends the session: GOAWAY, then the writer flushes and half-closes the socket; the
+    /// reader keeps draining until the client hangs up (closing with unread input would
+    /// reset the connection and could cost the client data still in flight to it), at most
+    /// `linger`.
+    pub async fn close(self, linger: Duration) {
+        let Session {
+            out,
+            gone: _,
+            incoming,
+            mut reader,
+            writer,
+        } = self;
+        let _ = out
+            .send(Frame::GoAway {
+                last_good_stream_id: 0,
+                status: 0,
+            })
+            .await;
+        drop(out);
+        drop(incoming);
+        if tokio::time::timeout(linger, &mut reader).await.is_err() {
+            reader.abort();
+        }
+        // The reader's sender is gone now, so the writer drains its queue and ends.
+        if tokio::time::timeout(linger, writer).await.is_err() {
+            tracing::debug!("streaming: writer did not finish in time");
+        }
+    }
+}
+
+/// When the connection last carried data (either way), for the idle timeout.
+struct Activity {
+    start: Instant,
+    /// Milliseconds since `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    mut buf: Vec<u8>,
+    out: mpsc::Sender<Frame>,
+    new: mpsc::Sender<Incoming>,
+    idle: Duration,
+    activity: Arc<Activity>,
+) {
+    let mut codec = Codec::new();
+    let mut streams = Streams::default();
+    let mut sinks: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            let (frame, used) = match codec.decode(&buf) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    // A framing error desynchronises the connection: it cannot continue.
+                    tracing::debug!("streaming: SPDY error: {e}");
+                    let _ = out
+                        .send(Frame::GoAway {
+                            last_good_stream_id: streams.last_id(),
+                            status: RST_PROTOCOL_ERROR,
+                        })
+                        .await;
+                    return;
+                }
+            };
+            buf.drain(..used);
+            if !handle(frame, &mut streams, &mut sinks, &out, &new).await {
+                return;
+            }
+        }
+        let wait = idle.saturating_sub(activity.idle_for());
+        match tokio::time::timeout(wait, rd.read(&mut chunk)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => {
+                activity.touch();
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            // Only idle if nothing was written meanwhile either.
+            Err(_) if activity.idle_for() < idle => {}
+            Err(_) => {
+                tracing::info!("streaming: connection idle for {idle:?}; closed");
+                let goaway = Frame::GoAway {
+                    last_good_stream_id: streams.last_id(),
+                    status: 0,
+                };
+                let _ = out.send(goaway).await;
+                return;
+            }
+        }
+    }
+}
+
+/// One frame from the client; `false` ends the connection.
+async fn handle(
+    frame: Frame,
+    streams: &mut Streams,
+    sinks: &mut HashMap<u32, mpsc::Sender<Vec<u8>>>,
+    out: &mpsc::Sender<Frame>,
+    new: &mpsc::Sender<Incoming>,
+) -> bool {
+    match frame {
+        Frame::SynStream {
+            stream_id,
+            fin,
+            headers,
+            ..
+        } => {
+            if let Err(status) = streams.open(stream_id, headers.clone(), fin) {
+                return out
+                    .send(Frame::RstStream { stream_id, status })
+                    .await
+                    .is_ok();
+            }
+            // client-go waits for the reply before it uses a stream.
+            let reply = Frame::SynReply {
+                stream_id,
+                fin: false,
+                headers: Vec::new(),
+            };
+            if out.send(reply).await.is_err() {
+                return false;
+            }
+            let (tx, rx) = mpsc::channel(IN_QUEUE);
+            if !fin {
+                sinks.insert(stream_id, tx);
+            }
+            let incoming = Incoming {
+                id: stream_id,
+                headers,
+                data: rx,
+            };
+            if new.send(incoming).await.is_err() {
+                // The handler has all the streams it wants.
+                sinks.remove(&stream_id);
+                let status = RST_REFUSED_STREAM;
+                return out
+                    .send(Frame::RstStream { stream_id, status })
+                    .await
+                    .is_ok();
+            }
+        }
+        Frame::Data {
+            stream_id,
+            fin,
+            data,
+        } => {
+            if let Err(status) = streams.data(stream_id, fin) {
+                return out
+                    .send(Frame::RstStream { stream_id, status })
+                    .await
+                    .is_ok();
+            }
+            let len = data.len() as u32;
+            if let Some(sink) = sinks.get(&stream_id)
+                && !data.is_empty()
+            {
+                // Waits while the consumer is behind: the socket is not read meanwhile.
+                let _ = sink.send(data).await;
+            }
+            if fin {
+                sinks.remove(&stream_id);
+            }
+            // Give the window back (SPDY/3.1 flow control, per stream and per connection)
+            // once the data is handed on; spdystream ignores these, other peers need them.
+            if len > 0 {
+                for id in [stream_id, 0] {
+                    let update = Frame::WindowUpdate {
+                        stream_id: id,
+                        delta: len,
+                    };
+                    if out.send(update).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        Frame::RstStream { stream_id, .. } => {
+            streams.reset(stream_id);
+            sinks.remove(&stream_id);
+        }
+        Frame::Ping(id) => return out.send(Frame::Ping(id)).await.is_ok(),
+        Frame::GoAway { .. } => return false,
+        // SETTINGS, HEADERS, WINDOW_UPDATE (we never wait for window: spdystream does not
+        // send updates), replies to streams we never open, unknown types: nothing to do.
+        _ => {}
+    }
+    true
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Frame>,
+    activity: Arc<Activity>,
+) {
+    let mut codec = Codec::new();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(frame) = rx.recv().await {
+        buf.clear();
+        if let Err(e) = codec.encode(&frame, &mut buf) {
+            tracing::warn!("streaming: cannot encode a SPDY frame: {e}");
+            break;
+        }
+        if wr.write_all(&buf).await.is_err() {
+            break;
+        }
+        activity.touch();
+    }
+    let _ = wr.shutdown().await;
+}

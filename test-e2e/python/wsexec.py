@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""wsexec: a remotecommand exec client over WebSocket (v5/v4.channel.k8s.io, binary), on
+the `websockets` library (Debian's python3-websockets), for the e2e tests.
+
+Every message is one channel's data, first byte the channel: 0 stdin, 1 stdout, 2 stderr,
+3 error (a JSON metav1.Status), 4 resize; v5's [255, channel] closes a channel.
+
+Usage: wsexec.py URL PROTOCOL [stdin]: stdin (with "stdin") is sent, then closed (v5).
+Exit codes: the command's; 100 when the upgrade is refused; 101 on any other failure.
+"""
+import asyncio
+import json
+import sys
+
+import websockets
+
+
+async def run(url, protocol, send_stdin):
+    url = url.replace("http://", "ws://", 1)
+    try:
+        ws = await websockets.connect(url, subprotocols=[protocol], max_size=None)
+    except websockets.exceptions.InvalidStatusCode as e:
+        print(f"upgrade refused: {e.status_code}", file=sys.stderr)
+        return 100
+    try:
+        if ws.subprotocol != protocol:
+            print(f"negotiated {ws.subprotocol!r}", file=sys.stderr)
+            return 101
+        if send_stdin:
+            data = sys.stdin.buffer.read()
+            for i in range(0, len(data), 32768):
+                await ws.send(b"\x00" + data[i:i + 32768])
+            if protocol.startswith("v5."):
+                await ws.send(b"\xff\x00")
+        status = b""
+        async for msg in ws:
+            if not isinstance(msg, bytes) or not msg:
+                continue
+            channel, payload = msg[0], msg[1:]
+            if channel == 1:
+                sys.stdout.buffer.write(payload)
+            elif channel == 2:
+                sys.stderr.buffer.write(payload)
+            elif channel == 3:
+                status += payload
+    finally:
+        await ws.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if not status:
+        print("wsexec: empty error channel", file=sys.stderr)
+        return 101
+    st = json.loads(status)
+    if st.get("status") == "Success":
+        return 0
+    if st.get("reason") == "NonZeroExitCode":
+        for cause in (st.get("details") or {}).get("causes", []):
+            if cause.get("reason") == "ExitCode":
+                return int(cause["message"])
+    print(f"wsexec: exec failed: {status!r}", file=sys.stderr)
+    return 101
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(run(sys.argv[1], sys.argv[2], "stdin" in sys.argv[3:])))

@@ -1,0 +1,669 @@
+//! CRI streaming Exec, driven by a client we did not write: `spdyexec`, a small Go program
+//! (test-e2e/go/spdyexec) built here from Debian's golang-github-docker-spdystream-dev —
+//! moby/spdystream, the SPDY/3.1 implementation client-go uses — in GOPATH mode, offline.
+//! It speaks remotecommand v5/v4 as client-go's StreamExecutor does for a non-TTY exec.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use common::*;
+use k8s_cri::v1::*;
+use rootstock_test_e2e::registry::Registry;
+use tonic::Code;
+
+const GO: &str = "/usr/bin/go";
+const CRICTL: &str = "/usr/local/bin/crictl";
+const SPDYSTREAM: &str = "/usr/share/gocode/src/github.com/moby/spdystream";
+
+/// Builds spdyexec once per test binary (Go's build cache under target/ keeps it quick).
+fn spdyexec() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        assert!(
+            Path::new(GO).exists() && Path::new(SPDYSTREAM).exists(),
+            "needs golang-go and golang-github-docker-spdystream-dev (make deps-test)"
+        );
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("spdyexec");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let bin = tmp.join("spdyexec");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/spdyexec/main.go");
+        let out = Command::new(GO)
+            .arg("build")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", tmp.join("cache"))
+            .env("GOFLAGS", "")
+            .env("GOPROXY", "off")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "building spdyexec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+}
+
+/// Runs spdyexec on `url`, feeding `stdin` when given.
+fn spdy_exec(url: &str, stdin: Option<&[u8]>) -> Output {
+    spdy_exec_with(url, stdin, &[])
+}
+
+/// The same with more arguments (`tty=WxH`).
+fn spdy_exec_with(url: &str, stdin: Option<&[u8]>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(spdyexec());
+    cmd.arg(url)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    if stdin.is_some() {
+        cmd.arg("stdin").stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let writer = stdin.map(|data| {
+        let mut pipe = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            pipe.write_all(&data).unwrap();
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    out
+}
+
+async fn exec_url(rt: &mut Rt, id: &str, cmd: &[&str], stdin: bool) -> String {
+    rt.exec(exec_request(id, cmd, stdin))
+        .await
+        .unwrap_or_else(|e| panic!("Exec: {e}"))
+        .into_inner()
+        .url
+}
+
+fn exec_request(id: &str, cmd: &[&str], stdin: bool) -> ExecRequest {
+    ExecRequest {
+        container_id: id.to_owned(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty: false,
+        stdin,
+        stdout: true,
+        stderr: true,
+    }
+}
+
+/// The status line a plain HTTP request to `url` gets (for the URLs spdyexec never reaches).
+fn http_status(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.lines().next().unwrap_or_default().to_owned()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_single_use() {
+    spdyexec();
+    let registry = Registry::start().await;
+    // Short-lived URLs, so that expiry is seen (every other URL here is used at once).
+    let (daemon, image) = daemon_with_busybox(&registry, "[streaming]\ntoken_ttl_secs = 2").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("streaming", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+
+    // stdout and stderr arrive on their own streams; exit code 3 comes back as 3.
+    let script = "echo out; echo err >&2; exit 3";
+    let url = exec_url(&mut rt, &id, &["sh", "-c", script], false).await;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || spdy_exec(&url, None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(3));
+
+    // The URL served once: a second use is refused, as is a URL without a token or with
+    // one we never handed out.
+    let again = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
+        .await
+        .unwrap();
+    assert_eq!(again.status.code(), Some(100), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("404"),
+        "{}",
+        text(&again.stderr)
+    );
+    let fresh = exec_url(&mut rt, &id, &["true"], false).await;
+    let base = &fresh[..fresh.rfind('/').unwrap() + 1];
+    let (no_token, made_up) = (base.to_owned(), format!("{base}{}", "0".repeat(32)));
+    let statuses =
+        tokio::task::spawn_blocking(move || (http_status(&no_token), http_status(&made_up)))
+            .await
+            .unwrap();
+    assert!(statuses.0.contains(" 404 "), "{statuses:?}");
+    assert!(statuses.1.contains(" 404 "), "{statuses:?}");
+    // A URL used after its TTL is refused.
+    let stale = exec_url(&mut rt, &id, &["true"], false).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let late = tokio::task::spawn_blocking(move || spdy_exec(&stale, None))
+        .await
+        .unwrap();
+    assert_eq!(late.status.code(), Some(100), "{}", text(&late.stderr));
+    assert!(text(&late.stderr).contains("404"), "{}", text(&late.stderr));
+    // A URL within its TTL works, and exit 0 is a success.
+    let fresh = exec_url(&mut rt, &id, &["true"], false).await;
+    let ok = tokio::task::spawn_blocking(move || spdy_exec(&fresh, None))
+        .await
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+
+    // stdin reaches the command, and its end closes the command's stdin.
+    let input: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "cat; echo done >&2"], true).await;
+    let expected = input.clone();
+    let out = tokio::task::spawn_blocking(move || spdy_exec(&url, Some(&input)))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == expected,
+        "stdin came back altered ({} bytes)",
+        out.stdout.len()
+    );
+    assert_eq!(text(&out.stderr), "done\n");
+
+    // crictl (cri-tools, client-go's SPDY executor) when installed: the same exec, the exit
+    // code as client-go reads it, separated streams.
+    if Path::new(CRICTL).exists() {
+        let endpoint = format!("unix://{}", daemon.socket.display());
+        let id2 = id.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(CRICTL)
+                .args(["--runtime-endpoint", &endpoint, "--timeout", "20s"])
+                .args(["exec", &id2, "sh", "-c", script])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(text(&out.stdout), "out\n", "{}", text(&out.stderr));
+        // crictl adds its own lines (a config warning, the exit message) around the
+        // command's stderr.
+        let stderr = text(&out.stderr);
+        assert!(stderr.lines().any(|l| l == "err"), "{stderr}");
+        assert!(stderr.contains("exit code 3"), "{stderr}");
+        // crictl 1.32 exits 1 on any failure; the message is client-go's CodeExitError,
+        // made from the exit code in our status.
+        assert!(!out.status.success());
+    }
+
+    // Bulk output: every byte arrives (the rate is a figure for the report, not asserted).
+    let url = exec_url(
+        &mut rt,
+        &id,
+        &["head", "-c", "52428800", "/dev/zero"],
+        false,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 50 << 20);
+    assert!(out.stdout.iter().all(|b| *b == 0));
+    eprintln!(
+        "50 MiB through exec stdout in {secs:.2} s ({:.0} MiB/s)",
+        50.0 / secs
+    );
+
+    // 100 sessions in a row leave the daemon's fds and threads where they were.
+    let pid = daemon.pid().as_raw();
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{what}"))
+            .unwrap()
+            .count()
+    };
+    let (fds, threads) = (count("fd"), count("task"));
+    for i in 0..100 {
+        let url = exec_url(
+            &mut rt,
+            &id,
+            &["sh", "-c", "echo $0", &i.to_string()],
+            false,
+        )
+        .await;
+        let out = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
+            .await
+            .unwrap();
+        assert_eq!(text(&out.stdout), format!("{i}\n"), "{}", text(&out.stderr));
+    }
+    // Sessions end after the client hangs up, and idle blocking threads exit after 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while (count("fd") > fds || count("task") > threads) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(count("fd") <= fds, "fds {fds} -> {}", count("fd"));
+    assert!(
+        count("task") <= threads,
+        "threads {threads} -> {}",
+        count("task")
+    );
+
+    // Requests the server cannot serve are refused up front, naming what is wrong.
+    let err = rt
+        .exec(exec_request("0123456789abcdef", &["true"], false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = rt.exec(exec_request(&id, &[], false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_a_tty_takes_the_window_size_and_echoes_an_interactive_shell() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("streaming-tty", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+    let tty_request = |cmd: &[&str], stdin: bool| ExecRequest {
+        tty: true,
+        stderr: false,
+        ..exec_request(&id, cmd, stdin)
+    };
+
+    // The size from the resize stream becomes the terminal's. runc copies it to the
+    // container's pty just after the command starts (as it does for `runc exec -t` in a
+    // terminal), so the script waits for it as an interactive program gets SIGWINCH;
+    // busybox's `stty size` fails while the size is 0.
+    let script = "for i in $(seq 100); do stty size >/dev/null 2>&1 && break; sleep 0.05; done; \
+                  stty size";
+    let url = rt
+        .exec(tty_request(&["sh", "-c", script], false))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let out = tokio::task::spawn_blocking(move || spdy_exec_with(&url, None, &["tty=123x45"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A terminal ends lines with CR LF.
+    assert_eq!(text(&out.stdout), "45 123\r\n");
+
+    // An interactive shell: the terminal echoes the input, the shell answers, and its exit
+    // code comes back.
+    let url = rt
+        .exec(tty_request(&["sh"], true))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let out = tokio::task::spawn_blocking(move || {
+        spdy_exec_with(&url, Some(b"echo $((6*7))\nexit 5\n"), &["tty=80x24"])
+    })
+    .await
+    .unwrap();
+    let screen = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{screen}{}", text(&out.stderr));
+    assert!(screen.contains("echo $((6*7))"), "no echo: {screen:?}");
+    assert!(screen.lines().any(|l| l.trim_end() == "42"), "{screen:?}");
+
+    // A terminal has no separate stderr: asking for both is refused, naming the fields.
+    let err = rt
+        .exec(ExecRequest {
+            stderr: true,
+            ..tty_request(&["true"], false)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("tty"), "{err:?}");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// Forwards `bytes` each way on `conns` concurrent connections of one session to `port` of
+/// `pod`, through an echo server there; retries while the server is not listening yet.
+async fn forward_echo(rt: &mut Rt, pod: &str, port: u16, bytes: usize, conns: usize) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let url = rt
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.to_owned(),
+                port: vec![i32::from(port)],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PortForward: {e}"))
+            .into_inner()
+            .url;
+        let args = [
+            format!("portforward={port}"),
+            format!("bytes={bytes}"),
+            format!("conns={conns}"),
+        ];
+        let out = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            spdy_exec_with(&url, None, &args)
+        })
+        .await
+        .unwrap();
+        let refused = text(&out.stderr).contains("connection refused");
+        if out.status.success() || !refused || std::time::Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_over_spdy_reaches_the_pod_network_and_the_host_network() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    // busybox nc: `-ll -e cat` serves every connection with its own `cat` (an echo).
+    let echo = |port: u16| {
+        let port = port.to_string();
+        container_config("echo", &image, &["nc", "-ll", "-p", &port, "-e", "cat"])
+    };
+
+    // A pod with its own network namespace: localhost there, not the host's.
+    let pod = pod_config("forward", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    start_container(&mut rt, &pod_id, &pod, echo(8080)).await;
+    let out = forward_echo(&mut rt, &pod_id, 8080, 10 << 20, 2).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "forwarded 10485760 bytes each way on 2 connections\n"
+    );
+    // Nothing listens on 8081: the error stream says so and the client reports it.
+    let out = forward_echo(&mut rt, &pod_id, 8081, 10, 1).await;
+    assert_eq!(out.status.code(), Some(102), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("error forwarding port 8081"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A hostNetwork pod: the host's localhost, on a port free on this machine.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host_pod = with_modes(
+        pod_config("forward-host", NamespaceMode::Container),
+        NamespaceMode::Node,
+        NamespaceMode::Container,
+        NamespaceMode::Pod,
+    );
+    let host_pod_id = run_pod(&mut rt, host_pod.clone()).await.unwrap();
+    start_container(&mut rt, &host_pod_id, &host_pod, echo(port)).await;
+    let out = forward_echo(&mut rt, &host_pod_id, port, 1 << 20, 2).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "forwarded 1048576 bytes each way on 2 connections\n"
+    );
+
+    let err = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod_id.clone(),
+            port: vec![70000],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    for id in [pod_id, host_pod_id] {
+        stop_pod(&mut rt, &id).await;
+        remove_pod(&mut rt, &id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_exec_session_is_closed_and_its_command_killed() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) =
+        daemon_with_busybox(&registry, "[streaming]\nidle_timeout_secs = 2").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("streaming-idle", NamespaceMode::Pod);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+    // Silent for longer than the idle timeout: the session ends before the command would.
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "sleep 20; echo late"], false).await;
+    let out = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(101), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+    // The command went with its session (the pod shares one PID namespace, so `ps` sees
+    // every process of the exec).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let ps = exec(&mut rt, &id, &["ps", "-o", "args"], 10).await.unwrap();
+        let ps = text(&ps.stdout);
+        if !ps.contains("sleep 20") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running:\n{ps}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+/// Runs wsexec.py (Python `websockets`, Debian's python3-websockets) on `url`.
+fn ws_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/wsexec.py");
+    // Debian's interpreter: python3-websockets is installed for it.
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(url)
+        .arg(protocol)
+        .args(stdin.map(|_| "stdin"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let data = stdin.unwrap_or_default().to_vec();
+    let writer = std::thread::spawn(move || {
+        pipe.write_all(&data).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_websocket_v4_and_v5() {
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config("streaming-ws", NamespaceMode::Container);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+    let script = "echo out; echo err >&2; exit 3";
+    for protocol in ["v4.channel.k8s.io", "v5.channel.k8s.io"] {
+        let url = exec_url(&mut rt, &id, &["sh", "-c", script], false).await;
+        let again = url.clone();
+        let out = tokio::task::spawn_blocking(move || ws_exec(&url, protocol, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            text(&out.stdout),
+            "out\n",
+            "{protocol}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "err\n", "{protocol}");
+        assert_eq!(out.status.code(), Some(3), "{protocol}");
+        // Single use over WebSocket too.
+        let out = tokio::task::spawn_blocking(move || ws_exec(&again, protocol, None))
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(100), "{}", text(&out.stderr));
+    }
+    // crictl --transport websocket (client-go's WebSocket executor) when installed.
+    if Path::new(CRICTL).exists() {
+        let endpoint = format!("unix://{}", daemon.socket.display());
+        let id2 = id.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(CRICTL)
+                .args(["--runtime-endpoint", &endpoint, "--timeout", "20s"])
+                .args(["exec", "--transport", "websocket", &id2, "sh", "-c", script])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(text(&out.stdout), "out\n", "{stderr}");
+        assert!(stderr.lines().any(|l| l == "err"), "{stderr}");
+        assert!(stderr.contains("exit code 3"), "{stderr}");
+    }
+    // v5 can close stdin: `cat` sees its end and the command finishes.
+    let input: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_be_bytes()).collect();
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "cat; echo done >&2"], true).await;
+    let expected = input.clone();
+    let out = tokio::task::spawn_blocking(move || ws_exec(&url, "v5.channel.k8s.io", Some(&input)))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == expected,
+        "stdin came back altered ({} bytes)",
+        out.stdout.len()
+    );
+    assert_eq!(text(&out.stderr), "done\n");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_to_cat_echoes_input_into_stdout_and_the_log_and_detaching_leaves_it_running() {
+    spdyexec();
+    let registry = Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let logs = tempfile::tempdir().unwrap();
+    let mut pod = pod_config("streaming-attach", NamespaceMode::Container);
+    pod.log_directory = logs.path().display().to_string();
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let mut config = container_config("cat", &image, &["cat"]);
+    config.stdin = true;
+    config.log_path = "cat.log".to_owned();
+    let id = start_container(&mut rt, &pod_id, &pod, config).await;
+
+    for round in ["first", "second"] {
+        let url = rt
+            .attach(AttachRequest {
+                container_id: id.clone(),
+                stdin: true,
+                tty: false,
+                stdout: true,
+                stderr: true,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("Attach: {e}"))
+            .into_inner()
+            .url;
+        let line = format!("hello {round}\n");
+        let expect = format!("expect=hello {round}");
+        let out = tokio::task::spawn_blocking(move || {
+            spdy_exec_with(&url, Some(line.as_bytes()), &["stdin", &expect])
+        })
+        .await
+        .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("hello {round}\n"));
+        // Detached: the container runs on, and a second client attaches the same way.
+        let status = container_status(&mut rt, &id).await;
+        assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    }
+    let log = wait_file(&logs.path().join("cat.log"), |l| l.contains("hello second")).await;
+    assert!(log.contains(" stdout F hello first\n"), "{log}");
+
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+}
