@@ -322,6 +322,7 @@ mod tests {
         tracer
             .trace_simple_type::<crate::config::CgroupDriver>()
             .unwrap();
+        tracer.trace_simple_type::<std::net::IpAddr>().unwrap();
         tracer.trace_simple_type::<Config>().unwrap();
         let reg = tracer.registry().unwrap();
         let mut out = Vec::new();
