@@ -13,7 +13,7 @@
 //! runs; in-process ([`crate::ImageStore::verify`]) it runs under the store guard.
 
 use std::collections::HashSet;
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -73,18 +73,7 @@ impl std::fmt::Display for Report {
 /// daemon's lock) without waiting, and fails with [`Error::StoreLocked`] while a daemon holds
 /// it.
 pub fn verify_offline(root: &Path) -> Result<Report> {
-    let lock_path = root.join("rootstock.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io("open lock", &lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Err(Error::StoreLocked { path: lock_path }),
-        Err(TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
-    }
+    let lock = crate::offline::lock_root(root)?;
     let db = root.join("meta.redb");
     if !db.exists() {
         return Err(Error::io(

@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,18 +61,7 @@ impl OciRuntime {
         timeout: Option<Duration>,
         scratch_dir: &Path,
     ) -> Result<ExecOutput> {
-        if req.args.is_empty() {
-            return Err(Error::InvalidArgument("exec: empty command".to_owned()));
-        }
-        let pid_file = scratch_dir.join(format!("exec-{}.pid", unique_suffix()));
-        let mut cmd = self.command();
-        cmd.arg("exec").arg("--pid-file").arg(&pid_file);
-        for e in &req.env {
-            cmd.arg("--env").arg(e);
-        }
-        if let Some(cwd) = &req.cwd {
-            cmd.arg("--cwd").arg(cwd);
-        }
+        let (mut cmd, pid_file) = self.exec_command(req, scratch_dir)?;
         cmd.arg(id.as_str())
             .args(&req.args)
             .stdout(Stdio::piped())
@@ -95,6 +84,29 @@ impl OciRuntime {
             }),
             Err(Collect::Io(e)) => Err(Error::io("exec in", scratch_dir, e)),
         }
+    }
+
+    /// `<runtime> exec --pid-file … --env … --cwd …` for `req`, shared by ExecSync and the
+    /// streaming exec (the caller adds the stdio, the container id and the arguments), with
+    /// its pid file in `scratch_dir`.
+    pub(crate) fn exec_command(
+        &self,
+        req: &ExecRequest,
+        scratch_dir: &Path,
+    ) -> Result<(std::process::Command, PathBuf)> {
+        if req.args.is_empty() {
+            return Err(Error::InvalidArgument("exec: empty command".to_owned()));
+        }
+        let pid_file = scratch_dir.join(format!("exec-{}.pid", unique_suffix()));
+        let mut cmd = self.command();
+        cmd.arg("exec").arg("--pid-file").arg(&pid_file);
+        for e in &req.env {
+            cmd.arg("--env").arg(e);
+        }
+        if let Some(cwd) = &req.cwd {
+            cmd.arg("--cwd").arg(cwd);
+        }
+        Ok((cmd, pid_file))
     }
 }
 

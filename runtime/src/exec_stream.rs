@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::exec::{exit_code, kill_exec, read_pid, unique_suffix};
+use crate::exec::{exit_code, kill_exec, read_pid};
 use crate::id::ContainerId;
 use crate::oci::{ExecRequest, OciRuntime};
 
@@ -155,18 +155,7 @@ impl OciRuntime {
         stdio: ExecStdio,
         scratch_dir: &Path,
     ) -> Result<ExecChild> {
-        if req.args.is_empty() {
-            return Err(Error::InvalidArgument("exec: empty command".to_owned()));
-        }
-        let pid_file = scratch_dir.join(format!("exec-{}.pid", unique_suffix()));
-        let mut cmd = self.command();
-        cmd.arg("exec").arg("--pid-file").arg(&pid_file);
-        for e in &req.env {
-            cmd.arg("--env").arg(e);
-        }
-        if let Some(cwd) = &req.cwd {
-            cmd.arg("--cwd").arg(cwd);
-        }
+        let (mut cmd, pid_file) = self.exec_command(req, scratch_dir)?;
         match stdio {
             ExecStdio::Terminal([i, o, e]) => {
                 cmd.arg("--tty").stdin(i).stdout(o).stderr(e);
