@@ -69,6 +69,12 @@ impl ExecChild {
         .map_err(std::io::Error::from)
     }
 
+    /// Where the runtime writes the command's pid once it has started it: by then the
+    /// runtime's own signal handler (SIGWINCH included) is installed.
+    pub fn pid_file(&self) -> &Path {
+        &self.pid_file
+    }
+
     /// The runtime client's pid (for [`ExecChild::resize`]).
     pub fn pid(&self) -> i32 {
         self.child.id() as i32

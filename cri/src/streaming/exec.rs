@@ -181,7 +181,13 @@ async fn run(
         ),
     };
     let resize_task = match (resize, resize_stream) {
-        (Some(m), Some(s)) => Some(tokio::spawn(pump_resize(s, sizes, initial, m, child.pid()))),
+        (Some(m), Some(s)) => Some(tokio::spawn(pump_resize(
+            s,
+            sizes,
+            initial,
+            m,
+            (child.pid(), child.pid_file().to_owned()),
+        ))),
         _ => None,
     };
     let mut pumps = vec![
@@ -297,20 +303,28 @@ impl Sizes {
 
 /// Applies the client's window sizes. runc copies our pty's size to the container's on
 /// SIGWINCH, and a SIGWINCH that comes before its handler is installed is lost: the
-/// initial size is signalled again a few times while runc starts.
+/// initial size is signalled again until runc has written the command's pid file (its
+/// handler is installed by then), however slowly it starts, for at most 10 s.
 async fn pump_resize(
     mut s: Incoming,
     mut sizes: Sizes,
     initial: Option<(u16, u16)>,
     master: std::fs::File,
-    pid: i32,
+    (pid, pid_file): (i32, std::path::PathBuf),
 ) {
     if let Some((w, h)) = initial {
-        for pause in [0, 50, 100, 200, 400, 800] {
-            tokio::time::sleep(Duration::from_millis(pause)).await;
-            if sizes.buf.is_empty() && s.data.is_empty() {
-                let _ = ExecChild::resize(pid, &master, w, h);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // A size the client sent since wins over the initial one.
+            if !(sizes.buf.is_empty() && s.data.is_empty()) {
+                break;
             }
+            let started = pid_file.exists();
+            let _ = ExecChild::resize(pid, &master, w, h);
+            if started || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     while let Some(data) = s.data.recv().await {
