@@ -307,6 +307,8 @@ pub struct HostFacts {
     pub capability_bounding: u64,
     /// Whether the kernel enforces AppArmor (`/sys/module/apparmor/parameters/enabled`).
     pub apparmor: bool,
+    /// Whether `/sys/fs/cgroup` is the unified (v2) hierarchy.
+    pub cgroup_v2: bool,
 }
 
 impl HostFacts {
@@ -332,6 +334,7 @@ impl HostFacts {
             capability_bounding: mask("CapBnd:"),
             apparmor: std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
                 .is_ok_and(|v| v.trim() == "Y"),
+            cgroup_v2: crate::cgroup::CgroupLayout::detect().is_v2(),
         }
     }
 }
@@ -456,9 +459,12 @@ pub fn build(
         })
     };
     let linux = LinuxBuilder::default()
-        .namespaces(namespaces(&s.namespaces))
+        // On cgroup v2 a non-privileged container gets its own cgroup namespace, as
+        // containerd and CRI-O give it: its /sys/fs/cgroup and /proc/self/cgroup show its
+        // own cgroup as the root, not the node's tree.
+        .namespaces(namespaces(&s.namespaces, host.cgroup_v2 && !privileged))
         .cgroups_path(PathBuf::from(&cgroup_path))
-        .resources(resources(s))
+        .resources(resources(s, host))
         .masked_paths(masked)
         .readonly_paths(readonly);
     let linux = if privileged {
@@ -857,7 +863,7 @@ fn mounts(s: &ContainerSpec) -> (Vec<Mount>, Option<String>) {
     (out, propagation)
 }
 
-fn namespaces(n: &Namespaces) -> Vec<LinuxNamespace> {
+fn namespaces(n: &Namespaces, cgroup: bool) -> Vec<LinuxNamespace> {
     let mut out = Vec::new();
     let mut ns = |typ: LinuxNamespaceType, path: Option<PathBuf>| {
         let mut l = LinuxNamespace::default();
@@ -882,6 +888,9 @@ fn namespaces(n: &Namespaces) -> Vec<LinuxNamespace> {
         PidMode::Pod(p) | PidMode::Target(p) => ns(LinuxNamespaceType::Pid, Some(p.clone())),
         PidMode::Host => {}
     }
+    if cgroup {
+        ns(LinuxNamespaceType::Cgroup, None);
+    }
     out
 }
 
@@ -903,8 +912,14 @@ fn device_rule(
 
 /// Device cgroup: deny everything, then allow the standard character devices (null, zero,
 /// full, random, urandom, tty, ptmx, pts), as containerd's default spec does.
-fn resources(s: &ContainerSpec) -> LinuxResources {
-    let mut r = linux_resources(&s.resources);
+fn resources(s: &ContainerSpec, host: &HostFacts) -> LinuxResources {
+    let mut r = if host.cgroup_v2 {
+        // One shares → weight conversion for create and update: ours (runc and crun changed
+        // formula across versions), handed to the OCI runtime as a `unified` value.
+        linux_resources(&crate::cgroup::weight_as_unified(&s.resources))
+    } else {
+        linux_resources(&s.resources)
+    };
     if s.security.privileged {
         // Privileged: every device the host has is reachable.
         r.set_devices(Some(vec![device_rule(true, None, None, None, "rwm")]));
@@ -1048,6 +1063,7 @@ mod tests {
             can_lower_oom_score_adj: false,
             capability_bounding: u64::MAX,
             apparmor: false,
+            cgroup_v2: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let b = build(&id, &s, dir.path(), &host).unwrap();
@@ -1087,6 +1103,7 @@ mod tests {
             can_lower_oom_score_adj: false,
             capability_bounding: u64::MAX,
             apparmor: false,
+            cgroup_v2: false,
         };
         let caps = capabilities(&sc, &host).unwrap();
         let b = caps.bounding().clone().unwrap();
@@ -1116,6 +1133,7 @@ mod tests {
             can_lower_oom_score_adj: false,
             capability_bounding: ((1u64 << 41) - 1) & !(1 << 24),
             apparmor: false,
+            cgroup_v2: false,
         };
         let dir = tempfile::tempdir().unwrap();
         let json = serde_json::to_value(build(&id, &s, dir.path(), &host).unwrap().spec).unwrap();
@@ -1162,6 +1180,7 @@ mod tests {
             can_lower_oom_score_adj: false,
             capability_bounding: u64::MAX,
             apparmor: false,
+            cgroup_v2: false,
         };
         let mut s = base();
         s.security.seccomp = SeccompProfile::Localhost(profile.clone());
@@ -1215,6 +1234,7 @@ mod tests {
             can_lower_oom_score_adj: false,
             capability_bounding: u64::MAX,
             apparmor: false,
+            cgroup_v2: false,
         };
         let mut s = base();
         s.security.apparmor = AppArmorProfile::Localhost("my-profile".into());
@@ -1238,5 +1258,52 @@ mod tests {
         let r = &json["linux"]["resources"];
         assert_eq!(r["unified"]["memory.high"], "1000");
         assert_eq!(r["memory"]["swap"], 2i64 << 30);
+    }
+
+    #[test]
+    fn cgroup_v2_gives_a_cgroup_namespace_and_our_cpu_weight() {
+        let id = ContainerId::new("c1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut host = HostFacts {
+            oom_score_adj: 0,
+            can_lower_oom_score_adj: false,
+            capability_bounding: u64::MAX,
+            apparmor: false,
+            cgroup_v2: false,
+        };
+        let mut s = base();
+        s.resources.cpu_shares = Some(512);
+        let spec = |host: &HostFacts, s: &ContainerSpec| {
+            serde_json::to_value(build(&id, s, dir.path(), host).unwrap().spec).unwrap()
+        };
+        let has_cgroupns = |json: &serde_json::Value| {
+            json["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "cgroup")
+        };
+        // v1: shares as given (runc writes cpu.shares), the node's cgroup namespace.
+        let v1 = spec(&host, &s);
+        assert_eq!(v1["linux"]["resources"]["cpu"]["shares"], 512);
+        assert!(!has_cgroupns(&v1));
+
+        host.cgroup_v2 = true;
+        let v2 = spec(&host, &s);
+        assert!(has_cgroupns(&v2));
+        let r = &v2["linux"]["resources"];
+        assert!(r["cpu"]["shares"].is_null(), "{r}");
+        let update = crate::cgroup::v2_settings(&s.resources).unwrap();
+        assert!(update.contains(&("cpu.weight".to_owned(), "20".to_owned())));
+        assert_eq!(r["unified"]["cpu.weight"], "20", "create = update");
+        // The request's own cpu.weight wins, at create as at update.
+        s.resources.unified = [("cpu.weight".to_owned(), "300".to_owned())].into();
+        assert_eq!(
+            spec(&host, &s)["linux"]["resources"]["unified"]["cpu.weight"],
+            "300"
+        );
+        // Privileged: the node's cgroup namespace, as containerd.
+        s.security.privileged = true;
+        assert!(!has_cgroupns(&spec(&host, &s)));
     }
 }
