@@ -19,15 +19,15 @@ out=${CGROUP2_VM_OUT:-$ws/target/cgroup2-vm}
 timeout_s=${CGROUP2_VM_TIMEOUT:-1200}
 start=$(date +%s)
 
-# qemu and Debian's kernel, from bookworm-backports where apt knows it (these machines carry
-# qemu-utils from there, and its kernel is the one measured here); else bookworm's own
-# (qemu 7.2, kernel 6.1: both boot this guest).
-if apt-cache policy 2>/dev/null | grep -q ' bookworm-backports/main'; then
-	scripts/install-deps.sh -t bookworm-backports qemu-system-x86 linux-image-amd64
-else
-	echo "cgroup2-vm: no bookworm-backports in apt's sources: bookworm's qemu and kernel"
-	scripts/install-deps.sh qemu-system-x86 linux-image-amd64
+# qemu and Debian's kernel from bookworm-backports (the kernel measured here). A fresh
+# machine may not list that suite: add it, from the mirror apt already uses.
+if ! apt-cache policy 2>/dev/null | grep -q ' bookworm-backports/main'; then
+	uris=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+	printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+		"${uris:-http://deb.debian.org/debian}" >/etc/apt/sources.list.d/bookworm-backports.sources
+	apt-get -o DPkg::Lock::Timeout=600 update -q
 fi
+scripts/install-deps.sh -t bookworm-backports qemu-system-x86 linux-image-amd64
 scripts/install-deps.sh busybox-static xz-utils cpio
 
 kver=$(dpkg-query -W -f='${Depends}' linux-image-amd64 | sed -n 's/.*linux-image-\([^ ,]*\).*/\1/p')
