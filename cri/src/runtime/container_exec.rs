@@ -47,41 +47,54 @@ impl RuntimeApi {
     }
 
     pub(super) async fn exec_in(&self, req: CriExecRequest) -> Result<ExecResponse, CriError> {
-        let id = self.container_id(&req.container_id)?;
         if req.cmd.is_empty() {
             return Err(CriError::InvalidArgument(
                 "Exec: no command given".to_owned(),
             ));
         }
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(CriError::InvalidArgument(
-                "Exec: one of stdin, stdout and stderr must be set".to_owned(),
-            ));
+        let stdio = (req.stdin, req.stdout, req.stderr, req.tty);
+        let url = self
+            .stdio_url("Exec", &req.container_id, req.cmd, stdio, Pending::Exec)
+            .await?;
+        Ok(ExecResponse { url })
+    }
+
+    /// Exec and Attach: checks the stdio flags `(stdin, stdout, stderr, tty)` and that the
+    /// container exists now (whether it still runs is checked when the URL is used: it may
+    /// stop in between, as with any runtime), then hands out the URL.
+    async fn stdio_url(
+        &self,
+        rpc: &str,
+        container_id: &str,
+        cmd: Vec<String>,
+        (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
+        pending: fn(ExecSpec) -> Pending,
+    ) -> Result<String, CriError> {
+        let id = self.container_id(container_id)?;
+        if !(stdin || stdout || stderr) {
+            return Err(CriError::InvalidArgument(format!(
+                "{rpc}: one of stdin, stdout and stderr must be set"
+            )));
         }
-        if req.tty && req.stderr {
-            return Err(CriError::InvalidArgument(
-                "Exec: tty and stderr cannot both be set (a terminal merges stderr into stdout)"
-                    .to_owned(),
-            ));
+        if tty && stderr {
+            return Err(CriError::InvalidArgument(format!(
+                "{rpc}: tty and stderr cannot both be set (a terminal merges stderr into stdout)"
+            )));
         }
-        // The container must exist now; whether it still runs is checked when the URL is
-        // used (it may stop in between, as with any runtime).
         let rt = self.rt.clone();
         let probe = id.clone();
         blocking(move || rt.container(&probe).map(|_| ())).await?;
         let spec = ExecSpec {
             container: id,
-            cmd: req.cmd,
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-            tty: req.tty,
+            cmd,
+            stdin,
+            stdout,
+            stderr,
+            tty,
         };
-        let url = self
-            .streaming
-            .url_for(Pending::Exec(spec))
-            .map_err(|e| CriError::Internal(format!("Exec: cannot make a token: {e}")))?;
-        Ok(ExecResponse { url })
+        self.streaming
+            .url_for(pending(spec))
+            .map_err(|e| CriError::Internal(format!("{rpc}: cannot make a token: {e}")))
     }
 
     /// PortForward: the URL serves any port of the pod (the streams name it, as kubelet's
@@ -108,33 +121,16 @@ impl RuntimeApi {
 
     /// Attach: the container's own stdio (see `streaming::attach`).
     pub(super) async fn attach_in(&self, req: AttachRequest) -> Result<AttachResponse, CriError> {
-        let id = self.container_id(&req.container_id)?;
-        if !(req.stdin || req.stdout || req.stderr) {
-            return Err(CriError::InvalidArgument(
-                "Attach: one of stdin, stdout and stderr must be set".to_owned(),
-            ));
-        }
-        if req.tty && req.stderr {
-            return Err(CriError::InvalidArgument(
-                "Attach: tty and stderr cannot both be set (a terminal merges stderr into stdout)"
-                    .to_owned(),
-            ));
-        }
-        let rt = self.rt.clone();
-        let probe = id.clone();
-        blocking(move || rt.container(&probe).map(|_| ())).await?;
-        let spec = ExecSpec {
-            container: id,
-            cmd: Vec::new(),
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-            tty: req.tty,
-        };
+        let stdio = (req.stdin, req.stdout, req.stderr, req.tty);
         let url = self
-            .streaming
-            .url_for(Pending::Attach(spec))
-            .map_err(|e| CriError::Internal(format!("Attach: cannot make a token: {e}")))?;
+            .stdio_url(
+                "Attach",
+                &req.container_id,
+                Vec::new(),
+                stdio,
+                Pending::Attach,
+            )
+            .await?;
         Ok(AttachResponse { url })
     }
 }
