@@ -43,7 +43,6 @@ pub(crate) struct Unpack<'a> {
     pub(crate) parent_cache: Option<(String, OwnedFd)>,
     pub(crate) tmp_counter: u64,
     pub(crate) buf: Vec<u8>,
-    pub(crate) zeros: Vec<u8>,
     pub(crate) limits: SinkLimits,
     pub(crate) objects_lock: ObjectsLock,
     pub(crate) skipped_devices: u64,
@@ -434,12 +433,7 @@ impl<'a> Unpack<'a> {
                 // A hole: zeros in the hash, nothing on disk; it counts as unpacked bytes.
                 let hole = offset - written;
                 self.layer.budget.bytes(self.layer, hole)?;
-                let mut left = hole;
-                while left > 0 {
-                    let n = left.min(self.zeros.len() as u64) as usize;
-                    hasher.update(&self.zeros[..n]);
-                    left -= n as u64;
-                }
+                hash_zeros(&mut hasher, hole);
                 file.seek(io::SeekFrom::Start(offset))
                     .map_err(|e| Error::io("seek file", path, e))?;
                 written = offset;
@@ -476,12 +470,7 @@ impl<'a> Unpack<'a> {
         if written < declared {
             let hole = declared - written;
             self.layer.budget.bytes(self.layer, hole)?;
-            let mut left = hole;
-            while left > 0 {
-                let n = left.min(self.zeros.len() as u64) as usize;
-                hasher.update(&self.zeros[..n]);
-                left -= n as u64;
-            }
+            hash_zeros(&mut hasher, hole);
             file.set_len(declared)
                 .map_err(|e| Error::io("extend file", path, e))?;
             written = declared;
@@ -597,4 +586,14 @@ pub(crate) fn is_contain_errno(e: &io::Error) -> bool {
     code == Some(rustix::io::Errno::LOOP.raw_os_error())
         || code == Some(rustix::io::Errno::NOTDIR.raw_os_error())
         || code == Some(rustix::io::Errno::XDEV.raw_os_error())
+}
+
+/// Feeds `n` zero bytes to `hasher`: a sparse file's hole, hashed as the zeros a reader sees.
+pub(crate) fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
 }

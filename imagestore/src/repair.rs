@@ -26,6 +26,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::ImagesConfig;
+use crate::entries::hash_zeros;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Meta};
 use crate::manifest::{Compression, Descriptor};
@@ -370,16 +371,6 @@ fn extract(
         }
     }
     Ok(())
-}
-
-/// Feed `n` zero bytes to `hasher` (a sparse file's hole).
-fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
-    let zeros = [0u8; 64 << 10];
-    while n > 0 {
-        let k = n.min(zeros.len() as u64) as usize;
-        hasher.update(&zeros[..k]);
-        n -= k as u64;
-    }
 }
 
 /// Re-point every layer-view path at its object where it is missing, is another inode, or

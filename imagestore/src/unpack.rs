@@ -385,7 +385,6 @@ impl TreeLayerSink {
             parent_cache: None,
             tmp_counter: 0,
             buf: vec![0u8; COPY_BUFFER],
-            zeros: vec![0u8; COPY_BUFFER],
             limits: self.limits.clone(),
             objects_lock: self.objects_lock.clone(),
             skipped_devices: 0,

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fsutil::{self, Meta};
 use crate::metadata::Metadata;
 use crate::unpack::{Kind, LayerManifest, StorePaths, object_key, object_rel};
@@ -74,15 +74,7 @@ impl std::fmt::Display for Report {
 /// it.
 pub fn verify_offline(root: &Path) -> Result<Report> {
     let lock = crate::offline::lock_root(root)?;
-    let db = root.join("meta.redb");
-    if !db.exists() {
-        return Err(Error::io(
-            "open metadata",
-            &db,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no image store here"),
-        ));
-    }
-    let meta = Metadata::open(&db)?;
+    let meta = crate::offline::open_metadata(root)?;
     let report = check(root, &meta);
     drop(lock);
     report
