@@ -15,8 +15,8 @@ use crate::blobs::{ChannelReader, VerifyingReader};
 use crate::error::{Error, Result};
 use crate::layer::LayerInput;
 use crate::manifest::{
-    Compression, DOCKER_CONFIG, Descriptor, ImageConfigFile, Manifest, OCI_CONFIG, choose_platform,
-    host_platform,
+    Compression, DOCKER_CONFIG, Descriptor, ImageConfigFile, ImageManifest, Manifest, OCI_CONFIG,
+    choose_platform, host_platform,
 };
 use crate::metadata::{ImageRecord, LayerRef, TreeRecord};
 use crate::reference::{ChainId, Digest, ImageRef};
@@ -104,6 +104,75 @@ struct Touched {
     blobs: Vec<Digest>,
     diff_ids: Vec<Digest>,
     chains: Vec<ChainId>,
+}
+
+/// What resolving a reference gave: the session bound to the endpoint that had it, the
+/// digest the reference resolved to, every manifest fetched on the way (the index and the
+/// image manifest it chose, or the image manifest alone) and the image manifest.
+struct Resolved {
+    session: Arc<Session>,
+    top_digest: Digest,
+    manifests: Vec<(Digest, Bytes)>,
+    manifest: ImageManifest,
+}
+
+/// Refuse a config or layer media type we cannot read before downloading anything.
+fn check_media_types(reference: &str, manifest: &ImageManifest) -> Result<()> {
+    if manifest.config.media_type != OCI_CONFIG && manifest.config.media_type != DOCKER_CONFIG {
+        return Err(Error::UnsupportedMediaType {
+            reference: reference.to_string(),
+            what: "config".into(),
+            media_type: manifest.config.media_type.clone(),
+        });
+    }
+    for (i, layer) in manifest.layers.iter().enumerate() {
+        if Compression::of_layer_media_type(&layer.media_type).is_none() {
+            return Err(Error::UnsupportedMediaType {
+                reference: reference.to_string(),
+                what: format!("layer {i}"),
+                media_type: layer.media_type.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The image record a pull commits. `size` counts as containerd does: compressed layers,
+/// config, manifests (and index). `blobs` are the manifests and the config.
+fn image_record(
+    image: &ImageRef,
+    resolved: &Resolved,
+    config: &ImageConfigFile,
+    diff_ids: &[Digest],
+    layers_and_config: u64,
+    blobs: Vec<Digest>,
+) -> ImageRecord {
+    let manifest = &resolved.manifest;
+    let layers: Vec<LayerRef> = manifest
+        .layers
+        .iter()
+        .zip(diff_ids)
+        .map(|(d, diff_id)| LayerRef {
+            digest: d.digest.clone(),
+            media_type: d.media_type.clone(),
+            size: d.size,
+            diff_id: diff_id.clone(),
+        })
+        .collect();
+    let documents: u64 = resolved.manifests.iter().map(|(_, b)| b.len() as u64).sum();
+    ImageRecord {
+        version: RECORD_VERSION,
+        id: manifest.config.digest.clone(),
+        repo_tags: image.repo_tag().into_iter().collect(),
+        repo_digests: vec![image.repo_digest(&resolved.top_digest)],
+        size: layers_and_config + documents,
+        config: config.config.clone(),
+        created: config.created.clone(),
+        chain_id: ChainId::of(diff_ids),
+        layers,
+        blobs,
+        pulled_at: now_secs(),
+    }
 }
 
 impl Inner {
@@ -210,6 +279,9 @@ impl Inner {
         }
     }
 
+    /// A pull, step by step. Every blob, layer and chain a step relies on is leased in
+    /// `leases` before it is looked for, and what a step commits is noted in `touched`, so
+    /// a failed pull's cleanup offers exactly that to the collector.
     async fn pull_steps(
         self: &Arc<Self>,
         image: &ImageRef,
@@ -218,6 +290,55 @@ impl Inner {
         leases: &mut Leases,
         touched: &mut Touched,
     ) -> Result<Image> {
+        let reference = image.to_string();
+        let resolved = self.resolve_manifest(image, auth).await?;
+        let manifest = &resolved.manifest;
+        check_media_types(&reference, manifest)?;
+        let total: u64 = manifest.layers.iter().map(|l| l.size).sum::<u64>() + manifest.config.size;
+        progress.total.store(total, Ordering::Relaxed);
+
+        // Manifests and config: lease, then fetch once, then commit.
+        let mut small: Vec<Digest> = resolved.manifests.iter().map(|(d, _)| d.clone()).collect();
+        small.push(manifest.config.digest.clone());
+        self.lease(leases, &small).await;
+        touched.blobs.extend(small.iter().cloned());
+        self.store_manifests(&resolved.manifests).await?;
+        let config_bytes = self
+            .fetch_config(&resolved.session, &manifest.config)
+            .await?;
+        progress
+            .done
+            .fetch_add(manifest.config.size, Ordering::Relaxed);
+        let config = ImageConfigFile::parse(&reference, &manifest.config.digest, &config_bytes)?;
+        let diff_ids = config.rootfs.diff_ids.clone();
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(Error::LayerCountMismatch {
+                reference,
+                layers: manifest.layers.len(),
+                diff_ids: diff_ids.len(),
+            });
+        }
+        self.lease(leases, &diff_ids).await;
+        touched.diff_ids.extend(diff_ids.iter().cloned());
+
+        self.pull_layers(&resolved, &diff_ids, progress).await?;
+
+        let record = image_record(image, &resolved, &config, &diff_ids, total, small);
+        if let Some(chain) = &record.chain_id {
+            self.lease(leases, std::slice::from_ref(&chain.0)).await;
+            touched.chains.push(chain.clone());
+            self.ensure_tree(chain, &diff_ids).await?;
+        }
+        self.commit(record).await
+    }
+
+    /// Resolve `image` on the first endpoint that has it; from an index, fetch the image
+    /// manifest of the host's platform.
+    async fn resolve_manifest(
+        &self,
+        image: &ImageRef,
+        auth: Option<&Credentials>,
+    ) -> Result<Resolved> {
         let reference = image.to_string();
         let (session, top_bytes, top_digest) = self.registry.resolve(image, auth).await?;
         debug!(image = %reference, host = session.host(), digest = %top_digest, "resolved");
@@ -259,31 +380,17 @@ impl Inner {
                 m
             }
         };
-        if manifest.config.media_type != OCI_CONFIG && manifest.config.media_type != DOCKER_CONFIG {
-            return Err(Error::UnsupportedMediaType {
-                reference: reference.clone(),
-                what: "config".into(),
-                media_type: manifest.config.media_type.clone(),
-            });
-        }
-        for (i, layer) in manifest.layers.iter().enumerate() {
-            if Compression::of_layer_media_type(&layer.media_type).is_none() {
-                return Err(Error::UnsupportedMediaType {
-                    reference: reference.clone(),
-                    what: format!("layer {i}"),
-                    media_type: layer.media_type.clone(),
-                });
-            }
-        }
-        let total: u64 = manifest.layers.iter().map(|l| l.size).sum::<u64>() + manifest.config.size;
-        progress.total.store(total, Ordering::Relaxed);
+        Ok(Resolved {
+            session: Arc::new(session),
+            top_digest,
+            manifests,
+            manifest,
+        })
+    }
 
-        // Manifests and config: lease, then fetch once, then commit.
-        let mut small: Vec<Digest> = manifests.iter().map(|(d, _)| d.clone()).collect();
-        small.push(manifest.config.digest.clone());
-        self.lease(leases, &small).await;
-        touched.blobs.extend(small.iter().cloned());
-        for (digest, bytes) in &manifests {
+    /// Put the fetched manifests (and index) into the blob store.
+    async fn store_manifests(self: &Arc<Self>, manifests: &[(Digest, Bytes)]) -> Result<()> {
+        for (digest, bytes) in manifests {
             let (inner, digest, bytes) = (self.clone(), digest.clone(), bytes.clone());
             blocking("store manifest", move || {
                 inner
@@ -292,31 +399,23 @@ impl Inner {
             })
             .await?;
         }
-        let config_bytes = self.fetch_config(&session, &manifest.config).await?;
-        progress
-            .done
-            .fetch_add(manifest.config.size, Ordering::Relaxed);
-        let config = ImageConfigFile::parse(&reference, &manifest.config.digest, &config_bytes)?;
-        let diff_ids = config.rootfs.diff_ids.clone();
-        if diff_ids.len() != manifest.layers.len() {
-            return Err(Error::LayerCountMismatch {
-                reference: reference.clone(),
-                layers: manifest.layers.len(),
-                diff_ids: diff_ids.len(),
-            });
-        }
-        self.lease(leases, &diff_ids).await;
-        touched.diff_ids.extend(diff_ids.iter().cloned());
+        Ok(())
+    }
 
-        // Layers, a few at a time; every started layer runs to its end so nothing is still
-        // writing when a failed pull cleans up.
+    /// Download and unpack the layers, a few at a time; every started layer runs to its end
+    /// so nothing is still writing when a failed pull cleans up.
+    async fn pull_layers(
+        self: &Arc<Self>,
+        resolved: &Resolved,
+        diff_ids: &[Digest],
+        progress: &Arc<Progress>,
+    ) -> Result<()> {
+        let layers = &resolved.manifest.layers;
         let failed = Arc::new(AtomicBool::new(false));
-        let session = Arc::new(session);
         let budget = crate::layer::ImageBudget::new(self.image_limits.0, self.image_limits.1);
-        let inputs: Vec<LayerInput> = manifest
-            .layers
+        let inputs: Vec<LayerInput> = layers
             .iter()
-            .zip(&diff_ids)
+            .zip(diff_ids)
             .enumerate()
             .map(|(index, (desc, diff_id))| LayerInput {
                 index,
@@ -328,11 +427,11 @@ impl Inner {
             })
             .collect();
         let results: Vec<Result<()>> =
-            futures_util::stream::iter(inputs.into_iter().zip(manifest.layers.iter().cloned()))
+            futures_util::stream::iter(inputs.into_iter().zip(layers.iter().cloned()))
                 .map(|(input, desc)| {
                     let (inner, session, failed, progress) = (
                         self.clone(),
-                        session.clone(),
+                        resolved.session.clone(),
                         failed.clone(),
                         progress.clone(),
                     );
@@ -354,41 +453,11 @@ impl Inner {
                 .buffered(PARALLEL_LAYERS)
                 .collect()
                 .await;
-        for r in results {
-            r?;
-        }
+        results.into_iter().collect()
+    }
 
-        // Commit the image.
-        let layers: Vec<LayerRef> = manifest
-            .layers
-            .iter()
-            .zip(&diff_ids)
-            .map(|(d, diff_id)| LayerRef {
-                digest: d.digest.clone(),
-                media_type: d.media_type.clone(),
-                size: d.size,
-                diff_id: diff_id.clone(),
-            })
-            .collect();
-        let size = total + manifests.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-        let record = ImageRecord {
-            version: RECORD_VERSION,
-            id: manifest.config.digest.clone(),
-            repo_tags: image.repo_tag().into_iter().collect(),
-            repo_digests: vec![image.repo_digest(&top_digest)],
-            size,
-            config: config.config.clone(),
-            created: config.created.clone(),
-            chain_id: ChainId::of(&diff_ids),
-            layers,
-            blobs: small,
-            pulled_at: now_secs(),
-        };
-        if let Some(chain) = &record.chain_id {
-            self.lease(leases, std::slice::from_ref(&chain.0)).await;
-            touched.chains.push(chain.clone());
-            self.ensure_tree(chain, &diff_ids).await?;
-        }
+    /// Commit the image record (under `gc_lock`) and refresh the usage figures.
+    async fn commit(self: &Arc<Self>, record: ImageRecord) -> Result<Image> {
         let _guard = self.gc_lock.lock().await;
         let inner = self.clone();
         let committed = blocking("commit image", move || inner.commit_image(record)).await?;
