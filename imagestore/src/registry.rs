@@ -358,35 +358,22 @@ mod tests {
 
     #[tokio::test]
     async fn retries_stop_at_4xx() {
-        let mut calls = 0;
-        let r: Result<()> = retry("x", || {
-            calls += 1;
-            async {
-                Err(Error::Registry {
-                    host: "h".into(),
-                    status: 404,
-                    url: String::new(),
-                    message: String::new(),
-                })
-            }
-        })
-        .await;
-        assert!(r.is_err());
-        assert_eq!(calls, 1);
-        let mut calls = 0;
-        let r: Result<()> = retry("x", || {
-            calls += 1;
-            async {
-                Err(Error::Registry {
-                    host: "h".into(),
-                    status: 503,
-                    url: String::new(),
-                    message: String::new(),
-                })
-            }
-        })
-        .await;
-        assert!(r.is_err());
-        assert_eq!(calls, ATTEMPTS);
+        for (status, attempts) in [(404, 1), (503, ATTEMPTS)] {
+            let mut calls = 0;
+            let r: Result<()> = retry("x", || {
+                calls += 1;
+                async move {
+                    Err(Error::Registry {
+                        host: "h".into(),
+                        status,
+                        url: String::new(),
+                        message: String::new(),
+                    })
+                }
+            })
+            .await;
+            assert!(r.is_err());
+            assert_eq!(calls, attempts, "status {status}");
+        }
     }
 }
