@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::path::PathBuf;
 
-use super::namespaces::{node_hostname, stop_pod_init};
+use super::namespaces::node_hostname;
 use super::{
     SANDBOX_FILE, SANDBOX_RECORD_VERSION, SandboxInfo, SandboxPidMode, SandboxRecord, SandboxSpec,
     SandboxState,
@@ -13,7 +13,11 @@ use super::{
 use crate::error::{Error, Result};
 use crate::id::SandboxId;
 use crate::runtime::{Runtime, lock};
+use crate::undo::Undo;
 use crate::{sysctl, util};
+
+/// Where the pod cgroups the runtime chooses itself live (`<root>/<sandbox id>`).
+pub const OWN_CGROUP_ROOT: &str = "/rootstock";
 
 impl Runtime {
     pub(super) fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
@@ -65,6 +69,12 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io("create directory", &dir, e)),
         }
+        // kubelet always sends its pod cgroup; a bare client (crictl without one) gets one
+        // of the runtime's own, which `remove_sandbox` then also removes.
+        let (cgroup_parent, own_cgroup) = match spec.cgroup_parent.trim_end_matches('/') {
+            "" => (format!("{OWN_CGROUP_ROOT}/{id}"), true),
+            given => (given.to_owned(), false),
+        };
         let mut rec = SandboxRecord {
             version: SANDBOX_RECORD_VERSION,
             id: id.clone(),
@@ -82,25 +92,37 @@ impl Runtime {
             boot_id: self.boot_id.clone(),
             pod_init: None,
             pod_init_cgroup: None,
+            cgroup_parent,
+            own_cgroup,
             client_data: spec.client_data.clone(),
         };
         let info = self.sandbox_info(&rec);
-        let prepared = self.prepare_sandbox(&spec, &info).and_then(|()| {
-            if spec.pid == SandboxPidMode::Pod {
-                let cgroup = (!spec.cgroup_parent.is_empty())
-                    .then(|| format!("{}/{id}", spec.cgroup_parent.trim_end_matches('/')));
-                rec.pod_init_cgroup = cgroup.clone();
-                rec.pod_init = Some(self.start_pod_init(&info, cgroup.as_deref())?);
-            }
-            self.persist_sandbox(&rec)
-        });
-        if let Err(e) = prepared {
-            stop_pod_init(&rec);
-            if let Err(c) = self.teardown_sandbox(&info, true) {
-                tracing::warn!(sandbox = %id, "cleanup after failed create: {c}");
-            }
-            return Err(e);
+        // From here every resource pushes its release; an early `?` runs them in reverse.
+        let mut undo = Undo::new(format_args!("sandbox {id}"));
+        if own_cgroup {
+            // Made by pod-init or the first container (their cgroups are leaves below it).
+            undo.push("remove the pod cgroup", || {
+                self.remove_cgroup(&info.record.cgroup_parent)
+            });
         }
+        // Tolerates what was never made: pushed before the steps that make it.
+        undo.push("release its namespaces and files", || {
+            self.teardown_sandbox(&info, true)
+        });
+        self.prepare_sandbox(&spec, &info)?;
+        if spec.pid == SandboxPidMode::Pod {
+            let cgroup = format!("{}/{id}", rec.cgroup_parent);
+            let init = self.start_pod_init(&info, Some(&cgroup))?;
+            rec.pod_init_cgroup = Some(cgroup);
+            rec.pod_init = Some(init);
+            let stopped = rec.clone();
+            undo.push("stop pod-init", move || {
+                self.stop_pod_init(&stopped);
+                Ok::<(), Error>(())
+            });
+        }
+        self.persist_sandbox(&rec)?;
+        undo.commit();
         let info = self.sandbox_info(&rec);
         lock(&self.sandboxes).insert(id, rec);
         Ok(info)
@@ -116,7 +138,7 @@ impl Runtime {
         };
         let info = self.sandbox_info(rec);
         // SIGKILL of a PID namespace's init kills every process left in it.
-        stop_pod_init(rec);
+        self.stop_pod_init(rec);
         self.teardown_sandbox(&info, false)?;
         if rec.state != SandboxState::NotReady || rec.pod_init.is_some() {
             let mut next = rec.clone();
@@ -136,8 +158,12 @@ impl Runtime {
             Some(rec) => self.sandbox_info(rec),
             None => return Ok(()),
         };
-        stop_pod_init(&info.record);
+        self.stop_pod_init(&info.record);
         self.teardown_sandbox(&info, true)?;
+        // Its containers' cgroups are gone by now (the OCI runtime removes them at delete).
+        if info.record.own_cgroup {
+            self.remove_cgroup(&info.record.cgroup_parent)?;
+        }
         map.remove(id);
         Ok(())
     }
@@ -183,8 +209,12 @@ impl Runtime {
                 });
             match loaded {
                 Ok(mut rec) => {
-                    if rec.boot_id != self.boot_id && rec.state == SandboxState::Ready {
+                    let migrated = adopt_legacy_cgroup(&mut rec);
+                    let stale = rec.boot_id != self.boot_id && rec.state == SandboxState::Ready;
+                    if stale {
                         rec.state = SandboxState::NotReady;
+                    }
+                    if migrated || stale {
                         self.persist_sandbox(&rec)?;
                     }
                     lock(&self.sandboxes).insert(id, rec);
@@ -205,6 +235,8 @@ impl Runtime {
                             boot_id: String::new(),
                             pod_init: None,
                             pod_init_cgroup: None,
+                            cgroup_parent: String::new(),
+                            own_cgroup: false,
                             client_data: serde_json::Value::Null,
                         },
                         dir: e.path(),
@@ -215,4 +247,28 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// Records written before the runtime owned the pod cgroup lack `cgroup_parent`: the daemon
+/// kept it, and whether it chose it, in its own data (`cgroup_parent`, `own_cgroup`). Taken
+/// over once at load; true when the record changed and must be persisted.
+fn adopt_legacy_cgroup(rec: &mut SandboxRecord) -> bool {
+    if !rec.cgroup_parent.is_empty() {
+        return false;
+    }
+    let Some(parent) = rec
+        .client_data
+        .get("cgroup_parent")
+        .and_then(serde_json::Value::as_str)
+        .filter(|p| !p.is_empty())
+    else {
+        return false;
+    };
+    rec.cgroup_parent = parent.to_owned();
+    rec.own_cgroup = rec
+        .client_data
+        .get("own_cgroup")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    true
 }

@@ -12,10 +12,15 @@
 //!
 //! Files: this one holds the sandbox's description, record and the paths containers join;
 //! [`lifecycle`] creates, stops, removes, lists and recovers sandboxes; [`namespaces`]
-//! pins the namespaces, starts pod-init and tears them down again.
+//! pins the namespaces, starts pod-init and tears them down again; [`usage`] finds a
+//! pod's containers and adds up its usage.
 
 mod lifecycle;
 mod namespaces;
+mod usage;
+
+pub use lifecycle::OWN_CGROUP_ROOT;
+pub use usage::SandboxUsage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,16 +49,9 @@ pub enum SandboxPidMode {
     Host,
 }
 
-/// DNS settings (CRI `DNSConfig`); `None` in [`SandboxSpec`] copies the node's resolv.conf.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DnsConfig {
-    /// `nameserver` lines.
-    pub servers: Vec<String>,
-    /// `search` domains.
-    pub searches: Vec<String>,
-    /// `options`.
-    pub options: Vec<String>,
-}
+/// DNS settings (CRI `DNSConfig`, one type with CNI's); `None` in [`SandboxSpec`] copies the
+/// node's resolv.conf.
+pub use rootstock_fsutil::DnsConfig;
 
 /// What RunPodSandbox asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,8 +71,10 @@ pub struct SandboxSpec {
     /// Sysctls applied inside the new namespaces (before CNI ADD); only namespaced ones
     /// whose namespace the pod owns ([`crate::sysctl::check`]).
     pub sysctls: BTreeMap<String, String>,
-    /// The pod's cgroup (cleaned by [`crate::cgroup_join::clean_cgroup_parent`]); pod-init
-    /// runs in the leaf `<cgroup_parent>/<sandbox id>` below it.
+    /// The pod's cgroup as kubelet sends it (cleaned by
+    /// [`crate::cgroup_join::clean_cgroup_parent`]); pod-init runs in the leaf
+    /// `<cgroup_parent>/<sandbox id>` below it. Empty (a bare client such as crictl): the
+    /// runtime gives the pod `/rootstock/<sandbox id>`, and removes it with the sandbox.
     pub cgroup_parent: String,
     /// Opaque caller data (CRI metadata, labels, annotations…).
     pub client_data: serde_json::Value,
@@ -116,6 +116,14 @@ pub struct SandboxRecord {
     /// The cgroup pod-init was placed in (removed with the sandbox).
     #[serde(default)]
     pub pod_init_cgroup: Option<String>,
+    /// The pod cgroup its containers are placed under. Records written before the field
+    /// existed lack it: recovery fills it in from the caller's data.
+    #[serde(default)]
+    pub cgroup_parent: String,
+    /// Whether the runtime chose `cgroup_parent` (and so removes it with the sandbox):
+    /// kubelet owns the ones it sends.
+    #[serde(default)]
+    pub own_cgroup: bool,
     /// Opaque caller data.
     #[serde(default)]
     pub client_data: serde_json::Value,

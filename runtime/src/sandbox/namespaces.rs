@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::{KINDS, SandboxInfo, SandboxRecord, SandboxSpec, hosts_file, resolv_conf};
-use crate::cgroup::CgroupLayout;
 use crate::error::{Error, Result};
 use crate::monitor::ProcessIdentity;
 use crate::runtime::Runtime;
@@ -177,6 +176,29 @@ impl Runtime {
         Ok(identity)
     }
 
+    /// Kills the pod's PID 1 if it is still that process (pid reuse is checked by start
+    /// time) and removes the cgroup it was placed in.
+    pub(super) fn stop_pod_init(&self, rec: &SandboxRecord) {
+        if let Some(init) = &rec.pod_init {
+            stop_identity(init);
+        }
+        if let Some(cg) = &rec.pod_init_cgroup
+            && let Err(e) = self.cgroups.remove(cg)
+        {
+            tracing::warn!(sandbox = %rec.id, "pod init cgroup: {e}");
+        }
+    }
+
+    /// Removes a pod cgroup the runtime made, in every hierarchy; one already gone is fine.
+    pub(super) fn remove_cgroup(&self, cgroup: &str) -> Result<()> {
+        self.cgroups
+            .remove(cgroup)
+            .map_err(|message| Error::Cgroup {
+                cgroup: cgroup.to_owned(),
+                message,
+            })
+    }
+
     /// Unmounts namespaces and `/dev/shm`; with `remove`, deletes the directory too.
     /// Every step tolerates "already gone".
     pub(super) fn teardown_sandbox(&self, info: &SandboxInfo, remove: bool) -> Result<()> {
@@ -200,19 +222,6 @@ pub(super) fn node_hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// Kills the pod's PID 1 if it is still that process (pid reuse is checked by start time)
-/// and removes the cgroup it was placed in.
-pub(super) fn stop_pod_init(rec: &SandboxRecord) {
-    if let Some(init) = &rec.pod_init {
-        stop_identity(init);
-    }
-    if let Some(cg) = &rec.pod_init_cgroup
-        && let Err(e) = CgroupLayout::detect().remove(cg)
-    {
-        tracing::warn!(sandbox = %rec.id, "pod init cgroup: {e}");
-    }
 }
 
 fn stop_identity(init: &ProcessIdentity) {

@@ -70,6 +70,24 @@ pub fn process_env(s: &ContainerSpec) -> Vec<String> {
     out
 }
 
+/// Resolves the container's user and groups in the image's root filesystem `root` (its
+/// `/etc/passwd` and `/etc/group`) as [`super::build`] will: the caller can refuse a bad
+/// `run_as_username` before it acquires anything (the image tree's lease, the mount).
+pub fn check_user(s: &ContainerSpec, root: &Path) -> Result<()> {
+    user::resolve(root, &user_request(s)).map(drop)
+}
+
+fn user_request(s: &ContainerSpec) -> UserRequest<'_> {
+    UserRequest {
+        image_user: &s.image.user,
+        run_as_user: s.security.run_as_user,
+        run_as_username: s.security.run_as_username.as_deref(),
+        run_as_group: s.security.run_as_group,
+        supplemental_groups: &s.security.supplemental_groups,
+        strict_groups: s.security.supplemental_groups_strict,
+    }
+}
+
 pub(super) fn process(
     s: &ContainerSpec,
     rootfs: &Path,
@@ -81,17 +99,7 @@ pub(super) fn process(
             "no command specified: neither the container config nor the image has one".to_owned(),
         ));
     }
-    let resolved = user::resolve(
-        rootfs,
-        &UserRequest {
-            image_user: &s.image.user,
-            run_as_user: s.security.run_as_user,
-            run_as_username: s.security.run_as_username.as_deref(),
-            run_as_group: s.security.run_as_group,
-            supplemental_groups: &s.security.supplemental_groups,
-            strict_groups: s.security.supplemental_groups_strict,
-        },
-    )?;
+    let resolved = user::resolve(rootfs, &user_request(s))?;
     let mut user = User::default();
     user.set_uid(resolved.uid);
     user.set_gid(resolved.gid);
