@@ -103,7 +103,7 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
         .containers;
     let ids: Vec<&str> = listed.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, [holder.as_str()]);
-    assert_eq!(entries(&layers), [holder.clone()]);
+    assert_eq!(entries(&layers), std::slice::from_ref(&holder));
     let container_mounts = mounts_under(&daemon.state_dir.join("containers"));
     assert!(
         container_mounts.iter().all(|m| m.contains(&holder)),
