@@ -13,7 +13,7 @@
 //!                                 sandbox_mounts: sb.container_mounts(), .. }
 //!                 rt.create_container(CreateRequest { id, handler, spec, rootfs_lower, log_path, client_data })
 //! StartContainer  rt.start_container(&id)
-//! StopContainer   rt.stop_container(&id, signal, timeout)      (unknown id: Ok)
+//! StopContainer   rt.stop_container(&id, Signal, timeout)      (unknown id: Ok)
 //! RemoveContainer rt.remove_container(&id)                     (unknown id: Ok)
 //! Status / List   rt.container(&id), rt.list_containers()
 //! ExecSync        rt.exec_sync(&id, &ExecRequest, Some(timeout))  (Error::ExecTimeout → DeadlineExceeded)
@@ -47,12 +47,14 @@ pub mod rootfs;
 pub mod runtime;
 pub mod sandbox;
 pub mod seccomp_default;
+pub mod signal;
 pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod stdin;
 pub mod sysctl;
 pub mod target;
+pub mod undo;
 pub mod user;
 pub mod util;
 
@@ -60,5 +62,8 @@ pub use config::{HandlerConfig, RuntimeConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ContainerId, SandboxId};
 pub use runtime::{ContainerInfo, ContainerUsage, CreateRequest, Runtime, RuntimeOptions};
-pub use sandbox::{DnsConfig, SandboxInfo, SandboxPidMode, SandboxSpec, SandboxState};
+pub use sandbox::{
+    DnsConfig, SandboxInfo, SandboxPidMode, SandboxSpec, SandboxState, SandboxUsage,
+};
+pub use signal::Signal;
 pub use state::{ContainerRecord, ContainerState, ExitInfo, ExitReason};

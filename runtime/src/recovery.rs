@@ -9,12 +9,14 @@
 //! - Created/Running records: the exit file, if the monitor wrote one meanwhile, decides;
 //!   a monitor that is gone without one means Exited(Unknown).
 //! - A record that cannot be parsed is kept as Unknown (listable, removable), never fatal.
+//! - A record written before the runtime kept the container's sandbox takes it over from
+//!   the daemon's data, once, and is persisted with it.
 
 use std::fs;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::id::ContainerId;
+use crate::id::{ContainerId, SandboxId};
 use crate::runtime::{Runtime, RuntimeOptions, STATE_FILE, lock};
 use crate::state::{ContainerRecord, ContainerState, ExitInfo, RECORD_VERSION};
 use crate::util;
@@ -108,6 +110,13 @@ impl Runtime {
                 message: format!("unsupported record version {}", rec.version),
             });
         }
+        if rec.sandbox_id.is_none()
+            && let Some(sandbox) = legacy_sandbox_id(&rec.client_data)
+        {
+            let mut next = rec.clone();
+            next.sandbox_id = Some(sandbox);
+            self.transition(&mut rec, next)?;
+        }
         if rec.boot_id != self.boot_id {
             if !rec.state.is_final() {
                 let mut next = rec.clone();
@@ -152,7 +161,15 @@ impl Runtime {
             cgroup_path: String::new(),
             kill_all_on_exit: false,
             log_path: Default::default(),
+            sandbox_id: None,
             client_data: serde_json::Value::Null,
         }
     }
+}
+
+/// Records written before the runtime kept the container→sandbox link lack `sandbox_id`:
+/// the daemon kept it in its own data (`sandbox_id`). Taken over once at load.
+fn legacy_sandbox_id(client_data: &serde_json::Value) -> Option<SandboxId> {
+    let id = client_data.get("sandbox_id")?.as_str()?;
+    SandboxId::new(id).ok()
 }

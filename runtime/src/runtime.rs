@@ -17,9 +17,11 @@ use crate::monitor::{self, ExitRecord, MonitorArgs};
 use crate::oci::{ExecOutput, ExecRequest, OciRuntime};
 use crate::rootfs::OverlayRootfs;
 use crate::sandbox::SandboxRecord;
+use crate::signal::Signal;
 use crate::spec::{self, ContainerSpec, HostFacts};
 use crate::state::{ContainerRecord, ContainerState, ExitInfo, RECORD_VERSION};
 use crate::stats::{CgroupUsage, DiskUsage, DiskUsageCache};
+use crate::undo::Undo;
 use crate::util;
 
 /// File name of the persisted record inside the container's run directory.
@@ -59,6 +61,8 @@ pub struct CreateRequest {
     pub rootfs_lower: PathBuf,
     /// Absolute CRI log path (its directory must exist).
     pub log_path: PathBuf,
+    /// The pod sandbox it belongs to (`None` for a container of no pod, as in tests).
+    pub sandbox_id: Option<SandboxId>,
     /// Opaque caller data stored with the record.
     pub client_data: serde_json::Value,
 }
@@ -92,7 +96,7 @@ pub struct Runtime {
     seccomp_default_warned: AtomicBool,
     apparmor_default_warned: AtomicBool,
     /// Probed once: stats read its files on every call.
-    cgroups: CgroupLayout,
+    pub(crate) cgroups: CgroupLayout,
     /// Writable-layer usage, walked in the background.
     layer_usage: Arc<DiskUsageCache>,
 }
@@ -286,14 +290,16 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io("create directory", &run_dir, e)),
         }
-        let mut undo = Cleanup::new(self, &id, &oci);
+        // From here every resource pushes its release; an early `?` runs them in reverse.
+        let mut undo = Undo::new(format_args!("container {id}"));
+        undo.push("remove its directories", || self.remove_container_dirs(&id));
         crate::hostpath::ensure_sources(&req.spec.mounts)?;
         let rootfs = OverlayRootfs::mount(
             &req.rootfs_lower,
             &run_dir.join("rootfs"),
             &self.layer_dir(&id),
         )?;
-        undo.mounted = true;
+        undo.push("unmount the rootfs", || self.rootfs(&id).unmount());
 
         let built = spec::build(&id, &req.spec, rootfs.target(), &self.host)?;
         if let Some((asked, got)) = built.oom_score_adj_clamped
@@ -348,7 +354,8 @@ impl Runtime {
             stdin: req.spec.stdin,
             stdin_once: req.spec.stdin_once,
         };
-        undo.runtime_created = true;
+        // Pushed before the spawn: a monitor that fails half-way may have left `runc init`.
+        undo.push("delete the runtime's container", || oci.delete(&id, true));
         let timeout = Duration::from_secs(self.opts.config.create_timeout_secs.max(1));
         let created = monitor::spawn(&self.monitor_binary, &args, timeout).map_err(|message| {
             Error::CreateFailed {
@@ -369,11 +376,11 @@ impl Runtime {
             cgroup_path: built.cgroup_path,
             kill_all_on_exit: kill_all,
             log_path: req.log_path,
+            sandbox_id: req.sandbox_id,
             client_data: req.client_data,
         };
         self.persist(&rec)?;
-        undo.disarm();
-        drop(undo);
+        undo.commit();
         let info = self.info(&rec);
         lock(&self.containers).insert(id.clone(), Arc::new(Mutex::new(rec)));
         Ok(info)
@@ -406,7 +413,12 @@ impl Runtime {
     /// `timeout` has passed (at once for a zero timeout or a never-started container).
     /// Without a private PID namespace every process of the cgroup is signalled. Stopping
     /// an unknown or already stopped container is OK (CRI: StopContainer is idempotent).
-    pub fn stop_container(&self, id: &ContainerId, signal: i32, timeout: Duration) -> Result<()> {
+    pub fn stop_container(
+        &self,
+        id: &ContainerId,
+        signal: Signal,
+        timeout: Duration,
+    ) -> Result<()> {
         let Some(entry) = self.entry(id) else {
             return Ok(());
         };
@@ -422,15 +434,14 @@ impl Runtime {
         if !state.can_kill() {
             return Ok(());
         }
-        let sigkill = libc::SIGKILL;
         // `runc init` waiting for start only dies of SIGKILL (PID 1 ignores unhandled signals).
-        if signal != sigkill && !timeout.is_zero() && state == ContainerState::Running {
+        if signal != Signal::KILL && !timeout.is_zero() && state == ContainerState::Running {
             self.signal(&oci, id, signal, kill_all)?;
             if self.wait_exit(&entry, timeout)? {
                 return Ok(());
             }
         }
-        self.signal(&oci, id, sigkill, kill_all)?;
+        self.signal(&oci, id, Signal::KILL, kill_all)?;
         if self.wait_exit(&entry, KILL_WAIT)? {
             return Ok(());
         }
@@ -442,7 +453,7 @@ impl Runtime {
         })
     }
 
-    fn signal(&self, oci: &OciRuntime, id: &ContainerId, signal: i32, all: bool) -> Result<()> {
+    fn signal(&self, oci: &OciRuntime, id: &ContainerId, signal: Signal, all: bool) -> Result<()> {
         match oci.kill(id, signal, all) {
             Ok(()) => Ok(()),
             // It exited between our check and the kill: the wait below sees the exit file.
@@ -476,7 +487,7 @@ impl Runtime {
     }
 
     /// Sends `signal` to the container (`all`: every process of its cgroup).
-    pub fn kill_container(&self, id: &ContainerId, signal: i32, all: bool) -> Result<()> {
+    pub fn kill_container(&self, id: &ContainerId, signal: Signal, all: bool) -> Result<()> {
         let entry = self.entry_or_not_found(id)?;
         let rec = lock(&entry);
         if !rec.state.can_kill() {
@@ -500,7 +511,7 @@ impl Runtime {
         // Without its run directory (removed by another daemon instance's recovery) there
         // is nothing to stop or persist: only forget it, after the idempotent teardown.
         if self.run_dir(id).exists() {
-            self.stop_container(id, libc::SIGKILL, Duration::ZERO)?;
+            self.stop_container(id, Signal::KILL, Duration::ZERO)?;
         }
         let rec = lock(&entry);
         let oci = self.handler(&rec.handler)?.clone();
@@ -544,6 +555,12 @@ impl Runtime {
     /// Unmounts the rootfs and removes the run and writable-layer directories. Idempotent.
     pub(crate) fn remove_container_files(&self, id: &ContainerId) -> Result<()> {
         self.rootfs(id).unmount()?;
+        self.remove_container_dirs(id)
+    }
+
+    /// Removes the run and writable-layer directories (the rootfs must be unmounted).
+    /// Idempotent.
+    fn remove_container_dirs(&self, id: &ContainerId) -> Result<()> {
         for d in [self.run_dir(id), self.layer_dir(id)] {
             match fs::remove_dir_all(&d) {
                 Ok(()) => {}
@@ -746,56 +763,4 @@ impl Runtime {
 pub fn default_monitor_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| Error::io("locate", "/proc/self/exe", e))?;
     Ok(exe.with_file_name("rootstock-monitor"))
-}
-
-/// Undo steps of a create that has not been committed.
-struct Cleanup<'a> {
-    rt: &'a Runtime,
-    id: &'a ContainerId,
-    oci: &'a OciRuntime,
-    armed: bool,
-    mounted: bool,
-    runtime_created: bool,
-}
-
-impl<'a> Cleanup<'a> {
-    fn new(rt: &'a Runtime, id: &'a ContainerId, oci: &'a OciRuntime) -> Self {
-        Self {
-            rt,
-            id,
-            oci,
-            armed: true,
-            mounted: false,
-            runtime_created: false,
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        if self.runtime_created
-            && let Err(e) = self.oci.delete(self.id, true)
-        {
-            tracing::warn!(container = %self.id, "cleanup after failed create: {e}");
-        }
-        if self.mounted
-            && let Err(e) = self.rt.rootfs(self.id).unmount()
-        {
-            tracing::warn!(container = %self.id, "cleanup after failed create: {e}");
-        }
-        for d in [self.rt.run_dir(self.id), self.rt.layer_dir(self.id)] {
-            if let Err(e) = fs::remove_dir_all(&d)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(container = %self.id, "cleanup after failed create: remove {}: {e}", d.display());
-            }
-        }
-    }
 }

@@ -23,6 +23,7 @@ mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
 mod stats;
+mod undo;
 mod validate;
 
 use std::collections::HashMap;
@@ -392,5 +393,37 @@ impl RuntimeService for RuntimeApi {
         _req: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         not_yet("ListPodSandboxMetrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_label_selector_matches_when_every_pair_is_present() {
+        let labels: HashMap<String, String> = [("app", "web"), ("tier", "front")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let sel = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(labels_match(&labels, &sel(&[])));
+        assert!(labels_match(&labels, &sel(&[("app", "web")])));
+        assert!(labels_match(
+            &labels,
+            &sel(&[("app", "web"), ("tier", "front")])
+        ));
+        assert!(!labels_match(&labels, &sel(&[("app", "db")])));
+        assert!(!labels_match(
+            &labels,
+            &sel(&[("app", "web"), ("zone", "a")])
+        ));
+        assert!(!labels_match(&HashMap::new(), &sel(&[("app", "web")])));
     }
 }
