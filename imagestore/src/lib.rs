@@ -29,6 +29,7 @@ pub mod error;
 pub mod failpoint;
 mod fsutil;
 pub mod layer;
+pub mod leases;
 pub mod manifest;
 pub mod metadata;
 pub mod offline;
