@@ -120,13 +120,7 @@ impl Entry {
 /// Writes `rec` atomically to `<run_dir>/state.json`; callers update memory only after this
 /// succeeded.
 pub(crate) fn persist(run_dir: &Path, rec: &ContainerRecord) -> Result<()> {
-    let path = run_dir.join(STATE_FILE);
-    let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::WriteState {
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    rootstock_fsutil::write_atomic(&path, &data)
-        .map_err(|source| Error::WriteState { path, source })
+    util::write_record(&run_dir.join(STATE_FILE), rec)
 }
 
 /// How a not-yet-final container ended, if it did: the monitor's exit file, else Unknown
@@ -176,22 +170,24 @@ mod tests {
         }
     }
 
-    fn me() -> ProcessIdentity {
+    /// An entry whose "monitor" is this test process: alive throughout.
+    fn live(dir: &Path, id: &str) -> Entry {
         let pid = std::process::id() as i32;
-        ProcessIdentity {
+        let me = ProcessIdentity {
             pid,
             start_time: util::process_start_time(pid).unwrap(),
-        }
+        };
+        Entry::new(
+            dir.to_owned(),
+            record(id, Some(me)),
+            serde_json::Value::Null,
+        )
     }
 
     #[test]
     fn refresh_persists_the_exit_file_then_publishes_it() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = Entry::new(
-            dir.path().to_owned(),
-            record("c1", Some(me())),
-            serde_json::Value::Null,
-        );
+        let entry = live(dir.path(), "c1");
         // Running, monitor alive, no exit file: nothing changes, nothing is written.
         assert_eq!(entry.refresh().unwrap().state, ContainerState::Running);
         assert!(!dir.path().join(STATE_FILE).exists());
@@ -245,11 +241,7 @@ mod tests {
     #[test]
     fn a_reader_is_not_blocked_by_an_operation_or_a_write() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = Entry::new(
-            dir.path().to_owned(),
-            record("c4", Some(me())),
-            serde_json::Value::Null,
-        );
+        let entry = live(dir.path(), "c4");
         let _op = entry.lock_op();
         let _write = lock(&entry.write);
         // Both writer locks held (as during `runc start` and an fsync): a snapshot is served.

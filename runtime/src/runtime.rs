@@ -92,8 +92,7 @@ pub struct Runtime {
     pub(crate) cgroups: CgroupLayout,
     /// Writable-layer usage, walked in the background.
     pub(crate) layer_usage: Arc<DiskUsageCache>,
-    /// Records exits as the monitors end (declared last: dropped after the entries it
-    /// refreshes are no longer reachable from here, and its thread is joined).
+    /// Records exits as the monitors end; dropping the runtime stops and joins its thread.
     pub(crate) exits: ExitWatcher,
 }
 

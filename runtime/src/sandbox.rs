@@ -251,13 +251,7 @@ impl Runtime {
     }
 
     fn persist_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
-        let path = self.sandbox_dir(&rec.id).join(SANDBOX_FILE);
-        let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::WriteState {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        rootstock_fsutil::write_atomic(&path, &data)
-            .map_err(|source| Error::WriteState { path, source })
+        util::write_record(&self.sandbox_dir(&rec.id).join(SANDBOX_FILE), rec)
     }
 
     /// RunPodSandbox's runtime part: namespaces, hostname, files, `/dev/shm`. CNI ADD is

@@ -144,6 +144,8 @@ async fn list_and_status_answer_within_100ms_while_runc_start_is_stuck() {
         took.push(call.await.unwrap());
     }
     let all_done = stuck_since.elapsed();
+    let slowest = took.iter().map(|(_, t, _)| *t).max().unwrap_or_default();
+    eprintln!("{CONCURRENT_CALLS} calls while runc start was stuck: slowest {slowest:?}");
     let start_finished = start.is_finished();
     for (what, elapsed, _) in &took {
         assert!(
