@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -23,6 +22,8 @@ pub const OUT_QUEUE: usize = 64;
 pub const IN_QUEUE: usize = 16;
 /// Data frames we send carry at most this much (client-go reads in 32 KiB too).
 pub const DATA_CHUNK: usize = 32 * 1024;
+/// Queued frames are written together up to about this many bytes.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// A stream the client opened: its headers and the data it sends (the channel closes on
 /// the client's FIN or RST_STREAM, or when the connection ends).
@@ -61,6 +62,9 @@ impl Sender {
 
     /// Sends `data` on `stream_id` in chunks; `false` once the connection is gone.
     pub async fn data(&self, stream_id: u32, data: &[u8]) -> bool {
+        if data.len() <= DATA_CHUNK {
+            return self.data_vec(stream_id, data.to_vec()).await;
+        }
         for chunk in data.chunks(DATA_CHUNK) {
             let frame = Frame::Data {
                 stream_id,
@@ -72,6 +76,20 @@ impl Sender {
             }
         }
         true
+    }
+
+    /// Sends `data` (at most [`DATA_CHUNK`] bytes, else it is cut) as one frame, without
+    /// copying it; `false` once the connection is gone.
+    pub async fn data_vec(&self, stream_id: u32, data: Vec<u8>) -> bool {
+        if data.len() > DATA_CHUNK {
+            return Box::pin(self.data(stream_id, &data)).await;
+        }
+        let frame = Frame::Data {
+            stream_id,
+            fin: false,
+            data,
+        };
+        self.out.send(frame).await.is_ok()
     }
 
     /// Half-closes `stream_id` (an empty data frame with FIN), as spdystream's Close does.
@@ -88,19 +106,28 @@ impl Sender {
 impl Session {
     /// Takes over an upgraded connection; `early` holds bytes the client sent right after
     /// its HTTP request (read along with the request's headers).
-    /// A session with no data either way for `idle` is ended (kubelet's
-    /// `streamingConnectionIdleTimeout`), which cancels what it serves.
-    pub fn start(stream: TcpStream, early: Vec<u8>, idle: Duration) -> Self {
+    /// A session that outlives `timeouts` is ended, which cancels what it serves.
+    pub fn start(stream: TcpStream, early: Vec<u8>, timeouts: Timeouts) -> Self {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
+        Self::start_on(rd, wr, early, timeouts)
+    }
+
+    /// The same over any byte stream (SPDY tunnelled in WebSocket messages).
+    pub fn start_on(
+        rd: impl AsyncRead + Unpin + Send + 'static,
+        wr: impl AsyncWrite + Unpin + Send + 'static,
+        early: Vec<u8>,
+        timeouts: Timeouts,
+    ) -> Self {
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let out_tx2 = out_tx.clone();
-        let activity = Arc::new(Activity::new());
+        let activity = timeouts.activity();
         let activity2 = activity.clone();
         let (new_tx, new_rx) = mpsc::channel(8);
         let (gone_tx, gone_rx) = watch::channel(());
         let reader = tokio::spawn(async move {
-            read_loop(rd, early, out_tx2, new_tx, idle, activity2).await;
+            read_loop(rd, early, out_tx2, new_tx, activity2).await;
             drop(gone_tx);
         });
         let writer = tokio::spawn(write_loop(wr, out_rx, activity));
@@ -169,22 +196,40 @@ impl Session {
     }
 }
 
-/// When the connection last carried data (either way), for the idle timeout.
-struct Activity {
+/// How long a session may last.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// With no data either way for this long it ends (kubelet's
+    /// `streamingConnectionIdleTimeout`).
+    pub idle: Duration,
+    /// It ends this long after it started, busy or not (`None`: no limit).
+    pub overall: Option<Duration>,
+}
+
+impl Timeouts {
+    /// The clock of a session starting now.
+    pub(super) fn activity(&self) -> Arc<Activity> {
+        let start = Instant::now();
+        Arc::new(Activity {
+            start,
+            last: AtomicU64::new(0),
+            idle: self.idle,
+            deadline: self.overall.map(|d| start + d),
+        })
+    }
+}
+
+/// When the connection last carried data (either way), for the timeouts.
+pub(super) struct Activity {
     start: Instant,
     /// Milliseconds since `start`.
     last: AtomicU64,
+    idle: Duration,
+    deadline: Option<Instant>,
 }
 
 impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);
     }
@@ -193,14 +238,24 @@ impl Activity {
         let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(last)
     }
+
+    /// How long to wait for the peer before looking again; `None` once the session has
+    /// been idle too long or has reached its end.
+    pub(super) fn wait(&self) -> Option<Duration> {
+        let idle_left = self.idle.saturating_sub(self.idle_for());
+        let left = match self.deadline {
+            Some(d) => idle_left.min(d.saturating_duration_since(Instant::now())),
+            None => idle_left,
+        };
+        (!left.is_zero()).then_some(left)
+    }
 }
 
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: impl AsyncRead + Unpin,
     mut buf: Vec<u8>,
     out: mpsc::Sender<Frame>,
     new: mpsc::Sender<Incoming>,
-    idle: Duration,
     activity: Arc<Activity>,
 ) {
     let mut codec = Codec::new();
@@ -229,24 +284,23 @@ async fn read_loop(
                 return;
             }
         }
-        let wait = idle.saturating_sub(activity.idle_for());
+        let Some(wait) = activity.wait() else {
+            tracing::info!("streaming: connection idle or past its time limit; closed");
+            let goaway = Frame::GoAway {
+                last_good_stream_id: streams.last_id(),
+                status: 0,
+            };
+            let _ = out.send(goaway).await;
+            return;
+        };
         match tokio::time::timeout(wait, rd.read(&mut chunk)).await {
             Ok(Ok(0) | Err(_)) => return,
             Ok(Ok(n)) => {
                 activity.touch();
                 buf.extend_from_slice(&chunk[..n]);
             }
-            // Only idle if nothing was written meanwhile either.
-            Err(_) if activity.idle_for() < idle => {}
-            Err(_) => {
-                tracing::info!("streaming: connection idle for {idle:?}; closed");
-                let goaway = Frame::GoAway {
-                    last_good_stream_id: streams.last_id(),
-                    status: 0,
-                };
-                let _ = out.send(goaway).await;
-                return;
-            }
+            // Looked at again above (something may have been written meanwhile).
+            Err(_) => {}
         }
     }
 }
@@ -349,17 +403,27 @@ async fn handle(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: impl AsyncWrite + Unpin,
     mut rx: mpsc::Receiver<Frame>,
     activity: Arc<Activity>,
 ) {
     let mut codec = Codec::new();
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut buf = Vec::with_capacity(WRITE_BATCH + DATA_CHUNK + 64);
     while let Some(frame) = rx.recv().await {
         buf.clear();
         if let Err(e) = codec.encode(&frame, &mut buf) {
             tracing::warn!("streaming: cannot encode a SPDY frame: {e}");
             break;
+        }
+        // Frames already queued go out in the same write: one syscall for many chunks
+        // when the command outputs faster than the socket drains.
+        while buf.len() < WRITE_BATCH
+            && let Ok(frame) = rx.try_recv()
+        {
+            if let Err(e) = codec.encode(&frame, &mut buf) {
+                tracing::warn!("streaming: cannot encode a SPDY frame: {e}");
+                break;
+            }
         }
         if wr.write_all(&buf).await.is_err() {
             break;
