@@ -322,9 +322,10 @@ async fn exec_with_a_tty_takes_the_window_size_and_echoes_an_interactive_shell()
     // The size from the resize stream becomes the terminal's. runc copies it to the
     // container's pty just after the command starts (as it does for `runc exec -t` in a
     // terminal), so the script waits for it as an interactive program gets SIGWINCH;
-    // busybox's `stty size` fails while the size is 0.
-    let script = "for i in $(seq 100); do stty size >/dev/null 2>&1 && break; sleep 0.05; done; \
-                  stty size";
+    // busybox's `stty size` prints nothing while the size is 0 (and still exits 0, so the
+    // script looks at what it prints).
+    let script = "for i in $(seq 100); do s=$(stty size 2>/dev/null); \
+                  case \"$s\" in ''|'0 '*) sleep 0.05;; *) break;; esac; done; echo \"$s\"";
     let url = rt
         .exec(tty_request(&["sh", "-c", script], false))
         .await
