@@ -170,11 +170,7 @@ pub fn spdy_tunnel_session(ws: WebSocketStream<TcpStream>, timeouts: Timeouts) -
     tokio::spawn(async move {
         while let Some(Ok(msg)) = source.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if to_session.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if to_session.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }
