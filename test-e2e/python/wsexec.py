@@ -7,7 +7,8 @@ Every message is one channel's data, first byte the channel: 0 stdin, 1 stdout, 
 3 error (a JSON metav1.Status), 4 resize; v5's [255, channel] closes a channel. With a
 base64 subprotocol messages are text: the channel as a digit, then the data in base64.
 
-Usage: wsexec.py URL PROTOCOL [stdin]: stdin (with "stdin") is sent, then closed (v5).
+Usage: wsexec.py URL PROTOCOL [stdin] [stall=SECS]: stdin (with "stdin") is sent, then
+closed (v5); with stall=SECS nothing is read for SECS seconds first (a slow client).
 Exit codes: the command's; 100 when the upgrade is refused; 101 on any other failure.
 """
 import asyncio
@@ -34,7 +35,7 @@ def decode(protocol, msg):
     return msg[0], msg[1:]
 
 
-async def run(url, protocol, send_stdin):
+async def run(url, protocol, send_stdin, stall):
     url = url.replace("http://", "ws://", 1)
     try:
         ws = await websockets.connect(url, subprotocols=[protocol], max_size=None)
@@ -42,6 +43,7 @@ async def run(url, protocol, send_stdin):
         print(f"upgrade refused: {e.status_code}", file=sys.stderr)
         return 100
     try:
+        await asyncio.sleep(stall)
         if ws.subprotocol != protocol:
             print(f"negotiated {ws.subprotocol!r}", file=sys.stderr)
             return 101
@@ -79,4 +81,5 @@ async def run(url, protocol, send_stdin):
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(run(sys.argv[1], sys.argv[2], "stdin" in sys.argv[3:])))
+    stall = next((float(a[6:]) for a in sys.argv[3:] if a.startswith("stall=")), 0)
+    sys.exit(asyncio.run(run(sys.argv[1], sys.argv[2], "stdin" in sys.argv[3:], stall)))

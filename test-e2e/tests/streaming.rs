@@ -665,6 +665,42 @@ async fn exec_over_websocket_v4_v5_and_base64() {
         assert!(stderr.lines().any(|l| l == "err"), "{stderr}");
         assert!(stderr.contains("exit code 3"), "{stderr}");
     }
+    // A client that stops reading holds the command back (bounded queues, then TCP and the
+    // pipe fill): the daemon does not buffer the endless output.
+    let rss_kib = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let pid = daemon.pid().as_raw();
+    let before = rss_kib(pid);
+    let url = exec_url(&mut rt, &id, &["cat", "/dev/zero"], false).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/wsexec.py");
+    let mut stalled = Command::new("/usr/bin/python3")
+        .args([
+            script.as_os_str(),
+            url.as_ref(),
+            "v5.channel.k8s.io".as_ref(),
+        ])
+        .arg("stall=60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let during = rss_kib(pid);
+    stalled.kill().unwrap();
+    stalled.wait().unwrap();
+    eprintln!("daemon RSS {before} KiB, {during} KiB behind a client stalled for 5 s");
+    assert!(
+        during < before + 64 * 1024,
+        "daemon RSS grew from {before} KiB to {during} KiB behind a stalled client"
+    );
+
     // v5 can close stdin: `cat` sees its end and the command finishes.
     let input: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_be_bytes()).collect();
     let url = exec_url(&mut rt, &id, &["sh", "-c", "cat; echo done >&2"], true).await;
