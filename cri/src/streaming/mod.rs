@@ -3,7 +3,7 @@
 //! there to a multiplexed SPDY/3.1 connection carrying the command's stdio.
 //!
 //! - `spdy`: frames, header compression, stream table (no I/O).
-//! - `session`: one SPDY connection over a socket.
+//! - `session`: one SPDY connection over a socket; `flow`: its send windows.
 //! - `exec`: the remotecommand protocol (v1 to v5) for Exec.
 //! - `attach`: Attach, on the same protocol (through the container's monitor).
 //! - `portforward`: the portforward.k8s.io protocol for PortForward.
@@ -14,6 +14,7 @@
 mod attach;
 mod dictionary;
 mod exec;
+mod flow;
 mod portforward;
 mod server;
 mod session;

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::flow::{Flow, FlowEvent, SETTINGS_INITIAL_WINDOW_SIZE};
 use super::spdy::{Codec, Frame, Headers, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM, Streams};
 
 /// Frames queued for the writer; with 32 KiB data frames about 2 MiB per connection.
@@ -126,11 +127,13 @@ impl Session {
         let activity2 = activity.clone();
         let (new_tx, new_rx) = mpsc::channel(8);
         let (gone_tx, gone_rx) = watch::channel(());
+        // The peer's window updates, from the reader to the writer.
+        let (flow_tx, flow_rx) = mpsc::channel(OUT_QUEUE);
         let reader = tokio::spawn(async move {
-            read_loop(rd, early, out_tx2, new_tx, activity2).await;
+            read_loop(rd, early, (out_tx2, flow_tx), new_tx, activity2).await;
             drop(gone_tx);
         });
-        let writer = tokio::spawn(write_loop(wr, out_rx, activity));
+        let writer = tokio::spawn(write_loop(wr, out_rx, flow_rx, activity));
         Self {
             out: out_tx,
             gone: gone_rx,
@@ -254,7 +257,7 @@ impl Activity {
 async fn read_loop(
     mut rd: impl AsyncRead + Unpin,
     mut buf: Vec<u8>,
-    out: mpsc::Sender<Frame>,
+    (out, flow): (mpsc::Sender<Frame>, mpsc::Sender<FlowEvent>),
     new: mpsc::Sender<Incoming>,
     activity: Arc<Activity>,
 ) {
@@ -280,6 +283,11 @@ async fn read_loop(
                 }
             };
             buf.drain(..used);
+            if let Some(event) = flow_event(&frame)
+                && flow.send(event).await.is_err()
+            {
+                return;
+            }
             if !handle(frame, &mut streams, &mut sinks, &out, &new).await {
                 return;
             }
@@ -302,6 +310,20 @@ async fn read_loop(
             // Looked at again above (something may have been written meanwhile).
             Err(_) => {}
         }
+    }
+}
+
+/// What a frame from the client changes in our send windows.
+fn flow_event(frame: &Frame) -> Option<FlowEvent> {
+    match frame {
+        Frame::Settings(entries) => entries
+            .iter()
+            .rev()
+            .find(|(_, id, _)| *id == SETTINGS_INITIAL_WINDOW_SIZE)
+            .map(|&(_, _, value)| FlowEvent::InitialWindow(value)),
+        &Frame::WindowUpdate { stream_id, delta } => Some(FlowEvent::Update { stream_id, delta }),
+        &Frame::RstStream { stream_id, .. } => Some(FlowEvent::Reset(stream_id)),
+        _ => None,
     }
 }
 
@@ -395,8 +417,8 @@ async fn handle(
         }
         Frame::Ping(id) => return out.send(Frame::Ping(id)).await.is_ok(),
         Frame::GoAway { .. } => return false,
-        // SETTINGS, HEADERS, WINDOW_UPDATE (we never wait for window: spdystream does not
-        // send updates), replies to streams we never open, unknown types: nothing to do.
+        // SETTINGS and WINDOW_UPDATE (seen by the writer, see `flow_event`), HEADERS,
+        // replies to streams we never open, unknown types: nothing to do.
         _ => {}
     }
     true
@@ -405,30 +427,168 @@ async fn handle(
 async fn write_loop(
     mut wr: impl AsyncWrite + Unpin,
     mut rx: mpsc::Receiver<Frame>,
+    mut flow_rx: mpsc::Receiver<FlowEvent>,
     activity: Arc<Activity>,
 ) {
     let mut codec = Codec::new();
+    let mut flow = Flow::default();
     let mut buf = Vec::with_capacity(WRITE_BATCH + DATA_CHUNK + 64);
-    while let Some(frame) = rx.recv().await {
-        buf.clear();
-        if let Err(e) = codec.encode(&frame, &mut buf) {
-            tracing::warn!("streaming: cannot encode a SPDY frame: {e}");
+    // Data the peer's window does not take yet. Everything after it waits too (frames of
+    // one stream must keep their order; a peer that does flow control keeps granting).
+    let mut held: Option<Frame> = None;
+    loop {
+        let mut next = match held.take() {
+            Some(f) => Some(f),
+            None => rx.recv().await,
+        };
+        if next.is_none() {
             break;
         }
+        buf.clear();
         // Frames already queued go out in the same write: one syscall for many chunks
         // when the command outputs faster than the socket drains.
-        while buf.len() < WRITE_BATCH
-            && let Ok(frame) = rx.try_recv()
-        {
-            if let Err(e) = codec.encode(&frame, &mut buf) {
+        while let Some(frame) = next.take() {
+            while let Ok(event) = flow_rx.try_recv() {
+                flow.apply(event);
+            }
+            let (now, later) = within_window(frame, &mut flow);
+            if let Some(f) = now
+                && let Err(e) = codec.encode(&f, &mut buf)
+            {
                 tracing::warn!("streaming: cannot encode a SPDY frame: {e}");
+                return;
+            }
+            if later.is_some() {
+                held = later;
                 break;
             }
+            if buf.len() < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
         }
-        if wr.write_all(&buf).await.is_err() {
-            break;
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+            activity.touch();
         }
-        activity.touch();
+        if held.is_some() {
+            match flow_rx.recv().await {
+                Some(event) => flow.apply(event),
+                None => break,
+            }
+        }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Splits `frame` into what the send windows take now and what must wait.
+fn within_window(frame: Frame, flow: &mut Flow) -> (Option<Frame>, Option<Frame>) {
+    let Frame::Data {
+        stream_id,
+        fin,
+        mut data,
+    } = frame
+    else {
+        return (Some(frame), None);
+    };
+    let n = flow.allowed(stream_id, data.len());
+    if n == 0 && !data.is_empty() {
+        return (
+            None,
+            Some(Frame::Data {
+                stream_id,
+                fin,
+                data,
+            }),
+        );
+    }
+    let rest = (n < data.len()).then(|| data.split_off(n));
+    flow.sent(stream_id, n);
+    let done = rest.is_none() && fin;
+    if done {
+        flow.finished(stream_id);
+    }
+    let now = Frame::Data {
+        stream_id,
+        fin: done,
+        data,
+    };
+    let later = rest.map(|data| Frame::Data {
+        stream_id,
+        fin,
+        data,
+    });
+    (Some(now), later)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::streaming::flow::FlowEvent;
+
+    /// Reads one frame the writer produced.
+    async fn next_frame(rd: &mut (impl AsyncRead + Unpin), codec: &mut Codec) -> Frame {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some((frame, _)) = codec.decode(&buf).unwrap() {
+                return frame;
+            }
+            let n = rd.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the writer ended");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn data_waits_for_the_window_of_a_peer_that_does_flow_control() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let (frames, rx) = mpsc::channel(8);
+        let (flow, flow_rx) = mpsc::channel(8);
+        let timeouts = Timeouts {
+            idle: Duration::from_secs(60),
+            overall: None,
+        };
+        let writer = tokio::spawn(write_loop(ours, rx, flow_rx, timeouts.activity()));
+        flow.send(FlowEvent::InitialWindow(1024)).await.unwrap();
+        let data = vec![7u8; 4096];
+        let frame = Frame::Data {
+            stream_id: 1,
+            fin: true,
+            data: data.clone(),
+        };
+        frames.send(frame).await.unwrap();
+        let mut codec = Codec::new();
+        let first = next_frame(&mut theirs, &mut codec).await;
+        assert_eq!(
+            first,
+            Frame::Data {
+                stream_id: 1,
+                fin: false,
+                data: data[..1024].to_vec()
+            }
+        );
+        // Nothing more until the peer grants more.
+        let mut probe = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(200), theirs.read(&mut probe));
+        assert!(early.await.is_err(), "data beyond the window was sent");
+        let update = FlowEvent::Update {
+            stream_id: 1,
+            delta: 3072,
+        };
+        flow.send(update).await.unwrap();
+        let rest = next_frame(&mut theirs, &mut codec).await;
+        assert_eq!(
+            rest,
+            Frame::Data {
+                stream_id: 1,
+                fin: true,
+                data: data[1024..].to_vec()
+            }
+        );
+        drop(frames);
+        writer.await.unwrap();
+    }
 }
