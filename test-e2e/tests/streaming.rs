@@ -785,6 +785,22 @@ async fn attach_with_and_without_a_log_and_a_terminal_echoes_input_and_detaching
     assert_eq!(text(&out.stdout), "hello\n");
     wait_exited(&mut rt, &once, std::time::Duration::from_secs(10)).await;
 
+    // The same over WebSocket (v5): closing stdin ends the shell, and so the attach, with a
+    // success status.
+    let mut config = container_config("sh-ws", &image, &["sh"]);
+    config.stdin = true;
+    config.stdin_once = true;
+    let ws = start_container(&mut rt, &pod_id, &pod, config).await;
+    let url = attach_url(&mut rt, &ws, false).await;
+    let out = tokio::task::spawn_blocking(move || {
+        ws_exec(&url, "v5.channel.k8s.io", Some(b"echo hel\"\"lo\n"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello\n");
+    wait_exited(&mut rt, &ws, std::time::Duration::from_secs(10)).await;
+
     // A terminal: the client's size reaches it before the input does; detaching leaves the
     // shell running.
     let mut config = container_config("sh-tty", &image, &["sh"]);
