@@ -324,18 +324,7 @@ async fn a_container_keeps_its_image_from_crictl_prune_after_the_tag_moved() {
         )
         .build();
     registry.push("e2e/busybox", "v1", &newer).await;
-    let new_id = images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: registry.image_ref("e2e/busybox", "v1"),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref;
+    let new_id = pull_ok(&mut images, &registry.image_ref("e2e/busybox", "v1")).await;
     assert_ne!(new_id, old_id);
 
     // What `crictl rmi --prune` does: ImageStatus of each listed container's image is kept.

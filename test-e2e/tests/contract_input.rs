@@ -111,12 +111,7 @@ async fn input_kubelet_never_sends_is_refused_naming_the_field_and_leaves_nothin
     ];
     let before = footprint(&daemon);
     for (what, config, field) in rows {
-        let err = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.clone()),
-            })
+        let err = create_container(&mut rt, &pod_id, &pod, config)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");

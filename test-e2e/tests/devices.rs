@@ -126,12 +126,7 @@ async fn host_and_cdi_devices_appear_with_their_rules_and_unknown_ones_are_refus
     });
     refused.push((c, "example.com/dev=missing"));
     for (config, what) in refused {
-        let err = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.clone()),
-            })
+        let err = create_container(&mut rt, &pod_id, &pod, config)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");

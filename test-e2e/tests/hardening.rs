@@ -373,12 +373,7 @@ async fn escaping_cgroup_parent_and_unified_core_files_are_refused() {
             }),
             ..Default::default()
         });
-        let err = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.clone()),
-            })
+        let err = create_container(&mut rt, &pod_id, &pod, config)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}: {err}");

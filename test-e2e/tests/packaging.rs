@@ -211,21 +211,11 @@ async fn the_image_installs_in_a_pod_what_make_install_installs() {
     );
     let daemon = Daemon::start_with_config(&config).await;
     loopback_network(&daemon).await;
-    let image = daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: registry.image_ref("rootstock", tag),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref;
+    let image = pull_ok(
+        &mut daemon.images().await,
+        &registry.image_ref("rootstock", tag),
+    )
+    .await;
 
     // The pod runs the image's own command (install.sh --root /host) with the "host" here.
     let host_root = work.path().join("host");

@@ -64,21 +64,11 @@ async fn repair_fixes_changed_and_deleted_objects_and_leaves_running_containers_
     );
     let mut daemon = Daemon::start_with_config(&config).await;
     loopback_network(&daemon).await;
-    let image_ref = daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: registry.image_ref("e2e/repair", "v1"),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref;
+    let image_ref = pull_ok(
+        &mut daemon.images().await,
+        &registry.image_ref("e2e/repair", "v1"),
+    )
+    .await;
     let mut rt = daemon.runtime().await;
     let pod_cfg = pod_config("repair", NamespaceMode::Container);
     let pod = run_pod(&mut rt, pod_cfg.clone()).await.unwrap();

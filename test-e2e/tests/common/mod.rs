@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use rootstock_test_e2e::daemon::Daemon;
@@ -250,21 +251,21 @@ pub async fn daemon_with_busybox(
         registry.host()
     );
     let daemon = Daemon::start_with_config(&config).await;
-    let mut images = daemon.images().await;
-    let id = images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: registry.image_ref("e2e/busybox", "v1"),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref;
+    let id = pull_ok(
+        &mut daemon.images().await,
+        &registry.image_ref("e2e/busybox", "v1"),
+    )
+    .await;
     (daemon, id)
+}
+
+/// PullImage of `image` without credentials; it must succeed. Returns the image ref the
+/// daemon answered (what kubelet passes to CreateContainer).
+pub async fn pull_ok(images: &mut ImageServiceClient<Channel>, image: &str) -> String {
+    rootstock_test_e2e::cri::pull(images, image)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
 }
 
 /// A container config as kubelet sends it (the benchmark's, plus the hash annotation kubelet
@@ -279,6 +280,22 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerC
     }
 }
 
+/// CreateContainer in `pod`; returns the container's id.
+pub async fn create_container(
+    rt: &mut Rt,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod.to_owned(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
 /// Creates and starts a container; returns its id.
 pub async fn start_container(
     rt: &mut Rt,
@@ -286,16 +303,9 @@ pub async fn start_container(
     pod_config: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
+    let id = create_container(rt, pod, pod_config, config)
         .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-        .into_inner()
-        .container_id;
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"));
     rt.start_container(StartContainerRequest {
         container_id: id.clone(),
     })
