@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use k8s_cri::v1::*;
+use rootstock_test_e2e::bench::remove_image;
 use rootstock_test_e2e::registry::Registry;
 
 fn trees(root: &std::path::Path) -> usize {
@@ -23,16 +24,8 @@ async fn a_container_lost_in_a_crash_gives_its_tree_lease_back_at_start_up() {
     let mut rt = daemon.runtime().await;
     let pod = pod_config("recovered", NamespaceMode::Container);
     let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config("lost", &image, &["sleep", "1000"])),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
+    let config = container_config("lost", &image, &["sleep", "1000"]);
+    let id = create_container(&mut rt, &pod_id, &pod, config).await;
     assert_eq!(
         trees(&daemon.root_dir),
         1,
@@ -59,26 +52,13 @@ async fn a_container_lost_in_a_crash_gives_its_tree_lease_back_at_start_up() {
     daemon.start_again().await;
 
     let mut rt = daemon.runtime().await;
-    let listed = rt
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = list_containers(&mut rt).await;
     assert!(
         listed.is_empty(),
         "the half-created container is gone: {listed:?}"
     );
     // The lease went with it: removing the image now removes its tree too.
-    daemon
-        .images()
-        .await
-        .remove_image(RemoveImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-        })
+    remove_image(&mut daemon.images().await, &image)
         .await
         .unwrap();
     assert_eq!(

@@ -73,9 +73,18 @@ pub fn with_modes(
 }
 
 pub async fn run_pod(rt: &mut Rt, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+    run_pod_on(rt, config, "").await
+}
+
+/// RunPodSandbox with a RuntimeClass `handler` (`""`: the default).
+pub async fn run_pod_on(
+    rt: &mut Rt,
+    config: PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
     rt.run_pod_sandbox(RunPodSandboxRequest {
         config: Some(config),
-        runtime_handler: String::new(),
+        runtime_handler: handler.to_owned(),
     })
     .await
     .map(|r| r.into_inner().pod_sandbox_id)
@@ -274,6 +283,33 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerC
     }
 }
 
+/// Every container (ListContainers without a filter).
+pub async fn list_containers(rt: &mut Rt) -> Vec<Container> {
+    rt.list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap_or_else(|e| panic!("ListContainers: {e}"))
+        .into_inner()
+        .containers
+}
+
+/// Creates a container (not started); returns its id.
+pub async fn create_container(
+    rt: &mut Rt,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    rt.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod.to_owned(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+    .into_inner()
+    .container_id
+}
+
 /// Creates and starts a container; returns its id.
 pub async fn start_container(
     rt: &mut Rt,
@@ -281,16 +317,7 @@ pub async fn start_container(
     pod_config: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-        .into_inner()
-        .container_id;
+    let id = create_container(rt, pod, pod_config, config).await;
     rt.start_container(StartContainerRequest {
         container_id: id.clone(),
     })
