@@ -1,8 +1,8 @@
 //! [`Runtime`]: the containers of this node over the OCI runtime driver, the monitor, the
 //! rootfs mount and the persisted records. This file holds the façade and CreateContainer;
-//! the other operations are in [`crate::lifecycle`], the memory-only reads in
-//! [`crate::query`], the per-container locking in [`crate::entry`], exit notification in
-//! [`crate::exit_watch`], and recovery after a daemon restart in [`crate::recovery`].
+//! the other operations are in `lifecycle.rs`, the memory-only reads in `query.rs`, the
+//! per-container locking in `entry.rs`, exit notification in `exit_watch.rs`, and recovery
+//! after a daemon restart in [`crate::recovery`].
 
 use std::collections::BTreeMap;
 use std::fs;
