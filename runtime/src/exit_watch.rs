@@ -172,9 +172,8 @@ fn refresh(entry: &Entry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::ContainerId;
     use crate::monitor::{ExitRecord, ProcessIdentity};
-    use crate::state::{ContainerRecord, ContainerState, RECORD_VERSION};
+    use crate::state::ContainerState;
     use std::process::Command;
     use std::time::{Duration, Instant};
 
@@ -184,24 +183,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("sleep").arg("0.3").spawn().unwrap();
         let pid = child.id() as i32;
-        let rec = ContainerRecord {
-            version: RECORD_VERSION,
-            id: ContainerId::new("w1").unwrap(),
-            handler: "runc".into(),
-            state: ContainerState::Running,
-            created_at_unix_nanos: 1,
-            started_at_unix_nanos: Some(2),
-            monitor: Some(ProcessIdentity {
-                pid,
-                start_time: crate::util::process_start_time(pid).unwrap(),
-            }),
-            init_pid: pid,
-            boot_id: "b".into(),
-            cgroup_path: String::new(),
-            kill_all_on_exit: false,
-            log_path: "/dev/null".into(),
-            client_data: serde_json::Value::Null,
+        let monitor = ProcessIdentity {
+            pid,
+            start_time: crate::util::process_start_time(pid).unwrap(),
         };
+        let rec = crate::entry::tests::record("w1", Some(monitor));
         let entry = Arc::new(Entry::new(
             dir.path().to_owned(),
             rec,
