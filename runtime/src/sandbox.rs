@@ -241,7 +241,11 @@ impl Runtime {
     /// namespace is gone with it; kubelet then recreates the pod).
     fn sandbox_info(&self, rec: &SandboxRecord) -> SandboxInfo {
         let mut record = rec.clone();
-        if record.state == SandboxState::Ready && record.pod_init.is_some_and(|i| !i.is_alive()) {
+        // The exit watcher noted the pod init's end: no /proc read on this (status) path.
+        if record.state == SandboxState::Ready
+            && record.pod_init.is_some()
+            && lock(&self.pod_inits_gone).contains(&rec.id)
+        {
             record.state = SandboxState::NotReady;
         }
         SandboxInfo {
@@ -313,6 +317,9 @@ impl Runtime {
             return Err(e);
         }
         let info = self.sandbox_info(&rec);
+        if let Some(init) = rec.pod_init {
+            self.watch_pod_init(&id, init);
+        }
         lock(&self.sandboxes).insert(id, rec);
         Ok(info)
     }
@@ -530,6 +537,7 @@ impl Runtime {
         stop_pod_init(&info.record);
         self.teardown_sandbox(&info, true)?;
         lock(&self.sandboxes).remove(id);
+        lock(&self.pod_inits_gone).remove(id);
         Ok(())
     }
 
@@ -577,6 +585,9 @@ impl Runtime {
                     if rec.boot_id != self.boot_id && rec.state == SandboxState::Ready {
                         rec.state = SandboxState::NotReady;
                         self.persist_sandbox(&rec)?;
+                    }
+                    if let Some(init) = rec.pod_init.filter(|_| rec.state == SandboxState::Ready) {
+                        self.watch_pod_init(&id, init);
                     }
                     lock(&self.sandboxes).insert(id, rec);
                 }
