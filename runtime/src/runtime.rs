@@ -211,13 +211,7 @@ impl Runtime {
 
     /// Writes `rec` atomically; the caller updates memory only after this succeeded.
     pub(crate) fn persist(&self, rec: &ContainerRecord) -> Result<()> {
-        let path = self.run_dir(&rec.id).join(STATE_FILE);
-        let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::WriteState {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        rootstock_fsutil::write_atomic(&path, &data)
-            .map_err(|source| Error::WriteState { path, source })
+        util::persist_json(self.run_dir(&rec.id).join(STATE_FILE), rec)
     }
 
     /// Replaces `*rec` with `next` after persisting it.

@@ -71,6 +71,21 @@ pub fn mount_setattr_supported() -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
 }
 
+/// Writes a persisted record as JSON, atomically (see [`rootstock_fsutil::write_atomic`]):
+/// the caller updates memory only after this succeeded.
+pub(crate) fn persist_json(
+    path: std::path::PathBuf,
+    record: &impl serde::Serialize,
+) -> crate::error::Result<()> {
+    use crate::error::Error;
+    let data = serde_json::to_vec_pretty(record).map_err(|e| Error::WriteState {
+        path: path.clone(),
+        source: io::Error::other(e),
+    })?;
+    rootstock_fsutil::write_atomic(&path, &data)
+        .map_err(|source| Error::WriteState { path, source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

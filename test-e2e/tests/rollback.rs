@@ -13,10 +13,6 @@ use common::*;
 use k8s_cri::v1::*;
 use serde_json::json;
 
-/// The tests of this file run one at a time: the second compares the node's `/rootstock`
-/// pod cgroups before and after, which the first one's pod would change.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -47,7 +43,6 @@ async fn create(
 /// container's lease), and leave nothing else behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
-    let _serial = SERIAL.lock().await;
     let registry = rootstock_test_e2e::registry::Registry::start().await;
     let (daemon, image) = daemon_with_busybox(&registry, "").await;
     loopback_network(&daemon).await;
@@ -143,45 +138,49 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
 }
 
 /// RunPodSandbox's undo stack: a CNI ADD that fails after the runtime made the sandbox
-/// (namespaces pinned, files written, a pod cgroup chosen) takes all of it back.
+/// (namespaces pinned, files written, pod-init started in a pod cgroup of the runtime's
+/// own) takes all of it back. The plugin notes the sandbox id it was asked to add, so the
+/// pod cgroup can be looked for by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_pod_sandbox_leaves_no_sandbox_namespace_or_pod_cgroup() {
-    let _serial = SERIAL.lock().await;
     let net = TestNet::new("rbk");
+    let seen = tempfile::tempdir().unwrap();
+    let seen_file = seen.path().join("added");
     net.script_plugin(
-        "rbk-failing",
-        r#"cat >/dev/null
+        "rbk-refusing",
+        &format!(
+            r#"cat >/dev/null
 if [ "$CNI_COMMAND" = ADD ]; then
-  echo '{"cniVersion":"1.0.0","code":999,"msg":"rbk-failing refuses this pod"}'
+  echo "$CNI_CONTAINERID" >> {}
+  echo '{{"cniVersion":"1.0.0","code":999,"msg":"rbk-refusing says no"}}'
   exit 1
 fi
 exit 0"#,
+            seen_file.display()
+        ),
     );
-    net.write_conflist(&net.conflist(vec![json!({ "type": "rbk-failing" })]));
+    net.write_conflist(&net.conflist(vec![json!({ "type": "rbk-refusing" })]));
     let daemon = rootstock_test_e2e::daemon::Daemon::start_with_config(&net.daemon_config()).await;
     wait_network_ready(&daemon).await;
     let mut rt = daemon.runtime().await;
-    // Shared PID namespace: pod-init runs in a leaf of the runtime's own pod cgroup, so
-    // the cgroup exists by the time ADD fails.
-    let cgroups_before = rootstock_cgroups();
     let err = run_pod(&mut rt, pod_config("rbk-pod", NamespaceMode::Pod))
         .await
         .unwrap_err();
-    assert!(
-        err.message().contains("refuses this pod"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("says no"), "{}", err.message());
+    let sandbox = std::fs::read_to_string(&seen_file).unwrap();
+    let sandbox = sandbox.trim();
+    assert_eq!(sandbox.len(), 64, "{sandbox:?}");
+
     assert!(list_pods(&mut rt, None).await.is_empty());
     assert_eq!(mounts_under(&daemon.state_dir), Vec::<String>::new());
     assert_eq!(
         entries(&daemon.state_dir.join("sandboxes")),
         Vec::<String>::new()
     );
-    let new_cgroups: Vec<_> = rootstock_cgroups()
+    let left: Vec<_> = rootstock_cgroups()
         .into_iter()
-        .filter(|c| !cgroups_before.contains(c))
+        .filter(|c| c.ends_with(sandbox))
         .collect();
-    assert!(new_cgroups.is_empty(), "{new_cgroups:?}");
+    assert!(left.is_empty(), "{left:?}");
     assert!(net.reserved_ips().is_empty(), "{:?}", net.reserved_ips());
 }

@@ -550,25 +550,13 @@ mod tests {
 
     #[test]
     fn container_spec_takes_the_sandbox_the_image_and_the_mounts() {
-        use rootstock_runtime::SandboxPidMode;
-        use rootstock_runtime::sandbox::{SANDBOX_RECORD_VERSION, SandboxRecord};
+        use rootstock_runtime::sandbox::SandboxRecord;
+        let mut record = SandboxRecord::unknown(rootstock_runtime::SandboxId::new("s1").unwrap());
+        record.state = SandboxState::Ready;
+        record.hostname = "web-0".into();
+        record.cgroup_parent = "/kubepods/pod1".into();
         let sandbox = SandboxInfo {
-            record: SandboxRecord {
-                version: SANDBOX_RECORD_VERSION,
-                id: rootstock_runtime::SandboxId::new("s1").unwrap(),
-                state: SandboxState::Ready,
-                hostname: "web-0".into(),
-                host_network: false,
-                host_ipc: false,
-                pid: SandboxPidMode::Container,
-                created_at_unix_nanos: 0,
-                boot_id: String::new(),
-                pod_init: None,
-                pod_init_cgroup: None,
-                cgroup_parent: "/kubepods/pod1".into(),
-                own_cgroup: false,
-                client_data: serde_json::Value::Null,
-            },
+            record,
             dir: PathBuf::from("/run/rootstock/sandboxes/s1"),
         };
         let image = Image {

@@ -38,13 +38,7 @@ impl Runtime {
     }
 
     fn persist_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
-        let path = self.sandbox_dir(&rec.id).join(SANDBOX_FILE);
-        let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::WriteState {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        rootstock_fsutil::write_atomic(&path, &data)
-            .map_err(|source| Error::WriteState { path, source })
+        util::persist_json(self.sandbox_dir(&rec.id).join(SANDBOX_FILE), rec)
     }
 
     /// RunPodSandbox's runtime part: namespaces, hostname, files, `/dev/shm`. CNI ADD is
@@ -223,22 +217,7 @@ impl Runtime {
                     // A sandbox whose create never completed: release what it pinned.
                     tracing::warn!(sandbox = %id, "removing unreadable sandbox {}: {msg}", path.display());
                     let info = SandboxInfo {
-                        record: SandboxRecord {
-                            version: SANDBOX_RECORD_VERSION,
-                            id: id.clone(),
-                            state: SandboxState::NotReady,
-                            hostname: String::new(),
-                            host_network: false,
-                            host_ipc: false,
-                            pid: SandboxPidMode::Container,
-                            created_at_unix_nanos: 0,
-                            boot_id: String::new(),
-                            pod_init: None,
-                            pod_init_cgroup: None,
-                            cgroup_parent: String::new(),
-                            own_cgroup: false,
-                            client_data: serde_json::Value::Null,
-                        },
+                        record: SandboxRecord::unknown(id.clone()),
                         dir: e.path(),
                     };
                     self.teardown_sandbox(&info, true)?;

@@ -129,6 +129,29 @@ pub struct SandboxRecord {
     pub client_data: serde_json::Value,
 }
 
+impl SandboxRecord {
+    /// A NotReady record of sandbox `id` that says nothing else: for one whose record
+    /// cannot be read (recovery releases what it pinned), and as a base for tests.
+    pub fn unknown(id: SandboxId) -> Self {
+        Self {
+            version: SANDBOX_RECORD_VERSION,
+            id,
+            state: SandboxState::NotReady,
+            hostname: String::new(),
+            host_network: false,
+            host_ipc: false,
+            pid: SandboxPidMode::Container,
+            created_at_unix_nanos: 0,
+            boot_id: String::new(),
+            pod_init: None,
+            pod_init_cgroup: None,
+            cgroup_parent: String::new(),
+            own_cgroup: false,
+            client_data: serde_json::Value::Null,
+        }
+    }
+}
+
 /// A sandbox's record and its files.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxInfo {
