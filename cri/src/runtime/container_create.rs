@@ -1,6 +1,8 @@
 //! CreateContainer: resolve the image (kubelet sends the `sha256:` id PullImage returned, or
-//! a name), lease its flattened tree as the overlay's lower directory, build the runtime
-//! crate's `ContainerSpec` from the CRI config, the image config and the sandbox, and create.
+//! a name), build the runtime crate's `ContainerSpec` from the CRI config, the image config
+//! and the sandbox, check the user against the image's tree, and only then lease the tree
+//! as the overlay's lower directory and create. The lease sits on an undo stack that gives
+//! it back on every way out but success.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -11,8 +11,8 @@
 //! in pod-init mode is PID 1 of that namespace (reaps orphans, sleeps).
 //!
 //! Files: this one holds the sandbox's description, record and the paths containers join;
-//! [`lifecycle`] creates, stops, removes, lists and recovers sandboxes; [`namespaces`]
-//! pins the namespaces, starts pod-init and tears them down again; [`usage`] finds a
+//! `lifecycle` creates, stops, removes, lists and recovers sandboxes; `namespaces`
+//! pins the namespaces, starts pod-init and tears them down again; `usage` finds a
 //! pod's containers and adds up its usage.
 
 mod lifecycle;
