@@ -81,10 +81,17 @@ impl RuntimeApi {
         }
         // The user is looked up in the image's tree before the tree is leased, so a bad
         // `run_as_username` leaves nothing to undo. (The runtime resolves it again in the
-        // mounted rootfs; a tree collected meanwhile only skips this early check.)
+        // mounted rootfs; a tree collected meanwhile only skips this early check, and the
+        // lease below then says the image is gone.)
         if let Some(tree) = image.tree_path().map(ToOwned::to_owned) {
             let checked = spec.clone();
-            blocking(move || rootstock_runtime::spec::check_user(&checked, &tree)).await?;
+            blocking(
+                move || match rootstock_runtime::spec::check_user(&checked, &tree) {
+                    Err(_) if !tree.exists() => Ok(()),
+                    checked => checked,
+                },
+            )
+            .await?;
         }
         // kubelet makes the pod's log directory; the container's may be new.
         if let Some(dir) = log_path.parent() {
