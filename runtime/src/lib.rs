@@ -1,8 +1,11 @@
 //! Pod sandboxes and containers: namespaces, cgroups, mounts, the OCI runtime spec, the
 //! per-container monitor, state persistence and recovery. Knows nothing about gRPC.
 //!
-//! Everything here blocks (fork/exec, waitpid, fsync): the daemon calls it from
-//! `spawn_blocking`. The crate has no async runtime and no global state.
+//! Operations block (fork/exec, waitpid, fsync): the daemon calls them from
+//! `spawn_blocking`. Reads of containers and sandboxes (status, list, spec) serve memory and
+//! return at once, whatever operation is in progress; exits are recorded by a thread of the
+//! runtime's own as the monitors end (`exit_watch.rs`). The crate has no async runtime and no
+//! global state.
 //!
 //! How the daemon drives it:
 //! ```text
@@ -39,15 +42,19 @@ pub mod config;
 pub mod confine;
 pub mod crilog;
 pub mod devices;
+mod entry;
 pub mod error;
 pub mod exec;
 pub mod exec_stream;
+mod exit_watch;
 pub mod hostpath;
 pub mod id;
 pub mod inspect;
+mod lifecycle;
 pub mod monitor;
 pub mod oci;
 pub mod pod_helpers;
+mod query;
 pub mod recovery;
 pub mod rootfs;
 pub mod runtime;

@@ -3,6 +3,22 @@
 
 use std::fs;
 use std::io;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Writes a persisted record (container or sandbox) as JSON, atomically (temp, fsync,
+/// rename, fsync the directory): callers change memory only after this succeeded.
+pub(crate) fn write_record<T: serde::Serialize>(path: &Path, rec: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::WriteState {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    rootstock_fsutil::write_atomic(path, &data).map_err(|source| Error::WriteState {
+        path: path.to_owned(),
+        source,
+    })
+}
 
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22). Together
 /// with the pid it identifies a process across pid reuse.
@@ -69,21 +85,6 @@ pub fn mount_setattr_supported() -> bool {
         )
     };
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
-}
-
-/// Writes a persisted record as JSON, atomically (see [`rootstock_fsutil::write_atomic`]):
-/// the caller updates memory only after this succeeded.
-pub(crate) fn persist_json(
-    path: std::path::PathBuf,
-    record: &impl serde::Serialize,
-) -> crate::error::Result<()> {
-    use crate::error::Error;
-    let data = serde_json::to_vec_pretty(record).map_err(|e| Error::WriteState {
-        path: path.clone(),
-        source: io::Error::other(e),
-    })?;
-    rootstock_fsutil::write_atomic(&path, &data)
-        .map_err(|source| Error::WriteState { path, source })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! ContainerStatus and ListContainers, from the runtime's in-memory records (refreshed from
-//! the monitors' exit files) and the CRI values stored with them.
+//! ContainerStatus and ListContainers, from the runtime's in-memory records (exits are
+//! recorded as the monitors end) and the CRI values stored with them. Neither blocks: they
+//! run on the async worker and never wait for an operation on the container.
 
 use std::collections::HashMap;
 
@@ -32,10 +33,8 @@ impl RuntimeApi {
             _ => (0, 0, String::new()),
         };
         let mut info_map = HashMap::new();
-        let runtime_spec = self.rt.container_spec(&id).unwrap_or_else(|e| {
-            tracing::debug!(container = %id, "status: {e}");
-            serde_json::Value::Null
-        });
+        // Kept in memory since create: no file is read on this path (kubelet polls it).
+        let runtime_spec = self.rt.container_spec(&id)?;
         let user = container_user(&runtime_spec);
         if req.verbose {
             // containerd's keys (`crictl inspect -o go-template` scripts read them), then
@@ -46,7 +45,7 @@ impl RuntimeApi {
                 "removing": false,
                 "runtimeType": rec.handler,
                 "config": meta.config,
-                "runtimeSpec": runtime_spec,
+                "runtimeSpec": *runtime_spec,
                 "id": id.as_str(),
                 "cgroupPath": rec.cgroup_path,
                 "runDir": info.run_dir,

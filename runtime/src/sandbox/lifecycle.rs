@@ -38,7 +38,7 @@ impl Runtime {
     }
 
     fn persist_sandbox(&self, rec: &SandboxRecord) -> Result<()> {
-        util::persist_json(self.sandbox_dir(&rec.id).join(SANDBOX_FILE), rec)
+        util::write_record(&self.sandbox_dir(&rec.id).join(SANDBOX_FILE), rec)
     }
 
     /// RunPodSandbox's runtime part: namespaces, hostname, files, `/dev/shm`. CNI ADD is
@@ -125,21 +125,27 @@ impl Runtime {
     /// StopPodSandbox's runtime part (after the caller stopped the containers and ran CNI
     /// DEL): releases the namespaces and `/dev/shm`; NotReady is persisted. Stopping an
     /// unknown or stopped sandbox is OK (CRI idempotence).
+    ///
+    /// The map is locked only to copy the record out and the new one in, never across the
+    /// kill, unmounts and fsync: PodSandboxStatus and ListPodSandbox read it meanwhile. The
+    /// caller serializes stop and remove of one sandbox (the daemon's per-sandbox lock).
     pub fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
-        let mut map = lock(&self.sandboxes);
-        let Some(rec) = map.get_mut(id) else {
+        let Some(rec) = lock(&self.sandboxes).get(id).cloned() else {
             return Ok(());
         };
-        let info = self.sandbox_info(rec);
+        let info = self.sandbox_info(&rec);
         // SIGKILL of a PID namespace's init kills every process left in it.
-        self.stop_pod_init(rec);
+        self.stop_pod_init(&rec);
         self.teardown_sandbox(&info, false)?;
         if rec.state != SandboxState::NotReady || rec.pod_init.is_some() {
             let mut next = rec.clone();
             next.state = SandboxState::NotReady;
             next.pod_init = None;
             self.persist_sandbox(&next)?;
-            *rec = next;
+            // Never resurrects a sandbox removed meanwhile.
+            if let Some(cur) = lock(&self.sandboxes).get_mut(id) {
+                *cur = next;
+            }
         }
         Ok(())
     }
@@ -147,8 +153,8 @@ impl Runtime {
     /// RemovePodSandbox's runtime part (the caller removes the containers first). Removing
     /// an unknown sandbox is OK.
     pub fn remove_sandbox(&self, id: &SandboxId) -> Result<()> {
-        let mut map = lock(&self.sandboxes);
-        let info = match map.get(id) {
+        // As in stop_sandbox: the map is not held across the teardown.
+        let info = match lock(&self.sandboxes).get(id) {
             Some(rec) => self.sandbox_info(rec),
             None => return Ok(()),
         };
@@ -158,7 +164,7 @@ impl Runtime {
         if info.record.own_cgroup {
             self.remove_cgroup(&info.record.cgroup_parent)?;
         }
-        map.remove(id);
+        lock(&self.sandboxes).remove(id);
         Ok(())
     }
 
