@@ -14,7 +14,8 @@
 //! CreateContainer ContainerSpec { namespaces: sb.container_namespaces(),
 //!                                 hostname: sb.container_hostname(),
 //!                                 sandbox_mounts: sb.container_mounts(), .. }
-//!                 rt.create_container(CreateRequest { id, handler, spec, rootfs_lower, log_path, client_data })
+//!                 rt.create_container(CreateRequest { id, handler, spec, rootfs_lower, log_path,
+//!                                                     sandbox_id, client_data })
 //! StartContainer  rt.start_container(&id)
 //! StopContainer   rt.stop_container(&id, Signal, timeout)      (unknown id: Ok)
 //! RemoveContainer rt.remove_container(&id)                     (unknown id: Ok)
@@ -22,9 +23,14 @@
 //! ExecSync        rt.exec_sync(&id, &ExecRequest, Some(timeout))  (Error::ExecTimeout → DeadlineExceeded)
 //! ReopenLog       rt.reopen_container_log(&id)
 //! UpdateResources rt.update_container_resources(&id, &Resources)
-//! StopPodSandbox  (stop containers, CNI DEL) rt.stop_sandbox(&id)
-//! RemovePodSandbox (remove containers) rt.remove_sandbox(&id)
+//! StopPodSandbox  (rt.containers_of(&id): stop each, CNI DEL) rt.stop_sandbox(&id)
+//! RemovePodSandbox (remove containers) rt.remove_sandbox(&id)   (and the pod cgroup it chose)
+//! PodSandboxStats rt.sandbox_usage(&sandbox)
 //! ```
+//! The runtime owns the pod's facts: each container's record names its sandbox
+//! (`CreateRequest::sandbox_id`), and a sandbox created without kubelet's `cgroup_parent`
+//! gets one of the runtime's own, removed with it. Every create pushes the release of each
+//! resource it acquires onto an [`undo::Undo`] stack, run in reverse unless committed.
 //! Errors carry an [`ErrorKind`] for the one place that maps them to gRPC codes.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

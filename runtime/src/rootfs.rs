@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// An overlay mount this crate made. It deliberately does not unmount on drop: the mount
 /// must outlive the daemon process (a restarted daemon finds it again with
 /// [`OverlayRootfs::at`]); unmounting is the explicit [`OverlayRootfs::unmount`], and error
-/// paths use it through their cleanup guards.
+/// paths push it onto their [`crate::undo::Undo`] stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayRootfs {
     target: PathBuf,

@@ -352,3 +352,61 @@ fn the_runtime_chooses_and_removes_a_pod_cgroup_only_when_none_was_given() {
     assert!(!sb.record.own_cgroup);
     env.rt.remove_sandbox(&sb.record.id).unwrap();
 }
+
+/// Records written before the runtime kept the container→sandbox link and the pod cgroup
+/// had them only in the daemon's own data: a reload takes them over and persists them.
+#[test]
+fn records_of_an_older_daemon_take_over_the_links_kept_in_its_data() {
+    let env = Env::new();
+    let sb = env
+        .rt
+        .create_sandbox(sandbox_spec("legacy", false))
+        .unwrap();
+    let mut req = env.request("legacy-c1", "runc", env.spec(&["sleep", "1000"]));
+    req.client_data = serde_json::json!({"sandbox_id": sb.record.id.as_str(), "name": "c1"});
+    let c = env.rt.create_container(req).unwrap().record.id;
+    assert!(
+        env.rt.containers_of(&sb.record.id).is_empty(),
+        "no link yet"
+    );
+
+    // Rewrite the sandbox record as the older daemon wrote it.
+    let file = sb.dir.join("sandbox.json");
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let map = old.as_object_mut().unwrap();
+    map.remove("cgroup_parent");
+    map.remove("own_cgroup");
+    map.insert(
+        "client_data".into(),
+        serde_json::json!({"cgroup_parent": "/kubepods/legacy", "own_cgroup": false}),
+    );
+    std::fs::write(&file, serde_json::to_vec(&old).unwrap()).unwrap();
+
+    let (rt2, _) = rootstock_runtime::Runtime::open(common::options(env.dir.path())).unwrap();
+    let linked: Vec<ContainerId> = rt2
+        .containers_of(&sb.record.id)
+        .into_iter()
+        .map(|i| i.record.id)
+        .collect();
+    assert_eq!(linked, std::slice::from_ref(&c));
+    let again = rt2.sandbox(&sb.record.id).unwrap();
+    assert_eq!(again.record.cgroup_parent, "/kubepods/legacy");
+    assert!(!again.record.own_cgroup);
+    // Persisted: a third reader sees both without the old data's help.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            env.dir
+                .path()
+                .join("state/containers")
+                .join(c.as_str())
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["sandbox_id"], sb.record.id.as_str());
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(record["cgroup_parent"], "/kubepods/legacy");
+    env.rt.remove_container(&c).unwrap();
+}

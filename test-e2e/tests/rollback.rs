@@ -13,10 +13,6 @@ use common::*;
 use k8s_cri::v1::*;
 use serde_json::json;
 
-/// The tests of this file run one at a time: the second compares the node's `/rootstock`
-/// pod cgroups before and after, which the first one's pod would change.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn entries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -27,27 +23,11 @@ fn entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn create(
-    rt: &mut Rt,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> Result<String, tonic::Status> {
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: pod.to_owned(),
-        config: Some(config),
-        sandbox_config: Some(pod_config.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
 /// Acceptance 3: failed creates hold no lease on the image tree (checked through the
 /// store: after RemoveImage the tree lives exactly as long as the one successful
 /// container's lease), and leave nothing else behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
-    let _serial = SERIAL.lock().await;
     let registry = rootstock_test_e2e::registry::Registry::start().await;
     let (daemon, image) = daemon_with_busybox(&registry, "").await;
     loopback_network(&daemon).await;
@@ -58,7 +38,7 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
     let layers = daemon.root_dir.join("containers");
 
     // The control: a container that succeeds holds the tree.
-    let holder = create(
+    let holder = create_container(
         &mut rt,
         &pod_id,
         &pod,
@@ -76,7 +56,7 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
         }),
         ..Default::default()
     });
-    let err = create(&mut rt, &pod_id, &pod, bad_user.clone())
+    let err = create_container(&mut rt, &pod_id, &pod, bad_user.clone())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -85,7 +65,7 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
     // Fails after the lease, the rootfs mount and the monitor's start: the OCI runtime
     // cannot exec a missing binary.
     let no_binary = container_config("no-binary", &image, &["/no/such/binary"]);
-    let err = create(&mut rt, &pod_id, &pod, no_binary.clone())
+    let err = create_container(&mut rt, &pod_id, &pod, no_binary.clone())
         .await
         .unwrap_err();
     assert!(
@@ -136,52 +116,58 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
     assert_eq!(entries(&layers), Vec::<String>::new());
 
     // The names were given back too: the same names only fail for the same reasons.
-    let err = create(&mut rt, &pod_id, &pod, no_binary).await.unwrap_err();
+    let err = create_container(&mut rt, &pod_id, &pod, no_binary)
+        .await
+        .unwrap_err();
     assert_ne!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
 }
 
 /// RunPodSandbox's undo stack: a CNI ADD that fails after the runtime made the sandbox
-/// (namespaces pinned, files written, a pod cgroup chosen) takes all of it back.
+/// (namespaces pinned, files written, pod-init started in a pod cgroup of the runtime's
+/// own) takes all of it back. The plugin notes the sandbox id it was asked to add, so the
+/// pod cgroup can be looked for by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_run_pod_sandbox_leaves_no_sandbox_namespace_or_pod_cgroup() {
-    let _serial = SERIAL.lock().await;
     let net = TestNet::new("rbk");
+    let seen = tempfile::tempdir().unwrap();
+    let seen_file = seen.path().join("added");
     net.script_plugin(
-        "rbk-failing",
-        r#"cat >/dev/null
+        "rbk-refusing",
+        &format!(
+            r#"cat >/dev/null
 if [ "$CNI_COMMAND" = ADD ]; then
-  echo '{"cniVersion":"1.0.0","code":999,"msg":"rbk-failing refuses this pod"}'
+  echo "$CNI_CONTAINERID" >> {}
+  echo '{{"cniVersion":"1.0.0","code":999,"msg":"rbk-refusing says no"}}'
   exit 1
 fi
 exit 0"#,
+            seen_file.display()
+        ),
     );
-    net.write_conflist(&net.conflist(vec![json!({ "type": "rbk-failing" })]));
+    net.write_conflist(&net.conflist(vec![json!({ "type": "rbk-refusing" })]));
     let daemon = rootstock_test_e2e::daemon::Daemon::start_with_config(&net.daemon_config()).await;
     wait_network_ready(&daemon).await;
     let mut rt = daemon.runtime().await;
-    // Shared PID namespace: pod-init runs in a leaf of the runtime's own pod cgroup, so
-    // the cgroup exists by the time ADD fails.
-    let cgroups_before = rootstock_cgroups();
     let err = run_pod(&mut rt, pod_config("rbk-pod", NamespaceMode::Pod))
         .await
         .unwrap_err();
-    assert!(
-        err.message().contains("refuses this pod"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("says no"), "{}", err.message());
+    let sandbox = std::fs::read_to_string(&seen_file).unwrap();
+    let sandbox = sandbox.trim();
+    assert_eq!(sandbox.len(), 64, "{sandbox:?}");
+
     assert!(list_pods(&mut rt, None).await.is_empty());
     assert_eq!(mounts_under(&daemon.state_dir), Vec::<String>::new());
     assert_eq!(
         entries(&daemon.state_dir.join("sandboxes")),
         Vec::<String>::new()
     );
-    let new_cgroups: Vec<_> = rootstock_cgroups()
+    let left: Vec<_> = rootstock_cgroups()
         .into_iter()
-        .filter(|c| !cgroups_before.contains(c))
+        .filter(|c| c.ends_with(sandbox))
         .collect();
-    assert!(new_cgroups.is_empty(), "{new_cgroups:?}");
+    assert!(left.is_empty(), "{left:?}");
     assert!(net.reserved_ips().is_empty(), "{:?}", net.reserved_ips());
 }

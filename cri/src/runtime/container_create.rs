@@ -1,6 +1,8 @@
 //! CreateContainer: resolve the image (kubelet sends the `sha256:` id PullImage returned, or
-//! a name), lease its flattened tree as the overlay's lower directory, build the runtime
-//! crate's `ContainerSpec` from the CRI config, the image config and the sandbox, and create.
+//! a name), build the runtime crate's `ContainerSpec` from the CRI config, the image config
+//! and the sandbox, check the user against the image's tree, and only then lease the tree
+//! as the overlay's lower directory and create. The lease sits on an undo stack that gives
+//! it back on every way out but success.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -79,10 +81,17 @@ impl RuntimeApi {
         }
         // The user is looked up in the image's tree before the tree is leased, so a bad
         // `run_as_username` leaves nothing to undo. (The runtime resolves it again in the
-        // mounted rootfs; a tree collected meanwhile only skips this early check.)
+        // mounted rootfs; a tree collected meanwhile only skips this early check, and the
+        // lease below then says the image is gone.)
         if let Some(tree) = image.tree_path().map(ToOwned::to_owned) {
             let checked = spec.clone();
-            blocking(move || rootstock_runtime::spec::check_user(&checked, &tree)).await?;
+            blocking(
+                move || match rootstock_runtime::spec::check_user(&checked, &tree) {
+                    Err(_) if !tree.exists() => Ok(()),
+                    checked => checked,
+                },
+            )
+            .await?;
         }
         // kubelet makes the pod's log directory; the container's may be new.
         if let Some(dir) = log_path.parent() {
@@ -550,25 +559,13 @@ mod tests {
 
     #[test]
     fn container_spec_takes_the_sandbox_the_image_and_the_mounts() {
-        use rootstock_runtime::SandboxPidMode;
-        use rootstock_runtime::sandbox::{SANDBOX_RECORD_VERSION, SandboxRecord};
+        use rootstock_runtime::sandbox::SandboxRecord;
+        let mut record = SandboxRecord::unknown(rootstock_runtime::SandboxId::new("s1").unwrap());
+        record.state = SandboxState::Ready;
+        record.hostname = "web-0".into();
+        record.cgroup_parent = "/kubepods/pod1".into();
         let sandbox = SandboxInfo {
-            record: SandboxRecord {
-                version: SANDBOX_RECORD_VERSION,
-                id: rootstock_runtime::SandboxId::new("s1").unwrap(),
-                state: SandboxState::Ready,
-                hostname: "web-0".into(),
-                host_network: false,
-                host_ipc: false,
-                pid: SandboxPidMode::Container,
-                created_at_unix_nanos: 0,
-                boot_id: String::new(),
-                pod_init: None,
-                pod_init_cgroup: None,
-                cgroup_parent: "/kubepods/pod1".into(),
-                own_cgroup: false,
-                client_data: serde_json::Value::Null,
-            },
+            record,
             dir: PathBuf::from("/run/rootstock/sandboxes/s1"),
         };
         let image = Image {

@@ -144,28 +144,15 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use rootstock_runtime::sandbox::{SANDBOX_RECORD_VERSION, SandboxRecord};
-    use rootstock_runtime::{SandboxPidMode, SandboxState};
+    use rootstock_runtime::SandboxState;
+    use rootstock_runtime::sandbox::SandboxRecord;
 
     #[test]
     fn ready_and_not_ready_map_to_their_cri_states() {
+        let mut record = SandboxRecord::unknown(SandboxId::new("s1").unwrap());
+        record.state = SandboxState::Ready;
         let mut info = SandboxInfo {
-            record: SandboxRecord {
-                version: SANDBOX_RECORD_VERSION,
-                id: SandboxId::new("s1").unwrap(),
-                state: SandboxState::Ready,
-                hostname: String::new(),
-                host_network: false,
-                host_ipc: false,
-                pid: SandboxPidMode::Container,
-                created_at_unix_nanos: 0,
-                boot_id: String::new(),
-                pod_init: None,
-                pod_init_cgroup: None,
-                cgroup_parent: String::new(),
-                own_cgroup: false,
-                client_data: serde_json::Value::Null,
-            },
+            record,
             dir: Default::default(),
         };
         assert_eq!(sandbox_state(&info), PodSandboxState::SandboxReady);

@@ -234,22 +234,7 @@ impl Runtime {
                     // A sandbox whose create never completed: release what it pinned.
                     tracing::warn!(sandbox = %id, "removing unreadable sandbox {}: {msg}", path.display());
                     let info = SandboxInfo {
-                        record: SandboxRecord {
-                            version: SANDBOX_RECORD_VERSION,
-                            id: id.clone(),
-                            state: SandboxState::NotReady,
-                            hostname: String::new(),
-                            host_network: false,
-                            host_ipc: false,
-                            pid: SandboxPidMode::Container,
-                            created_at_unix_nanos: 0,
-                            boot_id: String::new(),
-                            pod_init: None,
-                            pod_init_cgroup: None,
-                            cgroup_parent: String::new(),
-                            own_cgroup: false,
-                            client_data: serde_json::Value::Null,
-                        },
+                        record: SandboxRecord::unknown(id.clone()),
                         dir: e.path(),
                     };
                     self.teardown_sandbox(&info, true)?;

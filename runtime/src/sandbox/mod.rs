@@ -11,8 +11,8 @@
 //! in pod-init mode is PID 1 of that namespace (reaps orphans, sleeps).
 //!
 //! Files: this one holds the sandbox's description, record and the paths containers join;
-//! [`lifecycle`] creates, stops, removes, lists and recovers sandboxes; [`namespaces`]
-//! pins the namespaces, starts pod-init and tears them down again; [`usage`] finds a
+//! `lifecycle` creates, stops, removes, lists and recovers sandboxes; `namespaces`
+//! pins the namespaces, starts pod-init and tears them down again; `usage` finds a
 //! pod's containers and adds up its usage.
 
 mod lifecycle;
@@ -127,6 +127,29 @@ pub struct SandboxRecord {
     /// Opaque caller data.
     #[serde(default)]
     pub client_data: serde_json::Value,
+}
+
+impl SandboxRecord {
+    /// A NotReady record of sandbox `id` that says nothing else: for one whose record
+    /// cannot be read (recovery releases what it pinned), and as a base for tests.
+    pub fn unknown(id: SandboxId) -> Self {
+        Self {
+            version: SANDBOX_RECORD_VERSION,
+            id,
+            state: SandboxState::NotReady,
+            hostname: String::new(),
+            host_network: false,
+            host_ipc: false,
+            pid: SandboxPidMode::Container,
+            created_at_unix_nanos: 0,
+            boot_id: String::new(),
+            pod_init: None,
+            pod_init_cgroup: None,
+            cgroup_parent: String::new(),
+            own_cgroup: false,
+            client_data: serde_json::Value::Null,
+        }
+    }
 }
 
 /// A sandbox's record and its files.

@@ -74,16 +74,9 @@ impl Runtime {
         }
         let nsdir = dir.join("ns");
         fs::create_dir(&nsdir).map_err(|e| Error::io("create directory", &nsdir, e))?;
-        let mut child = Command::new(&self.monitor_binary)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: self.monitor_binary.clone(),
-                source,
-            })?;
+        let mut cmd = Command::new(&self.monitor_binary);
+        cmd.args(&args).stdin(Stdio::piped());
+        let mut child = self.spawn_helper(cmd)?;
         let result = (|| -> Result<()> {
             let mut line = String::new();
             let out = child.stdout.take().ok_or_else(|| err("no stdout".into()))?;
@@ -107,6 +100,17 @@ impl Runtime {
         result
     }
 
+    /// Spawns a `rootstock-monitor` helper that reports on its stdout (stderr dropped).
+    fn spawn_helper(&self, mut cmd: Command) -> Result<std::process::Child> {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| Error::Spawn {
+                program: self.monitor_binary.clone(),
+                source,
+            })
+    }
+
     /// Starts the pod's PID 1 (`rootstock-monitor pod-init`, see [`crate::pod_helpers`])
     /// in `cgroup`, waits until it reports itself confined, and pins its PID namespace
     /// under `ns/pid`.
@@ -125,15 +129,8 @@ impl Runtime {
         if let Some(cg) = cgroup {
             cmd.args(["--cgroup", cg]);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| Error::Spawn {
-                program: self.monitor_binary.clone(),
-                source,
-            })?;
+        cmd.stdin(Stdio::null());
+        let mut child = self.spawn_helper(cmd)?;
         // Two writers share the pipe: the first stage ("pid <n>", then it exits) and PID 1
         // itself ("ok" once confined, then it closes its end). EOF means both are done.
         let mut out = String::new();

@@ -5,8 +5,8 @@
 //! `security`, `resources`), each owning one family of fields, so the security-context and
 //! resources families can grow without touching the others.
 //!
-//! Files by family: [`process`] (args, env, user), [`security`] (capabilities, seccomp,
-//! AppArmor, masked paths), [`mounts`] (bind mounts, namespaces), [`resources`] (cgroup
+//! Files by family: `process` (args, env, user), `security` (capabilities, seccomp,
+//! AppArmor, masked paths), `mounts` (bind mounts, namespaces), `resources` (cgroup
 //! limits, device rules); this file holds the container description and `build`, which
 //! puts the families together.
 

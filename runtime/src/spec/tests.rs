@@ -4,6 +4,17 @@ use super::security::capabilities;
 use super::*;
 use oci_spec::runtime::Capability;
 
+/// A node that cannot lower `oom_score_adj`, with every capability, no AppArmor, cgroup v1.
+fn host() -> HostFacts {
+    HostFacts {
+        oom_score_adj: 0,
+        can_lower_oom_score_adj: false,
+        capability_bounding: u64::MAX,
+        apparmor: false,
+        cgroup_v2: false,
+    }
+}
+
 fn base() -> ContainerSpec {
     ContainerSpec {
         image: ImageConfig {
@@ -74,13 +85,7 @@ fn spec_has_paths_namespaces_and_clamped_oom() {
         recursive_readonly: false,
     });
     let id = ContainerId::new("c1").unwrap();
-    let host = HostFacts {
-        oom_score_adj: 0,
-        can_lower_oom_score_adj: false,
-        capability_bounding: u64::MAX,
-        apparmor: false,
-        cgroup_v2: false,
-    };
+    let host = host();
     let dir = tempfile::tempdir().unwrap();
     let b = build(&id, &s, dir.path(), &host).unwrap();
     assert_eq!(b.cgroup_path, "/kubepods/pod1/c1");
@@ -114,13 +119,7 @@ fn capabilities_add_and_drop() {
         add_capabilities: vec!["CAP_NET_ADMIN".into(), "kill".into()],
         ..Default::default()
     };
-    let host = HostFacts {
-        oom_score_adj: 0,
-        can_lower_oom_score_adj: false,
-        capability_bounding: u64::MAX,
-        apparmor: false,
-        cgroup_v2: false,
-    };
+    let host = host();
     let caps = capabilities(&sc, &host).unwrap();
     let b = caps.bounding().clone().unwrap();
     assert_eq!(b.len(), 2);
@@ -145,11 +144,8 @@ fn privileged_gets_bounded_caps_devices_rw_sysfs_and_no_masked_paths() {
     let id = ContainerId::new("c1").unwrap();
     // No CAP_SYS_RESOURCE (24) in the daemon's bounding set, as on these nodes.
     let host = HostFacts {
-        oom_score_adj: 0,
-        can_lower_oom_score_adj: false,
         capability_bounding: ((1u64 << 41) - 1) & !(1 << 24),
-        apparmor: false,
-        cgroup_v2: false,
+        ..host()
     };
     let dir = tempfile::tempdir().unwrap();
     let json = serde_json::to_value(build(&id, &s, dir.path(), &host).unwrap().spec).unwrap();
@@ -191,13 +187,7 @@ fn localhost_seccomp_is_loaded_and_privileged_or_default_get_none() {
     )
     .unwrap();
     let id = ContainerId::new("c1").unwrap();
-    let host = HostFacts {
-        oom_score_adj: 0,
-        can_lower_oom_score_adj: false,
-        capability_bounding: u64::MAX,
-        apparmor: false,
-        cgroup_v2: false,
-    };
+    let host = host();
     let mut s = base();
     s.security.seccomp = SeccompProfile::Localhost(profile.clone());
     let b = build(&id, &s, dir.path(), &host).unwrap();
@@ -245,13 +235,7 @@ fn localhost_seccomp_is_loaded_and_privileged_or_default_get_none() {
 fn apparmor_without_apparmor_fails_unless_unconfined_and_unified_passes_through() {
     let id = ContainerId::new("c1").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut host = HostFacts {
-        oom_score_adj: 0,
-        can_lower_oom_score_adj: false,
-        capability_bounding: u64::MAX,
-        apparmor: false,
-        cgroup_v2: false,
-    };
+    let mut host = host();
     let mut s = base();
     s.security.apparmor = AppArmorProfile::Localhost("my-profile".into());
     let err = build(&id, &s, dir.path(), &host).unwrap_err();
@@ -280,13 +264,7 @@ fn apparmor_without_apparmor_fails_unless_unconfined_and_unified_passes_through(
 fn cgroup_v2_gives_a_cgroup_namespace_and_our_cpu_weight() {
     let id = ContainerId::new("c1").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut host = HostFacts {
-        oom_score_adj: 0,
-        can_lower_oom_score_adj: false,
-        capability_bounding: u64::MAX,
-        apparmor: false,
-        cgroup_v2: false,
-    };
+    let mut host = host();
     let mut s = base();
     s.resources.cpu_shares = Some(512);
     let spec = |host: &HostFacts, s: &ContainerSpec| {
