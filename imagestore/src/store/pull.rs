@@ -489,3 +489,48 @@ impl Inner {
         Ok(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(media_type: &str) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: Digest::of(media_type.as_bytes()),
+            size: 1,
+            platform: None,
+            urls: None,
+        }
+    }
+
+    #[test]
+    fn media_types_are_checked_before_anything_is_downloaded() {
+        let layers = |types: &[&str]| types.iter().map(|t| desc(t)).collect::<Vec<_>>();
+        let ok = ImageManifest {
+            config: desc(DOCKER_CONFIG),
+            layers: layers(&[
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ]),
+        };
+        assert!(check_media_types("r", &ok).is_ok());
+        let config = ImageManifest {
+            config: desc("application/vnd.cncf.helm.config.v1+json"),
+            layers: vec![],
+        };
+        let layer = ImageManifest {
+            config: desc(OCI_CONFIG),
+            layers: layers(&[
+                "application/vnd.oci.image.layer.v1.tar",
+                "application/vnd.oci.image.layer.v1.tar+bzip2",
+            ]),
+        };
+        for (manifest, named) in [(config, "config"), (layer, "layer 1")] {
+            match check_media_types("r", &manifest) {
+                Err(Error::UnsupportedMediaType { what, .. }) => assert_eq!(what, named),
+                other => panic!("{named}: {other:?}"),
+            }
+        }
+    }
+}
