@@ -67,16 +67,9 @@ pub struct Bandwidth {
     pub egress_burst: u64,
 }
 
-/// The pod's DNS config, passed to plugins declaring the `dns` capability.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Name servers.
-    pub servers: Vec<String>,
-    /// Search domains.
-    pub searches: Vec<String>,
-    /// resolv.conf options.
-    pub options: Vec<String>,
-}
+/// The pod's DNS config, passed to plugins declaring the `dns` capability (one type with
+/// the runtime's, which writes it into the sandbox's resolv.conf).
+pub use rootstock_fsutil::DnsConfig;
 
 /// What ADD needs to know about a pod sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]

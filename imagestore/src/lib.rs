@@ -31,6 +31,7 @@ pub mod failpoint;
 mod fsutil;
 pub mod layer;
 mod layout;
+pub mod leases;
 pub mod manifest;
 pub mod metadata;
 pub mod offline;
