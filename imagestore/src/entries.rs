@@ -30,6 +30,15 @@ pub(crate) fn refused(layer: &LayerInput, entry: &str, reason: impl Into<String>
     }
 }
 
+/// Where an entry goes: the directory that holds it, its name there, its normalised path,
+/// and its name as the tar spelled it (for messages).
+struct Place<'r> {
+    dir: OwnedFd,
+    name: String,
+    path: String,
+    raw: &'r str,
+}
+
 /// State of one layer's unpack.
 pub(crate) struct Unpack<'a> {
     pub(crate) layer: &'a LayerInput,
@@ -197,21 +206,25 @@ impl<'a> Unpack<'a> {
         if let Some(target) = name.strip_prefix(".wh.") {
             return self.whiteout(&comps, &raw, &path, target);
         }
-        let dir = self.parent(&comps, &raw)?;
+        let at = Place {
+            dir: self.parent(&comps, &raw)?,
+            name,
+            path,
+            raw: &raw,
+        };
         match h.etype {
-            EntryType::Dir => self.directory(&dir, &name, path, meta),
+            EntryType::Dir => self.directory(at, meta),
             EntryType::File => {
-                self.replace(&dir, &name, &path, false)?;
-                let kind = self.file(tar, &h, &dir, &name, &path, &meta)?;
+                self.replace(&at.dir, &at.name, &at.path, false)?;
+                let kind = self.file(tar, &h, &at.dir, &at.name, &at.path, &meta)?;
+                let path = at.path;
                 self.entries
                     .insert(path.clone(), ManEntry { path, kind, meta });
                 Ok(())
             }
-            EntryType::HardLink => self.hard_link(&dir, &name, path, &raw, &h.link),
-            EntryType::Symlink => self.symlink(&dir, &name, path, &raw, &h.link, meta),
-            EntryType::Fifo | EntryType::Char | EntryType::Block => {
-                self.node(&dir, &name, path, &h, meta)
-            }
+            EntryType::HardLink => self.hard_link(at, &h.link),
+            EntryType::Symlink => self.symlink(at, &h.link, meta),
+            EntryType::Fifo | EntryType::Char | EntryType::Block => self.node(at, &h, meta),
             EntryType::Other(flag) => Err(refused(
                 self.layer,
                 &raw,
@@ -295,16 +308,19 @@ impl<'a> Unpack<'a> {
         Ok(())
     }
 
-    fn directory(&mut self, dir: &OwnedFd, name: &str, path: String, meta: Meta) -> Result<()> {
-        self.replace(dir, name, &path, true)?;
-        match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)) {
+    fn directory(&mut self, at: Place<'_>, meta: Meta) -> Result<()> {
+        let Place {
+            dir, name, path, ..
+        } = at;
+        self.replace(&dir, &name, &path, true)?;
+        match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(Error::io("create directory", &path, e.into())),
         }
         // The next entries are most likely inside it (tars list a directory before its
         // content): cache it as their parent, so a deep chain of directories costs one
         // lookup per level rather than one per level per entry.
-        self.parent_cache = fsutil::resolve_dir(dir, name)
+        self.parent_cache = fsutil::resolve_dir(&dir, &name)
             .ok()
             .map(|fd| (path.clone(), fd));
         self.entries.insert(
@@ -320,14 +336,13 @@ impl<'a> Unpack<'a> {
 
     /// A hard link: linked now when its target is in this layer (so the view is exact),
     /// by the render when the target lives in a lower layer.
-    fn hard_link(
-        &mut self,
-        dir: &OwnedFd,
-        name: &str,
-        path: String,
-        raw: &str,
-        link: &[u8],
-    ) -> Result<()> {
+    fn hard_link(&mut self, at: Place<'_>, link: &[u8]) -> Result<()> {
+        let Place {
+            dir,
+            name,
+            path,
+            raw,
+        } = at;
         if link.is_empty() {
             return Err(refused(self.layer, raw, "hard link without a target"));
         }
@@ -343,7 +358,7 @@ impl<'a> Unpack<'a> {
         if target == path {
             return Err(refused(self.layer, raw, "hard link to itself"));
         }
-        self.replace(dir, name, &path, false)?;
+        self.replace(&dir, &name, &path, false)?;
         if let Some(entry) = self.entries.get(&target)
             && !matches!(entry.kind, Kind::Dir { .. })
         {
@@ -358,8 +373,8 @@ impl<'a> Unpack<'a> {
             rustix::fs::linkat(
                 &tparent,
                 tcomps[tcomps.len() - 1].as_str(),
-                dir,
-                name,
+                &dir,
+                name.as_str(),
                 AtFlags::empty(),
             )
             .map_err(|e| Error::io("hard link", &path, e.into()))?;
@@ -370,21 +385,19 @@ impl<'a> Unpack<'a> {
         Ok(())
     }
 
-    fn symlink(
-        &mut self,
-        dir: &OwnedFd,
-        name: &str,
-        path: String,
-        raw: &str,
-        link: &[u8],
-        meta: Meta,
-    ) -> Result<()> {
+    fn symlink(&mut self, at: Place<'_>, link: &[u8], meta: Meta) -> Result<()> {
+        let Place {
+            dir,
+            name,
+            path,
+            raw,
+        } = at;
         if link.is_empty() {
             return Err(refused(self.layer, raw, "symlink without a target"));
         }
         let target = String::from_utf8_lossy(link).into_owned();
-        self.replace(dir, name, &path, false)?;
-        rustix::fs::symlinkat(target.as_str(), dir, name)
+        self.replace(&dir, &name, &path, false)?;
+        rustix::fs::symlinkat(target.as_str(), &dir, name.as_str())
             .map_err(|e| Error::io("create symlink", &path, e.into()))?;
         self.entries.insert(
             path.clone(),
@@ -398,14 +411,10 @@ impl<'a> Unpack<'a> {
     }
 
     /// A fifo, or a device node when `images.allow_device_nodes` lets it in.
-    fn node(
-        &mut self,
-        dir: &OwnedFd,
-        name: &str,
-        path: String,
-        h: &Header,
-        meta: Meta,
-    ) -> Result<()> {
+    fn node(&mut self, at: Place<'_>, h: &Header, meta: Meta) -> Result<()> {
+        let Place {
+            dir, name, path, ..
+        } = at;
         // Fifos carry no device numbers (the fields may be blank).
         let (major, minor) = (h.devmajor, h.devminor);
         let (kind, ftype) = if h.etype == EntryType::Fifo {
@@ -421,10 +430,10 @@ impl<'a> Unpack<'a> {
         } else {
             (Kind::Block { major, minor }, FileType::BlockDevice)
         };
-        self.replace(dir, name, &path, false)?;
+        self.replace(&dir, &name, &path, false)?;
         rustix::fs::mknodat(
-            dir,
-            name,
+            &dir,
+            name.as_str(),
             ftype,
             Mode::from_raw_mode(0o600),
             rustix::fs::makedev(major, minor),
