@@ -6,7 +6,7 @@
 
 use std::fs::{self, File, Permissions};
 use std::io::IsTerminal;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,11 +141,7 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 
 /// Store and state directories hold other pods' data: root only.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+    rootstock_fsutil::create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 /// An exclusive `flock` on `<root_dir>/rootstock.lock`, held for the daemon's lifetime. The

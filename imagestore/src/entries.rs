@@ -30,6 +30,15 @@ pub(crate) fn refused(layer: &LayerInput, entry: &str, reason: impl Into<String>
     }
 }
 
+/// Where an entry goes: the directory that holds it, its name there, its normalised path,
+/// and its name as the tar spelled it (for messages).
+struct Place<'r> {
+    dir: OwnedFd,
+    name: String,
+    path: String,
+    raw: &'r str,
+}
+
 /// State of one layer's unpack.
 pub(crate) struct Unpack<'a> {
     pub(crate) layer: &'a LayerInput,
@@ -164,6 +173,8 @@ impl<'a> Unpack<'a> {
         }
     }
 
+    /// Places one tar entry: its path checked and charged, its metadata taken, then the
+    /// function for its kind.
     pub(crate) fn entry<R: Read>(&mut self, tar: &mut TarReader<R>, h: Header) -> Result<()> {
         let raw = String::from_utf8(h.path.clone()).map_err(|e| {
             refused(
@@ -186,13 +197,50 @@ impl<'a> Unpack<'a> {
                 ),
             });
         }
-        let etype = h.etype;
+        let meta = self.meta_of(&h, &raw)?;
+        if comps.is_empty() {
+            return self.root(h.etype, &raw, meta);
+        }
+        let path = comps.join("/");
+        let name = comps[comps.len() - 1].clone();
+        if let Some(target) = name.strip_prefix(".wh.") {
+            return self.whiteout(&comps, &raw, &path, target);
+        }
+        let at = Place {
+            dir: self.parent(&comps, &raw)?,
+            name,
+            path,
+            raw: &raw,
+        };
+        match h.etype {
+            EntryType::Dir => self.directory(at, meta),
+            EntryType::File => {
+                self.replace(&at.dir, &at.name, &at.path, false)?;
+                let kind = self.file(tar, &h, &at.dir, &at.name, &at.path, &meta)?;
+                let path = at.path;
+                self.entries
+                    .insert(path.clone(), ManEntry { path, kind, meta });
+                Ok(())
+            }
+            EntryType::HardLink => self.hard_link(at, &h.link),
+            EntryType::Symlink => self.symlink(at, &h.link, meta),
+            EntryType::Fifo | EntryType::Char | EntryType::Block => self.node(at, &h, meta),
+            EntryType::Other(flag) => Err(refused(
+                self.layer,
+                &raw,
+                format!("unsupported tar entry type {:?}", flag as char),
+            )),
+        }
+    }
+
+    /// The inode metadata of an entry, as its tree reproduces it.
+    fn meta_of(&mut self, h: &Header, raw: &str) -> Result<Meta> {
         let mut meta = Meta {
             mode: h.mode & 0o7777,
             uid: u32::try_from(h.uid)
-                .map_err(|_| refused(self.layer, &raw, format!("uid {} out of range", h.uid)))?,
+                .map_err(|_| refused(self.layer, raw, format!("uid {} out of range", h.uid)))?,
             gid: u32::try_from(h.gid)
-                .map_err(|_| refused(self.layer, &raw, format!("gid {} out of range", h.gid)))?,
+                .map_err(|_| refused(self.layer, raw, format!("gid {} out of range", h.gid)))?,
             mtime: h.mtime,
             xattrs: Vec::new(),
         };
@@ -206,185 +254,193 @@ impl<'a> Unpack<'a> {
         }
         meta.xattrs.sort();
         meta.xattrs.dedup_by(|a, b| a.0 == b.0);
+        Ok(meta)
+    }
 
-        if comps.is_empty() {
-            // The root itself ("./"): only a directory makes sense; its metadata is kept.
-            if etype == EntryType::Dir {
-                self.entries.insert(
-                    String::new(),
-                    ManEntry {
-                        path: String::new(),
-                        kind: Kind::Dir { implicit: false },
-                        meta,
-                    },
-                );
-                return Ok(());
-            }
+    /// The root itself ("./"): only a directory makes sense; its metadata is kept.
+    fn root(&mut self, etype: EntryType, raw: &str, meta: Meta) -> Result<()> {
+        if etype != EntryType::Dir {
             return Err(refused(
                 self.layer,
-                &raw,
+                raw,
                 "a non-directory entry for the root",
             ));
         }
-        let path = comps.join("/");
-        let name = comps[comps.len() - 1].clone();
+        self.entries.insert(
+            String::new(),
+            ManEntry {
+                path: String::new(),
+                kind: Kind::Dir { implicit: false },
+                meta,
+            },
+        );
+        Ok(())
+    }
 
-        // Whiteouts (AUFS style, as the OCI layer spec defines them).
-        if let Some(target) = name.strip_prefix(".wh.") {
-            let parent_path = comps[..comps.len() - 1].join("/");
-            if name == ".wh..wh..opq" {
-                self.opaques.push(parent_path);
-            } else if target.starts_with(".wh.") {
-                debug!(entry = %raw, "ignoring AUFS metadata entry");
-                return Ok(());
-            } else if target.is_empty() || target == "." || target == ".." {
-                return Err(refused(self.layer, &raw, "whiteout names no file"));
-            } else if parent_path.is_empty() {
-                self.whiteouts.push(target.to_string());
-            } else {
-                self.whiteouts.push(format!("{parent_path}/{target}"));
-            }
-            // The marker stays in the layer's view as the empty file the tar carried.
-            let dir = self.parent(&comps, &raw)?;
-            self.replace(&dir, &name, &path, false)?;
-            let fd = rustix::fs::openat(
+    /// A whiteout `.wh.<target>` or an opaque marker (AUFS style, as the OCI layer spec
+    /// defines them).
+    fn whiteout(&mut self, comps: &[String], raw: &str, path: &str, target: &str) -> Result<()> {
+        let name = &comps[comps.len() - 1];
+        let parent_path = comps[..comps.len() - 1].join("/");
+        if name == ".wh..wh..opq" {
+            self.opaques.push(parent_path);
+        } else if target.starts_with(".wh.") {
+            debug!(entry = %raw, "ignoring AUFS metadata entry");
+            return Ok(());
+        } else if target.is_empty() || target == "." || target == ".." {
+            return Err(refused(self.layer, raw, "whiteout names no file"));
+        } else if parent_path.is_empty() {
+            self.whiteouts.push(target.to_string());
+        } else {
+            self.whiteouts.push(format!("{parent_path}/{target}"));
+        }
+        // The marker stays in the layer's view as the empty file the tar carried.
+        let dir = self.parent(comps, raw)?;
+        self.replace(&dir, name, path, false)?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| Error::io("create whiteout", path, e.into()))?;
+        drop(fd);
+        Ok(())
+    }
+
+    fn directory(&mut self, at: Place<'_>, meta: Meta) -> Result<()> {
+        let Place {
+            dir, name, path, ..
+        } = at;
+        self.replace(&dir, &name, &path, true)?;
+        match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(Error::io("create directory", &path, e.into())),
+        }
+        // The next entries are most likely inside it (tars list a directory before its
+        // content): cache it as their parent, so a deep chain of directories costs one
+        // lookup per level rather than one per level per entry.
+        self.parent_cache = fsutil::resolve_dir(&dir, &name)
+            .ok()
+            .map(|fd| (path.clone(), fd));
+        self.entries.insert(
+            path.clone(),
+            ManEntry {
+                path,
+                kind: Kind::Dir { implicit: false },
+                meta,
+            },
+        );
+        Ok(())
+    }
+
+    /// A hard link: linked now when its target is in this layer (so the view is exact),
+    /// by the render when the target lives in a lower layer.
+    fn hard_link(&mut self, at: Place<'_>, link: &[u8]) -> Result<()> {
+        let Place {
+            dir,
+            name,
+            path,
+            raw,
+        } = at;
+        if link.is_empty() {
+            return Err(refused(self.layer, raw, "hard link without a target"));
+        }
+        let link = String::from_utf8_lossy(link).into_owned();
+        // Hard link names are relative to the archive root; a leading `/` is contained
+        // (stripped), `..` is refused.
+        let tcomps = normalize(link.trim_start_matches('/'))
+            .map_err(|r| refused(self.layer, raw, format!("hard link target {link:?}: {r}")))?;
+        if tcomps.is_empty() {
+            return Err(refused(self.layer, raw, "hard link to the root"));
+        }
+        let target = tcomps.join("/");
+        if target == path {
+            return Err(refused(self.layer, raw, "hard link to itself"));
+        }
+        self.replace(&dir, &name, &path, false)?;
+        if let Some(entry) = self.entries.get(&target)
+            && !matches!(entry.kind, Kind::Dir { .. })
+        {
+            let tparent = fsutil::resolve_dir(&self.view, &tcomps[..tcomps.len() - 1].join("/"))
+                .map_err(|_| {
+                    refused(
+                        self.layer,
+                        raw,
+                        format!("hard link target {link:?} unreachable"),
+                    )
+                })?;
+            rustix::fs::linkat(
+                &tparent,
+                tcomps[tcomps.len() - 1].as_str(),
                 &dir,
                 name.as_str(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
+                AtFlags::empty(),
             )
-            .map_err(|e| Error::io("create whiteout", &path, e.into()))?;
-            drop(fd);
-            return Ok(());
+            .map_err(|e| Error::io("hard link", &path, e.into()))?;
+        } else if self.entries.contains_key(&target) {
+            return Err(refused(self.layer, raw, "hard link to a directory"));
         }
+        self.hardlinks.push((path, target));
+        Ok(())
+    }
 
-        let dir = self.parent(&comps, &raw)?;
-        match etype {
-            EntryType::Dir => {
-                self.replace(&dir, &name, &path, true)?;
-                match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(Error::io("create directory", &path, e.into())),
-                }
-                // The next entries are most likely inside it (tars list a directory before
-                // its content): cache it as their parent, so a deep chain of directories
-                // costs one lookup per level rather than one per level per entry.
-                self.parent_cache = fsutil::resolve_dir(&dir, &name)
-                    .ok()
-                    .map(|fd| (path.clone(), fd));
-                self.entries.insert(
-                    path.clone(),
-                    ManEntry {
-                        path,
-                        kind: Kind::Dir { implicit: false },
-                        meta,
-                    },
-                );
-            }
-            EntryType::File => {
-                self.replace(&dir, &name, &path, false)?;
-                let kind = self.file(tar, &h, &dir, &name, &path, &meta)?;
-                self.entries
-                    .insert(path.clone(), ManEntry { path, kind, meta });
-            }
-            EntryType::HardLink => {
-                if h.link.is_empty() {
-                    return Err(refused(self.layer, &raw, "hard link without a target"));
-                }
-                let link = String::from_utf8_lossy(&h.link).into_owned();
-                // Hard link names are relative to the archive root; a leading `/` is
-                // contained (stripped), `..` is refused.
-                let tcomps = normalize(link.trim_start_matches('/')).map_err(|r| {
-                    refused(self.layer, &raw, format!("hard link target {link:?}: {r}"))
-                })?;
-                if tcomps.is_empty() {
-                    return Err(refused(self.layer, &raw, "hard link to the root"));
-                }
-                let target = tcomps.join("/");
-                if target == path {
-                    return Err(refused(self.layer, &raw, "hard link to itself"));
-                }
-                self.replace(&dir, &name, &path, false)?;
-                // Within the layer: link now so the view is exact; to a lower layer: the
-                // render links it.
-                if let Some(entry) = self.entries.get(&target)
-                    && !matches!(entry.kind, Kind::Dir { .. })
-                {
-                    let tparent =
-                        fsutil::resolve_dir(&self.view, &tcomps[..tcomps.len() - 1].join("/"))
-                            .map_err(|_| {
-                                refused(
-                                    self.layer,
-                                    &raw,
-                                    format!("hard link target {link:?} unreachable"),
-                                )
-                            })?;
-                    rustix::fs::linkat(
-                        &tparent,
-                        tcomps[tcomps.len() - 1].as_str(),
-                        &dir,
-                        name.as_str(),
-                        AtFlags::empty(),
-                    )
-                    .map_err(|e| Error::io("hard link", &path, e.into()))?;
-                } else if self.entries.contains_key(&target) {
-                    return Err(refused(self.layer, &raw, "hard link to a directory"));
-                }
-                self.hardlinks.push((path, target));
-            }
-            EntryType::Symlink => {
-                if h.link.is_empty() {
-                    return Err(refused(self.layer, &raw, "symlink without a target"));
-                }
-                let target = String::from_utf8_lossy(&h.link).into_owned();
-                self.replace(&dir, &name, &path, false)?;
-                rustix::fs::symlinkat(target.as_str(), &dir, name.as_str())
-                    .map_err(|e| Error::io("create symlink", &path, e.into()))?;
-                self.entries.insert(
-                    path.clone(),
-                    ManEntry {
-                        path,
-                        kind: Kind::Symlink { target },
-                        meta,
-                    },
-                );
-            }
-            EntryType::Fifo | EntryType::Char | EntryType::Block => {
-                // Fifos carry no device numbers (the fields may be blank).
-                let (major, minor) = (h.devmajor, h.devminor);
-                let (kind, ftype) = if etype == EntryType::Fifo {
-                    (Kind::Fifo, FileType::Fifo)
-                } else if !self.allow_devices {
-                    // Skipped, not refused: the runtime mounts its own /dev over the image's,
-                    // so nodes shipped in an image are never visible in a container, and
-                    // refusing would break old images that carry a populated /dev.
-                    self.skipped_devices += 1;
-                    return Ok(());
-                } else if etype == EntryType::Char {
-                    (Kind::Char { major, minor }, FileType::CharacterDevice)
-                } else {
-                    (Kind::Block { major, minor }, FileType::BlockDevice)
-                };
-                self.replace(&dir, &name, &path, false)?;
-                rustix::fs::mknodat(
-                    &dir,
-                    name.as_str(),
-                    ftype,
-                    Mode::from_raw_mode(0o600),
-                    rustix::fs::makedev(major, minor),
-                )
-                .map_err(|e| Error::io("create node", &path, e.into()))?;
-                self.entries
-                    .insert(path.clone(), ManEntry { path, kind, meta });
-            }
-            EntryType::Other(flag) => {
-                return Err(refused(
-                    self.layer,
-                    &raw,
-                    format!("unsupported tar entry type {:?}", flag as char),
-                ));
-            }
+    fn symlink(&mut self, at: Place<'_>, link: &[u8], meta: Meta) -> Result<()> {
+        let Place {
+            dir,
+            name,
+            path,
+            raw,
+        } = at;
+        if link.is_empty() {
+            return Err(refused(self.layer, raw, "symlink without a target"));
         }
+        let target = String::from_utf8_lossy(link).into_owned();
+        self.replace(&dir, &name, &path, false)?;
+        rustix::fs::symlinkat(target.as_str(), &dir, name.as_str())
+            .map_err(|e| Error::io("create symlink", &path, e.into()))?;
+        self.entries.insert(
+            path.clone(),
+            ManEntry {
+                path,
+                kind: Kind::Symlink { target },
+                meta,
+            },
+        );
+        Ok(())
+    }
+
+    /// A fifo, or a device node when `images.allow_device_nodes` lets it in.
+    fn node(&mut self, at: Place<'_>, h: &Header, meta: Meta) -> Result<()> {
+        let Place {
+            dir, name, path, ..
+        } = at;
+        // Fifos carry no device numbers (the fields may be blank).
+        let (major, minor) = (h.devmajor, h.devminor);
+        let (kind, ftype) = if h.etype == EntryType::Fifo {
+            (Kind::Fifo, FileType::Fifo)
+        } else if !self.allow_devices {
+            // Skipped, not refused: the runtime mounts its own /dev over the image's, so
+            // nodes shipped in an image are never visible in a container, and refusing
+            // would break old images that carry a populated /dev.
+            self.skipped_devices += 1;
+            return Ok(());
+        } else if h.etype == EntryType::Char {
+            (Kind::Char { major, minor }, FileType::CharacterDevice)
+        } else {
+            (Kind::Block { major, minor }, FileType::BlockDevice)
+        };
+        self.replace(&dir, &name, &path, false)?;
+        rustix::fs::mknodat(
+            &dir,
+            name.as_str(),
+            ftype,
+            Mode::from_raw_mode(0o600),
+            rustix::fs::makedev(major, minor),
+        )
+        .map_err(|e| Error::io("create node", &path, e.into()))?;
+        self.entries
+            .insert(path.clone(), ManEntry { path, kind, meta });
         Ok(())
     }
 

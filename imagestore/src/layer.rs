@@ -53,11 +53,6 @@ impl ImageBudget {
         })
     }
 
-    /// No limits (tools and tests).
-    pub fn unlimited() -> Arc<Self> {
-        Self::new(u64::MAX, u64::MAX)
-    }
-
     /// Charge `n` uncompressed bytes (stream bytes, and the holes of sparse files).
     pub(crate) fn bytes(&self, layer: &LayerInput, n: u64) -> Result<()> {
         let total = self.bytes.fetch_add(n, Ordering::Relaxed).saturating_add(n);

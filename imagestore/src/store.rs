@@ -28,9 +28,10 @@
 //!   caller goes away (kubelet cancels the RPC or its deadline passes) the task stops
 //!   downloading at the next chunk and cleans up like any failed pull.
 //!
-//! The façade is here; [`index`] resolves names and commits records, [`pull`] runs a pull,
-//! [`gc`] collects and sweeps.
+//! The façade is here; [`index`] resolves names and commits records, [`pull`] runs a pull
+//! ([`download`] one layer of it), [`gc`] collects and sweeps.
 
+mod download;
 mod gc;
 mod index;
 mod pull;

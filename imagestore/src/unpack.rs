@@ -189,47 +189,7 @@ impl TreeLayerSink {
             skipped_devices: 0,
             dropped_xattrs: 0,
         };
-        let decompress_err = |detail: String| Error::Decompress {
-            digest: layer.digest.clone(),
-            media_type: layer.media_type.clone(),
-            detail,
-        };
-        let result: Result<(Digest, u64)> = (|| {
-            let decoder: Box<dyn Read + '_> = match compression {
-                Compression::None => Box::new(&mut side),
-                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut side)),
-                Compression::Zstd => Box::new(
-                    zstd::stream::read::Decoder::new(&mut side)
-                        .map_err(|e| decompress_err(e.to_string()))?,
-                ),
-            };
-            let mut hashing = HashingReader {
-                inner: decoder,
-                hasher: Sha256::new(),
-                count: 0,
-            };
-            let mut tar = TarReader::new(&mut hashing);
-            let mut charged = 0u64;
-            loop {
-                let next = tar.next_entry().map_err(|e| tar_error(layer, e, ""))?;
-                // Every byte of the stream counts against the image's budget: headers,
-                // extension records and data.
-                // The entry's data is charged before it is written (it is consumed later).
-                layer.budget.bytes(
-                    layer,
-                    tar.consumed().saturating_sub(charged) + tar.data_left(),
-                )?;
-                charged = tar.consumed() + tar.data_left();
-                let Some(h) = next else { break };
-                state.entry(&mut tar, h)?;
-            }
-            // The tar's end padding and anything after it belong to the diff_id too.
-            io::copy(&mut hashing, &mut io::sink()).map_err(|e| decompress_err(e.to_string()))?;
-            Ok((
-                Digest::from_sha256(hashing.hasher.finalize().into()),
-                hashing.count,
-            ))
-        })();
+        let result = read_entries(&mut side, compression, &mut state);
         // Every compressed byte must pass verification; when unpacking failed, a digest
         // mismatch found by draining is the real cause and the one reported.
         let drained = io::copy(&mut side, &mut io::sink());
@@ -255,28 +215,7 @@ impl TreeLayerSink {
             });
         }
         failpoint::hit("unpack.entries-done");
-        if state.skipped_devices > 0 {
-            warn!(diff_id = %layer.diff_id, count = state.skipped_devices,
-                "skipped device nodes (images.allow_device_nodes = false)");
-        }
-        if state.dropped_xattrs > 0 {
-            warn!(diff_id = %layer.diff_id, count = state.dropped_xattrs,
-                "dropped trusted.overlay.* xattrs from the layer");
-        }
-        let manifest = LayerManifest {
-            version: MANIFEST_VERSION,
-            diff_id: layer.diff_id.to_string(),
-            entries: std::mem::take(&mut state.entries).into_values().collect(),
-            hardlinks: std::mem::take(&mut state.hardlinks),
-            whiteouts: std::mem::take(&mut state.whiteouts),
-            opaques: std::mem::take(&mut state.opaques),
-        };
-        let count = manifest.entries.len() as u64;
-        drop(state);
-        let json = serde_json::to_vec(&manifest)
-            .map_err(|e| Error::metadata("encode layer manifest", e))?;
-        let mpath = work.path.join(LAYER_MANIFEST);
-        std::fs::write(&mpath, json).map_err(|e| Error::io("write layer manifest", &mpath, e))?;
+        let count = write_manifest(state, &work.path)?;
         std::fs::remove_dir(&objects_work).map_err(|e| Error::io("remove", &objects_work, e))?;
         if let Some(k) = &kept
             && k.written() != layer.size
@@ -315,6 +254,81 @@ impl TreeLayerSink {
         };
         Ok((record, count))
     }
+}
+
+/// Decompress the blob, hash the tar (the diff_id) and place each entry; returns the
+/// diff_id and the uncompressed size.
+fn read_entries(
+    side: &mut BlobSide<'_>,
+    compression: Compression,
+    state: &mut Unpack<'_>,
+) -> Result<(Digest, u64)> {
+    let layer = state.layer;
+    let decompress_err = |detail: String| Error::Decompress {
+        digest: layer.digest.clone(),
+        media_type: layer.media_type.clone(),
+        detail,
+    };
+    let decoder: Box<dyn Read + '_> = match compression {
+        Compression::None => Box::new(side),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(side)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(side).map_err(|e| decompress_err(e.to_string()))?,
+        ),
+    };
+    let mut hashing = HashingReader {
+        inner: decoder,
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let mut tar = TarReader::new(&mut hashing);
+    let mut charged = 0u64;
+    loop {
+        let next = tar.next_entry().map_err(|e| tar_error(layer, e, ""))?;
+        // Every byte of the stream counts against the image's budget: headers, extension
+        // records and data. The entry's data is charged before it is written (it is
+        // consumed later).
+        layer.budget.bytes(
+            layer,
+            tar.consumed().saturating_sub(charged) + tar.data_left(),
+        )?;
+        charged = tar.consumed() + tar.data_left();
+        let Some(h) = next else { break };
+        state.entry(&mut tar, h)?;
+    }
+    // The tar's end padding and anything after it belong to the diff_id too.
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| decompress_err(e.to_string()))?;
+    Ok((
+        Digest::from_sha256(hashing.hasher.finalize().into()),
+        hashing.count,
+    ))
+}
+
+/// Write `layer.json` into the layer's work dir from what the unpack collected, and say
+/// what was left out; returns the entry count.
+fn write_manifest(state: Unpack<'_>, work: &Path) -> Result<u64> {
+    let layer = state.layer;
+    if state.skipped_devices > 0 {
+        warn!(diff_id = %layer.diff_id, count = state.skipped_devices,
+            "skipped device nodes (images.allow_device_nodes = false)");
+    }
+    if state.dropped_xattrs > 0 {
+        warn!(diff_id = %layer.diff_id, count = state.dropped_xattrs,
+            "dropped trusted.overlay.* xattrs from the layer");
+    }
+    let manifest = LayerManifest {
+        version: MANIFEST_VERSION,
+        diff_id: layer.diff_id.to_string(),
+        entries: state.entries.into_values().collect(),
+        hardlinks: state.hardlinks,
+        whiteouts: state.whiteouts,
+        opaques: state.opaques,
+    };
+    let json =
+        serde_json::to_vec(&manifest).map_err(|e| Error::metadata("encode layer manifest", e))?;
+    let path = work.join(LAYER_MANIFEST);
+    std::fs::write(&path, json).map_err(|e| Error::io("write layer manifest", &path, e))?;
+    Ok(manifest.entries.len() as u64)
 }
 
 impl LayerSink for TreeLayerSink {

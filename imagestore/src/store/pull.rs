@@ -11,7 +11,6 @@ use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
 use super::{Image, Inner, RECORD_VERSION, blocking, now_secs};
-use crate::blobs::{ChannelReader, VerifyingReader};
 use crate::error::{Error, Result};
 use crate::layer::LayerInput;
 use crate::manifest::{
@@ -29,9 +28,6 @@ const MAX_CONFIG_SIZE: u64 = 4 << 20;
 const PARALLEL_LAYERS: usize = 3;
 /// A pull running longer than this logs progress, and again every such interval.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
-/// Whole-layer attempts when the connection drops mid-blob.
-const LAYER_ATTEMPTS: u32 = 3;
-const LAYER_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Leases a pull holds; released on drop.
 struct Leases {
@@ -57,12 +53,12 @@ impl Drop for Leases {
 }
 
 /// Pull progress, logged by a ticker for long pulls.
-struct Progress {
+pub(super) struct Progress {
     /// Closed when the caller is gone (see [`ImageStore::pull`]).
-    gone: tokio::sync::watch::Receiver<()>,
+    pub(super) gone: tokio::sync::watch::Receiver<()>,
     reference: String,
     total: AtomicU64,
-    done: AtomicU64,
+    pub(super) done: AtomicU64,
     started: Instant,
 }
 
@@ -72,7 +68,7 @@ impl Progress {
         self.gone.has_changed().is_err()
     }
 
-    fn abandoned_error(&self) -> Error {
+    pub(super) fn abandoned_error(&self) -> Error {
         Error::Interrupted {
             what: format!("pull of {}", self.reference),
             detail: "the caller cancelled the request".into(),
@@ -492,123 +488,49 @@ impl Inner {
         .await?;
         Ok(bytes)
     }
+}
 
-    async fn pull_layer(
-        self: &Arc<Self>,
-        session: &Session,
-        input: LayerInput,
-        desc: Descriptor,
-        progress: &Arc<Progress>,
-    ) -> Result<()> {
-        let _flight = self.flights.lock(&format!("layer:{}", input.diff_id)).await;
-        let (sink, diff_id) = (self.sink.clone(), input.diff_id.clone());
-        if blocking("look up layer", move || sink.lookup(&diff_id))
-            .await?
-            .is_some()
-        {
-            debug!(diff_id = %input.diff_id, "layer already present");
-            return Ok(());
-        }
-        // A connection lost mid-blob restarts the layer (the sink committed nothing).
-        let mut delay = LAYER_RETRY_BACKOFF;
-        let mut attempt = 1;
-        loop {
-            match self
-                .download_layer(session, input.clone(), &desc, progress)
-                .await
-            {
-                Err(e) if e.is_transient() && attempt < LAYER_ATTEMPTS => {
-                    warn!(digest = %input.digest, attempt, error = %e,
-                        "layer download failed, retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                other => return other,
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(media_type: &str) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: Digest::of(media_type.as_bytes()),
+            size: 1,
+            platform: None,
+            urls: None,
         }
     }
 
-    async fn download_layer(
-        self: &Arc<Self>,
-        session: &Session,
-        input: LayerInput,
-        desc: &Descriptor,
-        progress: &Arc<Progress>,
-    ) -> Result<()> {
-        let mut stream = session.open_blob(desc).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(16);
-        let sink = self.sink.clone();
-        let layer = input.clone();
-        let writer = tokio::task::spawn_blocking(move || {
-            let mut reader =
-                VerifyingReader::new(ChannelReader::new(rx), layer.digest.clone(), layer.size);
-            sink.commit(&layer, &mut reader)
-        });
-        // A blob must keep arriving at `blob_min_bytes_per_sec`, measured over windows of
-        // `blob_stall_secs` of time spent waiting on the network (time spent waiting on the
-        // disk does not count): a server that drips cannot hold the pull for ever.
-        let (min_rate, window) = self.blob_rate;
-        let min_bytes = min_rate.saturating_mul(window.as_secs());
-        let (mut waited, mut got) = (Duration::ZERO, 0u64);
-        let mut gone = progress.gone.clone();
-        loop {
-            let started = Instant::now();
-            let next = tokio::select! {
-                _ = gone.changed() => Ok(Some(Err(progress.abandoned_error()))),
-                r = tokio::time::timeout(window.saturating_sub(waited), stream.next()) => r,
-            };
-            waited += started.elapsed();
-            let chunk = match next {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(_) => Err(Error::RegistryTimeout {
-                    host: session.host().to_string(),
-                    what: format!("blob {}", input.digest),
-                    detail: format!(
-                        "{got} bytes in {}s, less than images.blob_min_bytes_per_sec = \
-                         {min_rate} over images.blob_stall_secs",
-                        window.as_secs()
-                    ),
-                }),
-            };
-            if let Ok(c) = &chunk {
-                got += c.len() as u64;
-            }
-            let chunk = if waited >= window {
-                let slow = got < min_bytes;
-                let detail = format!(
-                    "{got} bytes in {}s, less than images.blob_min_bytes_per_sec = {min_rate} \
-                     over images.blob_stall_secs",
-                    waited.as_secs()
-                );
-                (waited, got) = (Duration::ZERO, 0);
-                match chunk {
-                    Ok(_) if slow => Err(Error::RegistryTimeout {
-                        host: session.host().to_string(),
-                        what: format!("blob {}", input.digest),
-                        detail,
-                    }),
-                    other => other,
-                }
-            } else {
-                chunk
-            };
-            let failed = chunk.is_err();
-            if let Ok(c) = &chunk {
-                progress.done.fetch_add(c.len() as u64, Ordering::Relaxed);
-            }
-            // A closed channel means the sink stopped (and will report why).
-            if tx.send(chunk).await.is_err() || failed {
-                break;
+    #[test]
+    fn media_types_are_checked_before_anything_is_downloaded() {
+        let layers = |types: &[&str]| types.iter().map(|t| desc(t)).collect::<Vec<_>>();
+        let ok = ImageManifest {
+            config: desc(DOCKER_CONFIG),
+            layers: layers(&[
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ]),
+        };
+        assert!(check_media_types("r", &ok).is_ok());
+        let config = ImageManifest {
+            config: desc("application/vnd.cncf.helm.config.v1+json"),
+            layers: vec![],
+        };
+        let layer = ImageManifest {
+            config: desc(OCI_CONFIG),
+            layers: layers(&[
+                "application/vnd.oci.image.layer.v1.tar",
+                "application/vnd.oci.image.layer.v1.tar+bzip2",
+            ]),
+        };
+        for (manifest, named) in [(config, "config"), (layer, "layer 1")] {
+            match check_media_types("r", &manifest) {
+                Err(Error::UnsupportedMediaType { what, .. }) => assert_eq!(what, named),
+                other => panic!("{named}: {other:?}"),
             }
         }
-        drop(tx);
-        let record = writer.await.map_err(|e| Error::Interrupted {
-            what: format!("layer {}", input.digest),
-            detail: e.to_string(),
-        })??;
-        debug!(diff_id = %record.diff_id, size = record.size, "layer committed");
-        Ok(())
     }
 }
