@@ -132,16 +132,21 @@ pub async fn loopback_network(daemon: &Daemon) {
     wait_network_ready(daemon).await;
 }
 
+/// CRI `Status`, not verbose (what kubelet polls): conditions, handlers, features.
+pub async fn runtime_status(rt: &mut Rt) -> StatusResponse {
+    rt.status(StatusRequest { verbose: false })
+        .await
+        .unwrap_or_else(|e| panic!("Status: {e}"))
+        .into_inner()
+}
+
+/// Polls `Status` until NetworkReady (or panics after 15 s).
 pub async fn wait_network_ready(daemon: &Daemon) {
     let mut rt = daemon.runtime().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let status = rt
-            .status(StatusRequest { verbose: false })
+        let ready = runtime_status(&mut rt)
             .await
-            .unwrap()
-            .into_inner();
-        let ready = status
             .status
             .unwrap_or_default()
             .conditions
@@ -338,6 +343,18 @@ pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
         .into_inner();
     let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
     info["cgroupPath"].as_str().unwrap().to_owned()
+}
+
+/// ContainerStats of one container.
+pub async fn container_stats(rt: &mut Rt, id: &str) -> ContainerStats {
+    rt.container_stats(ContainerStatsRequest {
+        container_id: id.to_owned(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStats {id}: {e}"))
+    .into_inner()
+    .stats
+    .unwrap()
 }
 
 /// Polls until the container has exited (or panics after `timeout`).
