@@ -177,13 +177,9 @@ fn parent_pid(pid: i32) -> i32 {
 }
 
 async fn update(rt: &mut Rt, id: &str, r: LinuxContainerResources) {
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: id.to_owned(),
-        linux: Some(r),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("UpdateContainerResources {id}: {e}"));
+    update_resources(rt, id, r)
+        .await
+        .unwrap_or_else(|e| panic!("UpdateContainerResources {id}: {e}"));
 }
 
 async fn remove_container(rt: &mut Rt, id: &str) {

@@ -235,18 +235,7 @@ async fn shared_pid_pods_see_each_other_default_pods_do_not_and_stop_leaves_no_p
         )
         .await
         .unwrap();
-        let cgroup = {
-            let s = rt
-                .container_status(ContainerStatusRequest {
-                    container_id: a.clone(),
-                    verbose: true,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let info: serde_json::Value = serde_json::from_str(&s.info["info"]).unwrap();
-            info["cgroupPath"].as_str().unwrap().to_owned()
-        };
+        let cgroup = cgroup_of(&mut rt, &a).await;
         rt.stop_container(StopContainerRequest {
             container_id: a.clone(),
             timeout: 0,
@@ -537,14 +526,14 @@ async fn reopened_log_gets_new_output_and_resources_can_be_updated() {
     .unwrap();
     wait_file(&log, |t| t.contains("stdout F tick")).await;
 
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: id.clone(),
-        linux: Some(LinuxContainerResources {
+    update_resources(
+        &mut rt,
+        &id,
+        LinuxContainerResources {
             memory_limit_in_bytes: 64 << 20,
             ..Default::default()
-        }),
-        ..Default::default()
-    })
+        },
+    )
     .await
     .unwrap();
     let status = rt

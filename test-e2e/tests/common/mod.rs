@@ -345,6 +345,21 @@ pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
     info["cgroupPath"].as_str().unwrap().to_owned()
 }
 
+/// UpdateContainerResources of a container's Linux resources.
+pub async fn update_resources(
+    rt: &mut Rt,
+    id: &str,
+    linux: LinuxContainerResources,
+) -> Result<(), tonic::Status> {
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.to_owned(),
+        linux: Some(linux),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
 /// ContainerStats of one container.
 pub async fn container_stats(rt: &mut Rt, id: &str) -> ContainerStats {
     rt.container_stats(ContainerStatsRequest {
