@@ -441,15 +441,7 @@ async fn the_same_pod_runs_with_the_crun_handler() {
         .await
         .unwrap();
     assert_eq!(out.stdout, b"via crun\n");
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: c.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let info = container_info(&mut rt, &c).await;
     assert_eq!(info["runtimeType"], "crun");
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
@@ -536,15 +528,7 @@ async fn reopened_log_gets_new_output_and_resources_can_be_updated() {
     )
     .await
     .unwrap();
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let info = container_info(&mut rt, &id).await;
     let cgroup = info["cgroupPath"].as_str().unwrap();
     let limit = std::fs::read_to_string(format!(
         "/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes"

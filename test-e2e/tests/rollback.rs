@@ -27,21 +27,6 @@ fn entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn create(
-    rt: &mut Rt,
-    pod: &str,
-    pod_config: &PodSandboxConfig,
-    config: ContainerConfig,
-) -> Result<String, tonic::Status> {
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: pod.to_owned(),
-        config: Some(config),
-        sandbox_config: Some(pod_config.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
 /// Acceptance 3: failed creates hold no lease on the image tree (checked through the
 /// store: after RemoveImage the tree lives exactly as long as the one successful
 /// container's lease), and leave nothing else behind.
@@ -58,7 +43,7 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
     let layers = daemon.root_dir.join("containers");
 
     // The control: a container that succeeds holds the tree.
-    let holder = create(
+    let holder = create_container(
         &mut rt,
         &pod_id,
         &pod,
@@ -76,7 +61,7 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
         }),
         ..Default::default()
     });
-    let err = create(&mut rt, &pod_id, &pod, bad_user.clone())
+    let err = create_container(&mut rt, &pod_id, &pod, bad_user.clone())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -85,7 +70,7 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
     // Fails after the lease, the rootfs mount and the monitor's start: the OCI runtime
     // cannot exec a missing binary.
     let no_binary = container_config("no-binary", &image, &["/no/such/binary"]);
-    let err = create(&mut rt, &pod_id, &pod, no_binary.clone())
+    let err = create_container(&mut rt, &pod_id, &pod, no_binary.clone())
         .await
         .unwrap_err();
     assert!(
@@ -136,7 +121,9 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
     assert_eq!(entries(&layers), Vec::<String>::new());
 
     // The names were given back too: the same names only fail for the same reasons.
-    let err = create(&mut rt, &pod_id, &pod, no_binary).await.unwrap_err();
+    let err = create_container(&mut rt, &pod_id, &pod, no_binary)
+        .await
+        .unwrap_err();
     assert_ne!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;

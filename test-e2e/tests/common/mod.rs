@@ -331,8 +331,9 @@ pub async fn container_status(rt: &mut Rt, id: &str) -> ContainerStatus {
     .unwrap()
 }
 
-/// The container's cgroup path, as ContainerStatus's verbose info reports it.
-pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
+/// The `info` JSON of a verbose ContainerStatus: what `crictl inspect` shows (pid,
+/// sandboxID, runtimeSpec, cgroupPath, runtimeType…).
+pub async fn container_info(rt: &mut Rt, id: &str) -> serde_json::Value {
     let status = rt
         .container_status(ContainerStatusRequest {
             container_id: id.to_owned(),
@@ -341,8 +342,16 @@ pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
         .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    info["cgroupPath"].as_str().unwrap().to_owned()
+    serde_json::from_str(&status.info["info"])
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: info is not JSON: {e}"))
+}
+
+/// The container's cgroup path, as ContainerStatus's verbose info reports it.
+pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
+    container_info(rt, id).await["cgroupPath"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// UpdateContainerResources of a container's Linux resources.
