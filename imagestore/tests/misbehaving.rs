@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use rootstock_imagestore::{ErrorKind, ImageStore, ImagesConfig, RegistryConfig};
 use rootstock_testkit::fixtures::{Compression, ImageBuilder, LayerBuilder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rootstock_testkit::http::read_request_head;
+use tokio::io::AsyncWriteExt;
 
 /// One canned answer.
 #[derive(Clone)]
@@ -58,15 +59,9 @@ impl Server {
                 let (answers, log) = (answers.clone(), log2.clone());
                 tokio::spawn(async move {
                     loop {
-                        let mut req = Vec::new();
-                        let mut b = [0u8; 1];
-                        while !req.ends_with(b"\r\n\r\n") {
-                            match sock.read(&mut b).await {
-                                Ok(1) => req.push(b[0]),
-                                _ => return,
-                            }
-                        }
-                        let text = String::from_utf8_lossy(&req).into_owned();
+                        let Some(text) = read_request_head(&mut sock).await else {
+                            return;
+                        };
                         let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
                         let auth = text
                             .lines()

@@ -7,4 +7,6 @@
 pub mod cri;
 pub mod daemon;
 
-pub use rootstock_testkit::{files, fixtures, mounts, netns, network, process, registry, token};
+pub use rootstock_testkit::{
+    files, fixtures, http, mounts, netns, network, process, registry, token,
+};

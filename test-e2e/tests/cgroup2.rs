@@ -177,13 +177,9 @@ fn parent_pid(pid: i32) -> i32 {
 }
 
 async fn update(rt: &mut Rt, id: &str, r: LinuxContainerResources) {
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: id.to_owned(),
-        linux: Some(r),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("UpdateContainerResources {id}: {e}"));
+    update_resources(rt, id, r)
+        .await
+        .unwrap_or_else(|e| panic!("UpdateContainerResources {id}: {e}"));
 }
 
 async fn remove_container(rt: &mut Rt, id: &str) {
@@ -488,15 +484,7 @@ async fn v2_oom_kill_stats_and_kill_all_read_the_v2_files() {
     // before it.
     let usec_before = keyed(&cg, "cpu.stat", "usage_usec");
     let pod_usec_before = keyed(&parent, "cpu.stat", "usage_usec");
-    let stats = rt
-        .container_stats(ContainerStatsRequest {
-            container_id: busy.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let stats = container_stats(&mut rt, &busy).await;
     let cpu = stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value;
     assert!(
         cpu >= usec_before * 1000 && cpu > 0,
@@ -588,11 +576,7 @@ async fn runtime_config_reports_cgroupfs_with_the_default_config_on_v1_and_v2() 
         .into_inner();
     let driver = config.linux.unwrap().cgroup_driver;
     assert_eq!(driver, CgroupDriver::Cgroupfs as i32, "{driver}");
-    let status = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = runtime_status(&mut rt).await;
     let conditions = status.status.unwrap().conditions;
     assert!(
         conditions

@@ -231,14 +231,14 @@ async fn status_fields_kubelet_and_crictl_read_are_filled_and_secrets_stay_hidde
     let s = resp.status.unwrap();
     assert_eq!(linux(&s).cpu_shares, 256);
     assert_eq!(linux(&s).memory_limit_in_bytes, 64 << 20);
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: id.clone(),
-        linux: Some(LinuxContainerResources {
+    update_resources(
+        &mut rt,
+        &id,
+        LinuxContainerResources {
             memory_limit_in_bytes: 128 << 20,
             ..Default::default()
-        }),
-        ..Default::default()
-    })
+        },
+    )
     .await
     .unwrap();
     let s = container_status(&mut rt, &id).await;
@@ -263,14 +263,14 @@ async fn status_fields_kubelet_and_crictl_read_are_filled_and_secrets_stay_hidde
     })
     .await
     .unwrap();
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: id.clone(),
-        linux: Some(LinuxContainerResources {
+    update_resources(
+        &mut rt,
+        &id,
+        LinuxContainerResources {
             cpu_shares: 512,
             ..Default::default()
-        }),
-        ..Default::default()
-    })
+        },
+    )
     .await
     .unwrap();
     rt.reopen_container_log(ReopenContainerLogRequest {

@@ -98,14 +98,14 @@ impl ById {
                 Vec::new()
             }
             ById::UpdateResources => {
-                rt.update_container_resources(UpdateContainerResourcesRequest {
-                    container_id: id.clone(),
-                    linux: Some(LinuxContainerResources {
+                update_resources(
+                    rt,
+                    &id,
+                    LinuxContainerResources {
                         cpu_shares: 512,
                         ..Default::default()
-                    }),
-                    ..Default::default()
-                })
+                    },
+                )
                 .await?;
                 Vec::new()
             }

@@ -159,14 +159,7 @@ async fn input_kubelet_never_sends_is_refused_naming_the_field_and_leaves_nothin
             "cpu_quota",
         ),
     ] {
-        let err = rt
-            .update_container_resources(UpdateContainerResourcesRequest {
-                container_id: id.clone(),
-                linux: Some(r),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let err = update_resources(&mut rt, &id, r).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(field), "{}", err.message());
     }

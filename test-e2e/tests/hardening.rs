@@ -544,11 +544,7 @@ async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
     let (daemon, image) = daemon_with_busybox(&registry, "").await;
     loopback_network(&daemon).await;
     let mut rt = daemon.runtime().await;
-    let status = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = runtime_status(&mut rt).await;
     assert!(status.features.unwrap().supplemental_groups_policy);
     assert!(!status.runtime_handlers.is_empty());
     for h in &status.runtime_handlers {

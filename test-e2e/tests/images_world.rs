@@ -18,6 +18,7 @@ use rootstock_test_e2e::daemon::{Daemon, run_rootstock};
 use rootstock_test_e2e::fixtures::{
     self, Compression, ImageBuilder, Layer, LayerBuilder, RawEntry,
 };
+use rootstock_test_e2e::http::read_request_head;
 use rootstock_test_e2e::process::run;
 use rootstock_test_e2e::registry::Registry;
 use tonic::transport::Channel;
@@ -343,7 +344,7 @@ struct Route {
 
 impl DripRegistry {
     async fn start(routes: std::collections::HashMap<String, Route>) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -357,15 +358,9 @@ impl DripRegistry {
                 let (routes, counter) = (routes.clone(), counter.clone());
                 tokio::spawn(async move {
                     loop {
-                        let mut req = Vec::new();
-                        let mut b = [0u8; 1];
-                        while !req.ends_with(b"\r\n\r\n") {
-                            match sock.read(&mut b).await {
-                                Ok(1) => req.push(b[0]),
-                                _ => return,
-                            }
-                        }
-                        let text = String::from_utf8_lossy(&req).into_owned();
+                        let Some(text) = read_request_head(&mut sock).await else {
+                            return;
+                        };
                         let mut parts = text.split_whitespace();
                         let (method, path) =
                             (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

@@ -257,11 +257,7 @@ async fn network_ready_follows_a_conflist_written_after_start() {
     let net = TestNet::new("ready");
     let daemon = Daemon::start_with_config(&net.daemon_config()).await;
     let mut rt = daemon.runtime().await;
-    let status = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = runtime_status(&mut rt).await;
     let network = status
         .status
         .unwrap()

@@ -235,18 +235,7 @@ async fn shared_pid_pods_see_each_other_default_pods_do_not_and_stop_leaves_no_p
         )
         .await
         .unwrap();
-        let cgroup = {
-            let s = rt
-                .container_status(ContainerStatusRequest {
-                    container_id: a.clone(),
-                    verbose: true,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let info: serde_json::Value = serde_json::from_str(&s.info["info"]).unwrap();
-            info["cgroupPath"].as_str().unwrap().to_owned()
-        };
+        let cgroup = cgroup_of(&mut rt, &a).await;
         rt.stop_container(StopContainerRequest {
             container_id: a.clone(),
             timeout: 0,
@@ -452,15 +441,7 @@ async fn the_same_pod_runs_with_the_crun_handler() {
         .await
         .unwrap();
     assert_eq!(out.stdout, b"via crun\n");
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: c.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let info = container_info(&mut rt, &c).await;
     assert_eq!(info["runtimeType"], "crun");
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
@@ -537,25 +518,17 @@ async fn reopened_log_gets_new_output_and_resources_can_be_updated() {
     .unwrap();
     wait_file(&log, |t| t.contains("stdout F tick")).await;
 
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: id.clone(),
-        linux: Some(LinuxContainerResources {
+    update_resources(
+        &mut rt,
+        &id,
+        LinuxContainerResources {
             memory_limit_in_bytes: 64 << 20,
             ..Default::default()
-        }),
-        ..Default::default()
-    })
+        },
+    )
     .await
     .unwrap();
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let info = container_info(&mut rt, &id).await;
     let cgroup = info["cgroupPath"].as_str().unwrap();
     let limit = std::fs::read_to_string(format!(
         "/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes"

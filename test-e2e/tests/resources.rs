@@ -90,16 +90,16 @@ async fn resources_apply_at_create_update_and_oom_is_reported() {
     assert_eq!(warnings, 1, "{}", daemon.log());
 
     // UpdateContainerResources on the running container, read back from its cgroup.
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: a.clone(),
-        linux: Some(LinuxContainerResources {
+    update_resources(
+        &mut rt,
+        &a,
+        LinuxContainerResources {
             memory_limit_in_bytes: 64 << 20,
             cpu_quota: 20_000,
             cpu_period: 100_000,
             ..Default::default()
-        }),
-        ..Default::default()
-    })
+        },
+    )
     .await
     .unwrap();
     assert_eq!(
@@ -108,15 +108,15 @@ async fn resources_apply_at_create_update_and_oom_is_reported() {
     );
     assert_eq!(cgroup_file("cpu", &cg, "cpu.cfs_quota_us"), "20000");
     // A limit lifted in place (negative quota): unlimited again.
-    rt.update_container_resources(UpdateContainerResourcesRequest {
-        container_id: a.clone(),
-        linux: Some(LinuxContainerResources {
+    update_resources(
+        &mut rt,
+        &a,
+        LinuxContainerResources {
             cpu_quota: -1,
             cpu_period: 100_000,
             ..Default::default()
-        }),
-        ..Default::default()
-    })
+        },
+    )
     .await
     .unwrap();
     assert_eq!(cgroup_file("cpu", &cg, "cpu.cfs_quota_us"), "-1");
@@ -126,12 +126,7 @@ async fn resources_apply_at_create_update_and_oom_is_reported() {
         unified: [("memory.high".to_owned(), "1000000".to_owned())].into(),
         ..Default::default()
     };
-    let err = rt
-        .update_container_resources(UpdateContainerResourcesRequest {
-            container_id: b.clone(),
-            linux: Some(unified.clone()),
-            ..Default::default()
-        })
+    let err = update_resources(&mut rt, &b, unified.clone())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");

@@ -171,15 +171,7 @@ async fn stats_report_cpu_memory_and_writable_layer_and_pods_sum_their_container
         .into_inner()
         .stats;
     assert_eq!(by_id.len(), 1);
-    let one = rt
-        .container_stats(ContainerStatsRequest {
-            container_id: busy.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .stats
-        .unwrap();
+    let one = container_stats(&mut rt, &busy).await;
     assert_eq!(one.attributes.unwrap().id, busy);
 
     // The pod: its cgroup holds both containers. CPU is cumulative and the pod cgroup is

@@ -4,11 +4,13 @@
 //! - a local `docker-registry` on loopback (`registry`) and its token issuer (`token`);
 //! - private CNI networks (`network`) and pinned network namespaces for tests that drive CNI
 //!   directly (`netns`);
+//! - the request head a test's own misbehaving HTTP server reads (`http`);
 //! - what a store left on disk (`files`), and the clean-up every test needs: children tied
 //!   to their test (`process`) and leftover mounts (`mounts`).
 
 pub mod files;
 pub mod fixtures;
+pub mod http;
 pub mod mounts;
 pub mod netns;
 pub mod network;

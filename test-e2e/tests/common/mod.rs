@@ -141,16 +141,21 @@ pub async fn loopback_network(daemon: &Daemon) {
     wait_network_ready(daemon).await;
 }
 
+/// CRI `Status`, not verbose (what kubelet polls): conditions, handlers, features.
+pub async fn runtime_status(rt: &mut Rt) -> StatusResponse {
+    rt.status(StatusRequest { verbose: false })
+        .await
+        .unwrap_or_else(|e| panic!("Status: {e}"))
+        .into_inner()
+}
+
+/// Polls `Status` until NetworkReady (or panics after 15 s).
 pub async fn wait_network_ready(daemon: &Daemon) {
     let mut rt = daemon.runtime().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let status = rt
-            .status(StatusRequest { verbose: false })
+        let ready = runtime_status(&mut rt)
             .await
-            .unwrap()
-            .into_inner();
-        let ready = status
             .status
             .unwrap_or_default()
             .conditions
@@ -344,8 +349,9 @@ pub async fn container_status(rt: &mut Rt, id: &str) -> ContainerStatus {
     .unwrap()
 }
 
-/// The container's cgroup path, as ContainerStatus's verbose info reports it.
-pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
+/// The `info` JSON of a verbose ContainerStatus: what `crictl inspect` shows (pid,
+/// sandboxID, runtimeSpec, cgroupPath, runtimeType…).
+pub async fn container_info(rt: &mut Rt, id: &str) -> serde_json::Value {
     let status = rt
         .container_status(ContainerStatusRequest {
             container_id: id.to_owned(),
@@ -354,8 +360,43 @@ pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
         .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    info["cgroupPath"].as_str().unwrap().to_owned()
+    serde_json::from_str(&status.info["info"])
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: info is not JSON: {e}"))
+}
+
+/// The container's cgroup path, as ContainerStatus's verbose info reports it.
+pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
+    container_info(rt, id).await["cgroupPath"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// UpdateContainerResources of a container's Linux resources.
+pub async fn update_resources(
+    rt: &mut Rt,
+    id: &str,
+    linux: LinuxContainerResources,
+) -> Result<(), tonic::Status> {
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: id.to_owned(),
+        linux: Some(linux),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+/// ContainerStats of one container.
+pub async fn container_stats(rt: &mut Rt, id: &str) -> ContainerStats {
+    rt.container_stats(ContainerStatsRequest {
+        container_id: id.to_owned(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("ContainerStats {id}: {e}"))
+    .into_inner()
+    .stats
+    .unwrap()
 }
 
 /// Polls until the container has exited (or panics after `timeout`).

@@ -112,14 +112,7 @@ impl Registry {
     /// Pushes the image's blobs and manifest as `repo:tag` and returns the manifest digest.
     pub async fn push(&self, repo: &str, tag: &str, image: &Image) -> String {
         self.push_image_blobs(repo, image).await;
-        let digest = self
-            .push_manifest(repo, tag, &image.media_type, &image.manifest)
-            .await;
-        assert_eq!(
-            digest, image.manifest_digest,
-            "the registry's digest for {repo}:{tag} differs from the manifest's sha256"
-        );
-        digest
+        self.push_image_manifest(repo, tag, image).await
     }
 
     /// Pushes the image like [`Registry::push`], but `streams` blobs at a time (an image of
@@ -154,14 +147,7 @@ impl Registry {
             }
         })
         .await;
-        let digest = self
-            .push_manifest(repo, tag, &image.media_type, &image.manifest)
-            .await;
-        assert_eq!(
-            digest, image.manifest_digest,
-            "the registry's digest for {repo}:{tag} differs from the manifest's sha256"
-        );
-        digest
+        self.push_image_manifest(repo, tag, image).await
     }
 
     /// The digest the registry holds under `repo:reference` (HEAD of the manifest, any
@@ -189,6 +175,19 @@ impl Registry {
     /// Whether the registry holds a manifest under `repo:reference` (tag or digest).
     pub async fn has_manifest(&self, repo: &str, reference: &str) -> bool {
         self.manifest_digest(repo, reference).await.is_some()
+    }
+
+    /// Puts the image's manifest as `repo:tag` (its blobs pushed already); the registry's
+    /// digest must be the manifest's sha256.
+    async fn push_image_manifest(&self, repo: &str, tag: &str, image: &Image) -> String {
+        let digest = self
+            .push_manifest(repo, tag, &image.media_type, &image.manifest)
+            .await;
+        assert_eq!(
+            digest, image.manifest_digest,
+            "the registry's digest for {repo}:{tag} differs from the manifest's sha256"
+        );
+        digest
     }
 
     async fn push_image_blobs(&self, repo: &str, image: &Image) {
