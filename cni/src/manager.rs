@@ -1,21 +1,29 @@
 //! The façade the runtime calls: network readiness, and ADD/DEL/CHECK of a pod sandbox.
+//!
+//! ADD/DEL/CHECK are here; [`readiness`] reads the conf dirs and answers `NetworkReady`,
+//! [`plugin_conf`] builds what each plugin is given.
+
+mod plugin_conf;
+mod readiness;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::cache::{CacheEntry, ResultCache};
 use crate::config::CniConfig;
-use crate::conflist::{self, NetworkConfigList};
+use crate::conflist::NetworkConfigList;
 use crate::error::{CniError, Result};
 use crate::exec::{self, CniCommand, InvokeArgs};
 use crate::netns;
 use crate::result::CniResult;
+use plugin_conf::{capability_args, cni_args, plugin_stdin};
+use readiness::NetState;
 
 /// The interface name inside the pod (kubelet and every CRI runtime use `eth0`).
 pub const POD_IFNAME: &str = "eth0";
@@ -59,16 +67,9 @@ pub struct Bandwidth {
     pub egress_burst: u64,
 }
 
-/// The pod's DNS config, passed to plugins declaring the `dns` capability.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DnsConfig {
-    /// Name servers.
-    pub servers: Vec<String>,
-    /// Search domains.
-    pub searches: Vec<String>,
-    /// resolv.conf options.
-    pub options: Vec<String>,
-}
+/// The pod's DNS config, passed to plugins declaring the `dns` capability (one type with
+/// the runtime's, which writes it into the sandbox's resolv.conf).
+pub use rootstock_fsutil::DnsConfig;
 
 /// What ADD needs to know about a pod sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,13 +118,6 @@ pub struct NetworkStatus {
     pub source: Option<PathBuf>,
 }
 
-#[derive(Debug, Default)]
-struct NetState {
-    network: Option<Arc<NetworkConfigList>>,
-    rejected: Vec<(PathBuf, String)>,
-    scanned_at: Option<Instant>,
-}
-
 /// Runs CNI for pod sandboxes. `Send + Sync`; share it in an `Arc`. It owns no runtime and
 /// starts no task unless [`CniManager::spawn_watcher`] is called.
 #[derive(Debug)]
@@ -155,122 +149,6 @@ impl CniManager {
     /// The configuration in use.
     pub fn config(&self) -> &CniConfig {
         &self.config
-    }
-
-    /// Re-reads the conf dirs now (off the async runtime) and returns the new readiness.
-    pub async fn refresh(&self) -> NetworkStatus {
-        let dirs = self.config.conf_dirs.clone();
-        let scan = tokio::task::spawn_blocking(move || conflist::scan(&dirs))
-            .await
-            .unwrap_or_default();
-        self.apply_scan(scan)
-    }
-
-    fn apply_scan(&self, scan: conflist::ScanResult) -> NetworkStatus {
-        for (path, why) in &scan.rejected {
-            tracing::debug!(path = %path.display(), %why, "CNI config rejected");
-        }
-        let network = match scan.network {
-            Some(n) => Some(n),
-            None if self.config.default_network => match NetworkConfigList::builtin_default() {
-                Ok(n) => Some(n),
-                Err(err) => {
-                    tracing::error!(%err, "built-in CNI network is invalid");
-                    None
-                }
-            },
-            None => None,
-        };
-        let mut st = lock(&self.state);
-        let old = st
-            .network
-            .as_ref()
-            .map(|n| (n.name.clone(), n.source.clone(), n.raw.clone()));
-        let new = network
-            .as_ref()
-            .map(|n| (n.name.clone(), n.source.clone(), n.raw.clone()));
-        if old != new {
-            match &network {
-                Some(n) => {
-                    tracing::info!(network = %n.name, source = %n.source.display(), "CNI network config loaded")
-                }
-                None => {
-                    tracing::warn!(dirs = ?self.config.conf_dirs, "no valid CNI network config")
-                }
-            }
-        }
-        st.network = network.map(Arc::new);
-        st.rejected = scan.rejected;
-        st.scanned_at = Some(Instant::now());
-        Self::status_of(&st, &self.config)
-    }
-
-    fn status_of(st: &NetState, config: &CniConfig) -> NetworkStatus {
-        match &st.network {
-            Some(n) => NetworkStatus {
-                ready: true,
-                reason: String::new(),
-                message: format!("network {} from {}", n.name, n.source.display()),
-                network: Some(n.name.clone()),
-                source: Some(n.source.clone()),
-            },
-            None => {
-                let mut message = format!("no valid CNI network config in {:?}", config.conf_dirs);
-                for (path, why) in &st.rejected {
-                    message.push_str(&format!("; {}: {why}", path.display()));
-                }
-                NetworkStatus {
-                    ready: false,
-                    reason: "NetworkPluginNotReady".into(),
-                    message,
-                    network: None,
-                    source: None,
-                }
-            }
-        }
-    }
-
-    fn poll_interval(&self) -> Duration {
-        Duration::from_millis(self.config.poll_interval_ms.max(100))
-    }
-
-    /// Network readiness. The conf dirs are re-read when the last read is older than the poll
-    /// interval, so a config written after start-up is seen without a restart even when no
-    /// watcher runs.
-    pub async fn status(&self) -> NetworkStatus {
-        {
-            let st = lock(&self.state);
-            if st
-                .scanned_at
-                .is_some_and(|t| t.elapsed() < self.poll_interval())
-            {
-                return Self::status_of(&st, &self.config);
-            }
-        }
-        self.refresh().await
-    }
-
-    /// Polls the conf dirs every `poll_interval_ms` on the caller's runtime, logging changes.
-    /// Stops by itself when the manager is dropped.
-    pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        let interval = self.poll_interval();
-        tokio::spawn(async move {
-            loop {
-                let Some(me) = weak.upgrade() else { return };
-                me.refresh().await;
-                drop(me);
-                tokio::time::sleep(interval).await;
-            }
-        })
-    }
-
-    async fn current_network(&self) -> Result<Arc<NetworkConfigList>> {
-        let status = self.status().await;
-        let st = lock(&self.state);
-        st.network.clone().ok_or(CniError::NetworkNotReady {
-            reason: status.message,
-        })
     }
 
     async fn lock_sandbox(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
@@ -575,161 +453,10 @@ fn validate_id(id: &str) -> Result<()> {
     })
 }
 
-/// `CNI_ARGS`: `IgnoreUnknown=1` first, or host-local rejects the K8S_* keys it does not know
-/// (containernetworking `pkg/types/args.go`).
-fn cni_args(pod: &PodNetwork) -> String {
-    format!(
-        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
-        pod.pod_namespace, pod.pod_name, pod.sandbox_id, pod.pod_uid
-    )
-}
-
-/// The capability arguments in the well-known `runtimeConfig` shapes (CNI
-/// `CONVENTIONS.md`). Mappings without a host port are not port mappings (containerd and
-/// CRI-O drop them too).
-fn capability_args(pod: &PodNetwork) -> Map<String, Value> {
-    let mut m = Map::new();
-    let ports: Vec<Value> = pod
-        .port_mappings
-        .iter()
-        .filter(|p| p.host_port != 0)
-        .map(|p| {
-            let mut v = json!({
-                "hostPort": p.host_port,
-                "containerPort": p.container_port,
-                "protocol": p.protocol,
-            });
-            if !p.host_ip.is_empty()
-                && let Some(o) = v.as_object_mut()
-            {
-                o.insert("hostIP".into(), Value::String(p.host_ip.clone()));
-            }
-            v
-        })
-        .collect();
-    if !ports.is_empty() {
-        m.insert("portMappings".into(), Value::Array(ports));
-    }
-    if let Some(b) = &pod.bandwidth {
-        m.insert(
-            "bandwidth".into(),
-            json!({
-                "ingressRate": b.ingress_rate,
-                "ingressBurst": b.ingress_burst,
-                "egressRate": b.egress_rate,
-                "egressBurst": b.egress_burst,
-            }),
-        );
-    }
-    if let Some(d) = &pod.dns {
-        m.insert(
-            "dns".into(),
-            json!({ "servers": d.servers, "searches": d.searches, "options": d.options }),
-        );
-    }
-    m
-}
-
-/// A plugin's stdin (CNI spec, "Deriving execution configuration from plugin
-/// configuration"): its own object plus the list's `name` and `cniVersion`, `prevResult`, and
-/// `runtimeConfig` with only the capabilities it declares.
-fn plugin_stdin(
-    network: &NetworkConfigList,
-    plugin: &conflist::PluginConfig,
-    prev: Option<&Value>,
-    caps: &Map<String, Value>,
-) -> Result<Vec<u8>> {
-    let mut conf = plugin.conf.clone();
-    conf.insert("name".into(), Value::String(network.name.clone()));
-    conf.insert(
-        "cniVersion".into(),
-        Value::String(network.cni_version.clone()),
-    );
-    match prev {
-        Some(p) => {
-            conf.insert("prevResult".into(), p.clone());
-        }
-        None => {
-            conf.remove("prevResult");
-        }
-    }
-    let mut rc = Map::new();
-    for cap in plugin.capabilities() {
-        if let Some(v) = caps.get(&cap) {
-            rc.insert(cap, v.clone());
-        }
-    }
-    if !rc.is_empty() {
-        conf.insert("runtimeConfig".into(), Value::Object(rc));
-    }
-    serde_json::to_vec(&conf).map_err(|e| CniError::InvalidConfig {
-        path: network.source.clone(),
-        reason: format!("serialize config of plugin {}: {e}", plugin.plugin_type),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    fn pod() -> PodNetwork {
-        PodNetwork {
-            sandbox_id: "sb1".into(),
-            netns_path: "/run/x".into(),
-            pod_name: "web".into(),
-            pod_namespace: "default".into(),
-            pod_uid: "uid-1".into(),
-            port_mappings: vec![
-                PortMapping {
-                    protocol: Protocol::Tcp,
-                    container_port: 80,
-                    host_port: 8080,
-                    host_ip: "127.0.0.1".into(),
-                },
-                PortMapping {
-                    protocol: Protocol::Udp,
-                    container_port: 53,
-                    host_port: 0,
-                    host_ip: String::new(),
-                },
-            ],
-            bandwidth: None,
-            dns: Some(DnsConfig {
-                servers: vec!["10.0.0.10".into()],
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn cni_args_start_with_ignore_unknown() {
-        assert_eq!(
-            cni_args(&pod()),
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=sb1;K8S_POD_UID=uid-1"
-        );
-    }
-
-    #[test]
-    fn plugins_get_name_version_prev_result_and_only_declared_capabilities() {
-        let n = NetworkConfigList::builtin_default().unwrap();
-        let caps = capability_args(&pod());
-        let prev = json!({"cniVersion": "1.0.0", "ips": []});
-        let bridge: Value =
-            serde_json::from_slice(&plugin_stdin(&n, &n.plugins[0], None, &caps).unwrap()).unwrap();
-        assert_eq!(bridge["name"], "rootstock");
-        assert_eq!(bridge["cniVersion"], "1.0.0");
-        assert!(bridge.get("runtimeConfig").is_none());
-        assert!(bridge.get("prevResult").is_none());
-        let portmap: Value =
-            serde_json::from_slice(&plugin_stdin(&n, &n.plugins[1], Some(&prev), &caps).unwrap())
-                .unwrap();
-        assert_eq!(portmap["prevResult"], prev);
-        assert_eq!(
-            portmap["runtimeConfig"],
-            json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"}]})
-        );
-    }
 
     #[test]
     fn sandbox_ids_are_validated() {

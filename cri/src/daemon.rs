@@ -2,7 +2,7 @@
 //!
 //! Order matters: the root lock is taken before the socket is touched, so a second daemon on
 //! the same root can never unlink a live daemon's socket; the socket is bound only after the
-//! store and the runtime are recovered, so a client that connects is served.
+//! store and the runtime are recovered (`recovery.rs`), so a client that connects is served.
 
 use std::fs::{self, File, Permissions};
 use std::io::IsTerminal;
@@ -16,7 +16,6 @@ use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use rootstock_cni::CniManager;
 use rootstock_imagestore::ImageStore;
-use rootstock_runtime::{Runtime, RuntimeOptions};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -24,6 +23,7 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+use crate::blocking::blocking;
 use crate::config::Config;
 use crate::image::ImageApi;
 use crate::runtime::RuntimeApi;
@@ -44,15 +44,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let store = {
         let (root, images) = (config.root_dir.clone(), config.images.clone());
-        tokio::task::spawn_blocking(move || ImageStore::open(&root, &images))
+        blocking(move || ImageStore::open(&root, &images))
             .await
-            .context("opening the image store")??
+            .context("opening the image store")?
     };
     let store = Arc::new(store);
-    let rt = Arc::new(open_runtime(&config).await?);
     let cni = Arc::new(CniManager::new(config.cni.clone(), &config.root_dir));
-    release_orphan_networks(&cni, &rt).await;
-    release_orphan_leases(&store, &rt).await;
+    let recovered = crate::recovery::recover(&config, &store, &cni).await?;
+    let rt = Arc::new(recovered.rt);
     // Picks up a network config written after start-up; ends with the manager.
     let _cni_watcher = cni.spawn_watcher();
     // The socket appears only once everything is recovered: a client that can connect is
@@ -83,6 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         rt,
         store.clone(),
         streaming,
+        recovered.pod_ips,
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
@@ -123,89 +123,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("stopped");
     result
-}
-
-/// Opens the runtime over `<state_dir>` and `<root_dir>/containers` and rebuilds every
-/// sandbox and container from disk (running containers stay running: their monitors outlived
-/// the previous daemon).
-async fn open_runtime(config: &Config) -> anyhow::Result<Runtime> {
-    let opts = RuntimeOptions {
-        state_dir: config.state_dir.clone(),
-        layers_dir: config.root_dir.join("containers"),
-        config: config.runtime.clone(),
-    };
-    let (rt, report) = tokio::task::spawn_blocking(move || Runtime::open(opts))
-        .await
-        .context("opening the runtime")?
-        .context("opening the runtime")?;
-    info!(
-        loaded = report.loaded.len(),
-        cleaned_up = report.cleaned_up.len(),
-        previous_boot = report.previous_boot.len(),
-        unreadable = report.unreadable.len(),
-        sandboxes = rt.list_sandboxes().len(),
-        "runtime state recovered"
-    );
-    for id in &report.cleaned_up {
-        info!(container = %id, "recovery: removed a half-created container");
-    }
-    for id in &report.previous_boot {
-        info!(container = %id, "recovery: container of a previous boot marked exited");
-    }
-    for (id, why) in &report.unreadable {
-        warn!(container = %id, "recovery: unreadable container record: {why}");
-    }
-    Ok(rt)
-}
-
-/// CNI DEL for every cached attachment whose sandbox no longer exists: a crash interrupted
-/// its StopPodSandbox or RemovePodSandbox, and its IP would otherwise stay allocated.
-/// Failures are logged; the cache entry stays, so the next start-up retries.
-async fn release_orphan_networks(cni: &CniManager, rt: &Runtime) {
-    let ids = match cni.attached_sandbox_ids().await {
-        Ok(ids) => ids,
-        Err(e) => {
-            warn!("recovery: listing CNI attachments: {e}");
-            return;
-        }
-    };
-    let known: std::collections::HashSet<String> = rt
-        .list_sandboxes()
-        .into_iter()
-        .map(|s| s.record.id.to_string())
-        .collect();
-    for id in ids.into_iter().filter(|id| !known.contains(id)) {
-        match cni.teardown(&id).await {
-            Ok(()) => info!(sandbox = %id, "recovery: released the network of a removed sandbox"),
-            Err(e) => warn!(sandbox = %id, "recovery: CNI teardown: {e}"),
-        }
-    }
-}
-
-/// Gives back image tree leases whose container no longer exists (a crash between
-/// RemoveContainer's teardown and its release, or a half-created container recovery
-/// removed), so their trees can be collected. Lease ids are container ids.
-async fn release_orphan_leases(store: &ImageStore, rt: &Runtime) {
-    let leases = match store.metadata().leases() {
-        Ok(leases) => leases,
-        Err(e) => {
-            warn!("recovery: listing image tree leases: {e}");
-            return;
-        }
-    };
-    let known: std::collections::HashSet<String> = rt
-        .list_containers()
-        .into_iter()
-        .map(|c| c.record.id.to_string())
-        .collect();
-    for lease in leases.into_iter().filter(|l| !known.contains(&l.id)) {
-        match store.release(&lease.id).await {
-            Ok(()) => {
-                info!(lease = %lease.id, "recovery: released the tree lease of a removed container")
-            }
-            Err(e) => warn!(lease = %lease.id, "recovery: releasing a tree lease: {e}"),
-        }
-    }
 }
 
 fn init_tracing(level: &str) -> anyhow::Result<()> {

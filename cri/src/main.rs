@@ -1,11 +1,13 @@
 //! `rootstock`: a Kubernetes CRI runtime. This binary is the node daemon (gRPC over a unix
 //! socket) plus a few operator commands; the domain logic lives in the library crates.
 
+mod blocking;
 mod config;
 mod daemon;
 mod error;
 mod image;
 mod notify;
+mod recovery;
 mod runtime;
 mod streaming;
 

@@ -1,13 +1,16 @@
 //! The basics more than one rootstock crate needs, written once: the one alphabet of object
 //! ids ([`validate_id`]), crash-safe file replacement ([`write_atomic`], [`sync_dir`]) and
-//! root-only directories ([`create_private_dir`]).
+//! root-only directories ([`create_private_dir`]), and the pod's [`DnsConfig`], which the
+//! runtime and CNI both take.
 //!
 //! Std only, no domain knowledge: every domain crate may depend on it, and it depends on
 //! none of them. Errors are plain `io::Error`s (and [`IdError`]); each crate wraps them in
 //! its own error type, naming the object.
 
+mod dns;
 mod id;
 
+pub use dns::DnsConfig;
 pub use id::{IdError, MAX_ID_LEN, validate_id};
 
 use std::fs::{self, File, OpenOptions};

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -19,22 +19,6 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
 use crate::reference::Digest;
-
-/// Create `path` (and parents) with mode 0700.
-pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| Error::io("create directory", path, e))
-}
-
-/// fsync a directory so a rename or unlink in it is durable.
-pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", path, e))
-}
 
 /// Bytes a file occupies on disk (blocks, as `du` counts), for `ImageFsInfo`.
 fn disk_bytes(meta: &fs::Metadata) -> u64 {
@@ -56,8 +40,8 @@ impl BlobStore {
     pub(crate) fn open(root: &Path) -> Result<Self> {
         let dir = root.join("blobs").join("sha256");
         let tmp = root.join("tmp");
-        create_private_dir(&dir)?;
-        create_private_dir(&tmp)?;
+        crate::fsutil::create_private_dir(&dir)?;
+        crate::fsutil::create_private_dir(&tmp)?;
         let store = BlobStore {
             dir,
             tmp,
@@ -155,7 +139,7 @@ impl BlobStore {
             .persist(&target)
             .map_err(|e| Error::io("rename blob into place", &target, e.error))?;
         // The rename must be durable before metadata names the blob.
-        sync_dir(&self.dir)?;
+        crate::fsutil::sync_dir(&self.dir)?;
         if let Ok(meta) = file.metadata() {
             self.bytes.fetch_add(disk_bytes(&meta), Ordering::Relaxed);
         }
@@ -187,7 +171,7 @@ impl BlobStore {
             }
         }
         if removed {
-            sync_dir(&self.dir)?;
+            crate::fsutil::sync_dir(&self.dir)?;
         }
         Ok(())
     }

@@ -17,8 +17,9 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, Meta};
 use crate::layer::LayerInput;
+use crate::layout::{Kind, ManEntry, normalize, object_key, object_rel};
 use crate::tarstream::{EntryType, Header, TarError, TarReader};
-use crate::unpack::{Kind, ManEntry, ObjectsLock, SinkLimits, normalize, object_key, object_rel};
+use crate::unpack::{ObjectsLock, SinkLimits};
 
 pub(crate) fn refused(layer: &LayerInput, entry: &str, reason: impl Into<String>) -> Error {
     Error::LayerRefused {

@@ -370,9 +370,17 @@ pub(crate) fn read_xattrs(fd: &impl AsFd) -> io::Result<Vec<(String, Vec<u8>)>> 
     Ok(out)
 }
 
-/// fsync a directory we own (after renames into it).
-pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
+/// `rootstock_fsutil::create_private_dir` (mode 0700, parents too), failing with the
+/// store's error naming the directory.
+pub(crate) fn create_private_dir(path: &Path) -> crate::Result<()> {
+    rootstock_fsutil::create_private_dir(path)
+        .map_err(|e| crate::Error::io("create directory", path, e))
+}
+
+/// `rootstock_fsutil::sync_dir` (after a rename or unlink in `path`), failing with the
+/// store's error naming the directory.
+pub(crate) fn sync_dir(path: &Path) -> crate::Result<()> {
+    rootstock_fsutil::sync_dir(path).map_err(|e| crate::Error::io("fsync directory", path, e))
 }
 
 /// Flush the whole store's file system once (one call per layer or tree, rather than one

@@ -16,7 +16,8 @@
 //! Layers are unpacked by [`TreeLayerSink`] into deduplicated file objects and layer trees,
 //! and each image gets one flattened tree ([`Image::tree_path`]). The runtime holds a tree
 //! for a container with [`ImageStore::lease_tree`] / [`ImageStore::release`] and mounts it
-//! with [`overlay::OverlayMount`]; the daemon calls [`ImageStore::close`] on shutdown;
+//! as the one `lowerdir` of the container's overlay (the runtime's business, not the
+//! store's); the daemon calls [`ImageStore::close`] on shutdown;
 //! `rootstock store verify` is [`verify::verify_offline`], `store verify --repair`
 //! [`repair::repair_offline`], `store gc` [`offline::gc_offline`].
 //!
@@ -29,10 +30,11 @@ pub mod error;
 pub mod failpoint;
 mod fsutil;
 pub mod layer;
+mod layout;
+pub mod leases;
 pub mod manifest;
 pub mod metadata;
 pub mod offline;
-pub mod overlay;
 pub mod reference;
 pub mod registry;
 mod render;
@@ -44,7 +46,7 @@ pub mod verify;
 
 pub use config::{ImagesConfig, RegistryConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use layer::{BlobLayerSink, ImageBudget, LayerInput, LayerSink};
+pub use layer::{ImageBudget, LayerInput, LayerSink};
 pub use manifest::RuntimeConfig;
 pub use reference::{ChainId, Digest, ImageLookup, ImageRef, ReferenceError};
 pub use registry::Credentials;

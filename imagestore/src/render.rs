@@ -25,8 +25,8 @@ use crate::entries::is_contain_errno;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, Meta};
+use crate::layout::{Kind, LayerManifest, StorePaths, TmpDir};
 use crate::reference::{ChainId, Digest};
-use crate::unpack::{Kind, LayerManifest, StorePaths, TmpDir};
 
 /// What a render produced.
 #[derive(Debug, Clone)]
@@ -358,7 +358,7 @@ pub(crate) fn render(paths: &StorePaths, chain: &ChainId, diff_ids: &[Digest]) -
     fsutil::remove_tree(&dest).map_err(|e| Error::io("remove stale tree", &dest, e))?;
     std::fs::rename(&work.path, &dest).map_err(|e| Error::io("rename tree", &dest, e))?;
     work.disarm();
-    fsutil::sync_dir(&paths.trees).map_err(|e| Error::io("fsync", &paths.trees, e))?;
+    fsutil::sync_dir(&paths.trees)?;
     failpoint::hit("render.after-rename");
     Ok(Rendered {
         path: dest,

@@ -29,12 +29,12 @@ use crate::config::ImagesConfig;
 use crate::entries::hash_zeros;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Meta};
+use crate::layout::{Kind, LayerManifest, StorePaths, TmpDir, normalize, object_key, object_rel};
 use crate::manifest::{Compression, Descriptor};
 use crate::metadata::{LayerRecord, Metadata};
 use crate::reference::{Digest, ImageRef};
 use crate::registry::RegistryClient;
 use crate::tarstream::{EntryType, TarError, TarReader};
-use crate::unpack::{Kind, LayerManifest, StorePaths, TmpDir, normalize, object_key, object_rel};
 use crate::verify::{Report, key_of_file, key_on_disk};
 
 /// What a repair did.
@@ -181,7 +181,7 @@ pub async fn repair_offline(root: &Path, config: &ImagesConfig) -> Result<Repair
             Some((tmp, from)) => {
                 let dest = paths.objects.join(object_rel(key));
                 if let Some(fan) = dest.parent() {
-                    crate::blobs::create_private_dir(fan)?;
+                    crate::fsutil::create_private_dir(fan)?;
                 }
                 std::fs::rename(tmp, &dest).map_err(|e| Error::io("rename", &dest, e))?;
                 report.repaired.push(format!("object {key} (from {from})"));

@@ -22,8 +22,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::Result;
 use crate::fsutil::{self, Meta};
+use crate::layout::{Kind, LayerManifest, StorePaths, object_key, object_rel};
 use crate::metadata::Metadata;
-use crate::unpack::{Kind, LayerManifest, StorePaths, object_key, object_rel};
 
 /// What `verify` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

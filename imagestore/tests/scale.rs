@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use common::*;
 use rootstock_imagestore::ImageStore;
-use rootstock_imagestore::overlay::OverlayMount;
 use rootstock_test_e2e::fixtures::{Compression, Entry, ImageBuilder, LayerBuilder};
 use rootstock_test_e2e::registry::Registry;
 
@@ -140,8 +139,8 @@ async fn deep(registry: &Registry, store: &ImageStore, layers: usize) {
     );
 
     let ctr = tempfile::tempdir().unwrap();
-    let mount = OverlayMount::mount(pulled.tree_path().unwrap(), ctr.path()).unwrap();
-    let rootfs = mount.target();
+    let mount = Overlay::mount(pulled.tree_path().unwrap(), ctr.path());
+    let rootfs = mount.target.as_path();
     assert_eq!(
         std::fs::read_to_string(rootfs.join("top")).unwrap(),
         format!("written by layer {}", layers - 1)
@@ -150,7 +149,7 @@ async fn deep(registry: &Registry, store: &ImageStore, layers: usize) {
         rootfs.join("layer-0").is_file() && rootfs.join(format!("layer-{}", layers - 1)).is_file()
     );
     std::fs::write(rootfs.join("top"), "container write").unwrap();
-    mount.unmount().unwrap();
+    drop(mount);
     // The write went to the container's upper dir, never into the shared tree.
     assert_eq!(
         std::fs::read_to_string(pulled.tree_path().unwrap().join("top")).unwrap(),
@@ -168,4 +167,41 @@ async fn images_of_300_and_1000_layers_render_and_mount_with_one_lower() {
     deep(&registry, &store, 1000).await;
     let report = store.verify().await.unwrap();
     assert!(report.is_clean(), "{report}");
+}
+
+/// A container's root filesystem as the runtime mounts it: the image's tree as the one
+/// `lowerdir` under a writable upper dir in `dir`. Unmounted on drop.
+struct Overlay {
+    target: std::path::PathBuf,
+}
+
+impl Overlay {
+    fn mount(tree: &std::path::Path, dir: &std::path::Path) -> Overlay {
+        let (upper, work, target) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
+        for d in [&upper, &work, &target] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            tree.display(),
+            upper.display(),
+            work.display()
+        );
+        let data = std::ffi::CString::new(options).unwrap();
+        rustix::mount::mount(
+            "overlay",
+            &target,
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            Some(data.as_c_str()),
+        )
+        .unwrap();
+        Overlay { target }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.target, rustix::mount::UnmountFlags::DETACH);
+    }
 }

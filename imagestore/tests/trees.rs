@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -721,4 +721,37 @@ async fn keep_layer_blobs_keeps_the_compressed_blobs_beside_the_trees() {
         0
     );
     assert_store_empty(store.root());
+}
+
+/// Start-up recovery gives back the leases of containers that are gone, and only those.
+#[tokio::test]
+async fn reconcile_leases_releases_only_leases_whose_holder_is_gone() {
+    let registry = Registry::start().await;
+    let image = busybox_image().build();
+    registry.push("reconciled", "v1", &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = ImageStore::open(&root, &insecure(&registry.host())).unwrap();
+    let reference = registry.image_ref("reconciled", "v1");
+    let img = store.pull(&reference, None).await.unwrap();
+    let tree = store.lease_tree(&reference, "live-1").await.unwrap();
+    store.lease_tree(&reference, "gone-1").await.unwrap();
+    store.remove(img.id.as_str()).await.unwrap();
+
+    let live = HashSet::from(["live-1".to_owned()]);
+    let done = store.reconcile_leases(&live).await.unwrap();
+    assert_eq!(done.released, vec!["gone-1".to_owned()]);
+    assert!(done.failed.is_empty(), "{done:?}");
+    assert!(
+        tree.join("bin/busybox").is_file(),
+        "the live lease keeps the tree"
+    );
+    // Idempotent: nothing more to give back while the holder lives.
+    let again = store.reconcile_leases(&live).await.unwrap();
+    assert!(again.released.is_empty(), "{again:?}");
+
+    let done = store.reconcile_leases(&HashSet::new()).await.unwrap();
+    assert_eq!(done.released, vec!["live-1".to_owned()]);
+    assert!(!tree.exists(), "the last lease gone, the tree goes");
+    assert_store_empty(&root);
 }

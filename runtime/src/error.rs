@@ -217,3 +217,134 @@ impl Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One value of every variant with its kind (`kind()` is exhaustive, so a new variant
+    /// cannot go unclassified; this pins what each one is classified as, and so the gRPC
+    /// code `cri` answers with).
+    #[test]
+    fn every_variant_has_its_kind() {
+        let s = String::new;
+        let p = PathBuf::new;
+        let io = || io::Error::other("boom");
+        use ErrorKind as K;
+        let cases = [
+            (
+                Error::InvalidId {
+                    what: "container id",
+                    value: s(),
+                    reason: "empty",
+                },
+                K::InvalidArgument,
+            ),
+            (Error::InvalidArgument(s()), K::InvalidArgument),
+            (Error::UnknownHandler(s(), s()), K::InvalidArgument),
+            (Error::ContainerNotFound { id: s() }, K::NotFound),
+            (Error::ContainerExists { id: s() }, K::AlreadyExists),
+            (
+                Error::BadState {
+                    id: s(),
+                    action: "start",
+                    state: s(),
+                },
+                K::FailedPrecondition,
+            ),
+            (
+                Error::Io {
+                    op: "read",
+                    path: p(),
+                    source: io(),
+                },
+                K::Internal,
+            ),
+            (
+                Error::WriteState {
+                    path: p(),
+                    source: io(),
+                },
+                K::Internal,
+            ),
+            (
+                Error::ReadState {
+                    path: p(),
+                    message: s(),
+                },
+                K::Internal,
+            ),
+            (
+                Error::Spawn {
+                    program: p(),
+                    source: io(),
+                },
+                K::Internal,
+            ),
+            (
+                Error::Runtime {
+                    id: s(),
+                    runtime: s(),
+                    action: "start",
+                    message: s(),
+                },
+                K::Internal,
+            ),
+            (
+                Error::CreateFailed {
+                    id: s(),
+                    message: s(),
+                },
+                K::Internal,
+            ),
+            (
+                Error::ExecTimeout {
+                    id: s(),
+                    timeout: Duration::from_secs(1),
+                },
+                K::DeadlineExceeded,
+            ),
+            (
+                Error::Spec {
+                    id: s(),
+                    message: s(),
+                },
+                K::InvalidArgument,
+            ),
+            (
+                Error::User {
+                    user: s(),
+                    message: s(),
+                },
+                K::InvalidArgument,
+            ),
+            (
+                Error::Mount {
+                    op: "mount",
+                    target: p(),
+                    source: nix::Error::EPERM,
+                },
+                K::Internal,
+            ),
+            (
+                Error::Cgroup {
+                    cgroup: s(),
+                    message: s(),
+                },
+                K::Internal,
+            ),
+            (
+                Error::Sandbox {
+                    id: s(),
+                    message: s(),
+                },
+                K::Internal,
+            ),
+            (Error::SandboxNotFound { id: s() }, K::NotFound),
+            (Error::SandboxExists { id: s() }, K::AlreadyExists),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err:?}");
+        }
+    }
+}

@@ -12,9 +12,8 @@ use oci_spec::runtime::{LinuxBuilder, LinuxNamespace, LinuxNamespaceType, Mount,
 use crate::sandbox::{SandboxInfo, SandboxPidMode};
 
 impl SandboxInfo {
-    /// The pod's spec as its pause container's would read; `cgroup_parent` is the pod
-    /// cgroup the caller keeps.
-    pub fn runtime_spec(&self, cgroup_parent: &str, annotations: &HashMap<String, String>) -> Spec {
+    /// The pod's spec as its pause container's would read (cgroups path: the pod cgroup).
+    pub fn runtime_spec(&self, annotations: &HashMap<String, String>) -> Spec {
         let mut namespaces = Vec::new();
         let mut ns = |typ: LinuxNamespaceType, path: Option<PathBuf>| {
             let mut n = LinuxNamespace::default();
@@ -42,7 +41,7 @@ impl SandboxInfo {
         }
         let linux = LinuxBuilder::default()
             .namespaces(namespaces)
-            .cgroups_path(PathBuf::from(cgroup_parent))
+            .cgroups_path(PathBuf::from(&self.record.cgroup_parent))
             .build()
             .unwrap_or_default();
         let mounts = self

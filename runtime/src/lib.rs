@@ -1,8 +1,11 @@
 //! Pod sandboxes and containers: namespaces, cgroups, mounts, the OCI runtime spec, the
 //! per-container monitor, state persistence and recovery. Knows nothing about gRPC.
 //!
-//! Everything here blocks (fork/exec, waitpid, fsync): the daemon calls it from
-//! `spawn_blocking`. The crate has no async runtime and no global state.
+//! Operations block (fork/exec, waitpid, fsync): the daemon calls them from
+//! `spawn_blocking`. Reads of containers and sandboxes (status, list, spec) serve memory and
+//! return at once, whatever operation is in progress; exits are recorded by a thread of the
+//! runtime's own as the monitors end (`exit_watch.rs`). The crate has no async runtime and no
+//! global state.
 //!
 //! How the daemon drives it:
 //! ```text
@@ -13,7 +16,7 @@
 //!                                 sandbox_mounts: sb.container_mounts(), .. }
 //!                 rt.create_container(CreateRequest { id, handler, spec, rootfs_lower, log_path, client_data })
 //! StartContainer  rt.start_container(&id)
-//! StopContainer   rt.stop_container(&id, signal, timeout)      (unknown id: Ok)
+//! StopContainer   rt.stop_container(&id, Signal, timeout)      (unknown id: Ok)
 //! RemoveContainer rt.remove_container(&id)                     (unknown id: Ok)
 //! Status / List   rt.container(&id), rt.list_containers()
 //! ExecSync        rt.exec_sync(&id, &ExecRequest, Some(timeout))  (Error::ExecTimeout → DeadlineExceeded)
@@ -34,26 +37,32 @@ pub mod config;
 pub mod confine;
 pub mod crilog;
 pub mod devices;
+mod entry;
 pub mod error;
 pub mod exec;
 pub mod exec_stream;
+mod exit_watch;
 pub mod hostpath;
 pub mod id;
 pub mod inspect;
+mod lifecycle;
 pub mod monitor;
 pub mod oci;
 pub mod pod_helpers;
+mod query;
 pub mod recovery;
 pub mod rootfs;
 pub mod runtime;
 pub mod sandbox;
 pub mod seccomp_default;
+pub mod signal;
 pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod stdin;
 pub mod sysctl;
 pub mod target;
+pub mod undo;
 pub mod user;
 pub mod util;
 
@@ -61,5 +70,8 @@ pub use config::{HandlerConfig, RuntimeConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ContainerId, SandboxId};
 pub use runtime::{ContainerInfo, ContainerUsage, CreateRequest, Runtime, RuntimeOptions};
-pub use sandbox::{DnsConfig, SandboxInfo, SandboxPidMode, SandboxSpec, SandboxState};
+pub use sandbox::{
+    DnsConfig, SandboxInfo, SandboxPidMode, SandboxSpec, SandboxState, SandboxUsage,
+};
+pub use signal::Signal;
 pub use state::{ContainerRecord, ContainerState, ExitInfo, ExitReason};

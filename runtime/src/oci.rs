@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::id::ContainerId;
+use crate::signal::Signal;
 
 /// One configured OCI runtime: handler name, binary, and its state root (`--root`), kept
 /// apart from the runtime's default root so other users of runc on the node never see or
@@ -121,13 +122,13 @@ impl OciRuntime {
 
     /// `<runtime> kill [--all] <id> <signal>`. `all` signals every process in the
     /// container's cgroup (needed when it has no private PID namespace).
-    pub fn kill(&self, id: &ContainerId, signal: i32, all: bool) -> Result<()> {
+    pub fn kill(&self, id: &ContainerId, signal: Signal, all: bool) -> Result<()> {
         let mut args: Vec<OsString> = vec!["kill".into()];
         if all {
             args.push("--all".into());
         }
         args.push(id.as_str().into());
-        args.push(signal.to_string().into());
+        args.push(signal.as_raw().to_string().into());
         self.run(id, "kill", &args).map(drop)
     }
 

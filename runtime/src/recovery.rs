@@ -9,13 +9,15 @@
 //! - Created/Running records: the exit file, if the monitor wrote one meanwhile, decides;
 //!   a monitor that is gone without one means Exited(Unknown).
 //! - A record that cannot be parsed is kept as Unknown (listable, removable), never fatal.
+//! - A record written before the runtime kept the container's sandbox takes it over from
+//!   the daemon's data, once, and is persisted with it.
 
 use std::fs;
-use std::sync::{Arc, Mutex};
 
+use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
-use crate::id::ContainerId;
-use crate::runtime::{Runtime, RuntimeOptions, STATE_FILE, lock};
+use crate::id::{ContainerId, SandboxId};
+use crate::runtime::{Runtime, RuntimeOptions, STATE_FILE};
 use crate::state::{ContainerRecord, ContainerState, ExitInfo, RECORD_VERSION};
 use crate::util;
 
@@ -54,14 +56,16 @@ impl Runtime {
             match self.recover_one(&id, &mut report) {
                 Ok(Some(rec)) => {
                     report.loaded.push(id.clone());
-                    lock(&self.containers).insert(id, Arc::new(Mutex::new(rec)));
+                    let spec = self.read_spec(&id);
+                    self.insert_entry(id.clone(), Entry::new(self.run_dir(&id), rec, spec));
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(container = %id, "recovery: {e}");
                     report.unreadable.push((id.clone(), e.to_string()));
-                    lock(&self.containers)
-                        .insert(id.clone(), Arc::new(Mutex::new(self.unknown_record(&id))));
+                    let rec = self.unknown_record(&id);
+                    let entry = Entry::new(self.run_dir(&id), rec, serde_json::Value::Null);
+                    self.insert_entry(id, entry);
                 }
             }
         }
@@ -108,11 +112,20 @@ impl Runtime {
                 message: format!("unsupported record version {}", rec.version),
             });
         }
+        if rec.sandbox_id.is_none()
+            && let Some(sandbox) = legacy_sandbox_id(&rec.client_data)
+        {
+            let mut next = rec.clone();
+            next.sandbox_id = Some(sandbox);
+            entry::persist(&self.run_dir(id), &next)?;
+            rec = next;
+        }
         if rec.boot_id != self.boot_id {
             if !rec.state.is_final() {
                 let mut next = rec.clone();
                 next.state = ContainerState::Exited(ExitInfo::unknown(util::now_unix_nanos()));
-                self.transition(&mut rec, next)?;
+                entry::persist(&self.run_dir(id), &next)?;
+                rec = next;
             }
             // The previous boot's OCI state and mount are stale; the record stays until
             // kubelet removes the container.
@@ -124,8 +137,29 @@ impl Runtime {
             report.previous_boot.push(id.clone());
             return Ok(Some(rec));
         }
-        self.refresh(&mut rec)?;
+        // Exits while the daemon was down; later ones the exit watcher records.
+        if !rec.state.is_final()
+            && let Some(exit) = entry::discover_exit(&self.run_dir(id), &rec)?
+        {
+            let mut next = rec.clone();
+            next.state = ContainerState::Exited(exit);
+            entry::persist(&self.run_dir(id), &next)?;
+            rec = next;
+        }
         Ok(Some(rec))
+    }
+
+    /// The OCI spec of a recovered container, read once here so that ContainerStatus
+    /// serves it from memory; `null` (and a warning) when unreadable.
+    fn read_spec(&self, id: &ContainerId) -> serde_json::Value {
+        let path = self.run_dir(id).join("config.json");
+        let parsed = fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()));
+        parsed.unwrap_or_else(|e| {
+            tracing::warn!(container = %id, "recovery: reading {}: {e}", path.display());
+            serde_json::Value::Null
+        })
     }
 
     fn clean_half_created(&self, id: &ContainerId) -> Result<()> {
@@ -152,7 +186,15 @@ impl Runtime {
             cgroup_path: String::new(),
             kill_all_on_exit: false,
             log_path: Default::default(),
+            sandbox_id: None,
             client_data: serde_json::Value::Null,
         }
     }
+}
+
+/// Records written before the runtime kept the container→sandbox link lack `sandbox_id`:
+/// the daemon kept it in its own data (`sandbox_id`). Taken over once at load.
+fn legacy_sandbox_id(client_data: &serde_json::Value) -> Option<SandboxId> {
+    let id = client_data.get("sandbox_id")?.as_str()?;
+    SandboxId::new(id).ok()
 }

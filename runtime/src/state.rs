@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::ContainerId;
+use crate::id::{ContainerId, SandboxId};
 use crate::monitor::{ExitRecord, ProcessIdentity};
 
 /// Current version of [`ContainerRecord`]'s on-disk format.
@@ -168,6 +168,10 @@ pub struct ContainerRecord {
     pub kill_all_on_exit: bool,
     /// Absolute CRI log path.
     pub log_path: PathBuf,
+    /// The pod sandbox it belongs to. Records written before the field existed lack it:
+    /// recovery fills it in from the caller's data (see [`crate::recovery`]).
+    #[serde(default)]
+    pub sandbox_id: Option<SandboxId>,
     /// Opaque data of the caller (CRI metadata, labels, annotations, image…), persisted
     /// with the record so a restarted daemon can echo it exactly.
     #[serde(default)]
@@ -200,6 +204,7 @@ mod tests {
             cgroup_path: "/p/c1".into(),
             kill_all_on_exit: false,
             log_path: "/var/log/pods/p/c/0.log".into(),
+            sandbox_id: Some(SandboxId::new("s1").unwrap()),
             client_data: serde_json::json!({"labels": {"a": "b"}}),
         };
         let json = serde_json::to_string(&r).unwrap();
@@ -207,6 +212,12 @@ mod tests {
         assert!(json.contains("\"state\":\"exited\""), "{json}");
         let back: ContainerRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back, r);
+
+        // A record written before `sandbox_id` existed still reads (recovery fills it in).
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("sandbox_id");
+        let back: ContainerRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.sandbox_id, None);
     }
 
     #[test]

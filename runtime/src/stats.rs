@@ -38,6 +38,33 @@ pub struct CgroupUsage {
 }
 
 impl CgroupUsage {
+    /// Adds `other` field by field (a missing side counts as zero once the other is set):
+    /// a pod's usage from its containers' when its own cgroup cannot be read. The limit is
+    /// left alone: the containers' limits say nothing about the pod's.
+    pub fn add(&mut self, other: &CgroupUsage) {
+        let sum = |x: Option<u64>, y: Option<u64>| match (x, y) {
+            (None, None) => None,
+            (x, y) => Some(x.unwrap_or(0).saturating_add(y.unwrap_or(0))),
+        };
+        self.timestamp_unix_nanos = self.timestamp_unix_nanos.max(other.timestamp_unix_nanos);
+        self.cpu_usage_ns = sum(self.cpu_usage_ns, other.cpu_usage_ns);
+        self.memory_usage_bytes = sum(self.memory_usage_bytes, other.memory_usage_bytes);
+        self.memory_working_set_bytes = sum(
+            self.memory_working_set_bytes,
+            other.memory_working_set_bytes,
+        );
+        self.memory_rss_bytes = sum(self.memory_rss_bytes, other.memory_rss_bytes);
+        self.page_faults = sum(self.page_faults, other.page_faults);
+        self.major_page_faults = sum(self.major_page_faults, other.major_page_faults);
+        self.pids = sum(self.pids, other.pids);
+    }
+
+    /// Whether the cgroup could be read at all (a pod cgroup that does not exist reads as
+    /// nothing).
+    pub fn is_readable(&self) -> bool {
+        self.cpu_usage_ns.is_some() || self.memory_usage_bytes.is_some()
+    }
+
     /// What may still be charged before the limit is hit (limit − working set, as
     /// cAdvisor and containerd report `available_bytes`); `None` without a limit.
     pub fn memory_available_bytes(&self) -> Option<u64> {
@@ -350,5 +377,29 @@ mod tests {
             ..u
         };
         assert_eq!(u.memory_available_bytes(), None);
+    }
+
+    #[test]
+    fn add_sums_what_either_side_has_and_keeps_the_limit() {
+        let mut pod = CgroupUsage {
+            timestamp_unix_nanos: 5,
+            cpu_usage_ns: Some(100),
+            memory_limit_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        pod.add(&CgroupUsage {
+            timestamp_unix_nanos: 7,
+            cpu_usage_ns: Some(50),
+            memory_usage_bytes: Some(4096),
+            memory_limit_bytes: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(pod.timestamp_unix_nanos, 7);
+        assert_eq!(pod.cpu_usage_ns, Some(150));
+        assert_eq!(pod.memory_usage_bytes, Some(4096));
+        assert_eq!(pod.pids, None, "neither side had it");
+        assert_eq!(pod.memory_limit_bytes, Some(1 << 20));
+        assert!(pod.is_readable());
+        assert!(!CgroupUsage::default().is_readable());
     }
 }

@@ -3,6 +3,22 @@
 
 use std::fs;
 use std::io;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Writes a persisted record (container or sandbox) as JSON, atomically (temp, fsync,
+/// rename, fsync the directory): callers change memory only after this succeeded.
+pub(crate) fn write_record<T: serde::Serialize>(path: &Path, rec: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::WriteState {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    rootstock_fsutil::write_atomic(path, &data).map_err(|source| Error::WriteState {
+        path: path.to_owned(),
+        source,
+    })
+}
 
 /// A process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22). Together
 /// with the pid it identifies a process across pid reuse.

@@ -91,7 +91,11 @@ fn exit_codes_are_recorded_including_sigkill() {
     std::thread::sleep(Duration::from_millis(200));
     let t = std::time::Instant::now();
     env.rt
-        .stop_container(&stubborn.record.id, libc::SIGTERM, Duration::from_secs(1))
+        .stop_container(
+            &stubborn.record.id,
+            rootstock_runtime::Signal::TERM,
+            Duration::from_secs(1),
+        )
         .unwrap();
     assert!(t.elapsed() >= Duration::from_secs(1));
     assert_eq!(
@@ -100,11 +104,19 @@ fn exit_codes_are_recorded_including_sigkill() {
     );
     // Stop again, and stop of an unknown id: OK.
     env.rt
-        .stop_container(&stubborn.record.id, libc::SIGTERM, Duration::from_secs(1))
+        .stop_container(
+            &stubborn.record.id,
+            rootstock_runtime::Signal::TERM,
+            Duration::from_secs(1),
+        )
         .unwrap();
     let unknown = rootstock_runtime::ContainerId::new("never-created").unwrap();
     env.rt
-        .stop_container(&unknown, libc::SIGTERM, Duration::from_secs(1))
+        .stop_container(
+            &unknown,
+            rootstock_runtime::Signal::TERM,
+            Duration::from_secs(1),
+        )
         .unwrap();
     env.rt.remove_container(&unknown).unwrap();
 }
@@ -187,7 +199,7 @@ fn exec_returns_output_and_exit_code_and_timeout_kills_the_process() {
             );
         }
         env.rt
-            .stop_container(id, libc::SIGKILL, Duration::ZERO)
+            .stop_container(id, rootstock_runtime::Signal::KILL, Duration::ZERO)
             .unwrap();
         assert_eq!(exit_code(&env.rt.container(id).unwrap()), 137);
     }
@@ -255,8 +267,12 @@ fn reload_sees_running_and_exited_containers() {
     let l = common::wait_exited(&rt2, &late.record.id, Duration::from_secs(10));
     assert_eq!(exit_code(&l), 6);
     // `sleep` as PID 1 has no SIGTERM handler, so the kernel ignores SIGTERM: SIGKILL follows.
-    rt2.stop_container(&running.record.id, libc::SIGTERM, Duration::from_secs(1))
-        .unwrap();
+    rt2.stop_container(
+        &running.record.id,
+        rootstock_runtime::Signal::TERM,
+        Duration::from_secs(1),
+    )
+    .unwrap();
     assert_eq!(exit_code(&rt2.container(&running.record.id).unwrap()), 137);
     for c in rt2.list_containers() {
         rt2.remove_container(&c.record.id).unwrap();
@@ -309,6 +325,7 @@ fn helper_start_container_and_hang() {
         spec,
         rootfs_lower: dir.join("image"),
         log_path: dir.join("logs/orphan.log"),
+        sandbox_id: None,
         client_data: serde_json::Value::Null,
     };
     let c = rt.create_container(req).unwrap();

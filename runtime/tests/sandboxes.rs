@@ -188,7 +188,7 @@ fn pod_shared_pid_namespace_lets_containers_see_each_other_and_stop_leaves_nothi
     // A container without a private PID namespace: a stop kills every process of it.
     exec(&env, &a, "sleep 4321 >/dev/null 2>&1 &");
     env.rt
-        .stop_container(&a, libc::SIGTERM, Duration::from_secs(1))
+        .stop_container(&a, rootstock_runtime::Signal::TERM, Duration::from_secs(1))
         .unwrap();
     assert!(!exec(&env, &b, "ps -o args").contains("sleep 4321"));
     env.rt.remove_container(&a).unwrap();
@@ -260,4 +260,95 @@ fn the_namespace_pinning_helper_is_confined() {
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("kernel.core_pattern"), "{text}");
+}
+
+/// The container→sandbox link is the runtime's: `containers_of` finds a pod's containers
+/// from their records, also after a reload.
+#[test]
+fn containers_of_lists_the_pods_containers_also_after_a_reload() {
+    let env = Env::new();
+    let sb = env.rt.create_sandbox(sandbox_spec("owner", false)).unwrap();
+    let mut spec = env.spec(&["sleep", "1000"]);
+    spec.namespaces = sb.container_namespaces();
+    let mut req = env.request("owner-c1", "runc", spec);
+    req.sandbox_id = Some(sb.record.id.clone());
+    let mine = env.rt.create_container(req).unwrap().record.id;
+    let other = env.run("owner-none", "runc", &["sleep", "1000"]).record.id;
+    let ids = |rt: &rootstock_runtime::Runtime| -> Vec<ContainerId> {
+        rt.containers_of(&sb.record.id)
+            .into_iter()
+            .map(|c| c.record.id)
+            .collect()
+    };
+    assert_eq!(ids(&env.rt), std::slice::from_ref(&mine));
+    let (rt2, _) = rootstock_runtime::Runtime::open(common::options(env.dir.path())).unwrap();
+    assert_eq!(ids(&rt2), std::slice::from_ref(&mine));
+    assert!(
+        rt2.containers_of(&SandboxId::new("nobody").unwrap())
+            .is_empty()
+    );
+    let usage = rt2.sandbox_usage(&sb).unwrap();
+    assert!(usage.containers.is_empty(), "created, not running");
+    for id in [&mine, &other] {
+        env.rt.remove_container(id).unwrap();
+    }
+}
+
+/// The sandbox's undo stack: a create that fails once `/dev/shm` is mounted and the files
+/// are written (here: the namespace helper cannot be started) leaves no mount, directory
+/// or pod cgroup behind.
+#[test]
+fn a_failed_sandbox_create_leaves_no_mount_directory_or_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::options(dir.path());
+    opts.config.monitor_binary = dir.path().join("no-such-monitor");
+    let (rt, _) = rootstock_runtime::Runtime::open(opts).unwrap();
+    let mut spec = sandbox_spec("failing", false);
+    spec.pid = SandboxPidMode::Pod;
+    let id = spec.id.clone();
+    let err = rt.create_sandbox(spec).unwrap_err();
+    assert!(err.to_string().contains("no-such-monitor"), "{err}");
+    assert!(common::mounts_under(dir.path()).is_empty());
+    assert!(
+        !dir.path()
+            .join("state/sandboxes")
+            .join(id.as_str())
+            .exists()
+    );
+    assert!(rt.sandbox(&id).is_err());
+    let own = format!("{}/{id}", rootstock_runtime::sandbox::OWN_CGROUP_ROOT);
+    assert!(
+        rootstock_runtime::cgroup::CgroupLayout::detect()
+            .dirs(&own)
+            .is_empty()
+    );
+}
+
+/// A pod without a cgroup of kubelet's gets one of the runtime's, which its removal takes
+/// away; one kubelet sent is kept as given.
+#[test]
+fn the_runtime_chooses_and_removes_a_pod_cgroup_only_when_none_was_given() {
+    let env = Env::new();
+    let layout = rootstock_runtime::cgroup::CgroupLayout::detect();
+    let mut spec = sandbox_spec("owncg", false);
+    spec.pid = SandboxPidMode::Pod;
+    let sb = env.rt.create_sandbox(spec).unwrap();
+    let own = format!(
+        "{}/{}",
+        rootstock_runtime::sandbox::OWN_CGROUP_ROOT,
+        sb.record.id
+    );
+    assert_eq!(sb.record.cgroup_parent, own);
+    assert!(sb.record.own_cgroup);
+    // pod-init lives in a leaf below it, so it exists now.
+    assert!(!layout.dirs(&own).is_empty());
+    env.rt.remove_sandbox(&sb.record.id).unwrap();
+    assert!(layout.dirs(&own).is_empty(), "{:?}", layout.dirs(&own));
+
+    let mut spec = sandbox_spec("kubeletcg", false);
+    spec.cgroup_parent = env.cgroup_parent.clone();
+    let sb = env.rt.create_sandbox(spec).unwrap();
+    assert_eq!(sb.record.cgroup_parent, env.cgroup_parent);
+    assert!(!sb.record.own_cgroup);
+    env.rt.remove_sandbox(&sb.record.id).unwrap();
 }

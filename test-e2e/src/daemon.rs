@@ -391,11 +391,13 @@ impl Daemon {
             if let Some(cg) = record["pod_init_cgroup"].as_str() {
                 cgroups.push(cg.to_owned());
             }
-            let data = &record["client_data"];
-            if data["own_cgroup"].as_bool() == Some(true)
-                && let Some(cg) = data["cgroup_parent"].as_str()
-            {
-                cgroups.push(cg.to_owned());
+            // The pod cgroup the runtime chose (older records kept it in the daemon's data).
+            for owner in [&record, &record["client_data"]] {
+                if owner["own_cgroup"].as_bool() == Some(true)
+                    && let Some(cg) = owner["cgroup_parent"].as_str()
+                {
+                    cgroups.push(cg.to_owned());
+                }
             }
         }
         // Deepest first, detached: a busy mount must not keep the temp dir alive.

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_cri::v1::{
-    ContainerConfig, CreateContainerRequest, CreateContainerResponse, LinuxContainerResources,
-    LinuxContainerSecurityContext, MountPropagation, NamespaceMode, SecurityProfile,
-    security_profile::ProfileType,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, CreateContainerResponse,
+    LinuxContainerResources, LinuxContainerSecurityContext, MountPropagation, NamespaceMode,
+    SecurityProfile, security_profile::ProfileType,
 };
 use rootstock_imagestore::Image;
 use rootstock_runtime::devices::DeviceRequest;
@@ -16,9 +16,10 @@ use rootstock_runtime::spec::{
     AppArmorProfile, BindMount, ContainerSpec, ImageConfig, PidMode, Propagation, Resources,
     SeccompProfile, SecurityContext,
 };
-use rootstock_runtime::{ContainerId, CreateRequest, SandboxInfo, SandboxState};
+use rootstock_runtime::{ContainerId, CreateRequest, SandboxInfo, SandboxState, Signal};
 
 use super::meta::{ContainerMeta, MountMeta, SandboxMeta, container_name, new_id, to_json};
+use super::undo::AsyncUndo;
 use super::{RuntimeApi, blocking, validate};
 use crate::error::CriError;
 
@@ -72,9 +73,16 @@ impl RuntimeApi {
         let image = self.store.status(&requested)?.ok_or_else(|| {
             CriError::NotFound(format!("image {requested:?} not found: pull it first"))
         })?;
-        let mut spec = container_spec(&config, &image, &sandbox, &sandbox_meta)?;
+        let mut spec = container_spec(&config, &image, &sandbox)?;
         if let Some(target) = self.pid_target(&config, &sandbox_id)? {
             spec.namespaces.pid = PidMode::Target(target);
+        }
+        // The user is looked up in the image's tree before the tree is leased, so a bad
+        // `run_as_username` leaves nothing to undo. (The runtime resolves it again in the
+        // mounted rootfs; a tree collected meanwhile only skips this early check.)
+        if let Some(tree) = image.tree_path().map(ToOwned::to_owned) {
+            let checked = spec.clone();
+            blocking(move || rootstock_runtime::spec::check_user(&checked, &tree)).await?;
         }
         // kubelet makes the pod's log directory; the container's may be new.
         if let Some(dir) = log_path.parent() {
@@ -82,52 +90,29 @@ impl RuntimeApi {
                 CriError::Internal(format!("creating log directory {}: {e}", dir.display()))
             })?;
         }
-        let (rootfs_lower, tree_lease) = self.lease_tree(&image, &id).await?;
-        let meta = ContainerMeta {
-            version: 1,
-            sandbox_id: sandbox_id.to_string(),
-            name: metadata.name.clone(),
-            attempt: metadata.attempt,
-            labels: config.labels.clone(),
-            annotations: config.annotations.clone(),
-            image_requested: requested,
-            image_id: image.id.to_string(),
-            image_tag: image
-                .repo_tags
-                .first()
-                .cloned()
-                .unwrap_or_else(|| image.id.to_string()),
-            image_ref: image
-                .repo_digests
-                .first()
-                .cloned()
-                .unwrap_or_else(|| image.id.to_string()),
-            tree_lease: tree_lease.clone(),
-            stop_signal: stop_signal(&image.config.stop_signal),
-            mounts: config
-                .mounts
-                .iter()
-                .map(|m| MountMeta {
-                    container_path: m.container_path.clone(),
-                    host_path: m.host_path.clone(),
-                    readonly: m.readonly,
-                    propagation: m.propagation,
-                })
-                .collect(),
-            resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
-            config: Some(config.clone()),
-        };
+        let meta = container_meta(&id, &config, &metadata, &requested, &image);
+
+        // Everything is checked and built: only now is the tree leased, and the lease is
+        // given back on every way out but success.
+        let rootfs_lower = self.lease_tree(&image, &id).await?;
+        let mut undo = AsyncUndo::new(format_args!("container {id}"));
+        let (store, lease) = (self.store.clone(), id.to_string());
+        undo.push("release the image tree lease", async move {
+            store.release(&lease).await
+        });
         let request = CreateRequest {
             id: id.clone(),
             handler: sandbox_meta.runtime_handler.clone(),
             spec,
             rootfs_lower,
             log_path,
+            sandbox_id: Some(sandbox_id.clone()),
             client_data: to_json(&meta),
         };
         let rt = self.rt.clone();
         match blocking(move || rt.create_container(request)).await {
             Ok(_) => {
+                undo.commit();
                 reservation.keep();
                 tracing::info!(container = %id, sandbox = %sandbox_id, name = %metadata.name, "container created");
                 Ok(CreateContainerResponse {
@@ -135,7 +120,7 @@ impl RuntimeApi {
                 })
             }
             Err(err) => {
-                self.release_tree(tree_lease.as_deref()).await;
+                undo.run().await;
                 Err(err)
             }
         }
@@ -165,7 +150,7 @@ impl RuntimeApi {
         }
         let target = self.container_id(&ns.target_id)?;
         let info = self.rt.container(&target)?;
-        if ContainerMeta::of(&info).sandbox_id != sandbox_id.as_str() {
+        if info.record.sandbox_id.as_ref() != Some(sandbox_id) {
             return Err(CriError::InvalidArgument(format!(
                 "CreateContainer: namespace_options.target_id {target} is in another pod"
             )));
@@ -176,20 +161,15 @@ impl RuntimeApi {
     /// Leases the image's flattened root filesystem for the container's lifetime, under the
     /// container's id: the store persists the lease, so the tree outlives RemoveImage and
     /// daemon restarts until RemoveContainer gives it back.
-    async fn lease_tree(
-        &self,
-        image: &Image,
-        id: &ContainerId,
-    ) -> Result<(PathBuf, Option<String>), CriError> {
-        let tree = self
+    async fn lease_tree(&self, image: &Image, id: &ContainerId) -> Result<PathBuf, CriError> {
+        Ok(self
             .store
             .lease_tree(&image.id.to_string(), id.as_str())
-            .await?;
-        Ok((tree, Some(id.to_string())))
+            .await?)
     }
 
-    /// Gives a tree lease back (RemoveContainer, or a failed create). A failure only delays
-    /// the tree's collection, so it is logged, not returned.
+    /// Gives a tree lease back (RemoveContainer). A failure only delays the tree's
+    /// collection, so it is logged, not returned.
     pub(super) async fn release_tree(&self, lease: Option<&str>) {
         if let Some(lease) = lease
             && let Err(e) = self.store.release(lease).await
@@ -199,29 +179,55 @@ impl RuntimeApi {
     }
 }
 
-/// The image's `StopSignal` (`SIGQUIT`, `QUIT` or `3`), else SIGTERM.
-fn stop_signal(name: &str) -> i32 {
-    use nix::sys::signal::Signal;
-    use std::str::FromStr;
-    let name = name.trim();
-    if let Ok(n) = name.parse::<i32>()
-        && Signal::try_from(n).is_ok()
-    {
-        return n;
+/// The CRI values kept with the container (echoed by status and list, also after a
+/// restart).
+fn container_meta(
+    id: &ContainerId,
+    config: &ContainerConfig,
+    metadata: &ContainerMetadata,
+    requested: &str,
+    image: &Image,
+) -> ContainerMeta {
+    ContainerMeta {
+        version: 1,
+        name: metadata.name.clone(),
+        attempt: metadata.attempt,
+        labels: config.labels.clone(),
+        annotations: config.annotations.clone(),
+        image_requested: requested.to_owned(),
+        image_id: image.id.to_string(),
+        image_tag: image
+            .repo_tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.to_string()),
+        image_ref: image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.to_string()),
+        // The lease is named after the container.
+        tree_lease: Some(id.to_string()),
+        stop_signal: Signal::stop_signal(&image.config.stop_signal).as_raw(),
+        mounts: config
+            .mounts
+            .iter()
+            .map(|m| MountMeta {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: m.propagation,
+            })
+            .collect(),
+        resources: config.linux.as_ref().and_then(|l| l.resources.clone()),
+        config: Some(config.clone()),
     }
-    let full = if name.starts_with("SIG") {
-        name.to_owned()
-    } else {
-        format!("SIG{name}")
-    };
-    Signal::from_str(&full.to_ascii_uppercase()).unwrap_or(Signal::SIGTERM) as i32
 }
 
 fn container_spec(
     config: &ContainerConfig,
     image: &Image,
     sandbox: &SandboxInfo,
-    sandbox_meta: &SandboxMeta,
 ) -> Result<ContainerSpec, CriError> {
     let linux = config.linux.clone().unwrap_or_default();
     Ok(ContainerSpec {
@@ -260,7 +266,7 @@ fn container_spec(
             .collect(),
         sandbox_mounts: sandbox.container_mounts(),
         namespaces: sandbox.container_namespaces(),
-        cgroup_parent: sandbox_meta.cgroup_parent.clone(),
+        cgroup_parent: sandbox.record.cgroup_parent.clone(),
         security: security(linux.security_context.as_ref())?,
         resources: resources(linux.resources.as_ref()),
         tty: config.tty,
@@ -431,16 +437,9 @@ pub(super) fn resources(r: Option<&LinuxContainerResources>) -> Resources {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    #[test]
-    fn stop_signal_accepts_names_short_names_and_numbers() {
-        assert_eq!(stop_signal("SIGQUIT"), 3);
-        assert_eq!(stop_signal("quit"), 3);
-        assert_eq!(stop_signal("9"), 9);
-        assert_eq!(stop_signal(""), 15);
-        assert_eq!(stop_signal("SIGNOPE"), 15);
-    }
+    use super::*;
 
     #[test]
     fn profiles_from_the_field_or_the_deprecated_string() {
@@ -470,5 +469,155 @@ mod tests {
         );
         assert!(profile("seccomp", Some(&sp(ProfileType::Unconfined, "/x")), "").is_err());
         assert!(profile("seccomp", Some(&sp(ProfileType::Localhost, "")), "").is_err());
+    }
+
+    #[test]
+    fn resources_read_cri_zeroes_as_unset() {
+        assert_eq!(resources(None), Resources::default());
+        let r = resources(Some(&LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: -1,
+            cpu_period: 0,
+            memory_limit_in_bytes: 1 << 30,
+            memory_swap_limit_in_bytes: 0,
+            oom_score_adj: -997,
+            cpuset_cpus: "0-1".into(),
+            hugepage_limits: vec![
+                k8s_cri::v1::HugepageLimit {
+                    page_size: "2MB".into(),
+                    limit: 4 << 20,
+                },
+                k8s_cri::v1::HugepageLimit {
+                    page_size: String::new(),
+                    limit: 1,
+                },
+            ],
+            unified: [("memory.high".to_owned(), "1G".to_owned())].into(),
+            ..Default::default()
+        }));
+        assert_eq!(r.cpu_shares, Some(512));
+        assert_eq!(r.cpu_quota, Some(-1), "negative: no limit, kept");
+        assert_eq!(r.cpu_period, None);
+        assert_eq!(r.memory_limit_bytes, Some(1 << 30));
+        assert_eq!(r.memory_swap_limit_bytes, None);
+        assert_eq!(r.oom_score_adj, Some(-997));
+        assert_eq!(r.cpuset_cpus.as_deref(), Some("0-1"));
+        assert_eq!(r.cpuset_mems, None);
+        assert_eq!(r.hugepage_limits, [("2MB".to_owned(), 4 << 20)]);
+        assert_eq!(r.unified["memory.high"], "1G");
+        assert_eq!(r.pids_limit, None, "kubelet sets it on the pod cgroup");
+    }
+
+    #[test]
+    fn security_context_ids_and_profiles_are_checked() {
+        assert_eq!(security(None).unwrap(), SecurityContext::default());
+        let sc = LinuxContainerSecurityContext {
+            run_as_user: Some(k8s_cri::v1::Int64Value { value: 1000 }),
+            run_as_username: "app".into(),
+            supplemental_groups: vec![10, 20],
+            supplemental_groups_policy: k8s_cri::v1::SupplementalGroupsPolicy::Strict as i32,
+            readonly_rootfs: true,
+            seccomp: Some(SecurityProfile {
+                profile_type: ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        };
+        let got = security(Some(&sc)).unwrap();
+        assert_eq!(got.run_as_user, Some(1000));
+        assert_eq!(got.run_as_username.as_deref(), Some("app"));
+        assert_eq!(got.supplemental_groups, [10, 20]);
+        assert!(got.supplemental_groups_strict && got.readonly_rootfs);
+        assert_eq!(got.seccomp, SeccompProfile::RuntimeDefault);
+        assert_eq!(got.apparmor, AppArmorProfile::Unconfined);
+        assert_eq!(got.masked_paths, None, "empty keeps the defaults");
+        for bad in [
+            LinuxContainerSecurityContext {
+                run_as_user: Some(k8s_cri::v1::Int64Value { value: -1 }),
+                ..Default::default()
+            },
+            LinuxContainerSecurityContext {
+                supplemental_groups: vec![1 << 40],
+                ..Default::default()
+            },
+        ] {
+            match security(Some(&bad)) {
+                Err(CriError::InvalidArgument(m)) => assert!(m.contains("not a valid id"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn container_spec_takes_the_sandbox_the_image_and_the_mounts() {
+        use rootstock_runtime::SandboxPidMode;
+        use rootstock_runtime::sandbox::{SANDBOX_RECORD_VERSION, SandboxRecord};
+        let sandbox = SandboxInfo {
+            record: SandboxRecord {
+                version: SANDBOX_RECORD_VERSION,
+                id: rootstock_runtime::SandboxId::new("s1").unwrap(),
+                state: SandboxState::Ready,
+                hostname: "web-0".into(),
+                host_network: false,
+                host_ipc: false,
+                pid: SandboxPidMode::Container,
+                created_at_unix_nanos: 0,
+                boot_id: String::new(),
+                pod_init: None,
+                pod_init_cgroup: None,
+                cgroup_parent: "/kubepods/pod1".into(),
+                own_cgroup: false,
+                client_data: serde_json::Value::Null,
+            },
+            dir: PathBuf::from("/run/rootstock/sandboxes/s1"),
+        };
+        let image = Image {
+            id: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            size: 0,
+            user: rootstock_imagestore::ImageUser::Name("nobody".into()),
+            config: rootstock_imagestore::RuntimeConfig {
+                entrypoint: vec!["/entry".into()],
+                user: "nobody".into(),
+                ..Default::default()
+            },
+            created: None,
+            diff_ids: Vec::new(),
+            chain_id: None,
+            layers: Vec::new(),
+            pinned: false,
+            tree: None,
+        };
+        let config = ContainerConfig {
+            command: vec!["/bin/sh".into()],
+            envs: vec![k8s_cri::v1::KeyValue {
+                key: "A".into(),
+                value: "1".into(),
+            }],
+            mounts: vec![k8s_cri::v1::Mount {
+                container_path: "/data".into(),
+                host_path: "/srv/data".into(),
+                readonly: true,
+                propagation: MountPropagation::PropagationHostToContainer as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let spec = container_spec(&config, &image, &sandbox).unwrap();
+        assert_eq!(spec.command, ["/bin/sh"]);
+        assert_eq!(spec.env, [("A".to_owned(), "1".to_owned())]);
+        assert_eq!(spec.working_dir, None, "empty: the image's");
+        assert_eq!(spec.image.entrypoint, ["/entry"]);
+        assert_eq!(spec.image.user, "nobody");
+        assert_eq!(spec.hostname.as_deref(), Some("web-0"));
+        assert_eq!(spec.cgroup_parent, "/kubepods/pod1");
+        assert_eq!(spec.mounts[0].propagation, Propagation::HostToContainer);
+        assert!(spec.mounts[0].readonly);
+        assert_eq!(
+            spec.sandbox_mounts.len(),
+            4,
+            "hostname, hosts, resolv.conf, shm"
+        );
     }
 }

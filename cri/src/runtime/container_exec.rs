@@ -81,9 +81,8 @@ impl RuntimeApi {
                 "{rpc}: tty and stderr cannot both be set (a terminal merges stderr into stdout)"
             )));
         }
-        let rt = self.rt.clone();
-        let probe = id.clone();
-        blocking(move || rt.container(&probe).map(|_| ())).await?;
+        // Memory only: a probe that the container exists before a URL is handed out.
+        self.rt.container(&id)?;
         let spec = ExecSpec {
             container: id,
             cmd,
@@ -109,9 +108,7 @@ impl RuntimeApi {
                 "PortForward: port {bad} is not a TCP port"
             )));
         }
-        let rt = self.rt.clone();
-        let probe = id.clone();
-        blocking(move || rt.sandbox(&probe).map(|_| ())).await?;
+        self.rt.sandbox(&id)?;
         let url = self
             .streaming
             .url_for(Pending::PortForward(PortForwardSpec {

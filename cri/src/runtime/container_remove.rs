@@ -35,7 +35,7 @@ impl RuntimeApi {
         blocking(move || rt.remove_container(&cid)).await?;
         // Only after the overlay is unmounted may the tree go.
         self.release_tree(meta.tree_lease.as_deref()).await;
-        self.names.release(&meta.reserved_name(), id.as_str());
+        self.names.release(&meta.reserved_name(&info), id.as_str());
         self.cpu_rates.forget(id.as_str());
         tracing::info!(container = %id, "container removed");
         Ok(())

@@ -1,5 +1,6 @@
-//! ContainerStatus and ListContainers, from the runtime's in-memory records (refreshed from
-//! the monitors' exit files) and the CRI values stored with them.
+//! ContainerStatus and ListContainers, from the runtime's in-memory records (exits are
+//! recorded as the monitors end) and the CRI values stored with them. Neither blocks: they
+//! run on the async worker and never wait for an operation on the container.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,7 @@ use k8s_cri::v1::{
 };
 use rootstock_runtime::{ContainerInfo, ContainerState, ExitReason};
 
-use super::meta::ContainerMeta;
+use super::meta::{ContainerMeta, sandbox_of};
 use super::{RuntimeApi, labels_match};
 use crate::error::CriError;
 
@@ -32,21 +33,19 @@ impl RuntimeApi {
             _ => (0, 0, String::new()),
         };
         let mut info_map = HashMap::new();
-        let runtime_spec = self.rt.container_spec(&id).unwrap_or_else(|e| {
-            tracing::debug!(container = %id, "status: {e}");
-            serde_json::Value::Null
-        });
+        // Kept in memory since create: no file is read on this path (kubelet polls it).
+        let runtime_spec = self.rt.container_spec(&id)?;
         let user = container_user(&runtime_spec);
         if req.verbose {
             // containerd's keys (`crictl inspect -o go-template` scripts read them), then
             // ours. crictl decodes every info value as a JSON object.
             let verbose = serde_json::json!({
-                "sandboxID": meta.sandbox_id,
+                "sandboxID": sandbox_of(&info),
                 "pid": rec.init_pid,
                 "removing": false,
                 "runtimeType": rec.handler,
                 "config": meta.config,
-                "runtimeSpec": runtime_spec,
+                "runtimeSpec": *runtime_spec,
                 "id": id.as_str(),
                 "cgroupPath": rec.cgroup_path,
                 "runDir": info.run_dir,
@@ -117,12 +116,13 @@ impl RuntimeApi {
             })
             .filter_map(|c| {
                 let meta = ContainerMeta::of(&c);
+                let sandbox_id = sandbox_of(&c);
                 let wanted = (filter.pod_sandbox_id.is_empty()
-                    || meta.sandbox_id == filter.pod_sandbox_id)
+                    || sandbox_id == filter.pod_sandbox_id)
                     && labels_match(&meta.labels, &filter.label_selector);
                 wanted.then(|| Container {
                     id: c.record.id.to_string(),
-                    pod_sandbox_id: meta.sandbox_id.clone(),
+                    pod_sandbox_id: sandbox_id,
                     metadata: Some(meta.metadata()),
                     // The image id, never a tag: `crictl rmi --prune` resolves this with
                     // ImageStatus to keep the image in use, and a tag may have moved to a
@@ -181,4 +181,41 @@ fn container_user(spec: &serde_json::Value) -> Option<k8s_cri::v1::ContainerUser
                 .unwrap_or_default(),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use rootstock_runtime::{ExitInfo, ExitReason};
+
+    #[test]
+    fn every_state_maps_to_its_cri_state() {
+        let exited = ContainerState::Exited(ExitInfo {
+            exit_code: 1,
+            exited_at_unix_nanos: 5,
+            reason: ExitReason::Error,
+        });
+        for (state, cri) in [
+            (ContainerState::Created, CriState::ContainerCreated),
+            (ContainerState::Running, CriState::ContainerRunning),
+            (exited, CriState::ContainerExited),
+            (ContainerState::Unknown, CriState::ContainerUnknown),
+        ] {
+            assert_eq!(cri_state(&state), cri, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn the_user_comes_from_the_spec_it_was_created_with() {
+        let spec = serde_json::json!({
+            "process": {"user": {"uid": 1000, "gid": 3000, "additionalGids": [3000, 10]}}
+        });
+        let user = container_user(&spec).unwrap().linux.unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 3000));
+        assert_eq!(user.supplemental_groups, [3000, 10]);
+        assert!(container_user(&serde_json::Value::Null).is_none());
+        assert!(container_user(&serde_json::json!({"process": {"user": {}}})).is_none());
+    }
 }

@@ -9,9 +9,6 @@ use super::meta::ContainerMeta;
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
-/// SIGTERM, for records written before the stop signal was kept.
-const DEFAULT_STOP_SIGNAL: i32 = 15;
-
 impl RuntimeApi {
     pub(super) async fn stop(
         &self,
@@ -28,10 +25,7 @@ impl RuntimeApi {
             }
             Err(e) => return Err(e.into()),
         };
-        let signal = match ContainerMeta::of(&info).stop_signal {
-            0 => DEFAULT_STOP_SIGNAL,
-            s => s,
-        };
+        let signal = ContainerMeta::of(&info).stop_signal();
         // A negative timeout is what kubelet never sends; read it as "kill now".
         let timeout = Duration::from_secs(u64::try_from(req.timeout).unwrap_or(0));
         let rt = self.rt.clone();

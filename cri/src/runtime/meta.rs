@@ -9,7 +9,7 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, LinuxContainerResources, Mount, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata,
 };
-use rootstock_runtime::{ContainerInfo, SandboxInfo};
+use rootstock_runtime::{ContainerInfo, SandboxInfo, Signal};
 use serde::{Deserialize, Serialize};
 
 /// Version of the layout below; bumped when a field changes meaning.
@@ -33,11 +33,6 @@ pub(super) struct SandboxMeta {
     pub pid_mode: i32,
     pub ipc_mode: i32,
     pub target_id: String,
-    /// The pod cgroup containers are placed under.
-    pub cgroup_parent: String,
-    /// Whether rootstock chose (and so must remove) `cgroup_parent`: kubelet owns the ones
-    /// it sends.
-    pub own_cgroup: bool,
     /// The config as given (verbose PodSandboxStatus `config`, as containerd shows it).
     pub config: Option<PodSandboxConfig>,
 }
@@ -116,7 +111,6 @@ impl MountMeta {
 #[serde(default)]
 pub(super) struct ContainerMeta {
     pub version: u32,
-    pub sandbox_id: String,
     pub name: String,
     pub attempt: u32,
     pub labels: HashMap<String, String>,
@@ -131,7 +125,8 @@ pub(super) struct ContainerMeta {
     pub image_ref: String,
     /// The tree lease held for the rootfs, released at RemoveContainer.
     pub tree_lease: Option<String>,
-    /// Signal StopContainer sends first (from the image's `StopSignal`).
+    /// Signal StopContainer sends first (from the image's `StopSignal`; 0 in records
+    /// written before it was kept), read through [`ContainerMeta::stop_signal`].
     pub stop_signal: i32,
     pub mounts: Vec<MountMeta>,
     /// The config as given (verbose ContainerStatus `config`, as containerd shows it).
@@ -155,9 +150,24 @@ impl ContainerMeta {
 
     /// Reserved until removal, per sandbox (containerd's `makeContainerName` is equivalent:
     /// it spells out the sandbox's name instead of its id).
-    pub fn reserved_name(&self) -> String {
-        container_name(&self.sandbox_id, &self.name, self.attempt)
+    pub fn reserved_name(&self, info: &ContainerInfo) -> String {
+        container_name(&sandbox_of(info), &self.name, self.attempt)
     }
+
+    /// The signal StopContainer sends first: the image's, SIGTERM for a record without one.
+    pub fn stop_signal(&self) -> Signal {
+        Signal::from_raw(self.stop_signal).unwrap_or(Signal::TERM)
+    }
+}
+
+/// The id of the sandbox a container belongs to, as CRI messages carry it (empty for a
+/// container of no sandbox, which only a runtime-level test makes).
+pub(super) fn sandbox_of(info: &ContainerInfo) -> String {
+    info.record
+        .sandbox_id
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
 
 pub(super) fn container_name(sandbox_id: &str, name: &str, attempt: u32) -> String {

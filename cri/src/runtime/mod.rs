@@ -23,6 +23,7 @@ mod sandbox_run;
 mod sandbox_status;
 mod sandbox_stop;
 mod stats;
+mod undo;
 mod validate;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use rootstock_runtime::stats::CpuRates;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::blocking::blocking;
 use crate::config::Config;
 use crate::error::{CriError, not_yet, reply};
 
@@ -57,7 +59,7 @@ pub struct RuntimeApi {
     /// (which take it too) never miss a container being created in the pod meanwhile.
     sandbox_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Pod IPs by sandbox id, so that PodSandboxStatus (polled by kubelet) does not read the
-    /// CNI cache each time; filled at ADD and, after a restart, on first use.
+    /// CNI cache each time; filled at ADD and, after a restart, by recovery.
     pod_ips: Arc<Mutex<HashMap<String, Vec<String>>>>,
     /// The previous CPU sample of each container and pod, for `usage_nano_cores`.
     cpu_rates: Arc<CpuRates>,
@@ -74,6 +76,7 @@ impl RuntimeApi {
         rt: Arc<Runtime>,
         store: Arc<ImageStore>,
         streaming: Arc<crate::streaming::StreamingServer>,
+        pod_ips: HashMap<String, Vec<String>>,
     ) -> Self {
         let names = Arc::new(Names::default());
         names.rebuild(&rt);
@@ -84,7 +87,7 @@ impl RuntimeApi {
             store,
             names,
             sandbox_locks: Arc::default(),
-            pod_ips: Arc::default(),
+            pod_ips: Arc::new(Mutex::new(pod_ips)),
             cpu_rates: Arc::default(),
             pod_cidr: Arc::default(),
             streaming,
@@ -119,29 +122,6 @@ impl RuntimeApi {
             .await
             .map_err(|e| CriError::Internal(format!("runtime call task failed: {e}")))?
     }
-}
-
-/// Runs a blocking runtime-crate call off the async workers (it forks, waits and fsyncs).
-async fn blocking<T, F>(call: F) -> Result<T, CriError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, rootstock_runtime::Error> + Send + 'static,
-{
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|e| CriError::Internal(format!("blocking runtime task failed: {e}")))?
-        .map_err(CriError::from)
-}
-
-/// Like [`blocking`], for a closure that already speaks `CriError`.
-async fn blocking_cri<T, F>(call: F) -> Result<T, CriError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, CriError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(call)
-        .await
-        .map_err(|e| CriError::Internal(format!("blocking stats task failed: {e}")))?
 }
 
 /// CRI label selectors match when every selector pair is present with the same value.
@@ -336,7 +316,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let api = self.clone();
         // Reads cgroup files: off the async workers.
-        reply(blocking_cri(move || api.container_stats(req.into_inner())).await)
+        reply(blocking(move || api.container_stats(req.into_inner())).await)
     }
 
     async fn list_container_stats(
@@ -345,7 +325,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let api = self.clone();
         // Reads cgroup files: off the async workers.
-        reply(blocking_cri(move || api.list_container_stats(req.into_inner())).await)
+        reply(blocking(move || api.list_container_stats(req.into_inner())).await)
     }
 
     async fn pod_sandbox_stats(
@@ -354,7 +334,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let api = self.clone();
         // Reads cgroup files: off the async workers.
-        reply(blocking_cri(move || api.pod_sandbox_stats(req.into_inner())).await)
+        reply(blocking(move || api.pod_sandbox_stats(req.into_inner())).await)
     }
 
     async fn list_pod_sandbox_stats(
@@ -363,7 +343,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         let api = self.clone();
         // Reads cgroup files: off the async workers.
-        reply(blocking_cri(move || api.list_pod_sandbox_stats(req.into_inner())).await)
+        reply(blocking(move || api.list_pod_sandbox_stats(req.into_inner())).await)
     }
 
     async fn checkpoint_container(
@@ -392,5 +372,37 @@ impl RuntimeService for RuntimeApi {
         _req: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         not_yet("ListPodSandboxMetrics")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_label_selector_matches_when_every_pair_is_present() {
+        let labels: HashMap<String, String> = [("app", "web"), ("tier", "front")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let sel = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(labels_match(&labels, &sel(&[])));
+        assert!(labels_match(&labels, &sel(&[("app", "web")])));
+        assert!(labels_match(
+            &labels,
+            &sel(&[("app", "web"), ("tier", "front")])
+        ));
+        assert!(!labels_match(&labels, &sel(&[("app", "db")])));
+        assert!(!labels_match(
+            &labels,
+            &sel(&[("app", "web"), ("zone", "a")])
+        ));
+        assert!(!labels_match(&HashMap::new(), &sel(&[("app", "web")])));
     }
 }

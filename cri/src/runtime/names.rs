@@ -34,7 +34,7 @@ impl Names {
         }
         for c in rt.list_containers() {
             held.insert(
-                ContainerMeta::of(&c).reserved_name(),
+                ContainerMeta::of(&c).reserved_name(&c),
                 c.record.id.to_string(),
             );
         }

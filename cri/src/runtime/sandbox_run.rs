@@ -9,6 +9,7 @@ use rootstock_cni::{PodNetwork, PortMapping, Protocol};
 use rootstock_runtime::{DnsConfig, SandboxId, SandboxPidMode, SandboxSpec};
 
 use super::meta::{SandboxMeta, new_id, to_json};
+use super::undo::AsyncUndo;
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
@@ -23,19 +24,18 @@ impl RuntimeApi {
         // An unknown RuntimeClass handler is refused before anything is made.
         self.rt.handler(&req.runtime_handler)?;
         let id = SandboxId::new(new_id()?)?;
-        let meta = sandbox_meta(&config, &req.runtime_handler, &id)?;
+        let meta = sandbox_meta(&config, &req.runtime_handler)?;
         let reservation = self
             .names
             .reserve("pod sandbox", &meta.reserved_name(), id.as_str())?;
-        let spec = sandbox_spec(&config, &meta, &id);
+        let spec = sandbox_spec(&config, &meta, &id)?;
         let network = (!spec.host_network).then(|| pod_network(&config, &meta, &id));
         let network = network.transpose()?;
 
-        let mut undo = Rollback::new(id.clone());
-        let result = self.create_sandbox(spec, network, &mut undo).await;
-        match result {
+        let mut undo = AsyncUndo::new(format_args!("sandbox {id}"));
+        match self.create_sandbox(spec, network, &mut undo).await {
             Ok(()) => {
-                undo.disarm();
+                undo.commit();
                 reservation.keep();
                 tracing::info!(sandbox = %id, name = %meta.reserved_name(), "pod sandbox ready");
                 Ok(RunPodSandboxResponse {
@@ -43,21 +43,26 @@ impl RuntimeApi {
                 })
             }
             Err(err) => {
-                undo.run(self).await;
+                undo.run().await;
                 Err(err)
             }
         }
     }
 
+    /// The runtime's sandbox, then CNI ADD; each step pushes its undo onto `undo` as soon
+    /// as it has something to undo.
     async fn create_sandbox(
         &self,
         spec: SandboxSpec,
         network: Option<PodNetwork>,
-        undo: &mut Rollback,
+        undo: &mut AsyncUndo,
     ) -> Result<(), CriError> {
         let rt = self.rt.clone();
         let info = blocking(move || rt.create_sandbox(spec)).await?;
-        undo.sandbox = true;
+        let (rt, id) = (self.rt.clone(), info.record.id.clone());
+        undo.push("remove the sandbox", async move {
+            blocking(move || rt.remove_sandbox(&id)).await
+        });
         let Some(mut pod) = network else {
             return Ok(());
         };
@@ -67,7 +72,14 @@ impl RuntimeApi {
                 info.record.id
             ))
         })?;
-        undo.network = true;
+        // Pushed before ADD: a failed ADD already ran DEL itself, but teardown is
+        // idempotent and also covers an ADD that succeeded before a later step failed.
+        let api = self.clone();
+        let id = info.record.id.clone();
+        undo.push("CNI teardown", async move {
+            api.pod_ips().remove(id.as_str());
+            api.cni.teardown(id.as_str()).await
+        });
         let status = self.cni.setup(&pod).await?;
         let ips = status.ips.iter().map(ToString::to_string).collect();
         self.pod_ips().insert(info.record.id.to_string(), ips);
@@ -82,56 +94,7 @@ impl RuntimeApi {
     }
 }
 
-/// Undo steps of a RunPodSandbox that has not completed (STYLE 8), run in reverse order.
-struct Rollback {
-    id: SandboxId,
-    armed: bool,
-    sandbox: bool,
-    network: bool,
-}
-
-impl Rollback {
-    fn new(id: SandboxId) -> Self {
-        Self {
-            id,
-            armed: true,
-            sandbox: false,
-            network: false,
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-
-    /// Undoes what was done; failures are logged, the caller reports the original error.
-    async fn run(self, api: &RuntimeApi) {
-        if !self.armed {
-            return;
-        }
-        // A failed ADD already ran DEL itself; teardown is idempotent and covers the case
-        // where ADD succeeded and a later step failed.
-        if self.network
-            && let Err(e) = api.cni.teardown(self.id.as_str()).await
-        {
-            tracing::warn!(sandbox = %self.id, "rollback: CNI teardown: {e}");
-        }
-        api.pod_ips().remove(self.id.as_str());
-        if self.sandbox {
-            let rt = api.rt.clone();
-            let id = self.id.clone();
-            if let Err(e) = blocking(move || rt.remove_sandbox(&id)).await {
-                tracing::warn!(sandbox = %self.id, "rollback: removing the sandbox: {e}");
-            }
-        }
-    }
-}
-
-fn sandbox_meta(
-    config: &PodSandboxConfig,
-    runtime_handler: &str,
-    id: &SandboxId,
-) -> Result<SandboxMeta, CriError> {
+fn sandbox_meta(config: &PodSandboxConfig, runtime_handler: &str) -> Result<SandboxMeta, CriError> {
     let metadata = config.metadata.as_ref().ok_or_else(|| {
         CriError::InvalidArgument("RunPodSandbox: sandbox config has no metadata".to_owned())
     })?;
@@ -159,19 +122,23 @@ fn sandbox_meta(
     meta.ipc_mode = ns.ipc;
     meta.target_id = ns.target_id;
     meta.config = Some(config.clone());
-    // kubelet always sends its pod cgroup; a bare client (crictl without one) gets a pod
-    // cgroup of rootstock's own, which rootstock then also removes.
-    if linux.cgroup_parent.is_empty() {
-        meta.cgroup_parent = format!("/rootstock/{id}");
-        meta.own_cgroup = true;
-    } else {
-        // Cleaned, and refused when it would leave the cgroup root (`../../x`).
-        meta.cgroup_parent = rootstock_runtime::cgroup_join::clean_cgroup_parent(
-            &linux.cgroup_parent,
-        )
-        .map_err(|e| CriError::InvalidArgument(format!("RunPodSandbox: config.linux.{e}")))?;
-    }
     Ok(meta)
+}
+
+/// The pod cgroup kubelet sent, cleaned, and refused when it would leave the cgroup root
+/// (`../../x`). Empty (a bare client such as crictl) stays empty: the runtime then gives
+/// the pod a cgroup of its own, and removes it with the pod.
+fn cgroup_parent(config: &PodSandboxConfig) -> Result<String, CriError> {
+    let given = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.as_str())
+        .unwrap_or_default();
+    if given.is_empty() {
+        return Ok(String::new());
+    }
+    rootstock_runtime::cgroup_join::clean_cgroup_parent(given)
+        .map_err(|e| CriError::InvalidArgument(format!("RunPodSandbox: config.linux.{e}")))
 }
 
 /// A hostname the kernel accepts and kubelet could send (a DNS name of at most 64 bytes,
@@ -205,7 +172,11 @@ fn namespace_options(linux: &LinuxPodSandboxConfig) -> k8s_cri::v1::NamespaceOpt
         .unwrap_or_default()
 }
 
-fn sandbox_spec(config: &PodSandboxConfig, meta: &SandboxMeta, id: &SandboxId) -> SandboxSpec {
+fn sandbox_spec(
+    config: &PodSandboxConfig,
+    meta: &SandboxMeta,
+    id: &SandboxId,
+) -> Result<SandboxSpec, CriError> {
     let node = NamespaceMode::Node as i32;
     let pid = match NamespaceMode::try_from(meta.pid_mode) {
         Ok(NamespaceMode::Node) => SandboxPidMode::Host,
@@ -214,7 +185,7 @@ fn sandbox_spec(config: &PodSandboxConfig, meta: &SandboxMeta, id: &SandboxId) -
         Ok(NamespaceMode::Pod) => SandboxPidMode::Pod,
         _ => SandboxPidMode::Container,
     };
-    SandboxSpec {
+    Ok(SandboxSpec {
         id: id.clone(),
         // Empty: the node's hostname, as containerd (the pod name can be longer than a
         // hostname may be).
@@ -222,11 +193,7 @@ fn sandbox_spec(config: &PodSandboxConfig, meta: &SandboxMeta, id: &SandboxId) -
         host_network: meta.network_mode == node,
         host_ipc: meta.ipc_mode == node,
         pid,
-        dns: config.dns_config.as_ref().map(|d| DnsConfig {
-            servers: d.servers.clone(),
-            searches: d.searches.clone(),
-            options: d.options.clone(),
-        }),
+        dns: dns_config(config),
         sysctls: config
             .linux
             .as_ref()
@@ -237,9 +204,19 @@ fn sandbox_spec(config: &PodSandboxConfig, meta: &SandboxMeta, id: &SandboxId) -
                     .collect()
             })
             .unwrap_or_default(),
-        cgroup_parent: meta.cgroup_parent.clone(),
+        cgroup_parent: cgroup_parent(config)?,
         client_data: to_json(meta),
-    }
+    })
+}
+
+/// The pod's DNS settings, one value for the runtime (resolv.conf) and CNI (plugins with
+/// the `dns` capability).
+fn dns_config(config: &PodSandboxConfig) -> Option<DnsConfig> {
+    config.dns_config.as_ref().map(|d| DnsConfig {
+        servers: d.servers.clone(),
+        searches: d.searches.clone(),
+        options: d.options.clone(),
+    })
 }
 
 /// The CNI view of the pod; `netns_path` is filled in once the namespace is pinned.
@@ -278,13 +255,179 @@ fn pod_network(
         pod_uid: meta.uid.clone(),
         port_mappings,
         bandwidth: None,
-        dns: config
-            .dns_config
-            .as_ref()
-            .map(|d| rootstock_cni::DnsConfig {
-                servers: d.servers.clone(),
-                searches: d.searches.clone(),
-                options: d.options.clone(),
-            }),
+        dns: dns_config(config),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use k8s_cri::v1::{DnsConfig as CriDns, PodSandboxMetadata, PortMapping as CriPort};
+
+    fn config() -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "web".into(),
+                uid: "uid-1".into(),
+                namespace: "default".into(),
+                attempt: 2,
+            }),
+            hostname: "web-0".into(),
+            log_directory: "/var/log/pods/web".into(),
+            linux: Some(LinuxPodSandboxConfig::default()),
+            ..Default::default()
+        }
+    }
+
+    fn with_modes(
+        network: NamespaceMode,
+        pid: NamespaceMode,
+        ipc: NamespaceMode,
+    ) -> PodSandboxConfig {
+        let mut c = config();
+        c.linux = Some(LinuxPodSandboxConfig {
+            security_context: Some(k8s_cri::v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                    network: network as i32,
+                    pid: pid as i32,
+                    ipc: ipc as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    }
+
+    fn spec_of(c: &PodSandboxConfig) -> Result<SandboxSpec, CriError> {
+        let meta = sandbox_meta(c, "runc")?;
+        sandbox_spec(c, &meta, &SandboxId::new("s1").unwrap())
+    }
+
+    fn invalid(r: Result<impl std::fmt::Debug, CriError>, field: &str) {
+        match r {
+            Err(CriError::InvalidArgument(m)) => assert!(m.contains(field), "{m}"),
+            other => panic!("expected InvalidArgument naming {field}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn namespace_modes_become_host_flags_and_a_pid_mode() {
+        let pod = NamespaceMode::Pod;
+        let node = NamespaceMode::Node;
+        let s = spec_of(&with_modes(pod, pod, pod)).unwrap();
+        assert!(!s.host_network && !s.host_ipc);
+        assert_eq!(s.pid, SandboxPidMode::Pod);
+        let s = spec_of(&with_modes(node, NamespaceMode::Container, node)).unwrap();
+        assert!(s.host_network && s.host_ipc);
+        assert_eq!(s.pid, SandboxPidMode::Container);
+        assert_eq!(
+            spec_of(&with_modes(pod, node, pod)).unwrap().pid,
+            SandboxPidMode::Host
+        );
+        // No namespace options at all: CRI's zero values, POD everywhere.
+        assert_eq!(spec_of(&config()).unwrap().pid, SandboxPidMode::Pod);
+    }
+
+    #[test]
+    fn hostname_dns_sysctls_and_meta_are_carried_over() {
+        let mut c = config();
+        c.dns_config = Some(CriDns {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        });
+        c.linux.as_mut().unwrap().sysctls =
+            [("net.ipv4.ip_forward".to_owned(), "1".to_owned())].into();
+        let s = spec_of(&c).unwrap();
+        assert_eq!(s.hostname, "web-0");
+        let dns = s.dns.unwrap();
+        assert_eq!(dns.servers, ["10.96.0.10"]);
+        assert_eq!(dns.options, ["ndots:5"]);
+        assert_eq!(s.sysctls["net.ipv4.ip_forward"], "1");
+        let meta: SandboxMeta = serde_json::from_value(s.client_data).unwrap();
+        assert_eq!(meta.reserved_name(), "web_default_uid-1_2");
+        assert_eq!(meta.runtime_handler, "runc");
+        assert_eq!(meta.log_directory, "/var/log/pods/web");
+    }
+
+    #[test]
+    fn cgroup_parent_is_cleaned_refused_outside_the_root_or_left_to_the_runtime() {
+        let mut c = config();
+        assert_eq!(
+            spec_of(&c).unwrap().cgroup_parent,
+            "",
+            "the runtime chooses"
+        );
+        c.linux.as_mut().unwrap().cgroup_parent = "/kubepods/burstable/pod1/".into();
+        assert_eq!(
+            spec_of(&c).unwrap().cgroup_parent,
+            "/kubepods/burstable/pod1"
+        );
+        c.linux.as_mut().unwrap().cgroup_parent = "../../escape".into();
+        invalid(spec_of(&c), "cgroup_parent");
+    }
+
+    #[test]
+    fn missing_metadata_fields_and_bad_hostnames_are_named() {
+        for field in ["name", "namespace", "uid"] {
+            let mut c = config();
+            let m = c.metadata.as_mut().unwrap();
+            match field {
+                "name" => m.name.clear(),
+                "namespace" => m.namespace.clear(),
+                _ => m.uid.clear(),
+            }
+            invalid(sandbox_meta(&c, ""), &format!("metadata.{field}"));
+        }
+        let mut c = config();
+        c.metadata = None;
+        invalid(sandbox_meta(&c, ""), "metadata");
+        for bad in ["a b", "x".repeat(65).as_str(), "pod/1"] {
+            invalid(check_hostname(bad), "config.hostname");
+        }
+        assert!(check_hostname("").is_ok(), "empty keeps the node's");
+        assert!(check_hostname(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn pod_network_maps_ports_protocols_and_names_a_bad_port() {
+        let mut c = config();
+        c.port_mappings = vec![
+            CriPort {
+                protocol: k8s_cri::v1::Protocol::Udp as i32,
+                container_port: 53,
+                host_port: 5353,
+                host_ip: "127.0.0.1".into(),
+            },
+            CriPort {
+                protocol: k8s_cri::v1::Protocol::Tcp as i32,
+                container_port: 80,
+                host_port: 0,
+                host_ip: String::new(),
+            },
+        ];
+        c.dns_config = Some(CriDns {
+            servers: vec!["1.1.1.1".into()],
+            ..Default::default()
+        });
+        let meta = sandbox_meta(&c, "").unwrap();
+        let id = SandboxId::new("s1").unwrap();
+        let net = pod_network(&c, &meta, &id).unwrap();
+        assert_eq!(net.sandbox_id, "s1");
+        assert_eq!(
+            (net.pod_name.as_str(), net.pod_namespace.as_str()),
+            ("web", "default")
+        );
+        assert_eq!(net.pod_uid, "uid-1");
+        assert_eq!(net.port_mappings[0].protocol, Protocol::Udp);
+        assert_eq!(net.port_mappings[0].host_port, 5353);
+        assert_eq!(net.port_mappings[1].protocol, Protocol::Tcp);
+        assert_eq!(net.dns.unwrap().servers, ["1.1.1.1"]);
+        c.port_mappings[1].container_port = 70_000;
+        invalid(pod_network(&c, &meta, &id), "container port 70000");
+    }
 }

@@ -8,9 +8,9 @@ use k8s_cri::v1::{
     PodSandbox, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
     PodSandboxStatusRequest, PodSandboxStatusResponse,
 };
-use rootstock_runtime::{ContainerInfo, SandboxId, SandboxInfo, SandboxState};
+use rootstock_runtime::{SandboxId, SandboxInfo, SandboxState};
 
-use super::meta::{ContainerMeta, SandboxMeta};
+use super::meta::SandboxMeta;
 use super::{RuntimeApi, labels_match};
 use crate::error::CriError;
 
@@ -49,14 +49,14 @@ impl RuntimeApi {
             let verbose = serde_json::json!({
                 "pid": info.record.pod_init.map(|p| p.pid).unwrap_or_default(),
                 "cniResult": cni_result,
-                "runtimeSpec": info.runtime_spec(&meta.cgroup_parent, &meta.annotations),
+                "runtimeSpec": info.runtime_spec(&meta.annotations),
                 "config": meta.config,
                 "runtimeHandler": meta.runtime_handler,
                 "id": id.as_str(),
                 "state": format!("{:?}", info.record.state),
                 "hostname": info.record.hostname,
                 "netnsPath": info.netns_path(),
-                "cgroupParent": meta.cgroup_parent,
+                "cgroupParent": info.record.cgroup_parent,
                 "stateDir": info.dir,
             });
             info_map.insert("info".to_owned(), verbose.to_string());
@@ -130,20 +130,46 @@ impl RuntimeApi {
             .collect();
         Ok(ListPodSandboxResponse { items })
     }
-
-    /// The containers recorded for sandbox `id`.
-    pub(super) fn containers_of(&self, id: &SandboxId) -> Vec<ContainerInfo> {
-        self.rt
-            .list_containers()
-            .into_iter()
-            .filter(|c| ContainerMeta::of(c).sandbox_id == id.as_str())
-            .collect()
-    }
 }
 
 fn sandbox_state(info: &SandboxInfo) -> PodSandboxState {
     match info.record.state {
         SandboxState::Ready => PodSandboxState::SandboxReady,
         SandboxState::NotReady => PodSandboxState::SandboxNotready,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use rootstock_runtime::sandbox::{SANDBOX_RECORD_VERSION, SandboxRecord};
+    use rootstock_runtime::{SandboxPidMode, SandboxState};
+
+    #[test]
+    fn ready_and_not_ready_map_to_their_cri_states() {
+        let mut info = SandboxInfo {
+            record: SandboxRecord {
+                version: SANDBOX_RECORD_VERSION,
+                id: SandboxId::new("s1").unwrap(),
+                state: SandboxState::Ready,
+                hostname: String::new(),
+                host_network: false,
+                host_ipc: false,
+                pid: SandboxPidMode::Container,
+                created_at_unix_nanos: 0,
+                boot_id: String::new(),
+                pod_init: None,
+                pod_init_cgroup: None,
+                cgroup_parent: String::new(),
+                own_cgroup: false,
+                client_data: serde_json::Value::Null,
+            },
+            dir: Default::default(),
+        };
+        assert_eq!(sandbox_state(&info), PodSandboxState::SandboxReady);
+        info.record.state = SandboxState::NotReady;
+        assert_eq!(sandbox_state(&info), PodSandboxState::SandboxNotready);
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
-use rootstock_runtime::SandboxId;
+use rootstock_runtime::{SandboxId, Signal};
 
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
@@ -24,10 +24,12 @@ impl RuntimeApi {
     pub(super) async fn stop_sandbox_by_id(&self, id: &SandboxId) -> Result<(), CriError> {
         // Containers first, as containerd does: they must not see their network vanish
         // while they run. kubelet has already stopped them gracefully; this is the backstop.
-        for c in self.containers_of(id) {
+        // The pod is going away: its containers get no grace period here (containerd does
+        // the same; kubelet has already stopped them with theirs).
+        for c in self.rt.containers_of(id) {
             let rt = self.rt.clone();
             let cid = c.record.id.clone();
-            blocking(move || rt.stop_container(&cid, SIGKILL, Duration::ZERO)).await?;
+            blocking(move || rt.stop_container(&cid, Signal::KILL, Duration::ZERO)).await?;
         }
         // DEL runs also for a sandbox this daemon does not know (a crash between ADD and the
         // record, or a record already removed): the CNI cache decides, so an IP is never
@@ -40,7 +42,3 @@ impl RuntimeApi {
         Ok(())
     }
 }
-
-/// The pod is going away: its containers get no grace period here (containerd does the
-/// same; kubelet has already stopped them with theirs).
-const SIGKILL: i32 = nix::sys::signal::Signal::SIGKILL as i32;

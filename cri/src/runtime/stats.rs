@@ -1,9 +1,9 @@
 //! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: cgroup counters
 //! read per call (a few small files), the CPU rate since the previous call, the writable
 //! layer from the runtime's cache, and the pod's interfaces over netlink in its network
-//! namespace. A pod's numbers come from its own cgroup, which is hierarchical and so covers its
-//! containers (and anything else kubelet put there); the sum of its containers is the
-//! fallback when the pod cgroup cannot be read.
+//! namespace. A pod's numbers are the runtime's `sandbox_usage`: its own cgroup, which is
+//! hierarchical and so covers its containers (and anything else kubelet put there), or the
+//! sum of its containers when the pod cgroup cannot be read.
 //!
 //! Only running containers are reported, as containerd does: an exited container has no
 //! cgroup left to read, and kubelet takes its last numbers from its own cache.
@@ -19,9 +19,9 @@ use std::path::Path;
 
 use rootstock_cni::netns::{self, InterfaceStats};
 use rootstock_runtime::stats::{CgroupUsage, CpuRates};
-use rootstock_runtime::{ContainerInfo, ContainerState, SandboxInfo};
+use rootstock_runtime::{ContainerInfo, ContainerState, ContainerUsage, SandboxInfo};
 
-use super::meta::{ContainerMeta, SandboxMeta};
+use super::meta::{ContainerMeta, SandboxMeta, sandbox_of};
 use super::{RuntimeApi, labels_match};
 use crate::error::CriError;
 
@@ -58,23 +58,6 @@ pub(super) fn pod_rate_key(sandbox_id: &str) -> String {
     format!("pod/{sandbox_id}")
 }
 
-/// Adds `b` into `a` field by field (a missing side counts as zero once the other is set).
-fn add(a: &mut CgroupUsage, b: &CgroupUsage) {
-    let sum = |x: Option<u64>, y: Option<u64>| match (x, y) {
-        (None, None) => None,
-        (x, y) => Some(x.unwrap_or(0).saturating_add(y.unwrap_or(0))),
-    };
-    a.timestamp_unix_nanos = a.timestamp_unix_nanos.max(b.timestamp_unix_nanos);
-    a.cpu_usage_ns = sum(a.cpu_usage_ns, b.cpu_usage_ns);
-    a.memory_usage_bytes = sum(a.memory_usage_bytes, b.memory_usage_bytes);
-    a.memory_working_set_bytes = sum(a.memory_working_set_bytes, b.memory_working_set_bytes);
-    a.memory_rss_bytes = sum(a.memory_rss_bytes, b.memory_rss_bytes);
-    a.page_faults = sum(a.page_faults, b.page_faults);
-    a.major_page_faults = sum(a.major_page_faults, b.major_page_faults);
-    a.pids = sum(a.pids, b.pids);
-    // No limit in the sum: the containers' limits say nothing about the pod's.
-}
-
 /// The pod's default interface, as kubelet names it (CNI's `CNI_IFNAME`).
 const DEFAULT_INTERFACE: &str = "eth0";
 
@@ -108,13 +91,9 @@ fn network(sandbox: &SandboxInfo, netns: &Path) -> Option<NetworkUsage> {
 }
 
 impl RuntimeApi {
-    /// One container's stats with its cgroup counters (kept for the pod fallback).
-    fn one_container_stats(
-        &self,
-        info: &ContainerInfo,
-    ) -> Result<(ContainerStats, CgroupUsage), CriError> {
+    /// One container's stats from its usage.
+    fn stats_of(&self, info: &ContainerInfo, usage: &ContainerUsage) -> ContainerStats {
         let meta = ContainerMeta::of(info);
-        let usage = self.rt.container_usage(&info.record.id)?;
         let layer = usage.writable_layer.map(|l| FilesystemUsage {
             timestamp: l.timestamp_unix_nanos,
             fs_id: Some(FilesystemIdentifier {
@@ -123,21 +102,24 @@ impl RuntimeApi {
             used_bytes: Some(UInt64Value { value: l.bytes }),
             inodes_used: Some(UInt64Value { value: l.inodes }),
         });
-        Ok((
-            ContainerStats {
-                attributes: Some(ContainerAttributes {
-                    id: info.record.id.to_string(),
-                    metadata: Some(meta.metadata()),
-                    labels: meta.labels,
-                    annotations: meta.annotations,
-                }),
-                cpu: Some(cpu(&self.cpu_rates, info.record.id.as_str(), &usage.cgroup)),
-                memory: Some(memory(&usage.cgroup)),
-                writable_layer: layer,
-                swap: None,
-            },
-            usage.cgroup,
-        ))
+        ContainerStats {
+            attributes: Some(ContainerAttributes {
+                id: info.record.id.to_string(),
+                metadata: Some(meta.metadata()),
+                labels: meta.labels,
+                annotations: meta.annotations,
+            }),
+            cpu: Some(cpu(&self.cpu_rates, info.record.id.as_str(), &usage.cgroup)),
+            memory: Some(memory(&usage.cgroup)),
+            writable_layer: layer,
+            swap: None,
+        }
+    }
+
+    /// One container's stats, its usage read now.
+    fn one_container_stats(&self, info: &ContainerInfo) -> Result<ContainerStats, CriError> {
+        let usage = self.rt.container_usage(&info.record.id)?;
+        Ok(self.stats_of(info, &usage))
     }
 
     fn running_containers(&self) -> impl Iterator<Item = ContainerInfo> + use<> {
@@ -153,8 +135,9 @@ impl RuntimeApi {
     ) -> Result<ContainerStatsResponse, CriError> {
         let id = self.container_id(&req.container_id)?;
         let info = self.rt.container(&id)?;
-        let (stats, _) = self.one_container_stats(&info)?;
-        Ok(ContainerStatsResponse { stats: Some(stats) })
+        Ok(ContainerStatsResponse {
+            stats: Some(self.one_container_stats(&info)?),
+        })
     }
 
     pub(super) fn list_container_stats(
@@ -170,13 +153,13 @@ impl RuntimeApi {
                 continue;
             }
             let meta = ContainerMeta::of(&c);
-            if (!filter.pod_sandbox_id.is_empty() && meta.sandbox_id != filter.pod_sandbox_id)
+            if (!filter.pod_sandbox_id.is_empty() && sandbox_of(&c) != filter.pod_sandbox_id)
                 || !labels_match(&meta.labels, &filter.label_selector)
             {
                 continue;
             }
             match self.one_container_stats(&c) {
-                Ok((s, _)) => stats.push(s),
+                Ok(s) => stats.push(s),
                 // Removed between the listing and the read: not an error for a list.
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e),
@@ -188,27 +171,13 @@ impl RuntimeApi {
     fn one_sandbox_stats(&self, sandbox: &SandboxInfo) -> Result<PodSandboxStats, CriError> {
         let meta = SandboxMeta::of(sandbox);
         let id = sandbox.record.id.to_string();
-        let mut containers = Vec::new();
-        let mut sum = CgroupUsage::default();
-        for c in self.running_containers() {
-            if ContainerMeta::of(&c).sandbox_id != id {
-                continue;
-            }
-            match self.one_container_stats(&c) {
-                Ok((s, u)) => {
-                    add(&mut sum, &u);
-                    containers.push(s);
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let pod = self.rt.cgroup_usage(&meta.cgroup_parent);
-        let usage = if pod.cpu_usage_ns.is_some() || pod.memory_usage_bytes.is_some() {
-            pod
-        } else {
-            sum
-        };
+        let pod = self.rt.sandbox_usage(sandbox)?;
+        let containers = pod
+            .containers
+            .iter()
+            .map(|(info, usage)| self.stats_of(info, usage))
+            .collect();
+        let usage = pod.cgroup;
         let pod_cpu = cpu(&self.cpu_rates, &pod_rate_key(&id), &usage);
         Ok(PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
@@ -266,5 +235,41 @@ impl RuntimeApi {
             }
         }
         Ok(ListPodSandboxStatsResponse { stats })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn cgroup_counters_map_to_cri_usage_with_a_rate_from_the_second_sample() {
+        let rates = CpuRates::default();
+        let mut u = CgroupUsage {
+            timestamp_unix_nanos: 1_000_000_000,
+            cpu_usage_ns: Some(2_000_000_000),
+            memory_usage_bytes: Some(500),
+            memory_working_set_bytes: Some(300),
+            memory_limit_bytes: Some(1000),
+            pids: Some(3),
+            ..Default::default()
+        };
+        let first = cpu(&rates, &pod_rate_key("s1"), &u);
+        assert_eq!(first.usage_core_nano_seconds.unwrap().value, 2_000_000_000);
+        assert!(first.usage_nano_cores.is_none(), "one sample has no rate");
+        u.timestamp_unix_nanos = 2_000_000_000;
+        u.cpu_usage_ns = Some(2_500_000_000);
+        let second = cpu(&rates, &pod_rate_key("s1"), &u);
+        assert_eq!(second.usage_nano_cores.unwrap().value, 500_000_000);
+        // Containers and pods share the map: a container named like the pod's key is not it.
+        assert!(cpu(&rates, "s1", &u).usage_nano_cores.is_none());
+
+        let m = memory(&u);
+        assert_eq!(m.working_set_bytes.unwrap().value, 300);
+        assert_eq!(m.available_bytes.unwrap().value, 700);
+        assert_eq!(m.usage_bytes.unwrap().value, 500);
+        assert!(m.rss_bytes.is_none(), "unread stays unset, not 0");
     }
 }

@@ -119,6 +119,7 @@ impl Env {
             spec,
             rootfs_lower: self.lower.clone(),
             log_path: self.log_path(name),
+            sandbox_id: None,
             client_data: serde_json::json!({"name": name}),
         }
     }
