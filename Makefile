@@ -44,7 +44,7 @@ test: deps-test host-prep tools
 ## saves it with the JSON under target/bench-results/full/<unix time>/.
 bench: deps-bench host-prep
 	$(CARGO) build --release --bins
-	$(CARGO) bench -p rootstock-test-e2e --bench compare
+	$(CARGO) bench -p rootstock-bench --bench compare
 
 ## The cgroup v2 suite (test-e2e/tests/cgroup2.rs) in a cgroup-v2-only qemu VM booted on the
 ## host's own root; installs qemu and Debian's backports kernel itself. Not part of `make test`.

@@ -1,7 +1,7 @@
 //! Network namespace helpers: tell a pinned namespace from a leftover file, bring `lo` up
 //! inside a namespace and read its interfaces' counters with netlink. Creating and pinning
 //! the namespace is not CNI's job: the runtime pins the sandbox's (tests that drive CNI
-//! directly use `rootstock_test_e2e::netns`).
+//! directly use `rootstock_testkit::netns`).
 //!
 //! `setns(2)` changes only the calling *thread*. Doing it on a tokio worker
 //! would leave that worker (and every task later scheduled on it) in the pod's namespace, so

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use common::*;
 use rootstock_imagestore::ImageStore;
-use rootstock_test_e2e::fixtures::{Compression, ImageBuilder, LayerBuilder};
-use rootstock_test_e2e::registry::Registry;
+use rootstock_testkit::fixtures::{Compression, ImageBuilder, LayerBuilder, noise};
+use rootstock_testkit::registry::Registry;
 
 #[tokio::main]
 async fn main() {
@@ -21,11 +21,11 @@ async fn main() {
     // ~100 MB in 100 files, and 20,000 files of 1 KiB.
     let mut big = LayerBuilder::new().dir("data");
     for i in 0..100u64 {
-        big = big.file(&format!("data/f{i}"), distinct_bytes(i + 7, 1 << 20));
+        big = big.file(&format!("data/f{i}"), noise(i + 7, 1 << 20));
     }
     let mut small = LayerBuilder::new().dir("many");
     for i in 0..20_000u64 {
-        small = small.file(&format!("many/f{i}"), distinct_bytes(i + 100_000, 1024));
+        small = small.file(&format!("many/f{i}"), noise(i + 100_000, 1024));
     }
     let cases = [
         (

@@ -12,132 +12,28 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::tree::{node, snapshot};
 use common::*;
 use rootstock_imagestore::ImageStore;
-use rootstock_test_e2e::fixtures::{
-    Compression, ImageBuilder, Layer, sha256_digest, write_oci_layout,
-};
-use rootstock_test_e2e::registry::Registry;
+use rootstock_testkit::fixtures::{Compression, ImageBuilder, Layer, noise, write_oci_layout};
+use rootstock_testkit::process::run;
+use rootstock_testkit::registry::Registry;
 
 const MTIME: i64 = 1_600_000_000;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    size: u64,
-    xattrs: Vec<(String, Vec<u8>)>,
-    content: Option<String>,
-    link: Option<String>,
-}
-
-fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut names = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(path, &mut names[..]) else {
-        return vec![];
-    };
-    let mut out = vec![];
-    for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let name = String::from_utf8_lossy(raw).into_owned();
-        let mut v = vec![0u8; 65536];
-        let len = rustix::fs::lgetxattr(path, name.as_str(), &mut v[..]).unwrap();
-        v.truncate(len);
-        out.push((name, v));
-    }
-    out.sort();
-    out
-}
-
-fn node(path: &Path) -> Node {
-    use std::os::unix::fs::FileTypeExt;
-    let m = std::fs::symlink_metadata(path).unwrap();
-    let ft = m.file_type();
-    let kind = if ft.is_dir() {
-        "dir"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_file() {
-        "file"
-    } else {
-        "other"
-    };
-    Node {
-        kind,
-        mode: if kind == "symlink" {
-            0
-        } else {
-            m.mode() & 0o7777
-        },
-        uid: m.uid(),
-        gid: m.gid(),
-        mtime: m.mtime(),
-        size: if kind == "file" { m.len() } else { 0 },
-        xattrs: if kind == "symlink" {
-            vec![]
-        } else {
-            xattrs(path)
-        },
-        content: (kind == "file").then(|| sha256_digest(&std::fs::read(path).unwrap())),
-        link: (kind == "symlink").then(|| {
-            std::fs::read_link(path)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        }),
-    }
-}
-
-/// Every path below `root` ("" is the root itself) → node, and the hard-link groups.
-fn snapshot(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
-    let mut out = BTreeMap::new();
-    out.insert(String::new(), node(root));
-    let mut inodes: HashMap<u64, Vec<String>> = HashMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            let n = node(&path);
-            if n.kind == "dir" {
-                stack.push(path.clone());
-            } else {
-                let ino = std::fs::symlink_metadata(&path).unwrap().ino();
-                inodes.entry(ino).or_default().push(rel.clone());
-            }
-            out.insert(rel, n);
-        }
-    }
-    let groups = inodes
-        .into_values()
-        .filter(|v| v.len() > 1)
-        .map(|mut v| {
-            v.sort();
-            v
-        })
-        .collect();
-    (out, groups)
-}
 
 /// The first difference between two trees, if any. `root_mtime`: compare the root's mtime
 /// (bsdtar -x does not restore the mtime of `.`, GNU tar and umoci do).
 fn first_difference(ours: &Path, reference: &Path, root_mtime: bool) -> Option<String> {
     let (mut a, al) = snapshot(ours);
-    let (b, bl) = snapshot(reference);
+    let (mut b, bl) = snapshot(reference);
+    // The root too: its mode, owner and mtime come from the layers' `./` entries.
+    a.insert(String::new(), node(ours));
+    b.insert(String::new(), node(reference));
     if !root_mtime && let (Some(ra), Some(rb)) = (a.get_mut(""), b.get("")) {
         ra.mtime = rb.mtime;
     }
@@ -154,16 +50,6 @@ fn first_difference(ours: &Path, reference: &Path, root_mtime: bool) -> Option<S
         return Some(format!("{extra:?}: only in ours ({:?})", a[extra]));
     }
     (al != bl).then(|| format!("hard-link groups differ:\n  ours      {al:?}\n  reference {bl:?}"))
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 fn set_mtime(path: &Path, secs: i64) {
@@ -231,7 +117,7 @@ fn source_tree(root: &Path, long: bool, sparse: bool) {
     for d in ["bin", "etc", "tmp", "var/lib/empty"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    write_file(&root.join("bin/tool"), &distinct_bytes(1, 5000), 0o755);
+    write_file(&root.join("bin/tool"), &noise(1, 5000), 0o755);
     write_file(&root.join("bin/suid"), b"setuid", 0o4755);
     write_file(&root.join("bin/sgid"), b"setgid", 0o2711);
     chown(&root.join("bin/sgid"), 0, 50);
@@ -281,8 +167,8 @@ fn source_tree(root: &Path, long: bool, sparse: bool) {
     if sparse {
         let f = std::fs::File::create(root.join("var/sparse")).unwrap();
         use std::os::unix::fs::FileExt;
-        f.write_all_at(&distinct_bytes(2, 4096), 0).unwrap();
-        f.write_all_at(&distinct_bytes(3, 4096), 4 << 20).unwrap();
+        f.write_all_at(&noise(2, 4096), 0).unwrap();
+        f.write_all_at(&noise(3, 4096), 4 << 20).unwrap();
         f.set_len(16 << 20).unwrap();
     }
     std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o750)).unwrap();
@@ -321,7 +207,7 @@ fn tar_extract(tar: &[u8], dest: &Path, bsdtar: bool) {
 }
 
 /// `umoci unpack` of `image`: the multi-layer reference (whiteouts and opaque markers).
-fn umoci_extract(image: &rootstock_test_e2e::fixtures::Image, work: &Path) -> PathBuf {
+fn umoci_extract(image: &rootstock_testkit::fixtures::Image, work: &Path) -> PathBuf {
     let layout = work.join("layout");
     write_oci_layout(&layout, image, "ref");
     let bundle = work.join("bundle");

@@ -15,8 +15,8 @@ use std::path::Path;
 use common::*;
 use rootstock_imagestore::verify::verify_offline;
 use rootstock_imagestore::{ImageStore, failpoint};
-use rootstock_test_e2e::fixtures::{Compression, LayerBuilder, busybox_image};
-use rootstock_test_e2e::registry::Registry;
+use rootstock_testkit::fixtures::{busybox_image, crash_images};
+use rootstock_testkit::registry::Registry;
 
 /// Run by the parent in a child process; does nothing when run directly.
 #[tokio::test]
@@ -43,23 +43,7 @@ async fn crash_helper() {
 #[tokio::test]
 async fn a_kill_at_every_failpoint_leaves_a_store_that_verifies_and_pulls() {
     let registry = Registry::start().await;
-    let image = busybox_image()
-        .layer(
-            LayerBuilder::new()
-                .dir("app")
-                .file("app/a", "a")
-                .file("app/b", vec![9u8; 100_000])
-                .hardlink("app/c", "app/b")
-                .build(Compression::Gzip),
-        )
-        .build();
-    let other = busybox_image()
-        .layer(
-            LayerBuilder::new()
-                .file("other", "o")
-                .build(Compression::Gzip),
-        )
-        .build();
+    let (image, other) = crash_images();
     registry.push("crash", "v1", &image).await;
     registry.push("crash", "other", &other).await;
     let host = registry.host();

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use rootstock_imagestore::{ErrorKind, ImageStore, ImagesConfig, RegistryConfig};
-use rootstock_test_e2e::fixtures::{Compression, ImageBuilder, LayerBuilder};
+use rootstock_testkit::fixtures::{Compression, ImageBuilder, LayerBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One canned answer.

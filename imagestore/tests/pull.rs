@@ -1,4 +1,4 @@
-//! Pulls for real from Debian's `docker-registry` on 127.0.0.1 (harness in `rootstock-test-e2e`).
+//! Pulls for real from Debian's `docker-registry` on 127.0.0.1 (harness in `rootstock-testkit`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 
@@ -10,10 +10,10 @@ use common::*;
 use rootstock_imagestore::{
     Credentials, Error, ErrorKind, ImageStore, ImageUser, ImagesConfig, RegistryConfig,
 };
-use rootstock_test_e2e::fixtures::{
+use rootstock_testkit::fixtures::{
     self, Compression, ImageBuilder, IndexBuilder, LayerBuilder, busybox_image,
 };
-use rootstock_test_e2e::registry::{Registry, RegistryOptions, TestCa};
+use rootstock_testkit::registry::{Registry, RegistryOptions, TestCa};
 
 fn open(dir: &Path, config: &ImagesConfig) -> ImageStore {
     ImageStore::open(&dir.join("store"), config).unwrap()

@@ -6,19 +6,21 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use common::tree::{self, Node};
 use common::*;
 use rootstock_imagestore::{ErrorKind, ImageStore, ImagesConfig, offline, repair, verify};
-use rootstock_test_e2e::fixtures::{Compression, Entry, ImageBuilder, LayerBuilder};
-use rootstock_test_e2e::registry::Registry;
+use rootstock_testkit::files::links_of;
+use rootstock_testkit::fixtures::{Compression, Entry, ImageBuilder, LayerBuilder, noise};
+use rootstock_testkit::registry::Registry;
 
 /// Layers with what render treats specially: duplicates (private copies), hard links within
 /// and across layers, whiteouts, an opaque directory, a replaced file, odd modes, xattrs.
-fn image() -> rootstock_test_e2e::fixtures::Image {
+fn image() -> rootstock_testkit::fixtures::Image {
     let l1 = LayerBuilder::new()
         .add(Entry::dir("etc"))
         .add(Entry::file("etc/passwd", "root:x:0:0::/root:/bin/sh\n"))
@@ -29,7 +31,7 @@ fn image() -> rootstock_test_e2e::fixtures::Image {
         .add(Entry::file("etc/xattr", "x").xattr("user.color", "blue"))
         .hardlink("etc/passwd-hl", "etc/passwd")
         .add(Entry::dir("bin"))
-        .add(Entry::file("bin/tool", distinct_bytes(1, 70_000)).mode(0o755))
+        .add(Entry::file("bin/tool", noise(1, 70_000)).mode(0o755))
         .add(Entry::dir("var"))
         .add(Entry::file("var/old", "old"))
         .add(Entry::file("gone", "whited out"))
@@ -48,63 +50,14 @@ fn image() -> rootstock_test_e2e::fixtures::Image {
     ImageBuilder::new().layer(l1).layer(l2).build()
 }
 
-/// path → (kind, mode, uid, gid, mtime, content) below `root`, and the hard-link groups.
-type Snapshot = (
-    BTreeMap<String, (bool, u32, u32, u32, i64, Vec<u8>)>,
-    BTreeSet<Vec<String>>,
-);
-
-fn snapshot(root: &Path) -> Snapshot {
-    let mut out = BTreeMap::new();
-    let mut inodes: HashMap<u64, Vec<String>> = HashMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let m = std::fs::symlink_metadata(&path).unwrap();
-            let file = m.file_type().is_file();
-            if m.is_dir() {
-                stack.push(path.clone());
-            } else {
-                inodes.entry(m.ino()).or_default().push(rel.clone());
-            }
-            let content = if file {
-                std::fs::read(&path).unwrap()
-            } else {
-                Vec::new()
-            };
-            let mtime = if m.is_dir() { 0 } else { m.mtime() };
-            out.insert(rel, (file, m.mode(), m.uid(), m.gid(), mtime, content));
-        }
+/// The tree below `root` as the comparisons see it, directory mtimes left out (repair may
+/// recreate a directory; what it must restore is the files).
+fn snapshot(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
+    let (mut nodes, links) = tree::snapshot(root);
+    for n in nodes.values_mut().filter(|n| n.kind == "dir") {
+        n.mtime = 0;
     }
-    let groups = inodes
-        .into_values()
-        .filter(|v| v.len() > 1)
-        .map(|mut v| {
-            v.sort();
-            v
-        })
-        .collect();
-    (out, groups)
-}
-
-/// Every path below `root` whose inode is `ino`.
-fn links_of(root: &Path, ino: u64) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let m = std::fs::symlink_metadata(&path).unwrap();
-            if m.is_dir() {
-                stack.push(path);
-            } else if m.ino() == ino {
-                found.push(path);
-            }
-        }
-    }
-    found
+    (nodes, links)
 }
 
 /// Every object file of the store.

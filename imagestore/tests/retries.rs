@@ -4,36 +4,18 @@
 
 mod common;
 
-use common::{Front, FrontOptions, start_front};
-use rootstock_imagestore::{Error, ImageStore, ImagesConfig, RegistryConfig};
-use rootstock_test_e2e::fixtures::busybox_image;
-use rootstock_test_e2e::registry::Registry;
-
-async fn setup(options: FrontOptions) -> (Registry, Front, ImageStore, tempfile::TempDir) {
-    let registry = Registry::start().await;
-    registry
-        .push("app", "latest", &busybox_image().build())
-        .await;
-    let front = start_front(registry.url(""), options).await;
-    let mut config = ImagesConfig::default();
-    config.registries.insert(
-        front.host.clone(),
-        RegistryConfig {
-            insecure: true,
-            ..Default::default()
-        },
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(&dir.path().join("store"), &config).unwrap();
-    (registry, front, store, dir)
-}
+use common::{FrontOptions, store_behind_front};
+use rootstock_imagestore::Error;
 
 #[tokio::test]
 async fn server_errors_are_retried_until_the_registry_answers() {
-    let (_registry, front, store, _dir) = setup(FrontOptions {
-        blob_503s: 2,
-        ..Default::default()
-    })
+    let (_registry, front, store, _dir) = store_behind_front(
+        "app",
+        FrontOptions {
+            blob_503s: 2,
+            ..Default::default()
+        },
+    )
     .await;
     store
         .pull(&format!("{}/app:latest", front.host), None)
@@ -45,10 +27,13 @@ async fn server_errors_are_retried_until_the_registry_answers() {
 
 #[tokio::test]
 async fn a_connection_cut_mid_blob_restarts_the_layer() {
-    let (_registry, front, store, _dir) = setup(FrontOptions {
-        blob_cuts: 1,
-        ..Default::default()
-    })
+    let (_registry, front, store, _dir) = store_behind_front(
+        "app",
+        FrontOptions {
+            blob_cuts: 1,
+            ..Default::default()
+        },
+    )
     .await;
     let image = store
         .pull(&format!("{}/app:latest", front.host), None)
@@ -68,7 +53,7 @@ async fn a_connection_cut_mid_blob_restarts_the_layer() {
 
 #[tokio::test]
 async fn client_errors_are_not_retried() {
-    let (_registry, front, store, _dir) = setup(FrontOptions::default()).await;
+    let (_registry, front, store, _dir) = store_behind_front("app", FrontOptions::default()).await;
     let err = store
         .pull(&format!("{}/app:missing", front.host), None)
         .await

@@ -8,15 +8,15 @@ use std::time::Instant;
 
 use common::*;
 use rootstock_imagestore::ImageStore;
-use rootstock_test_e2e::fixtures::{Compression, Entry, ImageBuilder, LayerBuilder};
-use rootstock_test_e2e::registry::Registry;
+use rootstock_testkit::fixtures::{Compression, Entry, ImageBuilder, LayerBuilder, noise};
+use rootstock_testkit::registry::Registry;
 
 #[tokio::test]
-async fn six_images_on_one_base_use_at_most_1_1x_their_unique_distinct_bytes() {
+async fn six_images_on_one_base_use_at_most_1_1x_their_unique_noise() {
     const FILES: u64 = 50;
     const SIZE: usize = 1 << 20;
     let files: Vec<(String, Vec<u8>)> = (0..FILES)
-        .map(|i| (format!("usr/lib/big{i}"), distinct_bytes(i, SIZE)))
+        .map(|i| (format!("usr/lib/big{i}"), noise(i, SIZE)))
         .collect();
     let base = |reverse: bool| {
         let mut b = LayerBuilder::new().dir("usr").dir("usr/lib");
@@ -35,7 +35,7 @@ async fn six_images_on_one_base_use_at_most_1_1x_their_unique_distinct_bytes() {
     let registry = Registry::start().await;
     let mut unique = FILES * SIZE as u64;
     for i in 0..6u64 {
-        let top = distinct_bytes(1000 + i, 4096);
+        let top = noise(1000 + i, 4096);
         unique += top.len() as u64;
         let image = ImageBuilder::new()
             .layer(if i == 5 {

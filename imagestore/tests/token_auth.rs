@@ -6,36 +6,19 @@
 
 mod common;
 
-use common::{ACCESS_TOKEN, Front, FrontOptions, IDENTITY_TOKEN, PASSWORD, USER, start_front};
-use rootstock_imagestore::{
-    Credentials, Error, ErrorKind, ImageStore, ImagesConfig, RegistryConfig,
+use common::{
+    ACCESS_TOKEN, Front, FrontOptions, IDENTITY_TOKEN, PASSWORD, USER, store_behind_front,
 };
-use rootstock_test_e2e::fixtures::busybox_image;
-use rootstock_test_e2e::registry::Registry;
+use rootstock_imagestore::{Credentials, Error, ErrorKind, ImageStore};
+use rootstock_testkit::registry::Registry;
 
+/// The store behind a token-auth front, and the name of busybox there.
 async fn setup() -> (Registry, Front, ImageStore, tempfile::TempDir, String) {
-    let registry = Registry::start().await;
-    registry
-        .push("secure", "latest", &busybox_image().build())
-        .await;
-    let front = start_front(
-        registry.url(""),
-        FrontOptions {
-            token_auth: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    let mut config = ImagesConfig::default();
-    config.registries.insert(
-        front.host.clone(),
-        RegistryConfig {
-            insecure: true,
-            ..Default::default()
-        },
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let store = ImageStore::open(&dir.path().join("store"), &config).unwrap();
+    let options = FrontOptions {
+        token_auth: true,
+        ..Default::default()
+    };
+    let (registry, front, store, dir) = store_behind_front("secure", options).await;
     let name = format!("{}/secure:latest", front.host);
     (registry, front, store, dir, name)
 }

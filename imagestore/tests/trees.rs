@@ -4,123 +4,20 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use common::tree::{Node, snapshot, xattrs};
 use common::*;
 use rootstock_imagestore::{ErrorKind, ImageStore};
-use rootstock_test_e2e::fixtures::{
+use rootstock_testkit::fixtures::{
     Compression, Entry, ImageBuilder, LayerBuilder, RawEntry, busybox_image, sha256_digest,
     write_oci_layout,
 };
-use rootstock_test_e2e::registry::Registry;
+use rootstock_testkit::registry::Registry;
 
-/// What a path is, as the comparison sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    xattrs: Vec<(String, Vec<u8>)>,
-    content: Option<String>,
-    link: Option<String>,
-}
-
-fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut names = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(path, &mut names[..]) else {
-        return vec![];
-    };
-    let mut out = vec![];
-    for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let name = String::from_utf8_lossy(raw).into_owned();
-        let mut v = vec![0u8; 65536];
-        let len = rustix::fs::lgetxattr(path, name.as_str(), &mut v[..]).unwrap();
-        v.truncate(len);
-        out.push((name, v));
-    }
-    out.sort();
-    out
-}
-
-/// Every path below `root` (not the root itself) → node, plus the hard-link groups.
-fn snapshot(root: &Path) -> (BTreeMap<String, Node>, BTreeSet<Vec<String>>) {
-    let mut out = BTreeMap::new();
-    let mut inodes: HashMap<u64, Vec<String>> = HashMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            let m = std::fs::symlink_metadata(&path).unwrap();
-            let ft = m.file_type();
-            use std::os::unix::fs::FileTypeExt;
-            let kind = if ft.is_dir() {
-                stack.push(path.clone());
-                "dir"
-            } else if ft.is_symlink() {
-                "symlink"
-            } else if ft.is_fifo() {
-                "fifo"
-            } else if ft.is_char_device() {
-                "char"
-            } else if ft.is_file() {
-                "file"
-            } else {
-                "other"
-            };
-            if kind != "dir" {
-                inodes.entry(m.ino()).or_default().push(rel.clone());
-            }
-            out.insert(
-                rel,
-                Node {
-                    kind,
-                    mode: if kind == "symlink" {
-                        0
-                    } else {
-                        m.mode() & 0o7777
-                    },
-                    uid: m.uid(),
-                    gid: m.gid(),
-                    mtime: m.mtime(),
-                    xattrs: if kind == "symlink" {
-                        vec![]
-                    } else {
-                        xattrs(&path)
-                    },
-                    content: (kind == "file")
-                        .then(|| sha256_digest(&std::fs::read(&path).unwrap())),
-                    link: (kind == "symlink").then(|| {
-                        std::fs::read_link(&path)
-                            .unwrap()
-                            .to_string_lossy()
-                            .into_owned()
-                    }),
-                },
-            );
-        }
-    }
-    let groups = inodes
-        .into_values()
-        .filter(|v| v.len() > 1)
-        .map(|mut v| {
-            v.sort();
-            v
-        })
-        .collect();
-    (out, groups)
-}
-
-fn fidelity_image() -> rootstock_test_e2e::fixtures::Image {
+fn fidelity_image() -> rootstock_testkit::fixtures::Image {
     let l1 = LayerBuilder::new()
         .add(Entry::dir("etc").mtime(1_600_000_000))
         .add(Entry::dir("usr").mode(0o755))

@@ -13,6 +13,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use rootstock_testkit::process::terminate;
 use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -188,16 +189,13 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
-        let nofile = self.nofile_soft;
-        // SAFETY: prctl, getrlimit and setrlimit are async-signal-safe; the closure touches no
-        // memory of the parent beyond the copied `nofile`.
-        unsafe {
-            cmd.pre_exec(move || {
-                // A test process that dies (even SIGKILLed) takes its daemon with it.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(soft) = nofile {
+        // A test process that dies (even SIGKILLed) takes its daemon with it.
+        rootstock_testkit::process::die_with_parent(&mut cmd);
+        if let Some(soft) = self.nofile_soft {
+            // SAFETY: getrlimit and setrlimit are async-signal-safe; the closure touches no
+            // memory of the parent beyond the copied `soft`.
+            unsafe {
+                cmd.pre_exec(move || {
                     let mut lim = libc::rlimit {
                         rlim_cur: 0,
                         rlim_max: 0,
@@ -209,9 +207,9 @@ impl Daemon {
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                }
-                Ok(())
-            });
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().expect("spawning rootstock");
         self.child = Some(child);
@@ -305,20 +303,6 @@ impl Daemon {
     }
 }
 
-/// SIGTERM, up to `grace` to exit, then SIGKILL; reaps the child either way.
-pub fn terminate(child: &mut Child, grace: Duration) {
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// A gRPC channel over any CRI unix socket (this daemon's or a peer runtime's).
 pub async fn connect_unix(path: &Path) -> Channel {
     let socket = path.to_owned();
@@ -400,18 +384,7 @@ impl Daemon {
                 }
             }
         }
-        // Deepest first, detached: a busy mount must not keep the temp dir alive.
-        let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let prefix = self.dir.path().display().to_string();
-        let mut mounts: Vec<&str> = table
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        rootstock_testkit::mounts::unmount_under(self.dir.path());
         // Container cgroups (longer paths) before their pod's. Anything still in one (the
         // OCI runtime's state was lost) is killed first, or the cgroup cannot go.
         cgroups.sort_by_key(|c| std::cmp::Reverse(c.len()));

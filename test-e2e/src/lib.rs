@@ -1,13 +1,10 @@
 //! The end-to-end harness: the real `rootstock` daemon on a private root and socket
-//! (`daemon`), a local `docker-registry` on loopback (`registry`), fixture images built
-//! from busybox-static (`fixtures`), a private CNI network (`network`), pinned network
-//! namespaces for tests that drive CNI directly (`netns`), and the side-by-side benchmark
-//! against containerd (`bench`).
+//! (`daemon`) and the CRI requests kubelet sends (`cri`). The gRPC-free test support — fixture
+//! images, the local registry and its token issuer, test CNI networks and network
+//! namespaces — lives in `rootstock-testkit`; its modules are re-exported here so an e2e test
+//! names one crate (`rootstock_test_e2e::registry::Registry`).
 
-pub mod bench;
+pub mod cri;
 pub mod daemon;
-pub mod fixtures;
-pub mod netns;
-pub mod network;
-pub mod registry;
-pub mod token;
+
+pub use rootstock_testkit::{files, fixtures, mounts, netns, network, process, registry, token};

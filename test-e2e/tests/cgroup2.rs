@@ -139,20 +139,6 @@ async fn sh(rt: &mut Rt, id: &str, script: &str) -> String {
     String::from_utf8_lossy(&r.stdout).trim().to_owned()
 }
 
-/// The container's cgroup path, as ContainerStatus's verbose info reports it.
-async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    info["cgroupPath"].as_str().unwrap().to_owned()
-}
-
 /// The `pid` of a verbose status's `info` JSON.
 fn verbose_pid(info: &std::collections::HashMap<String, String>) -> i32 {
     let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();

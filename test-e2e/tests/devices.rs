@@ -11,10 +11,6 @@ use k8s_cri::v1::*;
 use rootstock_test_e2e::registry::Registry;
 use tonic::Code;
 
-fn out(r: &ExecSyncResponse) -> String {
-    String::from_utf8_lossy(&r.stdout).trim().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_and_cdi_devices_appear_with_their_rules_and_unknown_ones_are_refused() {
     let cdi = tempfile::tempdir().unwrap();
@@ -70,14 +66,14 @@ async fn host_and_cdi_devices_appear_with_their_rules_and_unknown_ones_are_refus
     )
     .await
     .unwrap();
-    assert_eq!(out(&r), "opened", "{r:?}");
+    assert_eq!(stdout(&r), "opened", "{r:?}");
     // The device cgroup still denies the others: a node made with /dev/kvm's numbers does
     // not open, while one made with the granted /dev/fuse's does.
     let script = "mknod /tmp/fuse c 10 229; mknod /tmp/kvm c 10 232; \
                   (exec 3<>/tmp/fuse) && echo fuse-opened; \
                   (exec 3<>/tmp/kvm) 2>/dev/null && echo kvm-opened || echo kvm-denied";
     let r = exec(&mut rt, &id, &["sh", "-c", script], 10).await.unwrap();
-    assert_eq!(out(&r), "fuse-opened\nkvm-denied", "{r:?}");
+    assert_eq!(stdout(&r), "fuse-opened\nkvm-denied", "{r:?}");
 
     // CDI: by CRI field and by annotation, from YAML and JSON.
     let mut config = container_config("cdi", &image, &["sleep", "3600"]);
@@ -103,7 +99,7 @@ async fn host_and_cdi_devices_appear_with_their_rules_and_unknown_ones_are_refus
     .await
     .unwrap();
     assert_eq!(
-        out(&r),
+        stdout(&r),
         "yes 1\nnodes\nfrom the host\nwritten\nread-only",
         "{r:?}"
     );
@@ -130,12 +126,7 @@ async fn host_and_cdi_devices_appear_with_their_rules_and_unknown_ones_are_refus
     });
     refused.push((c, "example.com/dev=missing"));
     for (config, what) in refused {
-        let err = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.clone()),
-            })
+        let err = create_container(&mut rt, &pod_id, &pod, config)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");

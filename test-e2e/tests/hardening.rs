@@ -13,14 +13,6 @@ use k8s_cri::v1::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-async fn sh(rt: &mut Rt, id: &str, script: &str) -> ExecSyncResponse {
-    exec(rt, id, &["sh", "-c", script], 20).await.unwrap()
-}
-
-fn out(r: &ExecSyncResponse) -> String {
-    String::from_utf8_lossy(&r.stdout).trim().to_owned()
-}
-
 /// The value after `key:` in a /proc status text.
 fn field<'a>(status: &'a str, key: &str) -> &'a str {
     status
@@ -59,7 +51,7 @@ async fn pod_init_exposes_nothing_to_a_ptrace_capable_container_and_its_death_ma
     let id = start_container(&mut rt, &pod_id, &pod, config).await;
 
     // PID 1 is pod-init: its root is empty and read-only.
-    assert_eq!(out(&sh(&mut rt, &id, "ls -A /proc/1/root/").await), "");
+    assert_eq!(stdout(&sh(&mut rt, &id, "ls -A /proc/1/root/").await), "");
     let write = sh(&mut rt, &id, "echo x > /proc/1/root/probe").await;
     assert_ne!(write.exit_code, 0, "writing under /proc/1/root/ succeeded");
     let write = sh(&mut rt, &id, "mkdir /proc/1/root/tmp").await;
@@ -70,7 +62,7 @@ async fn pod_init_exposes_nothing_to_a_ptrace_capable_container_and_its_death_ma
         case $n in sleep|sh|cat|ls) continue;; esac; \
         echo \"== ${p#/proc/} $(tr '\\0' ' ' < $p/cmdline)\"; cat $p/status; \
         echo \"root: $(ls -A $p/root/ 2>&1 | tr '\\n' ' ')\"; done";
-    let report = out(&sh(&mut rt, &id, script).await);
+    let report = stdout(&sh(&mut rt, &id, script).await);
     let procs: Vec<&str> = report.split("== ").filter(|s| !s.is_empty()).collect();
     assert_eq!(
         procs.len(),
@@ -218,10 +210,10 @@ async fn runtime_default_seccomp_denies_user_namespaces_keyctl_and_bpf() {
     ];
     for (name, config, filtered) in cases {
         let id = start_container(&mut rt, &pod_id, &pod, config).await;
-        let status = out(&sh(&mut rt, &id, "grep Seccomp: /proc/self/status").await);
+        let status = stdout(&sh(&mut rt, &id, "grep Seccomp: /proc/self/status").await);
         let expected = if filtered { "2" } else { "0" };
         assert_eq!(field(&status, "Seccomp"), expected, "{name}");
-        let probed = out(&exec(&mut rt, &id, &["/probe"], 10).await.unwrap());
+        let probed = stdout(&exec(&mut rt, &id, &["/probe"], 10).await.unwrap());
         let errno = |k: &str| {
             probed
                 .lines()
@@ -235,7 +227,11 @@ async fn runtime_default_seccomp_denies_user_namespaces_keyctl_and_bpf() {
             }
             let u = sh(&mut rt, &id, "unshare -U true 2>&1").await;
             assert_ne!(u.exit_code, 0, "{name}: unshare -U");
-            assert!(out(&u).contains("not permitted"), "{name}: {}", out(&u));
+            assert!(
+                stdout(&u).contains("not permitted"),
+                "{name}: {}",
+                stdout(&u)
+            );
         } else {
             // Without the filter a root container creates a user namespace: the probe can
             // tell the difference.
@@ -315,12 +311,14 @@ async fn node_wide_sysctls_are_refused_and_namespaced_ones_stay_in_the_pod() {
         container_config("reader", &image, &["sleep", "3600"]),
     )
     .await;
-    let inside = out(&sh(
-        &mut rt,
-        &id,
-        "cat /proc/sys/net/core/somaxconn /proc/sys/kernel/shm_rmid_forced",
-    )
-    .await);
+    let inside = stdout(
+        &sh(
+            &mut rt,
+            &id,
+            "cat /proc/sys/net/core/somaxconn /proc/sys/kernel/shm_rmid_forced",
+        )
+        .await,
+    );
     assert_eq!(inside, format!("{want_somaxconn}\n{want_rmid}"));
     assert_eq!(
         host_sysctl("net.core.somaxconn"),
@@ -375,12 +373,7 @@ async fn escaping_cgroup_parent_and_unified_core_files_are_refused() {
             }),
             ..Default::default()
         });
-        let err = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod.clone()),
-            })
+        let err = create_container(&mut rt, &pod_id, &pod, config)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}: {err}");
@@ -610,7 +603,7 @@ async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
     .await;
     let w = sh(&mut rt, &ro, "touch /vol/sub/x && echo written").await;
     assert_eq!(
-        out(&w),
+        stdout(&w),
         "written",
         "plain readonly leaves the submount writable"
     );
@@ -624,7 +617,7 @@ async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
     for path in ["/vol/y", "/vol/sub/y"] {
         let w = sh(&mut rt, &rro, &format!("touch {path} 2>&1")).await;
         assert_ne!(w.exit_code, 0, "{path} writable under recursive_read_only");
-        assert!(out(&w).contains("Read-only"), "{path}: {}", out(&w));
+        assert!(stdout(&w).contains("Read-only"), "{path}: {}", stdout(&w));
     }
     for (name, readonly, propagation) in [
         ("rro-rw", false, private),
@@ -663,7 +656,7 @@ async fn recursive_read_only_mounts_and_strict_supplemental_groups() {
             ..Default::default()
         });
         let id = start_container(&mut rt, &pod_id, &pod, config).await;
-        let groups = out(&sh(&mut rt, &id, "id -G").await);
+        let groups = stdout(&sh(&mut rt, &id, "id -G").await);
         let has = |g: &str| groups.split(' ').any(|x| x == g);
         assert!(has("1234"), "{name}: {groups}");
         assert_eq!(has("50") && has("44"), image_groups, "{name}: {groups}");

@@ -18,6 +18,7 @@ use rootstock_test_e2e::daemon::{Daemon, run_rootstock};
 use rootstock_test_e2e::fixtures::{
     self, Compression, ImageBuilder, Layer, LayerBuilder, RawEntry,
 };
+use rootstock_test_e2e::process::run;
 use rootstock_test_e2e::registry::Registry;
 use tonic::transport::Channel;
 
@@ -61,16 +62,6 @@ fn busybox_dir(dir: &std::path::Path) {
     }
 }
 
-fn run_tool(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layer_from_tar_of_dot_pulls_runs_and_keeps_the_root_mode() {
     let registry = Registry::start().await;
@@ -79,12 +70,10 @@ async fn layer_from_tar_of_dot_pulls_runs_and_keeps_the_root_mode() {
     busybox_dir(&root);
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o751)).unwrap();
     std::os::unix::fs::chown(&root, Some(1234), Some(2345)).unwrap();
-    let tar = run_tool(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["-cf", "-", "."]),
-    );
+    let tar = run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["-cf", "-", "."]));
     assert!(
         tar[..100].starts_with(b"./\0"),
         "the tar begins with its root entry"

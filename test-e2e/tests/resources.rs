@@ -10,28 +10,6 @@ mod common;
 use common::*;
 use k8s_cri::v1::*;
 
-async fn sh(rt: &mut Rt, id: &str, script: &str) -> ExecSyncResponse {
-    exec(rt, id, &["sh", "-c", script], 10).await.unwrap()
-}
-
-fn stdout(r: &ExecSyncResponse) -> String {
-    String::from_utf8_lossy(&r.stdout).trim().to_owned()
-}
-
-/// The container's cgroup path, as ContainerStatus's verbose info reports it.
-async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    info["cgroupPath"].as_str().unwrap().to_owned()
-}
-
 fn cgroup_file(controller: &str, cgroup: &str, file: &str) -> String {
     std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}{cgroup}/{file}"))
         .unwrap_or_else(|e| panic!("{controller}{cgroup}/{file}: {e}"))

@@ -29,14 +29,6 @@ async fn sleeper(
     (pod_id, id)
 }
 
-async fn sh(rt: &mut Rt, id: &str, script: &str) -> ExecSyncResponse {
-    exec(rt, id, &["sh", "-c", script], 10).await.unwrap()
-}
-
-fn stdout(r: &ExecSyncResponse) -> String {
-    String::from_utf8_lossy(&r.stdout).trim().to_owned()
-}
-
 /// The hex mask after `key:` in /proc/1/status.
 fn status_mask(status: &str, key: &str) -> u64 {
     let v = status

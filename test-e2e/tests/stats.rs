@@ -16,10 +16,6 @@ fn val(v: &Option<UInt64Value>) -> u64 {
     v.as_ref().map(|v| v.value).unwrap_or(0)
 }
 
-async fn sh(rt: &mut Rt, id: &str, script: &str) -> ExecSyncResponse {
-    exec(rt, id, &["sh", "-c", script], 10).await.unwrap()
-}
-
 async fn pod_stats(rt: &mut Rt, pod_id: &str) -> PodSandboxStats {
     rt.pod_sandbox_stats(PodSandboxStatsRequest {
         pod_sandbox_id: pod_id.to_owned(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_cri::v1::*;
 use nix::sys::signal::Signal;
 use rootstock_test_e2e::daemon::{Daemon, run_rootstock};
-use rootstock_test_e2e::fixtures::{Compression, LayerBuilder, busybox_image};
+use rootstock_test_e2e::fixtures::crash_images;
 use rootstock_test_e2e::registry::Registry;
 
 /// The image store's failpoints (`imagestore/src/failpoint.rs`), with the operation that
@@ -92,20 +92,7 @@ fn verify(daemon: &Daemon, when: &str) {
 #[tokio::test]
 async fn daemon_killed_at_each_failpoint_restarts_to_a_clean_store_and_pulls() {
     let registry = Registry::start().await;
-    let app = LayerBuilder::new()
-        .dir("app")
-        .file("app/a", "a")
-        .file("app/b", vec![9u8; 100_000])
-        .hardlink("app/c", "app/b")
-        .build(Compression::Gzip);
-    let image = busybox_image().layer(app).build();
-    let other = busybox_image()
-        .layer(
-            LayerBuilder::new()
-                .file("other", "o")
-                .build(Compression::Gzip),
-        )
-        .build();
+    let (image, other) = crash_images();
     registry.push("crash", "v1", &image).await;
     registry.push("crash", "other", &other).await;
     let (name, other_name) = (

@@ -8,36 +8,19 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_cri::v1::*;
 use nix::sys::signal::Signal;
 use rootstock_test_e2e::daemon::{Daemon, run_rootstock};
+use rootstock_test_e2e::files::links_of;
 use rootstock_test_e2e::fixtures::{Compression, LayerBuilder, busybox_image};
 use rootstock_test_e2e::registry::Registry;
 
 const ALPHA: &str = "alpha: the bytes that were changed on disk\n";
 const BRAVO: &str = "bravo: the file whose object was deleted\n";
-
-/// Every path below `root` whose inode is `ino` (objects, layer views, trees).
-fn links_of(root: &Path, ino: u64) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let m = std::fs::symlink_metadata(&path).unwrap();
-            if m.is_dir() {
-                stack.push(path);
-            } else if m.ino() == ino {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
 
 /// `rootstock <daemon's paths> ARGS` run to completion: (success, stdout + stderr).
 fn store_command(daemon: &Daemon, args: &[&str]) -> (bool, String) {
@@ -81,21 +64,11 @@ async fn repair_fixes_changed_and_deleted_objects_and_leaves_running_containers_
     );
     let mut daemon = Daemon::start_with_config(&config).await;
     loopback_network(&daemon).await;
-    let image_ref = daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: registry.image_ref("e2e/repair", "v1"),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref;
+    let image_ref = pull_ok(
+        &mut daemon.images().await,
+        &registry.image_ref("e2e/repair", "v1"),
+    )
+    .await;
     let mut rt = daemon.runtime().await;
     let pod_cfg = pod_config("repair", NamespaceMode::Container);
     let pod = run_pod(&mut rt, pod_cfg.clone()).await.unwrap();

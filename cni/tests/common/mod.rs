@@ -1,4 +1,4 @@
-//! Test fixture: one private CNI network per test — the shared [`Net`] of the e2e harness
+//! Test fixture: one private CNI network per test — the shared [`Net`] of `rootstock-testkit`
 //! (its own conf, cache, IPAM data and bin dirs, network name, bridge and /24, a FORWARD rule
 //! that keeps the /24 from leaving, the host's nat chains restored, and the lock that
 //! serialises every test touching iptables) plus what the cni crate's tests need on top: a
@@ -12,9 +12,9 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use rootstock_cni::{CniConfig, CniManager, PodNetwork};
-use rootstock_test_e2e::netns;
-pub use rootstock_test_e2e::network::SYSTEM_PLUGINS;
-use rootstock_test_e2e::network::TestNet as Net;
+use rootstock_testkit::netns;
+pub use rootstock_testkit::network::SYSTEM_PLUGINS;
+use rootstock_testkit::network::TestNet as Net;
 
 /// True when the tests can run (they need root for namespaces, bridges and iptables).
 pub fn is_root() -> bool {

@@ -1,12 +1,14 @@
-//! Shared by the imagestore tests: a store config for the plain-HTTP test registry, distinct
-//! test content, and a small HTTP front for a real `docker-registry`, for what the registry
-//! cannot do itself:
-//! token auth (a Bearer challenge on `/v2/`, tokens at `/token`: GET with Basic credentials,
-//! POST with `grant_type=refresh_token` for identity tokens) and injected failures (503s,
-//! connections cut mid-blob). Authorised (or, without token auth, all) `/v2/` requests are
+//! Shared by the imagestore tests: a store config for the plain-HTTP test registry, rendered
+//! trees as the fidelity tests compare them (`tree`), and a small HTTP front for a real
+//! `docker-registry`, for what the registry cannot do itself: token auth (a Bearer challenge
+//! on `/v2/`, tokens at `/token`: GET with Basic credentials, POST with
+//! `grant_type=refresh_token` for identity tokens) and injected failures (503s, connections
+//! cut mid-blob). Authorised (or, without token auth, all) `/v2/` requests are
 //! forwarded to the registry.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared by several test files
+
+pub mod tree;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +18,9 @@ use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use rootstock_imagestore::{ImagesConfig, RegistryConfig};
+use rootstock_imagestore::{ImageStore, ImagesConfig, RegistryConfig};
+use rootstock_testkit::fixtures::busybox_image;
+use rootstock_testkit::registry::Registry;
 
 /// A store config that talks plain HTTP to the test registry at `host`.
 pub fn insecure(host: &str) -> ImagesConfig {
@@ -29,21 +33,6 @@ pub fn insecure(host: &str) -> ImagesConfig {
         },
     );
     config
-}
-
-/// `n` bytes no other seed's bytes share (xorshift: distinct, not random, and incompressible
-/// enough that gzip cannot make a layer disappear).
-pub fn distinct_bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(n);
-    out
 }
 
 pub const IDENTITY_TOKEN: &str = "refresh-me";
@@ -85,6 +74,23 @@ impl Front {
     pub fn events(&self) -> Vec<String> {
         self.state.events.lock().unwrap().clone()
     }
+}
+
+/// busybox pushed as `repo:latest` to a fresh registry, a front with `options` over it, and a
+/// store in a temp dir that talks plain HTTP to the front (the registry and the dir live as
+/// long as the caller keeps them).
+pub async fn store_behind_front(
+    repo: &str,
+    options: FrontOptions,
+) -> (Registry, Front, ImageStore, tempfile::TempDir) {
+    let registry = Registry::start().await;
+    registry
+        .push(repo, "latest", &busybox_image().build())
+        .await;
+    let front = start_front(registry.url(""), options).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&dir.path().join("store"), &insecure(&front.host)).unwrap();
+    (registry, front, store, dir)
 }
 
 pub async fn start_front(upstream: String, options: FrontOptions) -> Front {

@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use rootstock_test_e2e::daemon::Daemon;
 use serde_json::json;
 use tonic::transport::Channel;
+
+pub mod install;
 
 pub type Rt = RuntimeServiceClient<Channel>;
 
@@ -73,9 +76,18 @@ pub fn with_modes(
 }
 
 pub async fn run_pod(rt: &mut Rt, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+    run_pod_on(rt, config, "").await
+}
+
+/// RunPodSandbox with a RuntimeClass `handler` (`""`: the default).
+pub async fn run_pod_on(
+    rt: &mut Rt,
+    config: PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
     rt.run_pod_sandbox(RunPodSandboxRequest {
         config: Some(config),
-        runtime_handler: String::new(),
+        runtime_handler: handler.to_owned(),
     })
     .await
     .map(|r| r.into_inner().pod_sandbox_id)
@@ -155,15 +167,8 @@ pub async fn wait_network_ready(daemon: &Daemon) {
 /// Every mount point under `dir` (from this process's mount table).
 pub fn mounts_under(dir: &Path) -> Vec<String> {
     // Unreadable fails the test: an empty table would make "no mounts left" vacuous.
-    let table = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_else(|e| panic!("/proc/self/mountinfo: {e}"));
-    let prefix = dir.display().to_string();
-    table
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
+    rootstock_test_e2e::mounts::mounts_under(dir)
+        .unwrap_or_else(|e| panic!("/proc/self/mountinfo: {e}"))
 }
 
 /// Lines of the mount table (the host's mount count).
@@ -189,6 +194,16 @@ pub fn rootstock_cgroups() -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Whether `pid` is alive and not a zombie.
+pub fn is_live(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
 }
 
 /// The pinned namespace file of a sandbox (`net`, `ipc`, `uts`).
@@ -245,21 +260,21 @@ pub async fn daemon_with_busybox(
         registry.host()
     );
     let daemon = Daemon::start_with_config(&config).await;
-    let mut images = daemon.images().await;
-    let id = images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: registry.image_ref("e2e/busybox", "v1"),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref;
+    let id = pull_ok(
+        &mut daemon.images().await,
+        &registry.image_ref("e2e/busybox", "v1"),
+    )
+    .await;
     (daemon, id)
+}
+
+/// PullImage of `image` without credentials; it must succeed. Returns the image ref the
+/// daemon answered (what kubelet passes to CreateContainer).
+pub async fn pull_ok(images: &mut ImageServiceClient<Channel>, image: &str) -> String {
+    rootstock_test_e2e::cri::pull(images, image)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
 }
 
 /// A container config as kubelet sends it (the benchmark's, plus the hash annotation kubelet
@@ -270,8 +285,33 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerC
             "io.kubernetes.container.hash".to_owned(),
             format!("hash-{name}"),
         )]),
-        ..rootstock_test_e2e::bench::container_config(name, image, command)
+        ..rootstock_test_e2e::cri::container_config(name, image, command)
     }
+}
+
+/// Every container (ListContainers without a filter).
+pub async fn list_containers(rt: &mut Rt) -> Vec<Container> {
+    rt.list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap_or_else(|e| panic!("ListContainers: {e}"))
+        .into_inner()
+        .containers
+}
+
+/// CreateContainer in `pod`; returns the container's id.
+pub async fn create_container(
+    rt: &mut Rt,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod.to_owned(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
 }
 
 /// Creates and starts a container; returns its id.
@@ -281,16 +321,9 @@ pub async fn start_container(
     pod_config: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
-    let id = rt
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
+    let id = create_container(rt, pod, pod_config, config)
         .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-        .into_inner()
-        .container_id;
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"));
     rt.start_container(StartContainerRequest {
         container_id: id.clone(),
     })
@@ -309,6 +342,20 @@ pub async fn container_status(rt: &mut Rt, id: &str) -> ContainerStatus {
     .into_inner()
     .status
     .unwrap()
+}
+
+/// The container's cgroup path, as ContainerStatus's verbose info reports it.
+pub async fn cgroup_of(rt: &mut Rt, id: &str) -> String {
+    let status = rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStatus {id}: {e}"))
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    info["cgroupPath"].as_str().unwrap().to_owned()
 }
 
 /// Polls until the container has exited (or panics after `timeout`).
@@ -341,6 +388,19 @@ pub async fn exec(
     })
     .await
     .map(|r| r.into_inner())
+}
+
+/// `sh -c script` in the container through ExecSync (20 s timeout); the call itself must
+/// succeed, whatever the script's exit code.
+pub async fn sh(rt: &mut Rt, id: &str, script: &str) -> ExecSyncResponse {
+    exec(rt, id, &["sh", "-c", script], 20)
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync sh -c {script:?} in {id}: {e}"))
+}
+
+/// An ExecSync reply's stdout as text, trimmed.
+pub fn stdout(r: &ExecSyncResponse) -> String {
+    String::from_utf8_lossy(&r.stdout).trim().to_owned()
 }
 
 /// Polls `path` until `pred` holds for its content (logs are written by the monitor

@@ -4,13 +4,13 @@
 //! the JSON under `target/bench-results/`; asserts nothing about time.
 //!
 //!     make bench          # installs containerd if missing, prepares the host, builds, runs
-//!     cargo build --release --bins && cargo bench -p rootstock-test-e2e --bench compare
-//!     cargo bench -p rootstock-test-e2e --bench compare -- --smoke   # rootstock only, small
+//!     cargo build --release --bins && cargo bench -p rootstock-bench --bench compare
+//!     cargo bench -p rootstock-bench --bench compare -- --smoke   # rootstock only, small
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
-use rootstock_test_e2e::bench::{self, Options};
+use rootstock_bench::{self as bench, Options};
 
 // `bench::run` is awaited on the main thread (`block_on` polls it there, never on a worker),
 // so the registry, the daemons and containerd it spawns, whose PR_SET_PDEATHSIG is tied to

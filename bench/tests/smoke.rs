@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rootstock_test_e2e::bench::{self, Kind, Options, Outcome};
+use rootstock_bench::{self as bench, Kind, Options, Outcome};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn smoke_run_measures_every_family_on_rootstock() {

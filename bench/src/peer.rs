@@ -5,7 +5,6 @@
 //! socket's path, and which the shims remove when they exit).
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +12,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
+
+use rootstock_testkit::mounts::unmount_under;
+use rootstock_testkit::process;
 
 use super::{Ctx, Kind, Target};
 
@@ -130,18 +132,9 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe; it touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                // A benchmark that dies (even SIGKILLed) takes its containerd along. Its shims
-                // are not its children and stay; Drop kills them, and so does the `Tracker`.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // A benchmark that dies (even SIGKILLed) takes its containerd along. Its shims are not
+        // its children and stay; Drop kills them, and so does the `Tracker`.
+        process::die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn()?);
         Ok(())
     }
@@ -171,10 +164,12 @@ impl Containerd {
     /// processes, mounts under its dir. The dir itself goes with the `TempDir`.
     fn shut_down(&mut self) {
         if let Some(mut child) = self.child.take() {
-            crate::daemon::terminate(&mut child, Duration::from_secs(10));
+            process::terminate(&mut child, Duration::from_secs(10));
         }
         self.kill_shims();
-        unmount_under(self.dir.path());
+        for m in unmount_under(self.dir.path()) {
+            eprintln!("bench[containerd] unmounted leftover {m}");
+        }
     }
 
     /// SIGKILLs the shims of this containerd (their `-address` is our socket) and whatever
@@ -271,22 +266,6 @@ fn descendants(table: &[(i32, (i32, Vec<String>))], pid: i32) -> Vec<i32> {
     }
     out.remove(0);
     out
-}
-
-/// Detaches every mount under `dir`, deepest first (rootfs overlays, shm, sandbox files).
-fn unmount_under(dir: &Path) {
-    let table = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = format!("{}/", dir.display());
-    let mut mounts: Vec<&str> = table
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
-        eprintln!("bench[containerd] unmounting leftover {m}");
-        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 /// The registry as containerd's `config_path` wants it: plain HTTP, pull and resolve.

@@ -1,9 +1,9 @@
 //! Pod figures: start (a), stop + remove (b), pods started at once (c), memory (g).
 //!
-//! Every pod is [`super::pod_config`] with one [`super::WORKLOAD`] container of busybox, started
-//! with [`super::start_pod`] and removed with [`super::remove_pod`]: the same requests to both
-//! runtimes. Only those calls are timed; pulling the images, connecting clients and clean-up
-//! after a failure are not.
+//! Every pod is [`rootstock_test_e2e::cri::pod_config`] with one [`super::WORKLOAD`] container
+//! of busybox, started with [`super::start_pod`] and removed with [`super::remove_pod`]: the
+//! same requests to both runtimes. Only those calls are timed; pulling the images, connecting
+//! clients and clean-up after a failure are not.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
