@@ -146,13 +146,14 @@ pub(crate) fn discover_exit(run_dir: &Path, rec: &ContainerRecord) -> Result<Opt
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::id::ContainerId;
     use crate::monitor::ProcessIdentity;
     use crate::state::{ExitReason, RECORD_VERSION};
 
-    fn record(id: &str, monitor: Option<ProcessIdentity>) -> ContainerRecord {
+    /// A Running record with `monitor`, for tests.
+    pub(crate) fn record(id: &str, monitor: Option<ProcessIdentity>) -> ContainerRecord {
         ContainerRecord {
             version: RECORD_VERSION,
             id: ContainerId::new(id).unwrap(),

@@ -132,6 +132,19 @@ impl OciRuntime {
             action: "exec --tty",
             message: format!("openpty: {e}"),
         })?;
+        // Raw from the start: the container's own pty already turns `\n` into `\r\n`; ours
+        // must pass bytes through unchanged. runc makes it raw too, but only after starting
+        // the command, whose first output would get a second `\r`.
+        let raw = nix::sys::termios::tcgetattr(&pty.slave).and_then(|mut t| {
+            nix::sys::termios::cfmakeraw(&mut t);
+            nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t)
+        });
+        raw.map_err(|e| Error::Runtime {
+            id: id.to_string(),
+            runtime: self.binary().display().to_string(),
+            action: "exec --tty",
+            message: format!("raw mode on the pty: {e}"),
+        })?;
         let dup = |fd: &OwnedFd| {
             fd.try_clone()
                 .map_err(|e| Error::io("duplicate the pty of an exec in", scratch_dir, e))

@@ -8,6 +8,9 @@
 //! as of now (stop's wait, start's guard) still refresh themselves; both paths serialize on
 //! the entry's write lock, and the second finds the record final. A refresh that fails (the
 //! record could not be written) is retried every [`RETRY_EVERY`] until it succeeds.
+//!
+//! Pod init processes (pods sharing one PID namespace) are followed the same way: their
+//! death makes the pod NotReady, and PodSandboxStatus reads that from memory.
 
 use std::io::{self, PipeReader, PipeWriter, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,14 +22,23 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::entry::Entry;
+use crate::monitor::ProcessIdentity;
 
 /// How often a failed refresh is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// What the thread follows.
+enum Watched {
+    /// A container: its monitor's end is the container's exit, recorded in the entry.
+    Container(Arc<Entry>),
+    /// Any other process (a pod init): `on_exit` runs once when it is gone.
+    Process(ProcessIdentity, Box<dyn FnOnce() + Send>),
+}
+
 /// The watcher thread and the way to hand it containers.
 #[derive(Debug)]
 pub(crate) struct ExitWatcher {
-    tx: Option<Sender<Arc<Entry>>>,
+    tx: Option<Sender<Watched>>,
     /// One byte wakes the thread to read `tx`'s queue (or to stop, once `tx` is gone).
     wake: PipeWriter,
     thread: Option<JoinHandle<()>>,
@@ -50,8 +62,22 @@ impl ExitWatcher {
     /// Watches `entry`'s monitor until it exits, then refreshes the entry. An entry whose
     /// record is already final is ignored.
     pub(crate) fn watch(&self, entry: Arc<Entry>) {
+        self.send(Watched::Container(entry));
+    }
+
+    /// Runs `on_exit` (on the watcher thread) once `process` is gone: at once if it is
+    /// already.
+    pub(crate) fn watch_process(
+        &self,
+        process: ProcessIdentity,
+        on_exit: impl FnOnce() + Send + 'static,
+    ) {
+        self.send(Watched::Process(process, Box::new(on_exit)));
+    }
+
+    fn send(&self, what: Watched) {
         if let Some(tx) = &self.tx
-            && tx.send(entry).is_ok()
+            && tx.send(what).is_ok()
         {
             self.wake();
         }
@@ -80,8 +106,8 @@ impl Drop for ExitWatcher {
     }
 }
 
-fn run(mut wake: PipeReader, rx: Receiver<Arc<Entry>>) {
-    let mut watched: Vec<(OwnedFd, Arc<Entry>)> = Vec::new();
+fn run(mut wake: PipeReader, rx: Receiver<Watched>) {
+    let mut watched: Vec<(OwnedFd, Watched)> = Vec::new();
     // Exited, but the exit could not be recorded yet.
     let mut failed: Vec<Arc<Entry>> = Vec::new();
     loop {
@@ -114,10 +140,8 @@ fn run(mut wake: PipeReader, rx: Receiver<Arc<Entry>>) {
         failed.retain(|entry| !refresh(entry));
         // Highest index first, so that the lower ones stay valid while removing.
         for i in exited.into_iter().rev() {
-            let (_, entry) = watched.swap_remove(i - 1);
-            if !refresh(&entry) {
-                failed.push(entry);
-            }
+            let (_, what) = watched.swap_remove(i - 1);
+            gone(what, &mut failed);
         }
         if woken {
             let mut buf = [0u8; 64];
@@ -125,7 +149,7 @@ fn run(mut wake: PipeReader, rx: Receiver<Arc<Entry>>) {
             let _ = wake.read(&mut buf);
             loop {
                 match rx.try_recv() {
-                    Ok(entry) => add(&mut watched, &mut failed, entry),
+                    Ok(what) => add(&mut watched, &mut failed, what),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
@@ -134,27 +158,39 @@ fn run(mut wake: PipeReader, rx: Receiver<Arc<Entry>>) {
     }
 }
 
-/// Opens a pidfd on `entry`'s monitor, or refreshes at once when it is already gone.
-fn add(watched: &mut Vec<(OwnedFd, Arc<Entry>)>, failed: &mut Vec<Arc<Entry>>, entry: Arc<Entry>) {
-    let rec = entry.snapshot();
-    if rec.state.is_final() {
-        return;
-    }
-    let Some(monitor) = rec.monitor else {
-        return;
+/// Opens a pidfd on the process (a container's monitor, a pod init), or handles its end at
+/// once when it is already gone.
+fn add(watched: &mut Vec<(OwnedFd, Watched)>, failed: &mut Vec<Arc<Entry>>, what: Watched) {
+    let process = match &what {
+        Watched::Container(entry) => {
+            let rec = entry.snapshot();
+            match rec.monitor {
+                Some(monitor) if !rec.state.is_final() => monitor,
+                _ => return,
+            }
+        }
+        Watched::Process(process, _) => *process,
     };
-    let pidfd = rustix::process::Pid::from_raw(monitor.pid)
+    let pidfd = rustix::process::Pid::from_raw(process.pid)
         .ok_or(rustix::io::Errno::INVAL)
         .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()));
     match pidfd {
-        // Checked after opening: if the monitor is alive now, the pidfd is the monitor's
-        // (its pid cannot have been reused while it lived), not a later holder of the pid.
-        Ok(fd) if monitor.is_alive() => watched.push((fd, entry)),
-        _ => {
+        // Checked after opening: if the process is alive now, the pidfd is its own (its pid
+        // cannot have been reused while it lived), not a later holder of the pid.
+        Ok(fd) if process.is_alive() => watched.push((fd, what)),
+        _ => gone(what, failed),
+    }
+}
+
+/// The followed process has ended.
+fn gone(what: Watched, failed: &mut Vec<Arc<Entry>>) {
+    match what {
+        Watched::Container(entry) => {
             if !refresh(&entry) {
                 failed.push(entry);
             }
         }
+        Watched::Process(_, on_exit) => on_exit(),
     }
 }
 
@@ -172,9 +208,8 @@ fn refresh(entry: &Entry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::ContainerId;
     use crate::monitor::{ExitRecord, ProcessIdentity};
-    use crate::state::{ContainerRecord, ContainerState, RECORD_VERSION};
+    use crate::state::ContainerState;
     use std::process::Command;
     use std::time::{Duration, Instant};
 
@@ -184,25 +219,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("sleep").arg("0.3").spawn().unwrap();
         let pid = child.id() as i32;
-        let rec = ContainerRecord {
-            version: RECORD_VERSION,
-            id: ContainerId::new("w1").unwrap(),
-            handler: "runc".into(),
-            state: ContainerState::Running,
-            created_at_unix_nanos: 1,
-            started_at_unix_nanos: Some(2),
-            monitor: Some(ProcessIdentity {
-                pid,
-                start_time: crate::util::process_start_time(pid).unwrap(),
-            }),
-            init_pid: pid,
-            boot_id: "b".into(),
-            cgroup_path: String::new(),
-            kill_all_on_exit: false,
-            log_path: "/dev/null".into(),
-            sandbox_id: None,
-            client_data: serde_json::Value::Null,
+        let monitor = ProcessIdentity {
+            pid,
+            start_time: crate::util::process_start_time(pid).unwrap(),
         };
+        let rec = crate::entry::tests::record("w1", Some(monitor));
         let entry = Arc::new(Entry::new(
             dir.path().to_owned(),
             rec,
@@ -229,5 +250,25 @@ mod tests {
         assert!(matches!(entry.snapshot().state, ContainerState::Exited(e) if e.exit_code == 4));
         // Stops and joins the thread.
         drop(watcher);
+    }
+
+    /// A pod init's end runs its callback; one already gone runs it at once.
+    #[test]
+    fn a_process_end_runs_its_callback() {
+        let watcher = ExitWatcher::start().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut child = Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pid = child.id() as i32;
+        let identity = ProcessIdentity {
+            pid,
+            start_time: crate::util::process_start_time(pid).unwrap(),
+        };
+        let done = tx.clone();
+        watcher.watch_process(identity, move || done.send("ended").unwrap());
+        child.wait().unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok("ended"));
+        // Reaped and gone: the callback runs on registration.
+        watcher.watch_process(identity, move || tx.send("already gone").unwrap());
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok("already gone"));
     }
 }

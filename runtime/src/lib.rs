@@ -29,6 +29,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod attach;
 pub mod cdi;
 pub mod cgroup;
 pub mod cgroup_join;

@@ -34,6 +34,9 @@ pub const MONITOR_LOG_FILE: &str = "monitor.log";
 /// Relative to the run directory, the monitor's working directory: a unix socket path is
 /// limited to 108 bytes.
 pub const STDIN_SOCKET_FILE: &str = "stdin.sock";
+/// The socket clients attach to the container's output on (see [`crate::attach`]);
+/// relative to the run directory, as [`STDIN_SOCKET_FILE`].
+pub const ATTACH_SOCKET_FILE: &str = "attach.sock";
 /// Written atomically by the monitor when the container's init has exited.
 pub const EXIT_FILE: &str = "exit.json";
 

@@ -1,10 +1,10 @@
 //! [`Runtime`]: the containers of this node over the OCI runtime driver, the monitor, the
 //! rootfs mount and the persisted records. This file holds the façade and CreateContainer;
-//! the other operations are in [`crate::lifecycle`], the memory-only reads in
-//! [`crate::query`], the per-container locking in [`crate::entry`], exit notification in
-//! [`crate::exit_watch`], and recovery after a daemon restart in [`crate::recovery`].
+//! the other operations are in `lifecycle.rs`, the memory-only reads in `query.rs`, the
+//! per-container locking in `entry.rs`, exit notification in `exit_watch.rs`, and recovery
+//! after a daemon restart in [`crate::recovery`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +88,8 @@ pub struct Runtime {
     /// Held only to look up, insert or remove an entry: never across a runtime call.
     pub(crate) containers: Mutex<BTreeMap<ContainerId, Arc<Entry>>>,
     pub(crate) sandboxes: Mutex<BTreeMap<SandboxId, SandboxRecord>>,
+    /// Sandboxes whose pod init the exit watcher saw end (they read as NotReady).
+    pub(crate) pod_inits_gone: Arc<Mutex<BTreeSet<SandboxId>>>,
     oom_warned: AtomicBool,
     seccomp_default_warned: AtomicBool,
     apparmor_default_warned: AtomicBool,
@@ -152,6 +154,7 @@ impl Runtime {
             boot_id,
             containers: Mutex::new(BTreeMap::new()),
             sandboxes: Mutex::new(BTreeMap::new()),
+            pod_inits_gone: Arc::default(),
             oom_warned: AtomicBool::new(false),
             seccomp_default_warned: AtomicBool::new(false),
             apparmor_default_warned: AtomicBool::new(false),
@@ -217,6 +220,15 @@ impl Runtime {
     pub(crate) fn entry_or_not_found(&self, id: &ContainerId) -> Result<Arc<Entry>> {
         self.entry(id)
             .ok_or_else(|| Error::ContainerNotFound { id: id.to_string() })
+    }
+
+    /// Has the exit watcher note when sandbox `id`'s pod init ends, so that status reads
+    /// NotReady from memory.
+    pub(crate) fn watch_pod_init(&self, id: &SandboxId, init: monitor::ProcessIdentity) {
+        let (gone, id) = (self.pod_inits_gone.clone(), id.clone());
+        self.exits.watch_process(init, move || {
+            lock(&gone).insert(id);
+        });
     }
 
     /// Makes `entry` visible to readers and has the exit watcher follow its monitor.

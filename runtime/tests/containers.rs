@@ -536,3 +536,47 @@ fn tty_container_output_is_logged_as_stdout() {
         assert!(log.contains("on-a-terminal"), "{handler}: {log}");
     }
 }
+
+/// Start, exec and signal share one prologue (entry, operation lock, exit file read, state
+/// guard): each refuses the states it cannot act in, naming the state, and the exit watcher
+/// records an exit that no call asked about.
+#[test]
+fn start_exec_and_signal_are_refused_by_state_and_exits_are_recorded_unasked() {
+    let env = Env::new();
+    let created = env
+        .rt
+        .create_container(env.request("guards", "runc", env.spec(&["sleep", "1000"])))
+        .unwrap();
+    let id = &created.record.id;
+    let exec = ExecRequest {
+        args: vec!["true".into()],
+        ..Default::default()
+    };
+    let refused = |e: Error, words: &str| {
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition, "{e}");
+        assert!(e.to_string().contains(words), "{e}");
+    };
+    refused(
+        env.rt.exec_sync(id, &exec, None).unwrap_err(),
+        "cannot exec in (state Created)",
+    );
+    env.rt.start_container(id).unwrap();
+    refused(
+        env.rt.start_container(id).unwrap_err(),
+        "cannot start (state Running)",
+    );
+    // Killed behind the runtime's back: only the monitor's exit tells, and the record
+    // follows without a stop, start or exec refreshing it.
+    env.rt
+        .kill_container(id, rootstock_runtime::Signal::KILL, false)
+        .unwrap();
+    let done = env.wait_exited(id, Duration::from_secs(10));
+    assert_eq!(exit_code(&done), 137);
+    refused(
+        env.rt
+            .kill_container(id, rootstock_runtime::Signal::TERM, false)
+            .unwrap_err(),
+        "cannot signal (state Exited)",
+    );
+    env.rt.remove_container(id).unwrap();
+}

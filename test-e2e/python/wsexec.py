@@ -1,21 +1,41 @@
 #!/usr/bin/env python3
-"""wsexec: a remotecommand exec client over WebSocket (v5/v4.channel.k8s.io, binary), on
-the `websockets` library (Debian's python3-websockets), for the e2e tests.
+"""wsexec: a remotecommand exec client over WebSocket (v5/v4.channel.k8s.io, binary, and
+the base64 ones), on the `websockets` library (Debian's python3-websockets), for the e2e
+tests.
 
 Every message is one channel's data, first byte the channel: 0 stdin, 1 stdout, 2 stderr,
-3 error (a JSON metav1.Status), 4 resize; v5's [255, channel] closes a channel.
+3 error (a JSON metav1.Status), 4 resize; v5's [255, channel] closes a channel. With a
+base64 subprotocol messages are text: the channel as a digit, then the data in base64.
 
-Usage: wsexec.py URL PROTOCOL [stdin]: stdin (with "stdin") is sent, then closed (v5).
+Usage: wsexec.py URL PROTOCOL [stdin] [stall=SECS]: stdin (with "stdin") is sent, then
+closed (v5); with stall=SECS nothing is read for SECS seconds first (a slow client).
 Exit codes: the command's; 100 when the upgrade is refused; 101 on any other failure.
 """
 import asyncio
+import base64
 import json
 import sys
 
 import websockets
 
 
-async def run(url, protocol, send_stdin):
+def encode(protocol, channel, data):
+    if "base64" in protocol:
+        return chr(ord("0") + channel) + base64.b64encode(data).decode()
+    return bytes([channel]) + data
+
+
+def decode(protocol, msg):
+    if "base64" in protocol:
+        if not isinstance(msg, str) or not msg:
+            return None, b""
+        return ord(msg[0]) - ord("0"), base64.b64decode(msg[1:])
+    if not isinstance(msg, bytes) or not msg:
+        return None, b""
+    return msg[0], msg[1:]
+
+
+async def run(url, protocol, send_stdin, stall):
     url = url.replace("http://", "ws://", 1)
     try:
         ws = await websockets.connect(url, subprotocols=[protocol], max_size=None)
@@ -23,20 +43,19 @@ async def run(url, protocol, send_stdin):
         print(f"upgrade refused: {e.status_code}", file=sys.stderr)
         return 100
     try:
+        await asyncio.sleep(stall)
         if ws.subprotocol != protocol:
             print(f"negotiated {ws.subprotocol!r}", file=sys.stderr)
             return 101
         if send_stdin:
             data = sys.stdin.buffer.read()
             for i in range(0, len(data), 32768):
-                await ws.send(b"\x00" + data[i:i + 32768])
+                await ws.send(encode(protocol, 0, data[i:i + 32768]))
             if protocol.startswith("v5."):
                 await ws.send(b"\xff\x00")
         status = b""
         async for msg in ws:
-            if not isinstance(msg, bytes) or not msg:
-                continue
-            channel, payload = msg[0], msg[1:]
+            channel, payload = decode(protocol, msg)
             if channel == 1:
                 sys.stdout.buffer.write(payload)
             elif channel == 2:
@@ -62,4 +81,5 @@ async def run(url, protocol, send_stdin):
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(run(sys.argv[1], sys.argv[2], "stdin" in sys.argv[3:])))
+    stall = next((float(a[6:]) for a in sys.argv[3:] if a.startswith("stall=")), 0)
+    sys.exit(asyncio.run(run(sys.argv[1], sys.argv[2], "stdin" in sys.argv[3:], stall)))

@@ -66,29 +66,15 @@ async fn list_and_status_answer_within_100ms_while_runc_start_is_stuck() {
     let mut rt = daemon.runtime().await;
 
     let pod = pod_config("relist", NamespaceMode::Container);
-    let pod_id = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod.clone()),
-            runtime_handler: "slow".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let mut create = async |name: &str| {
-        rt.create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config(name, &image, &["sleep", "1000"])),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id
-    };
+    let pod_id = run_pod_on(&mut rt, pod.clone(), "slow").await.unwrap();
+    let sleeper = |name| container_config(name, &image, &["sleep", "1000"]);
     // A second container (created, not started): ListContainers has more than the stuck one.
-    let idle = create("idle").await;
-    let stuck = create("stuck").await;
+    let idle = create_container(&mut rt, &pod_id, &pod, sleeper("idle"))
+        .await
+        .unwrap();
+    let stuck = create_container(&mut rt, &pod_id, &pod, sleeper("stuck"))
+        .await
+        .unwrap();
 
     let start = {
         let mut rt = rt.clone();
@@ -118,12 +104,7 @@ async fn list_and_status_answer_within_100ms_while_runc_start_is_stuck() {
                 // What the call saw, checked after its time: (containers listed, state).
                 let (what, seen) = match i % 3 {
                     0 => {
-                        let list = rt
-                            .list_containers(ListContainersRequest { filter: None })
-                            .await
-                            .unwrap()
-                            .into_inner()
-                            .containers;
+                        let list = list_containers(&mut rt).await;
                         ("ListContainers", (list.len(), None))
                     }
                     1 => {

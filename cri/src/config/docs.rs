@@ -163,6 +163,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "streaming.idle_timeout_secs",
         "A stream with no data either way for this long is closed (its command killed).",
     ),
+    (
+        "streaming.session_timeout_secs",
+        "Any stream session is closed this long after it started, busy or not; 0: no limit.",
+    ),
 ];
 
 /// The documentation of a dotted key path (map keys already split out), if any.

@@ -111,7 +111,15 @@ impl RuntimeApi {
         self.rt.sandbox(&id)?;
         let url = self
             .streaming
-            .url_for(Pending::PortForward(PortForwardSpec { sandbox: id }))
+            .url_for(Pending::PortForward(PortForwardSpec {
+                sandbox: id,
+                // In 1..=65535, checked above.
+                ports: req
+                    .port
+                    .iter()
+                    .filter_map(|p| u16::try_from(*p).ok())
+                    .collect(),
+            }))
             .map_err(|e| CriError::Internal(format!("PortForward: cannot make a token: {e}")))?;
         Ok(PortForwardResponse { url })
     }

@@ -5,6 +5,10 @@
 //! Calls that create or destroy things (run/stop/remove sandbox, create/stop/remove
 //! container) run detached from the RPC's future: tonic drops that future when the client
 //! hangs up, and a RunPodSandbox cancelled between CNI ADD and its rollback would leak an IP.
+//!
+//! Reads (ContainerStatus, ListContainers, PodSandboxStatus, ListPodSandbox) run on the async
+//! worker: the runtime serves them from memory and they never wait for an operation in
+//! progress. Everything that may block goes through [`crate::blocking::blocking`].
 
 mod container_create;
 mod container_exec;

@@ -1,76 +1,96 @@
-//! Attach: the container's own stdio over the same streams as Exec. Input goes to the
-//! container's stdin through its monitor's relay socket (`<run_dir>/stdin.sock`, see
-//! `rootstock_runtime::stdin`); output is followed from the CRI log the monitor writes, so
-//! attaching needs no change to the monitor and the log keeps everything (the cost: output
-//! arrives at the log's pace, polled every 50 ms). The session ends when the client
-//! detaches (the container keeps running) or the container exits.
+//! Attach: the container's own stdio over the same streams as Exec. Its monitor serves
+//! both ends (`rootstock_runtime::attach`, `rootstock_runtime::stdin`): output is copied to
+//! us from the monitor's attach socket as the container writes it (so a container without
+//! a CRI log can be attached to), input goes to its stdin relay, and a terminal's resizes
+//! go to the attach socket. The session ends when the client detaches (the container keeps
+//! running) or the container exits (the monitor closes the socket).
 
-use std::io::SeekFrom;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rootstock_runtime::Runtime;
+use rootstock_runtime::attach::{
+    FRAME_HEADER, FRAME_HELLO, FRAME_STDERR, FRAME_STDOUT, MAX_PENDING, resize_message,
+};
+use rootstock_runtime::monitor::{ATTACH_SOCKET_FILE, STDIN_SOCKET_FILE};
 use rootstock_runtime::state::ContainerState;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::exec::{ExecSpec, accept_streams, failure, success};
+use super::exec::{Channels, ExecSpec, Protocol, Sizes, accept_streams, failure, success};
 use super::session::{Incoming, Sender, Session};
 
-/// How often the log is read for new output and the container's state checked.
-const POLL: Duration = Duration::from_millis(50);
-/// How many polls between container state checks.
-const STATE_EVERY: u32 = 10;
+/// How long the monitor may take to take us in (it serves clients between chunks of output).
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TTY attach waits for the client's first window size before passing input on.
+const INITIAL_SIZE_WAIT: Duration = Duration::from_secs(1);
 
-pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>) {
-    let Some(mut ch) = accept_streams(&mut session, &spec).await else {
+pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>, proto: Protocol) {
+    let Some(mut ch) = accept_streams(&mut session, &spec, proto).await else {
         session.close(Duration::ZERO).await;
         return;
     };
     session.incoming.close();
-    // The container's terminal size is not ours to change yet: resizes are read and
-    // dropped, so they never fill the stream's queue and stall the session.
-    let drain = ch
-        .resize
-        .take()
-        .map(|mut r| tokio::spawn(async move { while r.data.recv().await.is_some() {} }));
     let tx = session.sender();
-    let status = run(&spec, &rt, ch.stdin.take(), &ch, &tx).await;
+    let status = run(&spec, &rt, &mut ch, &tx).await;
     for s in [&ch.stdout, &ch.stderr].into_iter().flatten() {
         let _ = tx.fin(s.id).await;
     }
     if let Some(error) = &ch.error {
-        let _ = tx.data(error.id, status.to_string().as_bytes()).await;
-        let _ = tx.fin(error.id).await;
+        proto.write_status(&tx, error.id, &status).await;
     }
     drop(tx);
-    if let Some(d) = drain {
-        d.abort();
-    }
     session.close(Duration::from_secs(1)).await;
 }
 
 async fn run(
     spec: &ExecSpec,
     rt: &Arc<Runtime>,
-    stdin: Option<Incoming>,
-    ch: &super::exec::Channels,
+    ch: &mut Channels,
     tx: &Sender,
 ) -> serde_json::Value {
     let info = match rt.container(&spec.container) {
         Ok(i) => i,
         Err(e) => return failure(&e.to_string()),
     };
-    // The log is opened at its end before any input is passed on, so the output of that
-    // input is never missed.
-    let path = &info.record.log_path;
-    let log = match open_at_end(path).await {
-        Ok(f) => f,
-        Err(e) => return failure(&format!("{}: {e}", path.display())),
+    if !matches!(info.record.state, ContainerState::Running) {
+        return failure(&format!("container {} is not running", spec.container));
+    }
+    let attached = match attach(&info.run_dir).await {
+        Ok(c) => c,
+        Err(e) => {
+            return failure(&format!(
+                "container {}: cannot attach to its monitor: {e}",
+                spec.container
+            ));
+        }
     };
-    let stdin_task = match stdin {
-        Some(s) => match connect_stdin(&info.run_dir).await {
+    let (rd, mut wr) = attached.into_split();
+    // Without resizes the write half is still held to the end: dropping it would shut
+    // down our side, which the monitor takes as the end of our input, not of the attach.
+    let mut idle_writer = None;
+    // The first window size reaches the terminal before any input (a shell that reads
+    // the size at its prompt sees the client's).
+    let resize_task = match ch.resize.take() {
+        Some(mut s) => {
+            let mut sizes = Sizes::default();
+            if let Ok(Some(data)) = tokio::time::timeout(INITIAL_SIZE_WAIT, s.data.recv()).await {
+                sizes.push(&data);
+                if let Ok(Some((w, h))) = sizes.next_size() {
+                    let _ = wr.write_all(&resize_message(w, h)).await;
+                }
+            }
+            Some(tokio::spawn(pump_resize(s, sizes, wr)))
+        }
+        None => {
+            idle_writer = Some(wr);
+            None
+        }
+    };
+    let stdin_task = match ch.stdin.take() {
+        Some(s) => match connect(&info.run_dir, STDIN_SOCKET_FILE).await {
             Ok(conn) => Some(tokio::spawn(pump_stdin(s, conn))),
             Err(e) => {
                 return failure(&format!(
@@ -81,34 +101,82 @@ async fn run(
         },
         None => None,
     };
-    let out = Outputs {
-        stdout: ch.stdout.as_ref().map(|s| s.id),
-        // A terminal has one output, logged as stdout.
-        stderr: ch.stderr.as_ref().map(|s| s.id),
+    let out = [
+        ch.stdout.as_ref().map(|s| s.id),
+        // A terminal has one output, which the monitor sends as stdout.
+        ch.stderr.as_ref().map(|s| s.id),
+    ];
+    let result = tokio::select! {
+        r = copy_output(rd, out, tx) => r,
+        () = tx.closed() => Ok(()),
     };
-    let result = follow_log(log, path, out, tx, rt, spec).await;
-    if let Some(t) = stdin_task {
+    for t in [stdin_task, resize_task].into_iter().flatten() {
         t.abort();
     }
+    drop(idle_writer);
     match result {
         Ok(()) => success(),
         Err(e) => failure(&e),
     }
 }
 
-/// Connects to the monitor's stdin relay. A socket path is limited to 108 bytes and the
-/// run directory nears it: the path goes through a descriptor of the directory.
-async fn connect_stdin(run_dir: &Path) -> std::io::Result<UnixStream> {
+/// Connects to the monitor's attach socket and waits until it has taken us in.
+async fn attach(run_dir: &Path) -> std::io::Result<UnixStream> {
+    let mut conn = connect(run_dir, ATTACH_SOCKET_FILE).await?;
+    let mut header = [0u8; FRAME_HEADER];
+    match tokio::time::timeout(HELLO_TIMEOUT, conn.read_exact(&mut header)).await {
+        Ok(Ok(_)) if header == [FRAME_HELLO, 0, 0, 0, 0] => Ok(conn),
+        Ok(Ok(_)) => Err(std::io::Error::other("unexpected greeting")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::other("no greeting within 5 s")),
+    }
+}
+
+/// Connects to a socket in the run directory. A socket path is limited to 108 bytes and
+/// the run directory nears it: the path goes through a descriptor of the directory.
+async fn connect(run_dir: &Path, socket: &str) -> std::io::Result<UnixStream> {
     use std::os::fd::AsRawFd;
     let dir = std::fs::File::open(run_dir)?;
-    let path = format!(
-        "/proc/self/fd/{}/{}",
-        dir.as_raw_fd(),
-        rootstock_runtime::monitor::STDIN_SOCKET_FILE
-    );
+    let path = format!("/proc/self/fd/{}/{socket}", dir.as_raw_fd());
     let conn = UnixStream::connect(&path).await;
     drop(dir);
     conn
+}
+
+/// Sends the container's output on the client's streams until the monitor closes the
+/// socket (the container is gone) or the client leaves.
+async fn copy_output(
+    mut rd: OwnedReadHalf,
+    [stdout, stderr]: [Option<u32>; 2],
+    tx: &Sender,
+) -> Result<(), String> {
+    let mut buf = Vec::new();
+    loop {
+        let mut header = [0u8; FRAME_HEADER];
+        match rd.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(format!("reading the container's output: {e}")),
+        }
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > MAX_PENDING {
+            return Err(format!("the monitor sent a frame of {len} bytes"));
+        }
+        buf.resize(len, 0);
+        rd.read_exact(&mut buf)
+            .await
+            .map_err(|e| format!("reading the container's output: {e}"))?;
+        let target = match header[0] {
+            FRAME_STDOUT => stdout,
+            FRAME_STDERR => stderr,
+            _ => None,
+        };
+        if let Some(id) = target
+            && !tx.data(id, &buf).await
+        {
+            return Ok(());
+        }
+    }
 }
 
 /// Forwards the client's input; its FIN hangs up the relay (with `stdin_once`, the
@@ -122,84 +190,24 @@ async fn pump_stdin(mut s: Incoming, mut conn: UnixStream) {
     let _ = conn.shutdown().await;
 }
 
-#[derive(Clone, Copy)]
-struct Outputs {
-    stdout: Option<u32>,
-    stderr: Option<u32>,
-}
-
-async fn open_at_end(path: &Path) -> std::io::Result<tokio::fs::File> {
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(SeekFrom::End(0)).await?;
-    Ok(file)
-}
-
-/// Sends what the log gains from now on, until the client leaves or the container stops.
-async fn follow_log(
-    mut file: tokio::fs::File,
-    path: &Path,
-    out: Outputs,
-    tx: &Sender,
-    rt: &Arc<Runtime>,
-    spec: &ExecSpec,
-) -> Result<(), String> {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut polls = 0u32;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if n > 0 {
-            pending.extend_from_slice(&buf[..n]);
-            if !send_lines(&mut pending, out, tx, spec.tty).await {
-                return Ok(());
+/// Passes the client's window sizes to the monitor, which sets them on the terminal.
+async fn pump_resize(mut s: Incoming, mut sizes: Sizes, mut wr: OwnedWriteHalf) {
+    while let Some(data) = s.data.recv().await {
+        sizes.push(&data);
+        match sizes.next_size() {
+            Ok(Some((w, h))) => {
+                if wr.write_all(&resize_message(w, h)).await.is_err() {
+                    return;
+                }
             }
-            continue;
-        }
-        polls += 1;
-        if polls.is_multiple_of(STATE_EVERY) {
-            let running = rt
-                .container(&spec.container)
-                .is_ok_and(|i| matches!(i.record.state, ContainerState::Running));
-            if !running {
-                return Ok(());
+            Ok(None) => {}
+            Err(()) => {
+                tracing::debug!("streaming attach: bad resize message; resizes ignored");
+                // Still read (and `wr` held), so neither the stream nor the attach ends.
+                while s.data.recv().await.is_some() {}
+                drop(wr);
+                return;
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(POLL) => {}
-            () = tx.closed() => return Ok(()),
-        }
     }
-}
-
-/// Sends the complete CRI log lines in `pending` (`<time> <stream> <P|F> <content>`), keeps
-/// a partial last line; `false` once the client is gone.
-async fn send_lines(pending: &mut Vec<u8>, out: Outputs, tx: &Sender, tty: bool) -> bool {
-    let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
-        return true;
-    };
-    let lines: Vec<u8> = pending.drain(..=end).collect();
-    for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let mut parts = line.splitn(4, |b| *b == b' ');
-        let (_, Some(stream), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let mut content = parts.next().unwrap_or_default().to_vec();
-        if tag == b"F" {
-            content.push(b'\n');
-        }
-        let target = if stream == b"stderr" && !tty {
-            out.stderr
-        } else {
-            out.stdout
-        };
-        if let Some(id) = target
-            && !tx.data(id, &content).await
-        {
-            return false;
-        }
-    }
-    true
 }

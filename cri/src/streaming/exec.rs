@@ -1,9 +1,10 @@
-//! The exec protocol over a SPDY session (kubelet's `remotecommand` server, protocols
-//! `v4.channel.k8s.io` and `v5.channel.k8s.io`, which are the same on SPDY): the client
+//! The exec protocol over a SPDY session (kubelet's `remotecommand` server): the client
 //! opens an `error` stream and one stream per requested stdio channel; the command's
 //! stdout and stderr go out on theirs, stdin comes in, and at the end the error stream
-//! carries a JSON `metav1.Status` (exit code as the `ExitCode` cause of a
-//! `NonZeroExitCode` failure), then everything is half-closed.
+//! carries the outcome, then everything is half-closed. The versions differ only in two
+//! ways ([`Protocol`]): v3 added the `resize` stream, v4 made the outcome a JSON
+//! `metav1.Status` (exit code as the `ExitCode` cause of a `NonZeroExitCode` failure);
+//! v5 is v4 on SPDY.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,54 @@ pub struct ExecSpec {
     pub tty: bool,
 }
 
+/// What the negotiated remotecommand version offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocol {
+    /// A `resize` stream with a TTY (v3 on; over WebSocket always, as kubelet's).
+    pub resize: bool,
+    /// The error stream carries a JSON `metav1.Status` (v4 on); before, the error's text on
+    /// a failure and nothing on a success, so the exit code is lost (as with kubelet).
+    pub json_status: bool,
+}
+
+impl Protocol {
+    /// v4 and v5.
+    pub const CURRENT: Self = Self {
+        resize: true,
+        json_status: true,
+    };
+
+    /// The SPDY protocol `X-Stream-Protocol-Version` names (no header at all: v1, as kubelet
+    /// falls back to).
+    pub fn for_spdy(name: &str) -> Option<Self> {
+        let (resize, json_status) = match name {
+            "v5.channel.k8s.io" | "v4.channel.k8s.io" => (true, true),
+            "v3.channel.k8s.io" => (true, false),
+            "v2.channel.k8s.io" | "channel.k8s.io" | "" => (false, false),
+            _ => return None,
+        };
+        Some(Self {
+            resize,
+            json_status,
+        })
+    }
+
+    /// Writes the outcome on the error stream, as this version does.
+    pub(super) async fn write_status(&self, tx: &Sender, id: u32, status: &serde_json::Value) {
+        let text = if self.json_status {
+            status.to_string()
+        } else if status["status"] == "Success" {
+            String::new()
+        } else {
+            status["message"].as_str().unwrap_or("error").to_owned()
+        };
+        if !text.is_empty() {
+            let _ = tx.data(id, text.as_bytes()).await;
+        }
+        let _ = tx.fin(id).await;
+    }
+}
+
 /// The client's streams, by `streamType`.
 #[derive(Default)]
 pub(super) struct Channels {
@@ -55,17 +104,17 @@ pub(super) struct Channels {
 }
 
 impl Channels {
-    fn complete(&self, spec: &ExecSpec) -> bool {
+    fn complete(&self, spec: &ExecSpec, proto: Protocol) -> bool {
         self.error.is_some()
             && (!spec.stdin || self.stdin.is_some())
             && (!spec.stdout || self.stdout.is_some())
             && (!spec.stderr || self.stderr.is_some())
-            && (!spec.tty || self.resize.is_some())
+            && (!(spec.tty && proto.resize) || self.resize.is_some())
     }
 }
 
-pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>) {
-    let Some(mut ch) = accept_streams(&mut session, &spec).await else {
+pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>, proto: Protocol) {
+    let Some(mut ch) = accept_streams(&mut session, &spec, proto).await else {
         session.close(Duration::ZERO).await;
         return;
     };
@@ -75,8 +124,7 @@ pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>) {
     let (stdin, resize) = (ch.stdin.take(), ch.resize.take());
     let status = run(&spec, rt, stdin, resize, &ch, &tx).await;
     if let Some(error) = &ch.error {
-        let _ = tx.data(error.id, status.to_string().as_bytes()).await;
-        let _ = tx.fin(error.id).await;
+        proto.write_status(&tx, error.id, &status).await;
     }
     drop(tx);
     session.close(LINGER).await;
@@ -84,10 +132,14 @@ pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>) {
 
 /// Waits until the client has opened every stream the request implies.
 /// (Attach's streams are the same, its spec an [`ExecSpec`] without a command.)
-pub(super) async fn accept_streams(session: &mut Session, spec: &ExecSpec) -> Option<Channels> {
+pub(super) async fn accept_streams(
+    session: &mut Session,
+    spec: &ExecSpec,
+    proto: Protocol,
+) -> Option<Channels> {
     let mut ch = Channels::default();
     let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
-    while !ch.complete(spec) {
+    while !ch.complete(spec, proto) {
         let s = match tokio::time::timeout_at(deadline, session.incoming.recv()).await {
             Ok(Some(s)) => s,
             Ok(None) => return None,
@@ -243,13 +295,14 @@ async fn run(
 /// Copies a pipe to a stream (or drops it, when the client did not ask for that channel).
 async fn pump_out(pipe: Option<pipe::Receiver>, stream: Option<u32>, tx: Sender) {
     let Some(mut pipe) = pipe else { return };
-    let mut buf = vec![0u8; DATA_CHUNK];
     loop {
-        match pipe.read(&mut buf).await {
+        // A buffer per chunk, handed to the writer as it is (no copy).
+        let mut buf = Vec::with_capacity(DATA_CHUNK);
+        match pipe.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => {
+            Ok(_) => {
                 if let Some(id) = stream
-                    && !tx.data(id, &buf[..n]).await
+                    && !tx.data_vec(id, buf).await
                 {
                     return;
                 }
@@ -261,17 +314,17 @@ async fn pump_out(pipe: Option<pipe::Receiver>, stream: Option<u32>, tx: Sender)
 /// The resize stream's messages: JSON objects `{"Width":…,"Height":…}` (client-go's
 /// `TerminalSize`, one per resize, from a JSON encoder), possibly cut across frames.
 #[derive(Default)]
-struct Sizes {
+pub(super) struct Sizes {
     buf: Vec<u8>,
 }
 
 impl Sizes {
-    fn push(&mut self, data: &[u8]) {
+    pub(super) fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
     /// The latest complete size, if any; `Err` on a malformed or oversized message.
-    fn next_size(&mut self) -> Result<Option<(u16, u16)>, ()> {
+    pub(super) fn next_size(&mut self) -> Result<Option<(u16, u16)>, ()> {
         #[derive(serde::Deserialize)]
         struct Size {
             #[serde(rename = "Width")]

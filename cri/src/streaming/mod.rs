@@ -3,16 +3,18 @@
 //! there to a multiplexed SPDY/3.1 connection carrying the command's stdio.
 //!
 //! - `spdy`: frames, header compression, stream table (no I/O).
-//! - `session`: one SPDY connection over a socket.
-//! - `exec`: the remotecommand protocol (v4/v5) for Exec.
-//! - `attach`: Attach, on the same protocol (stdin relay, output followed from the log).
+//! - `session`: one SPDY connection over a socket; `flow`: its send windows.
+//! - `exec`: the remotecommand protocol (v1 to v5) for Exec.
+//! - `attach`: Attach, on the same protocol (through the container's monitor).
 //! - `portforward`: the portforward.k8s.io protocol for PortForward.
-//! - `websocket`: exec over WebSocket (v4/v5 binary channels), bridged to a session.
+//! - `websocket`: exec, attach and port forwarding over WebSocket channels, bridged to a
+//!   session.
 //! - `server`: listener, upgrade, tokens.
 
 mod attach;
 mod dictionary;
 mod exec;
+mod flow;
 mod portforward;
 mod server;
 mod session;
@@ -42,6 +44,9 @@ pub struct StreamingConfig {
     /// A connection with no data either way for this long is closed, and what it served
     /// (an exec'd command) ended; kubelet's `streamingConnectionIdleTimeout` is 4 h.
     pub idle_timeout_secs: u64,
+    /// Every session is ended this long after it started, however busy (0: never), so
+    /// a forgotten `kubectl port-forward` cannot hold a pod open for ever.
+    pub session_timeout_secs: u64,
 }
 
 impl Default for StreamingConfig {
@@ -51,6 +56,7 @@ impl Default for StreamingConfig {
             port: 0,
             token_ttl_secs: 60,
             idle_timeout_secs: 4 * 3600,
+            session_timeout_secs: 0,
         }
     }
 }
@@ -64,8 +70,13 @@ impl StreamingConfig {
         Duration::from_secs(self.token_ttl_secs)
     }
 
-    /// 0 is taken as 1 s: a session must have some time to start.
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs.max(1))
+    /// The idle timeout (0 is taken as 1 s: a session must have some time to start) and
+    /// the overall one.
+    pub fn timeouts(&self) -> session::Timeouts {
+        session::Timeouts {
+            idle: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            overall: (self.session_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.session_timeout_secs)),
+        }
     }
 }

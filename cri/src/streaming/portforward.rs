@@ -26,6 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PortForwardSpec {
     pub sandbox: SandboxId,
+    /// The request's ports: what a WebSocket client forwards when its URL names none.
+    pub ports: Vec<u16>,
 }
 
 /// The two streams of one forwarded connection, as they arrive.
@@ -35,12 +37,22 @@ struct Pair {
     data: Option<Incoming>,
 }
 
-pub async fn serve(mut session: Session, spec: PortForwardSpec, rt: Arc<Runtime>) {
+/// Serves the client's connections. Over SPDY (`expected` is `None`) the session lasts as
+/// long as the client keeps it, with as many connections as it opens; over WebSocket its
+/// channels are `expected` connections, one per port, and it ends when they have.
+pub async fn serve(
+    mut session: Session,
+    spec: PortForwardSpec,
+    rt: Arc<Runtime>,
+    expected: Option<usize>,
+) {
     let tx = session.sender();
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     let mut conns = JoinSet::new();
-    // The session lasts as long as the client keeps it (one session, many connections).
-    while let Some(s) = session.incoming.recv().await {
+    let mut started = 0;
+    while expected.is_none_or(|n| started < n)
+        && let Some(s) = session.incoming.recv().await
+    {
         let Some(request) = header(&s.headers, "requestid").map(str::to_owned) else {
             tracing::debug!("port-forward: a stream without requestID; ignored");
             continue;
@@ -61,9 +73,17 @@ pub async fn serve(mut session: Session, spec: PortForwardSpec, rt: Arc<Runtime>
             };
             let (tx, rt, sandbox) = (tx.clone(), rt.clone(), spec.sandbox.clone());
             conns.spawn(forward(error, data, sandbox, rt, tx));
+            started += 1;
         }
         // Connections that ended are reaped as we go.
         while conns.try_join_next().is_some() {}
+    }
+    if expected.is_some() {
+        // Every connection has started: they run to their end, or until the client leaves.
+        tokio::select! {
+            () = async { while conns.join_next().await.is_some() {} } => {}
+            () = tx.closed() => {}
+        }
     }
     conns.abort_all();
     drop(tx);
@@ -152,12 +172,12 @@ async fn splice(conn: TcpStream, mut data: Incoming, tx: &Sender) -> Result<(), 
         let _ = wr.shutdown().await;
     };
     let outbound = async move {
-        let mut buf = vec![0u8; DATA_CHUNK];
         loop {
-            match rd.read(&mut buf).await {
+            let mut buf = Vec::with_capacity(DATA_CHUNK);
+            match rd.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if !tx.data(id, &buf[..n]).await {
+                Ok(_) => {
+                    if !tx.data_vec(id, buf).await {
                         return;
                     }
                 }

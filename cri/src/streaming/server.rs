@@ -15,9 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::StreamingConfig;
 use super::attach;
-use super::exec::{self, ExecSpec};
+use super::exec::{self, ExecSpec, Protocol};
 use super::portforward::{self, PortForwardSpec};
-use super::session::Session;
+use super::session::{Session, Timeouts};
 use super::websocket;
 use tokio_tungstenite::WebSocketStream;
 
@@ -25,8 +25,14 @@ use tokio_tungstenite::WebSocketStream;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest upgrade request read (client-go's is well under 1 KiB).
 const MAX_REQUEST: usize = 16 * 1024;
-/// Exec protocols served, preferred first (kubelet's order; older ones not yet).
-const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// Exec protocols served, preferred first (kubelet's order).
+const EXEC_PROTOCOLS: &[&str] = &[
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
 /// Port-forward protocols served.
 const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 
@@ -42,7 +48,7 @@ pub enum Pending {
 pub struct StreamingServer {
     base_url: String,
     ttl: Duration,
-    idle: Duration,
+    timeouts: Timeouts,
     tokens: Mutex<HashMap<String, (Pending, Instant)>>,
     rt: Arc<Runtime>,
 }
@@ -55,7 +61,7 @@ impl StreamingServer {
         let server = Arc::new(Self {
             base_url: format!("http://{local}"),
             ttl: config.token_ttl(),
-            idle: config.idle_timeout(),
+            timeouts: config.timeouts(),
             tokens: Mutex::default(),
             rt,
         });
@@ -115,6 +121,8 @@ async fn accept_loop(listener: TcpListener, server: Arc<StreamingServer>) {
 struct UpgradeRequest {
     method: String,
     path: String,
+    /// The query string (after `?`), raw.
+    query: String,
     /// Header names lowercase; repeated headers kept in order.
     headers: Vec<(String, String)>,
 }
@@ -140,7 +148,8 @@ fn parse_request(head: &str) -> Option<UpgradeRequest> {
     if !first.next()?.starts_with("HTTP/1.") {
         return None;
     }
-    let path = target.split('?').next()?.to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_owned(), query.to_owned());
     let headers = lines
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -151,6 +160,7 @@ fn parse_request(head: &str) -> Option<UpgradeRequest> {
     Some(UpgradeRequest {
         method,
         path,
+        query,
         headers,
     })
 }
@@ -242,7 +252,12 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         Pending::PortForward(_) => PORT_FORWARD_PROTOCOLS,
     };
     let offered: Vec<&str> = req.values("x-stream-protocol-version").collect();
-    let Some(protocol) = supported.iter().find(|p| offered.contains(p)) else {
+    // A client that offers no version gets the first one (kubelet's fallback), unnamed.
+    let protocol = if offered.is_empty() {
+        ""
+    } else if let Some(p) = supported.iter().find(|p| offered.contains(p)) {
+        p
+    } else {
         let body = format!(
             "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, \
              server supports {supported:?}\n"
@@ -250,22 +265,31 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
         respond(&mut conn, "403 Forbidden", &body).await;
         return;
     };
+    let version_header = if protocol.is_empty() {
+        String::new()
+    } else {
+        format!("X-Stream-Protocol-Version: {protocol}\r\n")
+    };
     let upgrade = format!(
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
-         X-Stream-Protocol-Version: {protocol}\r\n\r\n"
+         {version_header}\r\n"
     );
     if conn.write_all(upgrade.as_bytes()).await.is_err() {
         return;
     }
-    let session = Session::start(conn, early, server.idle);
+    let session = Session::start(conn, early, server.timeouts);
+    // Every name in EXEC_PROTOCOLS (and "") is known to `for_spdy`.
+    let proto = Protocol::for_spdy(protocol).unwrap_or(Protocol::CURRENT);
     match pending {
-        Pending::Exec(spec) => exec::serve(session, spec, server.rt.clone()).await,
-        Pending::Attach(spec) => attach::serve(session, spec, server.rt.clone()).await,
-        Pending::PortForward(spec) => portforward::serve(session, spec, server.rt.clone()).await,
+        Pending::Exec(spec) => exec::serve(session, spec, server.rt.clone(), proto).await,
+        Pending::Attach(spec) => attach::serve(session, spec, server.rt.clone(), proto).await,
+        Pending::PortForward(spec) => {
+            portforward::serve(session, spec, server.rt.clone(), None).await;
+        }
     }
 }
 
-/// The WebSocket upgrade (RFC 6455 section 4.2.2), for Exec.
+/// The WebSocket upgrade (RFC 6455 section 4.2.2), for Exec, Attach and PortForward.
 async fn serve_websocket(
     mut conn: TcpStream,
     req: &UpgradeRequest,
@@ -273,31 +297,58 @@ async fn serve_websocket(
     pending: Pending,
     server: &StreamingServer,
 ) {
-    let (Pending::Exec(spec) | Pending::Attach(spec)) = pending.clone() else {
-        let body = "port forwarding over WebSocket is not supported yet; use SPDY/3.1\n";
-        respond(&mut conn, "400 Bad Request", body).await;
-        return;
-    };
     let Some(key) = req.values("sec-websocket-key").next() else {
         respond(&mut conn, "400 Bad Request", "no Sec-WebSocket-Key\n").await;
         return;
     };
+    // Port forwarding names its ports in the query (kubelet's `port`), else the request's.
+    let tunnel = req
+        .values("sec-websocket-protocol")
+        .any(|p| p == websocket::SPDY_TUNNEL_PORT_FORWARD);
+    let ports = match &pending {
+        // The tunnelled SPDY streams name their ports.
+        Pending::PortForward(_) if tunnel => Vec::new(),
+        Pending::PortForward(spec) => match query_ports(&req.query) {
+            Ok(p) if p.is_empty() && spec.ports.is_empty() => {
+                let body = "port forwarding over WebSocket needs the query parameter \"port\"\n";
+                respond(&mut conn, "400 Bad Request", body).await;
+                return;
+            }
+            Ok(p) if p.is_empty() => spec.ports.clone(),
+            Ok(p) => p,
+            Err(e) => {
+                respond(&mut conn, "400 Bad Request", &format!("{e}\n")).await;
+                return;
+            }
+        },
+        _ => Vec::new(),
+    };
+    let supported = match pending {
+        Pending::PortForward(_) => websocket::PORT_FORWARD_SUBPROTOCOLS,
+        _ => websocket::EXEC_SUBPROTOCOLS,
+    };
     let offered: Vec<&str> = req.values("sec-websocket-protocol").collect();
-    let Some(protocol) = websocket::EXEC_SUBPROTOCOLS
-        .iter()
-        .find(|p| offered.contains(p))
-    else {
+    // No subprotocol offered: binary channels, the oldest status format (kubelet's "").
+    let protocol = if offered.is_empty() {
+        ""
+    } else if let Some(p) = supported.iter().find(|p| offered.contains(p)) {
+        p
+    } else {
         let body = format!(
-            "unable to upgrade: client offers {offered:?}, server supports {:?}\n",
-            websocket::EXEC_SUBPROTOCOLS
+            "unable to upgrade: client offers {offered:?}, server supports {supported:?}\n"
         );
         respond(&mut conn, "403 Forbidden", &body).await;
         return;
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let protocol_header = if protocol.is_empty() {
+        String::new()
+    } else {
+        format!("Sec-WebSocket-Protocol: {protocol}\r\n")
+    };
     let upgrade = format!(
         "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n{protocol_header}\r\n"
     );
     if conn.write_all(upgrade.as_bytes()).await.is_err() {
         return;
@@ -305,12 +356,48 @@ async fn serve_websocket(
     let _ = conn.set_nodelay(true);
     let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
     let ws = WebSocketStream::from_partially_read(conn, early, role, None).await;
-    let v5 = *protocol == "v5.channel.k8s.io";
-    let session = websocket::session(ws, &spec, v5);
+    let framing = websocket::Framing::of(protocol);
+    let proto = websocket::exec_protocol(protocol);
+    let rt = server.rt.clone();
     match pending {
-        Pending::Attach(_) => attach::serve(session, spec, server.rt.clone()).await,
-        _ => exec::serve(session, spec, server.rt.clone()).await,
+        Pending::Exec(spec) => {
+            let session = websocket::exec_session(ws, &spec, framing, server.timeouts);
+            exec::serve(session, spec, rt, proto).await;
+        }
+        Pending::Attach(spec) => {
+            let session = websocket::exec_session(ws, &spec, framing, server.timeouts);
+            attach::serve(session, spec, rt, proto).await;
+        }
+        Pending::PortForward(spec) if protocol == websocket::SPDY_TUNNEL_PORT_FORWARD => {
+            let session = websocket::spdy_tunnel_session(ws, server.timeouts);
+            portforward::serve(session, spec, rt, None).await;
+        }
+        Pending::PortForward(spec) => {
+            let session = websocket::port_forward_session(ws, &ports, framing, server.timeouts);
+            portforward::serve(session, spec, rt, Some(ports.len())).await;
+        }
     }
+}
+
+/// The `port` query parameters (each may list several, comma-separated), as kubelet reads
+/// them; at most 127 (two channels each must fit the channel byte).
+fn query_ports(query: &str) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+        if k != "port" {
+            continue;
+        }
+        for p in v.split("%2C").flat_map(|p| p.split(',')) {
+            match p.parse::<u16>() {
+                Ok(n) if n > 0 => ports.push(n),
+                _ => return Err(format!("query parameter \"port\": {p:?} is not a TCP port")),
+            }
+        }
+    }
+    if ports.len() > 127 {
+        return Err("at most 127 ports per connection".to_owned());
+    }
+    Ok(ports)
 }
 
 #[cfg(test)]
@@ -332,6 +419,11 @@ mod tests {
             ["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"]
         );
         assert!(parse_request("GET /x\r\n").is_none());
+        assert_eq!(req.query, "x=1");
+        assert_eq!(query_ports("port=80&port=81,82&x=1"), Ok(vec![80, 81, 82]));
+        assert_eq!(query_ports(""), Ok(vec![]));
+        assert!(query_ports("port=0").is_err());
+        assert!(query_ports("port=http").is_err());
         assert!(parse_request("GET /x HTTP/1.1\r\nno colon").is_none());
     }
 

@@ -4,9 +4,10 @@
 //! group leaves it running), makes itself child subreaper *before* running
 //! `<runtime> create` (so `runc init`, and every orphan of the container, is reparented to
 //! it rather than to PID 1), reports "created" or the runtime's error on its stdout, then
-//! turns the container's stdout/stderr pipes into the CRI log file, reopens that file on
-//! SIGUSR1, and when the container's init exits records exit code, time and OOM kill in the
-//! run directory and exits.
+//! turns the container's stdout/stderr pipes into the CRI log file (and copies them to
+//! attached clients, `rootstock_runtime::attach`), reopens that file on SIGUSR1, and when
+//! the container's init exits records exit code, time and OOM kill in the run directory
+//! and exits.
 //!
 //! Single-threaded, std + libc/nix only, no async runtime: it must stay around 1 MiB RSS.
 
@@ -25,12 +26,13 @@ use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
+use rootstock_runtime::attach::{AttachFanout, FRAME_STDERR, FRAME_STDOUT};
 use rootstock_runtime::cgroup::CgroupLayout;
 use rootstock_runtime::cgroup_join::MONITORS_CGROUP;
 use rootstock_runtime::crilog::{self, CriLogFile, Stream};
 use rootstock_runtime::monitor::{
-    CONSOLE_SOCKET_FILE, EXIT_FILE, ExitRecord, INIT_PID_FILE, MonitorArgs, RUNTIME_LOG_FILE,
-    STDIN_SOCKET_FILE,
+    ATTACH_SOCKET_FILE, CONSOLE_SOCKET_FILE, EXIT_FILE, ExitRecord, INIT_PID_FILE, MonitorArgs,
+    RUNTIME_LOG_FILE, STDIN_SOCKET_FILE,
 };
 use rootstock_runtime::pod_helpers;
 use rootstock_runtime::stdin::StdinRelay;
@@ -141,8 +143,9 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
             }
             None => PollTimeout::NONE,
         };
-        let (sig_ready, out_ready, err_ready, stdin_ready) = {
+        let (sig_ready, out_ready, err_ready, stdin_ready, attach_ready) = {
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let attach_slots = container.attach.register(&mut fds);
             let stdin_slots = container
                 .stdin
                 .as_ref()
@@ -170,16 +173,28 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
                 ready(out_idx),
                 ready(err_idx),
                 stdin_slots.ready(&fds),
+                attach_slots.ready(&fds),
             )
         };
+        // Attach before stdin: a client connects here first and sends input only once
+        // taken in, so the output of its input always reaches it; its resize likewise
+        // precedes its input.
+        let terminal = if args.tty {
+            container.out.as_ref()
+        } else {
+            None
+        };
+        container.attach.service(&attach_ready, terminal);
         if let Some(relay) = container.stdin.as_mut() {
             relay.service(stdin_ready);
         }
         if out_ready {
-            pump(&mut container.out, Stream::Stdout, &mut log);
+            let out = (Stream::Stdout, FRAME_STDOUT);
+            pump(&mut container.out, out, &mut log, &mut container.attach);
         }
         if err_ready {
-            pump(&mut container.err, Stream::Stderr, &mut log);
+            let err = (Stream::Stderr, FRAME_STDERR);
+            pump(&mut container.err, err, &mut log, &mut container.attach);
         }
         if sig_ready {
             while let Ok(Some(info)) = sfd.read_signal() {
@@ -219,9 +234,12 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
         exited_at_unix_nanos: exited_at,
         oom_killed,
     };
-    record
+    let written = record
         .write(&args.run_dir)
-        .map_err(|e| format!("write {EXIT_FILE}: {e}"))
+        .map_err(|e| format!("write {EXIT_FILE}: {e}"));
+    // Attached clients get the output still queued for them, then EOF: the container is gone.
+    container.attach.finish(Duration::from_secs(1));
+    written
 }
 
 struct Container {
@@ -233,6 +251,8 @@ struct Container {
     exit: Option<(i32, Option<i32>, i64)>,
     /// The container's stdin, when it asked for one.
     stdin: Option<StdinRelay>,
+    /// Clients attached to its output.
+    attach: AttachFanout,
 }
 
 impl Container {
@@ -258,7 +278,12 @@ impl Container {
     }
 }
 
-fn pump(pipe: &mut Option<File>, stream: Stream, log: &mut CriLogFile) {
+fn pump(
+    pipe: &mut Option<File>,
+    (stream, frame): (Stream, u8),
+    log: &mut CriLogFile,
+    attach: &mut AttachFanout,
+) {
     let Some(p) = pipe.as_mut() else { return };
     let mut buf = [0u8; 32 * 1024];
     match p.read(&mut buf) {
@@ -270,6 +295,7 @@ fn pump(pipe: &mut Option<File>, stream: Stream, log: &mut CriLogFile) {
             if let Err(e) = log.write_records(&records) {
                 eprintln!("write container log: {e}");
             }
+            attach.broadcast(frame, &buf[..n]);
         }
         Err(e)
             if matches!(
@@ -321,6 +347,11 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
         None
     };
     let stdin = open_stdin(args)?;
+    // Bound before the container starts, so a client can attach from its first output.
+    let _ = fs::remove_file(ATTACH_SOCKET_FILE);
+    let attach = UnixListener::bind(ATTACH_SOCKET_FILE)
+        .and_then(AttachFanout::new)
+        .map_err(|e| format!("monitor: bind {ATTACH_SOCKET_FILE}: {e}"))?;
     let mut cmd = Command::new(&args.runtime);
     cmd.arg("--root")
         .arg(&args.runtime_root)
@@ -394,6 +425,7 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
         err,
         exit: None,
         stdin,
+        attach,
     };
     // `create` exited: its SIGCHLD is pending; nothing else of ours can have exited yet,
     // but reaping now keeps the loop's invariant simple.

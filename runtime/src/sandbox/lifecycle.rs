@@ -28,7 +28,11 @@ impl Runtime {
     /// namespace is gone with it; kubelet then recreates the pod).
     pub(super) fn sandbox_info(&self, rec: &SandboxRecord) -> SandboxInfo {
         let mut record = rec.clone();
-        if record.state == SandboxState::Ready && record.pod_init.is_some_and(|i| !i.is_alive()) {
+        // The exit watcher noted the pod init's end: no /proc read on this (status) path.
+        if record.state == SandboxState::Ready
+            && record.pod_init.is_some()
+            && lock(&self.pod_inits_gone).contains(&rec.id)
+        {
             record.state = SandboxState::NotReady;
         }
         SandboxInfo {
@@ -118,6 +122,9 @@ impl Runtime {
         self.persist_sandbox(&rec)?;
         undo.commit();
         let info = self.sandbox_info(&rec);
+        if let Some(init) = rec.pod_init {
+            self.watch_pod_init(&id, init);
+        }
         lock(&self.sandboxes).insert(id, rec);
         Ok(info)
     }
@@ -165,6 +172,7 @@ impl Runtime {
             self.remove_cgroup(&info.record.cgroup_parent)?;
         }
         lock(&self.sandboxes).remove(id);
+        lock(&self.pod_inits_gone).remove(id);
         Ok(())
     }
 
@@ -216,6 +224,9 @@ impl Runtime {
                     }
                     if migrated || stale {
                         self.persist_sandbox(&rec)?;
+                    }
+                    if let Some(init) = rec.pod_init.filter(|_| rec.state == SandboxState::Ready) {
+                        self.watch_pod_init(&id, init);
                     }
                     lock(&self.sandboxes).insert(id, rec);
                 }

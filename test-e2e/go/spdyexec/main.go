@@ -14,7 +14,12 @@
 //
 // With "expect=TEXT" (attach) it reads stdout until TEXT appears, then hangs up: detaching.
 //
-// Usage: spdyexec URL [stdin] [tty=WxH] [expect=TEXT] [portforward=PORT bytes=N conns=K].
+// With "proto=NAME" it offers only that remotecommand version; before v4 the error stream
+// carries the failure's text (nothing on success), which it prints, exiting 1; v1 and v2
+// have no resize stream.
+//
+// Usage: spdyexec URL [stdin] [tty=WxH] [expect=TEXT] [proto=NAME]
+// [portforward=PORT bytes=N conns=K].
 // Exit codes: the command's; 100 when the upgrade is refused
 // (the HTTP status line goes to stderr); 101 for any other failure.
 package main
@@ -72,6 +77,7 @@ func main() {
 	pf := ""
 	pfBytes, pfConns := 0, 1
 	expect := ""
+	protos := []string{"v5.channel.k8s.io", "v4.channel.k8s.io"}
 	for _, a := range os.Args[2:] {
 		if a == "stdin" {
 			withStdin = true
@@ -81,6 +87,8 @@ func main() {
 			pf = strings.TrimPrefix(a, "portforward=")
 		} else if strings.HasPrefix(a, "bytes=") {
 			pfBytes, _ = strconv.Atoi(strings.TrimPrefix(a, "bytes="))
+		} else if strings.HasPrefix(a, "proto=") {
+			protos = []string{strings.TrimPrefix(a, "proto=")}
 		} else if strings.HasPrefix(a, "expect=") {
 			expect = strings.TrimPrefix(a, "expect=")
 		} else if strings.HasPrefix(a, "conns=") {
@@ -93,7 +101,9 @@ func main() {
 		portForward(upgrade(os.Args[1], []string{"portforward.k8s.io"}), pf, pfBytes, pfConns)
 		return
 	}
-	conn := upgrade(os.Args[1], []string{"v5.channel.k8s.io", "v4.channel.k8s.io"})
+	conn := upgrade(os.Args[1], protos)
+	jsonStatus := protos[0] == "v5.channel.k8s.io" || protos[0] == "v4.channel.k8s.io"
+	resizable := jsonStatus || protos[0] == "v3.channel.k8s.io"
 	open := func(kind string) *spdystream.Stream {
 		h := http.Header{}
 		h.Set("streamType", kind)
@@ -120,10 +130,12 @@ func main() {
 		if _, err := fmt.Sscanf(tty, "%dx%d", &w, &h); err != nil {
 			fail("tty=%s: %v", tty, err)
 		}
-		resize := open("resize")
-		size := struct{ Width, Height uint16 }{w, h}
-		if err := json.NewEncoder(resize).Encode(&size); err != nil {
-			fail("resize: %v", err)
+		if resizable {
+			resize := open("resize")
+			size := struct{ Width, Height uint16 }{w, h}
+			if err := json.NewEncoder(resize).Encode(&size); err != nil {
+				fail("resize: %v", err)
+			}
 		}
 	}
 	if stdin != nil {
@@ -163,6 +175,13 @@ func main() {
 	}
 	wg.Wait()
 	conn.Close()
+	if !jsonStatus {
+		if len(msg) > 0 {
+			fmt.Fprintf(os.Stderr, "%s\n", msg)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(msg) == 0 {
 		fail("empty error stream")
 	}

@@ -76,9 +76,18 @@ pub fn with_modes(
 }
 
 pub async fn run_pod(rt: &mut Rt, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+    run_pod_on(rt, config, "").await
+}
+
+/// RunPodSandbox with a RuntimeClass `handler` (`""`: the default).
+pub async fn run_pod_on(
+    rt: &mut Rt,
+    config: PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
     rt.run_pod_sandbox(RunPodSandboxRequest {
         config: Some(config),
-        runtime_handler: String::new(),
+        runtime_handler: handler.to_owned(),
     })
     .await
     .map(|r| r.into_inner().pod_sandbox_id)
@@ -283,6 +292,15 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerC
         )]),
         ..rootstock_test_e2e::cri::container_config(name, image, command)
     }
+}
+
+/// Every container (ListContainers without a filter).
+pub async fn list_containers(rt: &mut Rt) -> Vec<Container> {
+    rt.list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap_or_else(|e| panic!("ListContainers: {e}"))
+        .into_inner()
+        .containers
 }
 
 /// CreateContainer in `pod`; returns the container's id.
