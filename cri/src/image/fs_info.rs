@@ -11,7 +11,7 @@ use super::ImageApi;
 use crate::error::CriError;
 
 impl ImageApi {
-    pub(super) fn fs_info(&self) -> Result<ImageFsInfoResponse, CriError> {
+    pub(super) fn handle_image_fs_info(&self) -> Result<ImageFsInfoResponse, CriError> {
         let usage = self.store.fs_usage();
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)

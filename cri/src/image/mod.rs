@@ -43,14 +43,14 @@ impl ImageService for ImageApi {
         &self,
         req: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        reply(self.list(req.into_inner()))
+        reply(self.handle_list_images(req.into_inner()))
     }
 
     async fn image_status(
         &self,
         req: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
-        reply(self.status(req.into_inner()))
+        reply(self.handle_image_status(req.into_inner()))
     }
 
     async fn pull_image(
@@ -58,21 +58,21 @@ impl ImageService for ImageApi {
         req: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
         let deadline = pull::grpc_timeout(req.metadata());
-        reply(self.pull(req.into_inner(), deadline).await)
+        reply(self.handle_pull_image(req.into_inner(), deadline).await)
     }
 
     async fn remove_image(
         &self,
         req: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        reply(self.remove(req.into_inner()).await)
+        reply(self.handle_remove_image(req.into_inner()).await)
     }
 
     async fn image_fs_info(
         &self,
         _req: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        reply(self.fs_info())
+        reply(self.handle_image_fs_info())
     }
 }
 

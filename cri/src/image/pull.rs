@@ -16,7 +16,7 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 impl ImageApi {
     /// `deadline`: the request's `grpc-timeout`. When it passes, the pull is dropped, which
     /// stops its download and cleans it up (see `ImageStore::pull`).
-    pub(super) async fn pull(
+    pub(super) async fn handle_pull_image(
         &self,
         req: PullImageRequest,
         deadline: Option<Duration>,

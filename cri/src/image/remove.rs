@@ -9,7 +9,7 @@ use crate::error::CriError;
 impl ImageApi {
     /// Any tag, digest or id removes the whole image with every name it has (critest
     /// `image.go`); an absent image is OK, since kubelet's image GC may race a removal.
-    pub(super) async fn remove(
+    pub(super) async fn handle_remove_image(
         &self,
         req: RemoveImageRequest,
     ) -> Result<RemoveImageResponse, CriError> {

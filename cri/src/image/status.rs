@@ -13,7 +13,10 @@ use crate::error::CriError;
 
 impl ImageApi {
     /// An absent image is an empty answer, not an error (CRI; kubelet pulls on `None`).
-    pub(super) fn status(&self, req: ImageStatusRequest) -> Result<ImageStatusResponse, CriError> {
+    pub(super) fn handle_image_status(
+        &self,
+        req: ImageStatusRequest,
+    ) -> Result<ImageStatusResponse, CriError> {
         let name = image_name(req.image.as_ref())?;
         let Some(image) = self.store.status(name)? else {
             return Ok(ImageStatusResponse::default());
@@ -36,7 +39,10 @@ impl ImageApi {
         })
     }
 
-    pub(super) fn list(&self, req: ListImagesRequest) -> Result<ListImagesResponse, CriError> {
+    pub(super) fn handle_list_images(
+        &self,
+        req: ListImagesRequest,
+    ) -> Result<ListImagesResponse, CriError> {
         let wanted = req.filter.and_then(|f| f.image).map(|s| s.image);
         let images = match wanted.as_deref().map(str::trim) {
             Some(name) if !name.is_empty() => self.store.status(name)?.into_iter().collect(),

@@ -26,7 +26,7 @@ use super::{RuntimeApi, blocking, validate};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn create(
+    pub(super) async fn handle_create_container(
         &self,
         req: CreateContainerRequest,
     ) -> Result<CreateContainerResponse, CriError> {

@@ -17,7 +17,7 @@ use crate::error::CriError;
 use crate::streaming::{ExecSpec, Pending, PortForwardSpec};
 
 impl RuntimeApi {
-    pub(super) async fn exec_sync_in(
+    pub(super) async fn handle_exec_sync(
         &self,
         req: ExecSyncRequest,
     ) -> Result<ExecSyncResponse, CriError> {
@@ -46,7 +46,7 @@ impl RuntimeApi {
         })
     }
 
-    pub(super) async fn exec_in(&self, req: CriExecRequest) -> Result<ExecResponse, CriError> {
+    pub(super) async fn handle_exec(&self, req: CriExecRequest) -> Result<ExecResponse, CriError> {
         if req.cmd.is_empty() {
             return Err(CriError::InvalidArgument(
                 "Exec: no command given".to_owned(),
@@ -98,7 +98,7 @@ impl RuntimeApi {
 
     /// PortForward: the URL serves any port of the pod (the streams name it, as kubelet's
     /// do; the request's port list is advisory).
-    pub(super) async fn port_forward_in(
+    pub(super) async fn handle_port_forward(
         &self,
         req: PortForwardRequest,
     ) -> Result<PortForwardResponse, CriError> {
@@ -125,7 +125,10 @@ impl RuntimeApi {
     }
 
     /// Attach: the container's own stdio (see `streaming::attach`).
-    pub(super) async fn attach_in(&self, req: AttachRequest) -> Result<AttachResponse, CriError> {
+    pub(super) async fn handle_attach(
+        &self,
+        req: AttachRequest,
+    ) -> Result<AttachResponse, CriError> {
         let stdio = (req.stdin, req.stdout, req.stderr, req.tty);
         let url = self
             .stdio_url(

@@ -6,7 +6,7 @@ use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn reopen_log(
+    pub(super) async fn handle_reopen_container_log(
         &self,
         req: ReopenContainerLogRequest,
     ) -> Result<ReopenContainerLogResponse, CriError> {

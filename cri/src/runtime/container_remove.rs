@@ -10,7 +10,7 @@ use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn remove(
+    pub(super) async fn handle_remove_container(
         &self,
         req: RemoveContainerRequest,
     ) -> Result<RemoveContainerResponse, CriError> {

@@ -6,7 +6,7 @@ use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn start(
+    pub(super) async fn handle_start_container(
         &self,
         req: StartContainerRequest,
     ) -> Result<StartContainerResponse, CriError> {

@@ -16,7 +16,7 @@ use super::{RuntimeApi, labels_match};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) fn status(
+    pub(super) fn handle_container_status(
         &self,
         req: ContainerStatusRequest,
     ) -> Result<ContainerStatusResponse, CriError> {
@@ -96,7 +96,7 @@ impl RuntimeApi {
         })
     }
 
-    pub(super) fn list(
+    pub(super) fn handle_list_containers(
         &self,
         req: ListContainersRequest,
     ) -> Result<ListContainersResponse, CriError> {

@@ -10,7 +10,7 @@ use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn stop(
+    pub(super) async fn handle_stop_container(
         &self,
         req: StopContainerRequest,
     ) -> Result<StopContainerResponse, CriError> {

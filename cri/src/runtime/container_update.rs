@@ -14,7 +14,7 @@ use super::{RuntimeApi, blocking, validate};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn update_resources(
+    pub(super) async fn handle_update_container_resources(
         &self,
         req: UpdateContainerResourcesRequest,
     ) -> Result<UpdateContainerResourcesResponse, CriError> {

@@ -12,7 +12,7 @@ use crate::error::CriError;
 const KUBELET_API_VERSION: &str = "0.1.0";
 
 impl RuntimeApi {
-    pub(super) fn version_info(&self, _req: VersionRequest) -> Result<VersionResponse, CriError> {
+    pub(super) fn handle_version(&self, _req: VersionRequest) -> Result<VersionResponse, CriError> {
         Ok(VersionResponse {
             version: KUBELET_API_VERSION.to_owned(),
             runtime_name: "rootstock".to_owned(),
@@ -21,7 +21,7 @@ impl RuntimeApi {
         })
     }
 
-    pub(super) async fn runtime_status(
+    pub(super) async fn handle_status(
         &self,
         req: StatusRequest,
     ) -> Result<StatusResponse, CriError> {
@@ -80,7 +80,7 @@ impl RuntimeApi {
     /// kubelet sends the node's pod CIDR on every node-status sync once `podCIDR` is set.
     /// The CNI configuration already carries the pod network, so the CIDR is only checked
     /// and recorded (logged when it changes), as containerd does without a conf template.
-    pub(super) fn update_config(
+    pub(super) fn handle_update_runtime_config(
         &self,
         req: UpdateRuntimeConfigRequest,
     ) -> Result<UpdateRuntimeConfigResponse, CriError> {
@@ -113,7 +113,7 @@ impl RuntimeApi {
         Ok(UpdateRuntimeConfigResponse {})
     }
 
-    pub(super) fn cgroup_config(&self) -> Result<RuntimeConfigResponse, CriError> {
+    pub(super) fn handle_runtime_config(&self) -> Result<RuntimeConfigResponse, CriError> {
         let cgroup_driver = match self.config.cgroup_driver {
             CgroupDriver::Cgroupfs => k8s_cri::v1::CgroupDriver::Cgroupfs,
             CgroupDriver::Systemd => k8s_cri::v1::CgroupDriver::Systemd,

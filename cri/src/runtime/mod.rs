@@ -143,28 +143,28 @@ impl RuntimeService for RuntimeApi {
         &self,
         req: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        reply(self.version_info(req.into_inner()))
+        reply(self.handle_version(req.into_inner()))
     }
 
     async fn status(
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        reply(self.runtime_status(req.into_inner()).await)
+        reply(self.handle_status(req.into_inner()).await)
     }
 
     async fn runtime_config(
         &self,
         _req: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
-        reply(self.cgroup_config())
+        reply(self.handle_runtime_config())
     }
 
     async fn update_runtime_config(
         &self,
         req: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
-        reply(self.update_config(req.into_inner()))
+        reply(self.handle_update_runtime_config(req.into_inner()))
     }
 
     async fn run_pod_sandbox(
@@ -173,7 +173,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let req = req.into_inner();
         reply(
-            self.detached(|api| async move { api.run_sandbox(req).await })
+            self.detached(|api| async move { api.handle_run_pod_sandbox(req).await })
                 .await,
         )
     }
@@ -184,7 +184,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let req = req.into_inner();
         reply(
-            self.detached(|api| async move { api.stop_sandbox(req).await })
+            self.detached(|api| async move { api.handle_stop_pod_sandbox(req).await })
                 .await,
         )
     }
@@ -195,7 +195,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let req = req.into_inner();
         reply(
-            self.detached(|api| async move { api.remove_sandbox(req).await })
+            self.detached(|api| async move { api.handle_remove_pod_sandbox(req).await })
                 .await,
         )
     }
@@ -205,7 +205,7 @@ impl RuntimeService for RuntimeApi {
         req: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         let req = req.into_inner();
-        reply(self.sandbox_status(req).await)
+        reply(self.handle_pod_sandbox_status(req).await)
     }
 
     async fn list_pod_sandbox(
@@ -213,7 +213,7 @@ impl RuntimeService for RuntimeApi {
         req: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
         let req = req.into_inner();
-        reply(self.list_sandboxes(req))
+        reply(self.handle_list_pod_sandbox(req))
     }
 
     async fn create_container(
@@ -222,7 +222,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<CreateContainerResponse>, Status> {
         let req = req.into_inner();
         reply(
-            self.detached(|api| async move { api.create(req).await })
+            self.detached(|api| async move { api.handle_create_container(req).await })
                 .await,
         )
     }
@@ -232,7 +232,7 @@ impl RuntimeService for RuntimeApi {
         req: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
         let req = req.into_inner();
-        reply(self.start(req).await)
+        reply(self.handle_start_container(req).await)
     }
 
     async fn stop_container(
@@ -241,7 +241,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<StopContainerResponse>, Status> {
         let req = req.into_inner();
         reply(
-            self.detached(|api| async move { api.stop(req).await })
+            self.detached(|api| async move { api.handle_stop_container(req).await })
                 .await,
         )
     }
@@ -252,7 +252,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<RemoveContainerResponse>, Status> {
         let req = req.into_inner();
         reply(
-            self.detached(|api| async move { api.remove(req).await })
+            self.detached(|api| async move { api.handle_remove_container(req).await })
                 .await,
         )
     }
@@ -262,7 +262,7 @@ impl RuntimeService for RuntimeApi {
         req: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         let req = req.into_inner();
-        reply(self.list(req))
+        reply(self.handle_list_containers(req))
     }
 
     async fn container_status(
@@ -270,14 +270,17 @@ impl RuntimeService for RuntimeApi {
         req: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
         let req = req.into_inner();
-        reply(self.status(req))
+        reply(self.handle_container_status(req))
     }
 
     async fn update_container_resources(
         &self,
         req: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-        reply(self.update_resources(req.into_inner()).await)
+        reply(
+            self.handle_update_container_resources(req.into_inner())
+                .await,
+        )
     }
 
     async fn reopen_container_log(
@@ -285,7 +288,7 @@ impl RuntimeService for RuntimeApi {
         req: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         let req = req.into_inner();
-        reply(self.reopen_log(req).await)
+        reply(self.handle_reopen_container_log(req).await)
     }
 
     async fn exec_sync(
@@ -293,25 +296,25 @@ impl RuntimeService for RuntimeApi {
         req: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
         let req = req.into_inner();
-        reply(self.exec_sync_in(req).await)
+        reply(self.handle_exec_sync(req).await)
     }
 
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        reply(self.exec_in(req.into_inner()).await)
+        reply(self.handle_exec(req.into_inner()).await)
     }
 
     async fn attach(
         &self,
         req: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
-        reply(self.attach_in(req.into_inner()).await)
+        reply(self.handle_attach(req.into_inner()).await)
     }
 
     async fn port_forward(
         &self,
         req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
-        reply(self.port_forward_in(req.into_inner()).await)
+        reply(self.handle_port_forward(req.into_inner()).await)
     }
 
     async fn container_stats(
@@ -320,7 +323,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         let api = self.clone();
         // Reads cgroup files: off the async workers.
-        reply(blocking(move || api.container_stats(req.into_inner())).await)
+        reply(blocking(move || api.handle_container_stats(req.into_inner())).await)
     }
 
     async fn list_container_stats(
@@ -329,7 +332,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let api = self.clone();
         // Reads cgroup files: off the async workers.
-        reply(blocking(move || api.list_container_stats(req.into_inner())).await)
+        reply(blocking(move || api.handle_list_container_stats(req.into_inner())).await)
     }
 
     async fn pod_sandbox_stats(
@@ -338,7 +341,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         let api = self.clone();
         // Reads cgroup files: off the async workers.
-        reply(blocking(move || api.pod_sandbox_stats(req.into_inner())).await)
+        reply(blocking(move || api.handle_pod_sandbox_stats(req.into_inner())).await)
     }
 
     async fn list_pod_sandbox_stats(
@@ -347,7 +350,7 @@ impl RuntimeService for RuntimeApi {
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         let api = self.clone();
         // Reads cgroup files: off the async workers.
-        reply(blocking(move || api.list_pod_sandbox_stats(req.into_inner())).await)
+        reply(blocking(move || api.handle_list_pod_sandbox_stats(req.into_inner())).await)
     }
 
     async fn checkpoint_container(

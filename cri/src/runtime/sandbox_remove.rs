@@ -9,7 +9,7 @@ use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn remove_sandbox(
+    pub(super) async fn handle_remove_pod_sandbox(
         &self,
         req: RemovePodSandboxRequest,
     ) -> Result<RemovePodSandboxResponse, CriError> {

@@ -14,7 +14,7 @@ use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn run_sandbox(
+    pub(super) async fn handle_run_pod_sandbox(
         &self,
         req: RunPodSandboxRequest,
     ) -> Result<RunPodSandboxResponse, CriError> {

@@ -15,7 +15,7 @@ use super::{RuntimeApi, labels_match};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn sandbox_status(
+    pub(super) async fn handle_pod_sandbox_status(
         &self,
         req: PodSandboxStatusRequest,
     ) -> Result<PodSandboxStatusResponse, CriError> {
@@ -98,7 +98,7 @@ impl RuntimeApi {
         Ok(ips)
     }
 
-    pub(super) fn list_sandboxes(
+    pub(super) fn handle_list_pod_sandbox(
         &self,
         req: ListPodSandboxRequest,
     ) -> Result<ListPodSandboxResponse, CriError> {

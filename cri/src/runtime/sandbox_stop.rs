@@ -10,7 +10,7 @@ use super::{RuntimeApi, blocking};
 use crate::error::CriError;
 
 impl RuntimeApi {
-    pub(super) async fn stop_sandbox(
+    pub(super) async fn handle_stop_pod_sandbox(
         &self,
         req: StopPodSandboxRequest,
     ) -> Result<StopPodSandboxResponse, CriError> {

@@ -129,7 +129,7 @@ impl RuntimeApi {
             .filter(|c| matches!(c.record.state, ContainerState::Running))
     }
 
-    pub(super) fn container_stats(
+    pub(super) fn handle_container_stats(
         &self,
         req: ContainerStatsRequest,
     ) -> Result<ContainerStatsResponse, CriError> {
@@ -140,7 +140,7 @@ impl RuntimeApi {
         })
     }
 
-    pub(super) fn list_container_stats(
+    pub(super) fn handle_list_container_stats(
         &self,
         req: ListContainerStatsRequest,
     ) -> Result<ListContainerStatsResponse, CriError> {
@@ -202,7 +202,7 @@ impl RuntimeApi {
         })
     }
 
-    pub(super) fn pod_sandbox_stats(
+    pub(super) fn handle_pod_sandbox_stats(
         &self,
         req: PodSandboxStatsRequest,
     ) -> Result<PodSandboxStatsResponse, CriError> {
@@ -213,7 +213,7 @@ impl RuntimeApi {
         })
     }
 
-    pub(super) fn list_pod_sandbox_stats(
+    pub(super) fn handle_list_pod_sandbox_stats(
         &self,
         req: ListPodSandboxStatsRequest,
     ) -> Result<ListPodSandboxStatsResponse, CriError> {

@@ -17,6 +17,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 pub mod install;
+pub mod streaming;
 
 pub type Rt = RuntimeServiceClient<Channel>;
 
