@@ -532,11 +532,6 @@ impl ImageStore {
         &self.inner.root
     }
 
-    /// The blob store (manifests, configs, and layer blobs while they are kept).
-    pub fn blobs(&self) -> &BlobStore {
-        &self.inner.blobs
-    }
-
     /// The metadata database (for the tree cache and tooling).
     pub fn metadata(&self) -> &Metadata {
         &self.inner.meta
