@@ -19,6 +19,8 @@ use rootstock_runtime::oci::ExecRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 
+use crate::blocking::blocking;
+
 use super::session::{DATA_CHUNK, Incoming, Sender, Session};
 use super::spdy::header;
 
@@ -188,7 +190,7 @@ async fn run(
         sizes.push(&data);
     }
     let initial = sizes.next_size().ok().flatten();
-    let spawned = tokio::task::spawn_blocking(move || {
+    let spawned = blocking(move || {
         if tty {
             rt.exec_spawn_tty(&id, &req, initial)
                 .map(|(c, m)| (c, Some(m)))
@@ -198,9 +200,8 @@ async fn run(
     })
     .await;
     let (mut child, master) = match spawned {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return failure(&format!("exec in {}: {e}", spec.container)),
-        Err(e) => return failure(&format!("exec task failed: {e}")),
+        Ok(c) => c,
+        Err(e) => return failure(&format!("exec in {}: {e}", spec.container)),
     };
     let (out, err, input, resize) = match master {
         // One pty: output (stdout and stderr merged, as a terminal does), input, and the
@@ -254,7 +255,8 @@ async fn run(
     // The client going away (its stdout stream's sender fails) cancels the command.
     let cancel = Arc::new(AtomicBool::new(false));
     let cancel2 = cancel.clone();
-    let mut waiter = tokio::task::spawn_blocking(move || child.wait(&cancel2));
+    let waiter = blocking(move || child.wait(&cancel2));
+    tokio::pin!(waiter);
     let exited = loop {
         tokio::select! {
             res = &mut waiter => break res,
@@ -284,11 +286,10 @@ async fn run(
         let _ = tx.fin(s.id).await;
     }
     match exited {
-        Ok(Ok(Some(0))) => success(),
-        Ok(Ok(Some(code))) => exit_status(code),
-        Ok(Ok(None)) => failure("the client went away; the command was killed"),
-        Ok(Err(e)) => failure(&format!("exec: {e}")),
-        Err(e) => failure(&format!("exec wait task failed: {e}")),
+        Ok(Some(0)) => success(),
+        Ok(Some(code)) => exit_status(code),
+        Ok(None) => failure("the client went away; the command was killed"),
+        Err(e) => failure(&format!("exec: {e}")),
     }
 }
 
