@@ -160,7 +160,9 @@ impl ResultCache {
     }
 
     /// The container ids that have an entry (for DEL of sandboxes whose teardown a crash
-    /// interrupted). Unreadable entries are skipped with a warning.
+    /// interrupted). Unreadable entries are skipped with a warning. Called at start-up, before
+    /// any ADD: a `write_atomic` temp file (`.<name>.tmp`) is then a crash's leftover that
+    /// nothing would ever overwrite (its sandbox id is not reused), so it is removed.
     pub(crate) fn container_ids(&self) -> Result<Vec<String>> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -171,6 +173,15 @@ impl ResultCache {
         for e in entries {
             let e = e.map_err(Self::cache_err(&self.dir))?;
             let path = e.path();
+            if e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+            {
+                if let Err(err) = std::fs::remove_file(&path) {
+                    tracing::warn!(%err, path = %path.display(), "removing a CNI cache temp file");
+                }
+                continue;
+            }
             if e.file_name()
                 .to_str()
                 .is_none_or(|n| n.starts_with('.') || !n.ends_with(".json"))
@@ -213,7 +224,11 @@ mod tests {
         let (p, got) = c.find("abc", "eth0").unwrap().unwrap();
         assert_eq!(got, e);
         assert!(c.find("bc", "eth0").unwrap().is_none());
+        // A temp file left by a crash in the middle of a store is swept at start-up.
+        let leftover = d.path().join("cache").join(".net-def-eth0.json.tmp");
+        std::fs::write(&leftover, b"{").unwrap();
         assert_eq!(c.container_ids().unwrap(), vec!["abc".to_string()]);
+        assert!(!leftover.exists(), "the crash's temp file is left behind");
         c.remove(&p).unwrap();
         c.remove(&p).unwrap();
         assert!(c.find("abc", "eth0").unwrap().is_none());
