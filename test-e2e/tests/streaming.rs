@@ -22,16 +22,17 @@ async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_s
     spdyexec();
     let registry = Registry::start().await;
     // Short-lived URLs, so that expiry is seen (every other URL here is used at once).
-    let (daemon, image) = daemon_with_busybox(&registry, "[streaming]\ntoken_ttl_secs = 2").await;
-    loopback_network(&daemon).await;
-    let mut rt = daemon.runtime().await;
-    let pod = pod_config("streaming", NamespaceMode::Container);
-    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    let id = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container_config("c", &image, &["sleep", "3600"]),
+    let SleeperPod {
+        daemon,
+        mut rt,
+        pod_id,
+        id,
+        ..
+    } = sleeper_pod(
+        &registry,
+        "[streaming]\ntoken_ttl_secs = 2",
+        "streaming",
+        NamespaceMode::Container,
     )
     .await;
 
@@ -197,18 +198,13 @@ async fn exec_over_spdy_separates_streams_returns_the_exit_code_and_tokens_are_s
 async fn exec_with_a_tty_takes_the_window_size_and_echoes_an_interactive_shell() {
     spdyexec();
     let registry = Registry::start().await;
-    let (daemon, image) = daemon_with_busybox(&registry, "").await;
-    loopback_network(&daemon).await;
-    let mut rt = daemon.runtime().await;
-    let pod = pod_config("streaming-tty", NamespaceMode::Container);
-    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    let id = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container_config("c", &image, &["sleep", "3600"]),
-    )
-    .await;
+    let SleeperPod {
+        daemon: _daemon,
+        mut rt,
+        pod_id,
+        id,
+        ..
+    } = sleeper_pod(&registry, "", "streaming-tty", NamespaceMode::Container).await;
     let tty_request = |cmd: &[&str], stdin: bool| ExecRequest {
         tty: true,
         stderr: false,
@@ -275,18 +271,13 @@ async fn idle_and_overlong_sessions_are_closed_and_their_commands_killed() {
     spdyexec();
     let registry = Registry::start().await;
     let config = "[streaming]\nidle_timeout_secs = 2\nsession_timeout_secs = 5";
-    let (daemon, image) = daemon_with_busybox(&registry, config).await;
-    loopback_network(&daemon).await;
-    let mut rt = daemon.runtime().await;
-    let pod = pod_config("streaming-idle", NamespaceMode::Pod);
-    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    let id = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container_config("c", &image, &["sleep", "3600"]),
-    )
-    .await;
+    let SleeperPod {
+        daemon: _daemon,
+        mut rt,
+        pod_id,
+        id,
+        ..
+    } = sleeper_pod(&registry, config, "streaming-idle", NamespaceMode::Pod).await;
     // Silent for longer than the idle timeout: the session ends before the command would.
     let url = exec_url(&mut rt, &id, &["sh", "-c", "sleep 20; echo late"], false).await;
     let out = tokio::task::spawn_blocking(move || spdy_exec(&url, None))
@@ -354,18 +345,13 @@ fn ws_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_over_websocket_v4_v5_and_base64() {
     let registry = Registry::start().await;
-    let (daemon, image) = daemon_with_busybox(&registry, "").await;
-    loopback_network(&daemon).await;
-    let mut rt = daemon.runtime().await;
-    let pod = pod_config("streaming-ws", NamespaceMode::Container);
-    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    let id = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container_config("c", &image, &["sleep", "3600"]),
-    )
-    .await;
+    let SleeperPod {
+        daemon,
+        mut rt,
+        pod_id,
+        id,
+        ..
+    } = sleeper_pod(&registry, "", "streaming-ws", NamespaceMode::Container).await;
     let script = "echo out; echo err >&2; exit 3";
     for protocol in [
         "v4.channel.k8s.io",
@@ -573,18 +559,13 @@ async fn attach_with_and_without_a_log_and_a_terminal_echoes_input_and_detaching
 async fn exec_over_the_older_remotecommand_versions_v1_to_v3() {
     spdyexec();
     let registry = Registry::start().await;
-    let (daemon, image) = daemon_with_busybox(&registry, "").await;
-    loopback_network(&daemon).await;
-    let mut rt = daemon.runtime().await;
-    let pod = pod_config("streaming-old", NamespaceMode::Container);
-    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
-    let id = start_container(
-        &mut rt,
-        &pod_id,
-        &pod,
-        container_config("c", &image, &["sleep", "3600"]),
-    )
-    .await;
+    let SleeperPod {
+        daemon: _daemon,
+        mut rt,
+        pod_id,
+        id,
+        ..
+    } = sleeper_pod(&registry, "", "streaming-old", NamespaceMode::Container).await;
     for proto in ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"] {
         // Before v4 the error stream carries the failure's text: no exit code, as kubelet.
         let url = exec_url(

@@ -116,3 +116,40 @@ pub fn http_status(url: &str) -> String {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// A daemon with busybox and a loopback network, and one pod running `sleep 3600` in
+/// container `c`: what most streaming tests start from.
+pub struct SleeperPod {
+    pub daemon: Daemon,
+    pub rt: Rt,
+    pub image: String,
+    pub pod_id: String,
+    pub id: String,
+}
+
+pub async fn sleeper_pod(
+    registry: &rootstock_test_e2e::registry::Registry,
+    daemon_config: &str,
+    pod_name: &str,
+    pid: NamespaceMode,
+) -> SleeperPod {
+    let (daemon, image) = daemon_with_busybox(registry, daemon_config).await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let pod = pod_config(pod_name, pid);
+    let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+    let id = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("c", &image, &["sleep", "3600"]),
+    )
+    .await;
+    SleeperPod {
+        daemon,
+        rt,
+        image,
+        pod_id,
+        id,
+    }
+}
