@@ -249,14 +249,15 @@ fn unknown_handler_is_a_clear_error() {
 
 #[test]
 fn reload_sees_running_and_exited_containers() {
-    let env = Env::new();
+    let mut env = Env::new();
     let running = env.run("running", "runc", &["sleep", "1000"]);
     let exited = env.run("exited", "crun", &["sh", "-c", "exit 5"]);
     env.wait_exited(&exited.record.id, Duration::from_secs(10));
     let late = env.run("late", "runc", &["sh", "-c", "sleep 0.5; exit 6"]);
 
     // A "restarted daemon": a new Runtime over the same directories.
-    let (rt2, report) = Runtime::open(common::options(env.dir.path())).unwrap();
+    let report = env.restart();
+    let rt2 = &env.rt;
     assert_eq!(report.loaded.len(), 3, "{report:?}");
     assert!(report.cleaned_up.is_empty());
     let r = rt2.container(&running.record.id).unwrap();
@@ -264,7 +265,7 @@ fn reload_sees_running_and_exited_containers() {
     assert_eq!(r.record.client_data["name"], "running");
     assert_eq!(exit_code(&rt2.container(&exited.record.id).unwrap()), 5);
     // Exits while "the daemon was down" are picked up from the monitor's exit file.
-    let l = common::wait_exited(&rt2, &late.record.id, Duration::from_secs(10));
+    let l = common::wait_exited(rt2, &late.record.id, Duration::from_secs(10));
     assert_eq!(exit_code(&l), 6);
     // `sleep` as PID 1 has no SIGTERM handler, so the kernel ignores SIGTERM: SIGKILL follows.
     rt2.stop_container(
@@ -277,7 +278,6 @@ fn reload_sees_running_and_exited_containers() {
     for c in rt2.list_containers() {
         rt2.remove_container(&c.record.id).unwrap();
     }
-    // The first Runtime still has them in memory; its removal in Drop is idempotent.
 }
 
 #[test]
@@ -337,7 +337,7 @@ fn helper_start_container_and_hang() {
 #[test]
 fn monitor_survives_the_death_of_its_starter() {
     use std::io::BufRead;
-    let env = Env::new();
+    let mut env = Env::new();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -362,11 +362,12 @@ fn monitor_survives_the_death_of_its_starter() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (rt2, _) = Runtime::open(common::options(env.dir.path())).unwrap();
+    env.restart();
+    let rt2 = &env.rt;
     let info = rt2.container(&id).unwrap();
     let monitor = info.record.monitor.unwrap();
     assert!(monitor.is_alive(), "monitor died with its starter");
-    let done = common::wait_exited(&rt2, &id, Duration::from_secs(10));
+    let done = common::wait_exited(rt2, &id, Duration::from_secs(10));
     assert_eq!(exit_code(&done), 7);
     let log = std::fs::read_to_string(env.dir.path().join("logs/orphan.log")).unwrap();
     assert!(log.contains("stdout F after"), "{log}");

@@ -77,6 +77,17 @@ pub fn busybox_tree(root: &Path) {
 }
 
 impl Env {
+    /// A daemon restart: this runtime goes first (its exit watcher with it), then a new one
+    /// opens the same directories. Two live runtimes over one state dir would both persist
+    /// the exits they see, racing on one temp file; the daemon's instance lock rules that out.
+    pub fn restart(&mut self) -> rootstock_runtime::recovery::RecoveryReport {
+        let (idle, _) = Runtime::open(options(&self.dir.path().join("restarting"))).unwrap();
+        drop(std::mem::replace(&mut self.rt, idle));
+        let (rt, report) = Runtime::open(options(self.dir.path())).unwrap();
+        self.rt = rt;
+        report
+    }
+
     pub fn new() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("rootstock-rt-")
