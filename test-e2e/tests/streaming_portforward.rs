@@ -14,6 +14,19 @@ use k8s_cri::v1::*;
 use rootstock_test_e2e::registry::Registry;
 use tonic::Code;
 
+fn assert_echoed_10mib_on_2_connections(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "forwarded 10485760 bytes each way on 2 connections\n"
+    );
+}
+
 async fn forward_echo(rt: &mut Rt, pod: &str, port: u16, bytes: usize, conns: usize) -> Output {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -111,16 +124,7 @@ async fn port_forward_over_spdy_and_websocket_reaches_the_pod_network_and_the_ho
     let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
     start_container(&mut rt, &pod_id, &pod, echo(8080)).await;
     let out = forward_echo(&mut rt, &pod_id, 8080, 10 << 20, 2).await;
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert_eq!(
-        text(&out.stdout),
-        "forwarded 10485760 bytes each way on 2 connections\n"
-    );
+    assert_echoed_10mib_on_2_connections(&out);
     // Nothing listens on 8081: the error stream says so and the client reports it.
     let out = forward_echo(&mut rt, &pod_id, 8081, 10, 1).await;
     assert_eq!(out.status.code(), Some(102), "{}", text(&out.stderr));
@@ -195,16 +199,7 @@ async fn port_forward_over_spdy_and_websocket_reaches_the_pod_network_and_the_ho
     let host_pod_id = run_pod(&mut rt, host_pod.clone()).await.unwrap();
     start_container(&mut rt, &host_pod_id, &host_pod, echo(port)).await;
     let out = forward_echo(&mut rt, &host_pod_id, port, 10 << 20, 2).await;
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert_eq!(
-        text(&out.stdout),
-        "forwarded 10485760 bytes each way on 2 connections\n"
-    );
+    assert_echoed_10mib_on_2_connections(&out);
 
     let err = rt
         .port_forward(PortForwardRequest {
