@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::exec::{exit_code, kill_exec, read_pid};
+use crate::exec::{exit_code, kill_exec, read_pid, unique_suffix};
 use crate::id::ContainerId;
 use crate::oci::{ExecRequest, OciRuntime};
 
@@ -20,6 +20,8 @@ use crate::oci::{ExecRequest, OciRuntime};
 pub struct ExecChild {
     child: Child,
     pid_file: PathBuf,
+    /// The `--process` file of a TTY exec, removed with the pid file.
+    process_file: Option<PathBuf>,
     done: bool,
 }
 
@@ -92,13 +94,16 @@ impl Drop for ExecChild {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_file(&self.pid_file);
+        if let Some(p) = &self.process_file {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
 /// What an exec's stdio is.
 enum ExecStdio {
-    /// A terminal's slave as stdin, stdout and stderr.
-    Terminal([OwnedFd; 3]),
+    /// A terminal's slave as stdin, stdout and stderr; the initial (width, height).
+    Terminal([OwnedFd; 3], Option<(u16, u16)>),
     /// Pipes for stdout and stderr; stdin as given.
     Pipes { stdin: Stdio },
 }
@@ -117,9 +122,9 @@ impl OciRuntime {
         size: Option<(u16, u16)>,
         scratch_dir: &Path,
     ) -> Result<(ExecChild, File)> {
-        // The initial (width, height) is set before the runtime starts: it copies it to the
-        // container's pty right after starting the command (runc's `forward`), with no
-        // SIGWINCH to miss. A command that reads the size at once may still see 0x0.
+        // The initial (width, height) goes to the runtime as the process's `consoleSize`
+        // (its init sizes the container's pty before starting the command), and is set on
+        // ours too: the runtime copies ours over on every SIGWINCH.
         let ws = size.map(|(w, h)| nix::pty::Winsize {
             ws_row: h,
             ws_col: w,
@@ -150,7 +155,7 @@ impl OciRuntime {
                 .map_err(|e| Error::io("duplicate the pty of an exec in", scratch_dir, e))
         };
         let stdio = [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave];
-        let child = self.exec_spawn_with(id, req, ExecStdio::Terminal(stdio), scratch_dir)?;
+        let child = self.exec_spawn_with(id, req, ExecStdio::Terminal(stdio, size), scratch_dir)?;
         Ok((child, File::from(pty.master)))
     }
 
@@ -175,28 +180,102 @@ impl OciRuntime {
         scratch_dir: &Path,
     ) -> Result<ExecChild> {
         let (mut cmd, pid_file) = self.exec_command(req, scratch_dir)?;
+        let mut process_file = None;
         match stdio {
-            ExecStdio::Terminal([i, o, e]) => {
-                cmd.arg("--tty").stdin(i).stdout(o).stderr(e);
+            ExecStdio::Terminal([i, o, e], size) => {
+                // The whole process from a file, as `exec` would make it from the flags
+                // (which `--process` replaces: `exec_command`'s are not used).
+                let path = scratch_dir.join(format!("exec-{}.process.json", unique_suffix()));
+                let process = tty_process(id, req, size, scratch_dir)?;
+                std::fs::write(&path, process)
+                    .map_err(|e| Error::io("write the exec process of", &path, e))?;
+                cmd = self.command();
+                cmd.arg("exec").arg("--pid-file").arg(&pid_file);
+                cmd.arg("--process").arg(&path).arg(id.as_str());
+                cmd.stdin(i).stdout(o).stderr(e);
+                process_file = Some(path);
             }
             ExecStdio::Pipes { stdin } => {
                 cmd.stdin(stdin)
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
+                cmd.arg(id.as_str()).args(&req.args);
             }
         }
         use std::os::unix::process::CommandExt;
-        cmd.arg(id.as_str()).args(&req.args).process_group(0);
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
+        cmd.process_group(0);
+        let spawned = cmd.spawn().map_err(|source| Error::Spawn {
             program: self.binary().to_owned(),
             source,
-        })?;
+        });
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(p) = &process_file {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
         Ok(ExecChild {
             child,
             pid_file,
+            process_file,
             done: false,
         })
     }
+}
+
+/// The process of a TTY exec for `<runtime> exec --process`: the container's own (its
+/// bundle's `config.json`, which `exec` without `--process` starts from too) with the
+/// request's arguments, its environment appended and its working directory, a terminal,
+/// and `consoleSize` when the size is known. The size is why: the runtime's init sets it
+/// on the container's pty before it starts the command, so a command that reads it at
+/// once (`stty size`) sees it, which no SIGWINCH after the start can promise.
+fn tty_process(
+    id: &ContainerId,
+    req: &ExecRequest,
+    size: Option<(u16, u16)>,
+    bundle: &Path,
+) -> Result<Vec<u8>> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let bad = |message: String| Error::Runtime {
+        id: id.to_string(),
+        runtime: path.display().to_string(),
+        action: "exec --tty",
+        message,
+    };
+    let spec: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("config.json: {e}")))?;
+    let mut process = match spec.get("process") {
+        Some(p @ serde_json::Value::Object(_)) => p.clone(),
+        _ => return Err(bad("config.json has no process".to_owned())),
+    };
+    process["args"] = serde_json::json!(req.args);
+    process["terminal"] = serde_json::Value::Bool(true);
+    if !req.env.is_empty() {
+        let mut env = match process.get("env") {
+            Some(serde_json::Value::Array(e)) => e.clone(),
+            _ => Vec::new(),
+        };
+        env.extend(req.env.iter().map(|e| serde_json::json!(e)));
+        process["env"] = serde_json::Value::Array(env);
+    }
+    if let Some(cwd) = &req.cwd {
+        process["cwd"] = serde_json::json!(cwd);
+    }
+    match size {
+        Some((width, height)) if width > 0 && height > 0 => {
+            process["consoleSize"] = serde_json::json!({"width": width, "height": height});
+        }
+        _ => {
+            if let Some(p) = process.as_object_mut() {
+                p.remove("consoleSize");
+            }
+        }
+    }
+    serde_json::to_vec(&process).map_err(|e| bad(format!("process.json: {e}")))
 }
 
 /// Sets a terminal's window size (the pty master's: the command sees it on its side, with

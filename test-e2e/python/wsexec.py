@@ -7,14 +7,22 @@ Every message is one channel's data, first byte the channel: 0 stdin, 1 stdout, 
 3 error (a JSON metav1.Status), 4 resize; v5's [255, channel] closes a channel. With a
 base64 subprotocol messages are text: the channel as a digit, then the data in base64.
 
-Usage: wsexec.py URL PROTOCOL [stdin] [stall=SECS]: stdin (with "stdin") is sent, then
-closed (v5); with stall=SECS nothing is read for SECS seconds first (a slow client).
-Exit codes: the command's; 100 when the upgrade is refused; 101 on any other failure.
+Usage: wsexec.py URL PROTOCOL [stdin] [stall=SECS] [cafile=PEM] [pin=SHA256]: stdin (with
+"stdin") is sent, then closed (v5); with stall=SECS nothing is read for SECS seconds first
+(a slow client). An https:// URL is served over TLS (wss://), verified by Python's `ssl`
+against the system's CAs, or the CA in cafile=PEM; with pin=SHA256 (hex of the DER) the
+server's certificate is fetched, must have that fingerprint, and is then the only trusted
+one (the host name is still checked against it).
+Exit codes: the command's; 100 when the upgrade is refused; 101 on any other failure;
+102 when the certificate is not the pinned one.
 """
 import asyncio
 import base64
+import hashlib
 import json
+import ssl
 import sys
+import urllib.parse
 
 import websockets
 
@@ -35,10 +43,25 @@ def decode(protocol, msg):
     return msg[0], msg[1:]
 
 
-async def run(url, protocol, send_stdin, stall):
-    url = url.replace("http://", "ws://", 1)
+def tls_context(url, cafile, pin):
+    """The client's TLS settings for url, or None for plain WebSocket."""
+    if not url.startswith("https://"):
+        return None
+    if pin:
+        u = urllib.parse.urlsplit(url)
+        pem = ssl.get_server_certificate((u.hostname, u.port))
+        served = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+        if served != pin.lower():
+            print(f"wsexec: served certificate {served}, pinned {pin}", file=sys.stderr)
+            sys.exit(102)
+        return ssl.create_default_context(cadata=pem)
+    return ssl.create_default_context(cafile=cafile)
+
+
+async def run(url, protocol, send_stdin, stall, tls):
+    url = url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     try:
-        ws = await websockets.connect(url, subprotocols=[protocol], max_size=None)
+        ws = await websockets.connect(url, subprotocols=[protocol], max_size=None, ssl=tls)
     except websockets.exceptions.InvalidStatusCode as e:
         print(f"upgrade refused: {e.status_code}", file=sys.stderr)
         return 100
@@ -80,6 +103,16 @@ async def run(url, protocol, send_stdin, stall):
     return 101
 
 
+def option(name, default=None):
+    return next((a[len(name) + 1:] for a in sys.argv[3:] if a.startswith(name + "=")), default)
+
+
 if __name__ == "__main__":
-    stall = next((float(a[6:]) for a in sys.argv[3:] if a.startswith("stall=")), 0)
-    sys.exit(asyncio.run(run(sys.argv[1], sys.argv[2], "stdin" in sys.argv[3:], stall)))
+    stall = float(option("stall", 0))
+    try:
+        tls = tls_context(sys.argv[1], option("cafile"), option("pin"))
+        code = asyncio.run(run(sys.argv[1], sys.argv[2], "stdin" in sys.argv[3:], stall, tls))
+    except (ssl.SSLError, OSError) as e:
+        print(f"wsexec: {e}", file=sys.stderr)
+        code = 101
+    sys.exit(code)

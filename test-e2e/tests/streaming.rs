@@ -211,25 +211,24 @@ async fn exec_with_a_tty_takes_the_window_size_and_echoes_an_interactive_shell()
         ..exec_request(&id, cmd, stdin)
     };
 
-    // The size from the resize stream becomes the terminal's. runc copies it to the
-    // container's pty just after the command starts (as it does for `runc exec -t` in a
-    // terminal), so the script waits for it as an interactive program gets SIGWINCH;
-    // busybox's `stty size` prints nothing while the size is 0 (and still exits 0, so the
-    // script looks at what it prints).
-    let script = "for i in $(seq 100); do s=$(stty size 2>/dev/null); \
-                  case \"$s\" in ''|'0 '*) sleep 0.05;; *) break;; esac; done; echo \"$s\"";
-    let url = rt
-        .exec(tty_request(&["sh", "-c", script], false))
-        .await
-        .unwrap()
-        .into_inner()
-        .url;
-    let out = tokio::task::spawn_blocking(move || spdy_exec_with(&url, None, &["tty=123x45"]))
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    // A terminal ends lines with CR LF.
-    assert_eq!(text(&out.stdout), "45 123\r\n");
+    // The first size from the resize stream is the terminal's before the command starts
+    // (the process's `consoleSize`): `stty size` as the very first thing reports it, every
+    // time (a size copied over after the start, on SIGWINCH, would race it and read 0 0).
+    for (w, h) in [(123, 45), (80, 24), (200, 61)] {
+        let url = rt
+            .exec(tty_request(&["stty", "size"], false))
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        let size = format!("tty={w}x{h}");
+        let out = tokio::task::spawn_blocking(move || spdy_exec_with(&url, None, &[&size]))
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        // A terminal ends lines with CR LF.
+        assert_eq!(text(&out.stdout), format!("{h} {w}\r\n"));
+    }
 
     // An interactive shell: the terminal echoes the input, the shell answers, and its exit
     // code comes back.
@@ -316,30 +315,6 @@ async fn idle_and_overlong_sessions_are_closed_and_their_commands_killed() {
     assert!((4..60).contains(&ticks), "{ticks} ticks");
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
-}
-
-/// Runs wsexec.py (Python `websockets`, Debian's python3-websockets) on `url`.
-fn ws_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/wsexec.py");
-    // Debian's interpreter: python3-websockets is installed for it.
-    let mut child = Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(url)
-        .arg(protocol)
-        .args(stdin.map(|_| "stdin"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let data = stdin.unwrap_or_default().to_vec();
-    let writer = std::thread::spawn(move || {
-        pipe.write_all(&data).unwrap();
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

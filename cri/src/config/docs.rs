@@ -156,6 +156,18 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     ("streaming.port", "TCP port; 0 picks a free one at start."),
     (
+        "streaming.enable_tls",
+        "Serve HTTPS (https:// URLs); without the files below, a self-signed certificate is made at start.",
+    ),
+    (
+        "streaming.tls_cert_file",
+        "PEM certificate (leaf first, then its chain) for enable_tls; with tls_key_file or neither.",
+    ),
+    (
+        "streaming.tls_key_file",
+        "PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert_file.",
+    ),
+    (
         "streaming.token_ttl_secs",
         "How long an Exec/PortForward URL stays valid; each is good for one connection.",
     ),

@@ -102,6 +102,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: rootstock_imagestore::Error,
     },
+    #[error("{path}: {source}")]
+    Streaming {
+        path: PathBuf,
+        source: crate::streaming::tls::TlsError,
+    },
     #[error("cannot print the configuration as TOML: {0}")]
     Serialize(#[from] toml::ser::Error),
 }
@@ -181,6 +186,13 @@ impl Config {
                 path: path.to_owned(),
                 source,
             })?;
+        // The TLS files too: a wrong path or a key that does not fit is named now.
+        crate::streaming::tls::check(&config.streaming).map_err(|source| {
+            ConfigError::Streaming {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
         Ok(config)
     }
 

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::exec::{Channels, ExecSpec, Protocol, Sizes, accept_streams, failure, success};
+use super::exec::{Channels, Ending, ExecSpec, Protocol, Sizes, failure, serve_channels, success};
 use super::session::{Incoming, Sender, Session};
 
 /// How long the monitor may take to take us in (it serves clients between chunks of output).
@@ -27,22 +27,15 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a TTY attach waits for the client's first window size before passing input on.
 const INITIAL_SIZE_WAIT: Duration = Duration::from_secs(1);
 
-pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>, proto: Protocol) {
-    let Some(mut ch) = accept_streams(&mut session, &spec, proto).await else {
-        session.close(Duration::ZERO).await;
-        return;
+pub async fn serve(session: Session, spec: ExecSpec, rt: Arc<Runtime>, proto: Protocol) {
+    let ending = Ending {
+        fin_outputs: true,
+        linger: Duration::from_secs(1),
     };
-    session.incoming.close();
-    let tx = session.sender();
-    let status = run(&spec, &rt, &mut ch, &tx).await;
-    for s in [&ch.stdout, &ch.stderr].into_iter().flatten() {
-        let _ = tx.fin(s.id).await;
-    }
-    if let Some(error) = &ch.error {
-        proto.write_status(&tx, error.id, &status).await;
-    }
-    drop(tx);
-    session.close(Duration::from_secs(1)).await;
+    serve_channels(session, &spec, proto, ending, async |ch, tx| {
+        run(&spec, &rt, ch, tx).await
+    })
+    .await;
 }
 
 async fn run(

@@ -115,26 +115,58 @@ impl Channels {
     }
 }
 
-pub async fn serve(mut session: Session, spec: ExecSpec, rt: Arc<Runtime>, proto: Protocol) {
-    let Some(mut ch) = accept_streams(&mut session, &spec, proto).await else {
+pub async fn serve(session: Session, spec: ExecSpec, rt: Arc<Runtime>, proto: Protocol) {
+    // `run` half-closes the outputs itself once the command's output is drained.
+    let ending = Ending {
+        fin_outputs: false,
+        linger: LINGER,
+    };
+    serve_channels(session, &spec, proto, ending, async |ch, tx| {
+        run(&spec, rt, ch, tx).await
+    })
+    .await;
+}
+
+/// How Exec and Attach differ around what they run.
+pub(super) struct Ending {
+    /// Half-close stdout and stderr after `run`, before the status.
+    pub(super) fin_outputs: bool,
+    /// How long the client gets to hang up after the status was sent.
+    pub(super) linger: Duration,
+}
+
+/// What Exec and Attach share: waits for the client's streams, runs `run` on them, writes
+/// the status it returns on the error stream and ends the session.
+pub(super) async fn serve_channels(
+    mut session: Session,
+    spec: &ExecSpec,
+    proto: Protocol,
+    ending: Ending,
+    run: impl AsyncFnOnce(&mut Channels, &Sender) -> serde_json::Value,
+) {
+    let Some(mut ch) = accept_streams(&mut session, spec, proto).await else {
         session.close(Duration::ZERO).await;
         return;
     };
     // Streams opened from now on are refused (RST_STREAM) rather than queued unread.
     session.incoming.close();
     let tx = session.sender();
-    let (stdin, resize) = (ch.stdin.take(), ch.resize.take());
-    let status = run(&spec, rt, stdin, resize, &ch, &tx).await;
+    let status = run(&mut ch, &tx).await;
+    if ending.fin_outputs {
+        for s in [&ch.stdout, &ch.stderr].into_iter().flatten() {
+            let _ = tx.fin(s.id).await;
+        }
+    }
     if let Some(error) = &ch.error {
         proto.write_status(&tx, error.id, &status).await;
     }
     drop(tx);
-    session.close(LINGER).await;
+    session.close(ending.linger).await;
 }
 
 /// Waits until the client has opened every stream the request implies.
 /// (Attach's streams are the same, its spec an [`ExecSpec`] without a command.)
-pub(super) async fn accept_streams(
+async fn accept_streams(
     session: &mut Session,
     spec: &ExecSpec,
     proto: Protocol,
@@ -168,11 +200,10 @@ pub(super) async fn accept_streams(
 async fn run(
     spec: &ExecSpec,
     rt: Arc<Runtime>,
-    stdin: Option<Incoming>,
-    resize_stream: Option<Incoming>,
-    ch: &Channels,
+    ch: &mut Channels,
     tx: &Sender,
 ) -> serde_json::Value {
+    let (stdin, resize_stream) = (ch.stdin.take(), ch.resize.take());
     let id = spec.container.clone();
     let req = ExecRequest {
         args: spec.cmd.clone(),

@@ -9,9 +9,10 @@
 //! - `portforward`: the portforward.k8s.io protocol for PortForward.
 //! - `websocket`: exec, attach and port forwarding over WebSocket channels, bridged to a
 //!   session.
-//! - `server`: listener, upgrade, tokens.
+//! - `server`: listener, upgrade, tokens; `tls` and `conn`: its optional TLS.
 
 mod attach;
+mod conn;
 mod dictionary;
 mod exec;
 mod flow;
@@ -19,9 +20,11 @@ mod portforward;
 mod server;
 mod session;
 mod spdy;
+pub mod tls;
 mod websocket;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -35,10 +38,17 @@ pub use server::{Pending, StreamingServer};
 #[serde(deny_unknown_fields, default)]
 pub struct StreamingConfig {
     /// Loopback by default (containerd's too): only kubelet, on this node, needs to reach
-    /// it; it serves no TLS yet.
+    /// it.
     pub address: IpAddr,
     /// 0: a free port chosen at start (the URL names it).
     pub port: u16,
+    /// Serve HTTPS (the URLs say `https://`): with the files below, or else with a
+    /// self-signed certificate made at start (containerd's `enable_tls_streaming`).
+    pub enable_tls: bool,
+    /// The certificate (PEM, chain after the leaf); with `tls_key_file`, or neither.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
     /// How long a URL stays valid (containerd: 1 minute).
     pub token_ttl_secs: u64,
     /// A connection with no data either way for this long is closed, and what it served
@@ -54,6 +64,9 @@ impl Default for StreamingConfig {
         Self {
             address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 0,
+            enable_tls: false,
+            tls_cert_file: None,
+            tls_key_file: None,
             token_ttl_secs: 60,
             idle_timeout_secs: 4 * 3600,
             session_timeout_secs: 0,

@@ -1,5 +1,5 @@
-//! The streaming server: a plain HTTP/1.1 listener (loopback by default, as containerd's)
-//! that serves each URL handed out by Exec once. A URL is `/exec/<token>`: the token is
+//! The streaming server: an HTTP/1.1 listener (loopback by default, as containerd's; TLS
+//! when configured, see `tls`) that serves each URL handed out by Exec once. A URL is `/exec/<token>`: the token is
 //! random, single-use and expires; the request it stands for is kept here, so the URL
 //! carries nothing a client could alter. Only the upgrade request is HTTP: it is small
 //! and fixed in shape, so it is parsed here rather than pulling in an HTTP server.
@@ -12,16 +12,19 @@ use std::time::{Duration, Instant};
 use rootstock_runtime::Runtime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use super::StreamingConfig;
 use super::attach;
+use super::conn::Conn;
 use super::exec::{self, ExecSpec, Protocol};
 use super::portforward::{self, PortForwardSpec};
 use super::session::{Session, Timeouts};
+use super::tls::{self, TlsError};
 use super::websocket;
 use tokio_tungstenite::WebSocketStream;
 
-/// How long a client may take to send its upgrade request.
+/// How long a client may take to finish the TLS handshake and send its upgrade request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest upgrade request read (client-go's is well under 1 KiB).
 const MAX_REQUEST: usize = 16 * 1024;
@@ -45,6 +48,18 @@ pub enum Pending {
     PortForward(PortForwardSpec),
 }
 
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 pub struct StreamingServer {
     base_url: String,
     ttl: Duration,
@@ -55,18 +70,36 @@ pub struct StreamingServer {
 
 impl StreamingServer {
     /// Binds `addr` (port 0: a random free port) and serves on a background task.
-    pub async fn start(config: &StreamingConfig, rt: Arc<Runtime>) -> std::io::Result<Arc<Self>> {
-        let listener = TcpListener::bind(config.listen_addr()).await?;
-        let local = listener.local_addr()?;
+    /// With `enable_tls` it serves HTTPS only.
+    pub async fn start(
+        config: &StreamingConfig,
+        rt: Arc<Runtime>,
+    ) -> Result<Arc<Self>, StartError> {
+        let tls = tls::setup(config)?;
+        let addr = config.listen_addr();
+        let listen_err = |source| StartError::Listen { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
+        let local = listener.local_addr().map_err(listen_err)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = Arc::new(Self {
-            base_url: format!("http://{local}"),
+            base_url: format!("{scheme}://{local}"),
             ttl: config.token_ttl(),
             timeouts: config.timeouts(),
             tokens: Mutex::default(),
             rt,
         });
-        tracing::info!("streaming server on {local}");
-        tokio::spawn(accept_loop(listener, server.clone()));
+        match &tls {
+            Some(t) if t.self_signed => tracing::info!(
+                sha256 = %t.fingerprint,
+                "streaming server on https://{local}, self-signed certificate made at start"
+            ),
+            Some(t) => {
+                tracing::info!(sha256 = %t.fingerprint, "streaming server on https://{local}")
+            }
+            None => tracing::info!("streaming server on http://{local}"),
+        }
+        let acceptor = tls.map(|t| t.acceptor);
+        tokio::spawn(accept_loop(listener, acceptor, server.clone()));
         Ok(server)
     }
 
@@ -101,11 +134,15 @@ fn random_token() -> std::io::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-async fn accept_loop(listener: TcpListener, server: Arc<StreamingServer>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    server: Arc<StreamingServer>,
+) {
     loop {
         match listener.accept().await {
             Ok((conn, _)) => {
-                tokio::spawn(serve_conn(conn, server.clone()));
+                tokio::spawn(serve_tcp(conn, tls.clone(), server.clone()));
             }
             Err(e) => {
                 // EMFILE and the like: back off instead of spinning.
@@ -166,7 +203,7 @@ fn parse_request(head: &str) -> Option<UpgradeRequest> {
 }
 
 /// Reads the request head; returns it and whatever followed it.
-async fn read_head(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+async fn read_head(conn: &mut Conn) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -186,7 +223,7 @@ async fn read_head(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     }
 }
 
-async fn respond(conn: &mut TcpStream, status: &str, body: &str) {
+async fn respond(conn: &mut Conn, status: &str, body: &str) {
     let msg = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
@@ -196,12 +233,43 @@ async fn respond(conn: &mut TcpStream, status: &str, body: &str) {
     let _ = conn.shutdown().await;
 }
 
-async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
-    let Ok(Some((head, early))) = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await
-    else {
-        return;
+/// A TLS record starts with this content type (handshake); plain HTTP with a method.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Serves one TCP connection: the TLS handshake (when on), then the upgrade request, all
+/// within [`REQUEST_TIMEOUT`] (a client that connects and sends nothing is dropped).
+async fn serve_tcp(tcp: TcpStream, tls: Option<TlsAcceptor>, server: Arc<StreamingServer>) {
+    let opened = async {
+        let mut conn = match tls {
+            None => Conn::Plain(tcp),
+            Some(acceptor) => {
+                let mut first = [0u8; 1];
+                if matches!(tcp.peek(&mut first).await, Ok(1) if first[0] != TLS_HANDSHAKE) {
+                    // Plain HTTP on the TLS port: say so (as Go's servers do), not a TLS alert.
+                    let mut plain = Conn::Plain(tcp);
+                    let body = "client sent an HTTP request to an HTTPS server\n";
+                    respond(&mut plain, "400 Bad Request", body).await;
+                    return None;
+                }
+                match acceptor.accept(tcp).await {
+                    Ok(s) => Conn::Tls(Box::new(s)),
+                    Err(e) => {
+                        tracing::debug!("streaming server: TLS handshake: {e}");
+                        return None;
+                    }
+                }
+            }
+        };
+        let (head, early) = read_head(&mut conn).await?;
+        Some((conn, head, early))
     };
-    let Some(req) = parse_request(&head) else {
+    if let Ok(Some((conn, head, early))) = tokio::time::timeout(REQUEST_TIMEOUT, opened).await {
+        serve_conn(conn, &head, early, server).await;
+    }
+}
+
+async fn serve_conn(mut conn: Conn, head: &str, early: Vec<u8>, server: Arc<StreamingServer>) {
+    let Some(req) = parse_request(head) else {
         respond(&mut conn, "400 Bad Request", "malformed HTTP request\n").await;
         return;
     };
@@ -291,7 +359,7 @@ async fn serve_conn(mut conn: TcpStream, server: Arc<StreamingServer>) {
 
 /// The WebSocket upgrade (RFC 6455 section 4.2.2), for Exec, Attach and PortForward.
 async fn serve_websocket(
-    mut conn: TcpStream,
+    mut conn: Conn,
     req: &UpgradeRequest,
     early: Vec<u8>,
     pending: Pending,
@@ -353,7 +421,7 @@ async fn serve_websocket(
     if conn.write_all(upgrade.as_bytes()).await.is_err() {
         return;
     }
-    let _ = conn.set_nodelay(true);
+    conn.set_nodelay();
     let role = tokio_tungstenite::tungstenite::protocol::Role::Server;
     let ws = WebSocketStream::from_partially_read(conn, early, role, None).await;
     let framing = websocket::Framing::of(protocol);

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::conn::Conn;
 use super::flow::{Flow, FlowEvent, SETTINGS_INITIAL_WINDOW_SIZE};
 use super::spdy::{Codec, Frame, Headers, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM, Streams};
 
@@ -108,10 +108,19 @@ impl Session {
     /// Takes over an upgraded connection; `early` holds bytes the client sent right after
     /// its HTTP request (read along with the request's headers).
     /// A session that outlives `timeouts` is ended, which cancels what it serves.
-    pub fn start(stream: TcpStream, early: Vec<u8>, timeouts: Timeouts) -> Self {
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        Self::start_on(rd, wr, early, timeouts)
+    pub fn start(conn: Conn, early: Vec<u8>, timeouts: Timeouts) -> Self {
+        conn.set_nodelay();
+        match conn {
+            Conn::Plain(tcp) => {
+                let (rd, wr) = tcp.into_split();
+                Self::start_on(rd, wr, early, timeouts)
+            }
+            // One TLS state serves both directions: the halves share it behind a lock.
+            tls @ Conn::Tls(_) => {
+                let (rd, wr) = tokio::io::split(tls);
+                Self::start_on(rd, wr, early, timeouts)
+            }
+        }
     }
 
     /// The same over any byte stream (SPDY tunnelled in WebSocket messages).

@@ -15,13 +15,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::conn::Conn;
 use super::exec::{ExecSpec, Protocol};
 use super::session::{IN_QUEUE, Incoming, OUT_QUEUE, Session, Timeouts};
 use super::spdy::{Frame, Headers};
@@ -142,7 +142,7 @@ fn port_forward_channels(ports: &[u16]) -> Vec<Channel> {
 
 /// Bridges an upgraded WebSocket to a [`Session`] carrying an exec's or attach's channels.
 pub fn exec_session(
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Conn>,
     spec: &ExecSpec,
     framing: Framing,
     timeouts: Timeouts,
@@ -152,7 +152,7 @@ pub fn exec_session(
 
 /// Bridges an upgraded WebSocket to a [`Session`] forwarding `ports`.
 pub fn port_forward_session(
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Conn>,
     ports: &[u16],
     framing: Framing,
     timeouts: Timeouts,
@@ -161,7 +161,7 @@ pub fn port_forward_session(
 }
 
 /// A SPDY [`Session`] over the byte stream the WebSocket's binary messages carry.
-pub fn spdy_tunnel_session(ws: WebSocketStream<TcpStream>, timeouts: Timeouts) -> Session {
+pub fn spdy_tunnel_session(ws: WebSocketStream<Conn>, timeouts: Timeouts) -> Session {
     let (ours, theirs) = tokio::io::duplex(TUNNEL_BUFFER);
     let (mut sink, mut source) = ws.split();
     let (mut from_session, mut to_session) = tokio::io::split(theirs);
@@ -205,7 +205,7 @@ pub fn spdy_tunnel_session(ws: WebSocketStream<TcpStream>, timeouts: Timeouts) -
 }
 
 fn session(
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Conn>,
     channels: Vec<Channel>,
     framing: Framing,
     timeouts: Timeouts,

@@ -18,7 +18,10 @@
 // carries the failure's text (nothing on success), which it prints, exiting 1; v1 and v2
 // have no resize stream.
 //
-// Usage: spdyexec URL [stdin] [tty=WxH] [expect=TEXT] [proto=NAME]
+// An https:// URL is dialled with crypto/tls, verifying the server against the CA in
+// "ca=PEM" (the system's CAs without it).
+//
+// Usage: spdyexec URL [stdin] [tty=WxH] [expect=TEXT] [proto=NAME] [ca=PEM]
 // [portforward=PORT bytes=N conns=K].
 // Exit codes: the command's; 100 when the upgrade is refused
 // (the HTTP status line goes to stderr); 101 for any other failure.
@@ -27,6 +30,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -77,6 +82,7 @@ func main() {
 	pf := ""
 	pfBytes, pfConns := 0, 1
 	expect := ""
+	caFile := ""
 	protos := []string{"v5.channel.k8s.io", "v4.channel.k8s.io"}
 	for _, a := range os.Args[2:] {
 		if a == "stdin" {
@@ -91,6 +97,8 @@ func main() {
 			protos = []string{strings.TrimPrefix(a, "proto=")}
 		} else if strings.HasPrefix(a, "expect=") {
 			expect = strings.TrimPrefix(a, "expect=")
+		} else if strings.HasPrefix(a, "ca=") {
+			caFile = strings.TrimPrefix(a, "ca=")
 		} else if strings.HasPrefix(a, "conns=") {
 			pfConns, _ = strconv.Atoi(strings.TrimPrefix(a, "conns="))
 		} else {
@@ -98,10 +106,10 @@ func main() {
 		}
 	}
 	if pf != "" {
-		portForward(upgrade(os.Args[1], []string{"portforward.k8s.io"}), pf, pfBytes, pfConns)
+		portForward(upgrade(os.Args[1], []string{"portforward.k8s.io"}, caFile), pf, pfBytes, pfConns)
 		return
 	}
-	conn := upgrade(os.Args[1], protos)
+	conn := upgrade(os.Args[1], protos, caFile)
 	jsonStatus := protos[0] == "v5.channel.k8s.io" || protos[0] == "v4.channel.k8s.io"
 	resizable := jsonStatus || protos[0] == "v3.channel.k8s.io"
 	open := func(kind string) *spdystream.Stream {
@@ -206,12 +214,28 @@ func main() {
 }
 
 // upgrade makes the HTTP upgrade to SPDY/3.1 offering protocols, or exits 100 if refused.
-func upgrade(target string, protocols []string) *spdystream.Connection {
+func upgrade(target string, protocols []string, caFile string) *spdystream.Connection {
 	u, err := url.Parse(target)
 	if err != nil {
 		fail("url: %v", err)
 	}
-	raw, err := net.Dial("tcp", u.Host)
+	var raw net.Conn
+	if u.Scheme == "https" {
+		config := &tls.Config{}
+		if caFile != "" {
+			pem, err := ioutil.ReadFile(caFile)
+			if err != nil {
+				fail("ca: %v", err)
+			}
+			config.RootCAs = x509.NewCertPool()
+			if !config.RootCAs.AppendCertsFromPEM(pem) {
+				fail("ca: no certificate in %s", caFile)
+			}
+		}
+		raw, err = tls.Dial("tcp", u.Host, config)
+	} else {
+		raw, err = net.Dial("tcp", u.Host)
+	}
 	if err != nil {
 		fail("dial: %v", err)
 	}

@@ -78,6 +78,36 @@ pub fn spdy_exec_with(url: &str, stdin: Option<&[u8]>, args: &[&str]) -> Output 
     out
 }
 
+/// Runs wsexec.py (Python `websockets`, Debian's python3-websockets) on `url`.
+pub fn ws_exec(url: &str, protocol: &str, stdin: Option<&[u8]>) -> Output {
+    ws_exec_with(url, protocol, stdin, &[])
+}
+
+/// The same with more arguments (`cafile=PEM`, `pin=SHA256`).
+pub fn ws_exec_with(url: &str, protocol: &str, stdin: Option<&[u8]>, args: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/wsexec.py");
+    // Debian's interpreter: python3-websockets is installed for it.
+    let mut child = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(url)
+        .arg(protocol)
+        .args(stdin.map(|_| "stdin"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let data = stdin.unwrap_or_default().to_vec();
+    let writer = std::thread::spawn(move || {
+        pipe.write_all(&data).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
+
 pub async fn exec_url(rt: &mut Rt, id: &str, cmd: &[&str], stdin: bool) -> String {
     rt.exec(exec_request(id, cmd, stdin))
         .await
