@@ -5,6 +5,8 @@
 //! applies the command-line overrides.
 
 mod docs;
+#[cfg(test)]
+mod prop;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
