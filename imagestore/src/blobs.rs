@@ -36,8 +36,9 @@ pub struct BlobStore {
 
 impl BlobStore {
     /// Open the store under `root` (`blobs/sha256/` and `tmp/` must exist), counting what is
-    /// there once, so usage is never walked again.
-    pub(crate) fn open(root: &Path) -> Result<Self> {
+    /// there once, so usage is never walked again. (Public for the unpacker's property
+    /// tests, which drive a [`crate::TreeLayerSink`] directly.)
+    pub fn open(root: &Path) -> Result<Self> {
         let dir = root.join("blobs").join("sha256");
         let tmp = root.join("tmp");
         crate::fsutil::create_private_dir(&dir)?;
