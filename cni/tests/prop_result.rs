@@ -7,35 +7,14 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 use rootstock_cni::{CniResult, Interface, IpConfig};
+use rootstock_testkit::prop::chars;
 use serde_json::{Value, json};
 
 const CASES: u32 = 10_000;
 
-/// Characters drawn from `alphabet`: cheaper to generate than a regex.
-fn chars(alphabet: &'static str, len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
-    let set: Vec<char> = alphabet.chars().collect();
-    proptest::collection::vec(proptest::sample::select(set), len)
-        .prop_map(|v| v.into_iter().collect())
-}
-
+/// Arbitrary JSON, its object keys sometimes those of an IP entry.
 fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| json!(f)),
-        chars("0123456789abcdef:./", 0..20).prop_map(Value::String),
-        any::<String>().prop_map(Value::String),
-    ];
-    let keys = proptest::sample::select(vec!["address", "gateway", "interface", "version", "x"]);
-    leaf.prop_recursive(2, 8, 3, move |inner| {
-        prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-            proptest::collection::vec((keys.clone(), inner), 0..3).prop_map(|kv| {
-                Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-            }),
-        ]
-    })
+    rootstock_testkit::prop::json(&["address", "gateway", "interface", "version", "x"])
 }
 
 fn interface() -> impl Strategy<Value = Interface> {

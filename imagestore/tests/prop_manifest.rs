@@ -9,17 +9,11 @@ use rootstock_imagestore::manifest::{
     DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, Descriptor, ImageConfigFile, Manifest, OCI_INDEX,
     OCI_MANIFEST, Platform, choose_platform,
 };
+use rootstock_testkit::prop::chars;
 use serde_json::{Value, json};
 
 const CASES: u32 = 10_000;
 const REFERENCE: &str = "registry.test/app:1";
-
-/// Characters drawn from `alphabet`: cheaper to generate than a regex.
-fn chars(alphabet: &'static str, len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
-    let set: Vec<char> = alphabet.chars().collect();
-    proptest::collection::vec(proptest::sample::select(set), len)
-        .prop_map(|v| v.into_iter().collect())
-}
 
 fn digest() -> impl Strategy<Value = Digest> {
     any::<[u8; 32]>().prop_map(Digest::from_sha256)
@@ -95,18 +89,9 @@ fn manifest() -> impl Strategy<Value = (Manifest, Value)> {
     prop_oneof![image, index]
 }
 
+/// Arbitrary JSON, its object keys sometimes those of a descriptor.
 fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| json!(f)),
-        any::<String>().prop_map(Value::String),
-        digest().prop_map(|d| json!(d.as_str())),
-    ];
-    leaf.prop_recursive(2, 8, 3, |inner| {
-        proptest::collection::vec(inner, 0..3).prop_map(Value::Array)
-    })
+    rootstock_testkit::prop::json(&["digest", "size", "mediaType", "platform", "urls"])
 }
 
 proptest! {

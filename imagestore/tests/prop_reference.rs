@@ -5,15 +5,9 @@
 
 use proptest::prelude::*;
 use rootstock_imagestore::{Digest, ImageLookup, ImageRef, ReferenceError};
+use rootstock_testkit::prop::chars;
 
 const CASES: u32 = 10_000;
-
-/// `n` characters (`len`) drawn from `alphabet`: cheaper to generate than a regex.
-fn chars(alphabet: &'static str, len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
-    let set: Vec<char> = alphabet.chars().collect();
-    proptest::collection::vec(proptest::sample::select(set), len)
-        .prop_map(|v| v.into_iter().collect())
-}
 
 const LOWER_DIGITS: &str = "abcdefghijklmnopqrstuvwxyz0123456789";
 

@@ -9,7 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -106,6 +106,24 @@ fn openssl_ca(dir: &Path) {
     std::fs::write(dir.join("server.pem"), chain).unwrap();
 }
 
+/// What SCRIPT gives any client: outputs apart, exit code 3.
+fn assert_script_ran(out: &Output) {
+    assert_eq!(text(&out.stdout), "out\n", "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+/// Runs SCRIPT through wsexec (Python `ssl` + `websockets`) over TLS with `option`.
+async fn ws_script(rt: &mut Rt, id: &str, protocol: &'static str, option: String) {
+    let url = exec_url(rt, id, &["sh", "-c", SCRIPT], false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let out =
+        tokio::task::spawn_blocking(move || ws_exec_with(&url, protocol, None, &[option.as_str()]))
+            .await
+            .unwrap();
+    assert_script_ran(&out);
+}
+
 /// The first line a raw request `req` to `host` gets back, and how long it took; an empty
 /// line when the server closed without answering.
 fn raw_request(host: &str, req: &[u8]) -> (String, Duration) {
@@ -146,19 +164,9 @@ async fn exec_over_tls_with_an_openssl_certificate_for_python_and_go_clients() {
     )
     .await;
 
-    // Python (ssl + websockets), trusting only the test CA: outputs apart, exit code 3.
-    let url = exec_url(&mut rt, &id, &["sh", "-c", SCRIPT], false).await;
-    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    // Python (ssl + websockets), trusting only the test CA.
     let cafile = format!("cafile={}", ca.display());
-    let (u, c) = (url.clone(), cafile.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        ws_exec_with(&u, "v5.channel.k8s.io", None, &[c.as_str()])
-    })
-    .await
-    .unwrap();
-    assert_eq!(text(&out.stdout), "out\n", "{}", text(&out.stderr));
-    assert_eq!(text(&out.stderr), "err\n");
-    assert_eq!(out.status.code(), Some(3));
+    ws_script(&mut rt, &id, "v5.channel.k8s.io", cafile.clone()).await;
 
     // Stdin through TLS: `cat` returns it.
     let url = exec_url(&mut rt, &id, &["cat"], true).await;
@@ -182,9 +190,7 @@ async fn exec_over_tls_with_an_openssl_certificate_for_python_and_go_clients() {
     let out = tokio::task::spawn_blocking(move || spdy_exec_with(&url, None, &[ca_arg.as_str()]))
         .await
         .unwrap();
-    assert_eq!(text(&out.stdout), "out\n", "{}", text(&out.stderr));
-    assert_eq!(text(&out.stderr), "err\n");
-    assert_eq!(out.status.code(), Some(3));
+    assert_script_ran(&out);
 
     // The verification is real: without the test CA the client refuses the server.
     let url = exec_url(&mut rt, &id, &["true"], false).await;
@@ -253,17 +259,13 @@ async fn self_signed_tls_serves_a_client_that_pins_the_logged_fingerprint() {
         .to_owned();
     assert_eq!(fingerprint.len(), 64, "{fingerprint}");
 
-    let url = exec_url(&mut rt, &id, &["sh", "-c", SCRIPT], false).await;
-    assert!(url.starts_with("https://"), "{url}");
-    let pin = format!("pin={fingerprint}");
-    let out = tokio::task::spawn_blocking(move || {
-        ws_exec_with(&url, "v4.channel.k8s.io", None, &[pin.as_str()])
-    })
-    .await
-    .unwrap();
-    assert_eq!(text(&out.stdout), "out\n", "{}", text(&out.stderr));
-    assert_eq!(text(&out.stderr), "err\n");
-    assert_eq!(out.status.code(), Some(3));
+    ws_script(
+        &mut rt,
+        &id,
+        "v4.channel.k8s.io",
+        format!("pin={fingerprint}"),
+    )
+    .await;
 
     // Another fingerprint is not the served certificate: the client stops before the exec.
     let url = exec_url(&mut rt, &id, &["true"], false).await;

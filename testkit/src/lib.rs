@@ -15,5 +15,6 @@ pub mod mounts;
 pub mod netns;
 pub mod network;
 pub mod process;
+pub mod prop;
 pub mod registry;
 pub mod token;
