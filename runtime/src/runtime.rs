@@ -163,7 +163,8 @@ impl Runtime {
         // On the store's filesystem (the layers' parent is the root directory), where the
         // image trees that get idmapped live.
         let scratch = opts.layers_dir.with_file_name("userns-probe");
-        let userns = crate::userns::probe(&monitor_binary, &scratch);
+        let userns = crate::userns::check_searchable(&opts.state_dir)
+            .and_then(|()| crate::userns::probe(&monitor_binary, &scratch));
         if let Err(missing) = &userns {
             tracing::warn!("user-namespaced pods (hostUsers: false) are not available: {missing}");
         }

@@ -255,6 +255,28 @@ impl PinHelper {
     }
 }
 
+/// Whether every directory above `state_dir` may be searched by others: the OCI runtime
+/// resolves a user-namespaced container's rootfs (under `state_dir`) from inside the pod's
+/// user namespace, as an unprivileged uid of the node. (`state_dir` itself is made 0711.)
+pub fn check_searchable(state_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in state_dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| format!("stat {}: {e}", dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "{} (above the state directory) is mode {:o}: others need search (x) \
+                 permission to reach the pods' root filesystems from inside their user namespaces",
+                dir.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The mapping the start-up probe uses (any range works; this is kubelet's first).
 const PROBE_NS: UserNamespace = UserNamespace {
     uids: IdRange {
