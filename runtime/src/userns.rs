@@ -385,17 +385,20 @@ pub(crate) fn stage_mounts(
             File::create(&stage).map(drop)
         }
         .map_err(|e| Error::io("create mount point", &stage, e))?;
-        attach_clone(&m.host_path, &stage, m.idmapped.then_some(ns), true).map_err(|e| {
-            Error::io(
-                if m.idmapped {
-                    "attach an idmapped clone of"
-                } else {
-                    "attach a clone of"
-                },
-                &m.host_path,
-                e,
-            )
-        })?;
+        let mut attached = attach_clone(&m.host_path, &stage, m.idmapped.then_some(ns), true);
+        if m.idmapped
+            && let Err(e) = &attached
+            && e.raw_os_error() == Some(libc::EINVAL)
+        {
+            // The filesystem (or one below the source) takes no idmapped mounts: mounted as
+            // it is, as the CRI contract allows ("when the filesystem supports it").
+            tracing::warn!(
+                source = %m.host_path.display(),
+                "idmapped mount not supported here ({e}); mounting it without the mapping"
+            );
+            attached = attach_clone(&m.host_path, &stage, None, true);
+        }
+        attached.map_err(|e| Error::io("attach a clone of", &m.host_path, e))?;
         m.host_path = stage;
     }
     Ok(())

@@ -193,7 +193,7 @@ async fn userns_pod_root_is_the_mapped_uid_and_exec_stats_logs_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_userns_pods_share_the_image_tree_and_each_sees_its_own_root() {
+async fn two_userns_pods_on_runc_and_crun_share_the_image_tree_each_with_its_own_root() {
     let registry = rootstock_test_e2e::registry::Registry::start().await;
     let Some((daemon, image, mut rt)) = daemon(&registry, "two_userns_pods").await else {
         return;
@@ -207,10 +207,11 @@ async fn two_userns_pods_share_the_image_tree_and_each_sees_its_own_root() {
     let host = std::fs::metadata(trees[0].join("bin/busybox")).unwrap();
     assert_eq!(host.uid(), 0, "the tree is never chowned");
 
+    // One pod on each OCI runtime handler: both join the pinned namespace by path.
     let mut seen = Vec::new();
-    for (name, host_id) in [("userns-a", POD_A), ("userns-b", POD_B)] {
+    for (name, host_id, handler) in [("userns-a", POD_A, "runc"), ("userns-b", POD_B, "crun")] {
         let pod = userns_pod(name, host_id);
-        let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
+        let pod_id = run_pod_on(&mut rt, pod.clone(), handler).await.unwrap();
         let id = start_container(
             &mut rt,
             &pod_id,
