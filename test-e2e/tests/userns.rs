@@ -103,9 +103,9 @@ fn upper_dir(daemon: &Daemon, id: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn userns_pod_root_is_the_mapped_uid_and_exec_stats_logs_work() {
+async fn userns_pod_root_is_the_mapped_uid_and_exec_logs_stats_resources_oom_restart_work() {
     let registry = rootstock_test_e2e::registry::Registry::start().await;
-    let Some((daemon, image, mut rt)) = daemon(&registry, "userns_pod_root").await else {
+    let Some((mut daemon, image, mut rt)) = daemon(&registry, "userns_pod_root").await else {
         return;
     };
     let logs = tempfile::tempdir().unwrap();
@@ -185,6 +185,60 @@ async fn userns_pod_root_is_the_mapped_uid_and_exec_stats_logs_work() {
         uid_line.lines().any(|l| l.starts_with("Uid:\t0\t0\t0\t0")),
         "{uid_line}"
     );
+
+    // Resources: updated on the running container; over its limit a container is OOMKilled.
+    let limit = LinuxContainerResources {
+        memory_limit_in_bytes: 256 << 20,
+        ..Default::default()
+    };
+    update_resources(&mut rt, &id, limit).await.unwrap();
+    let cgroup = cgroup_of(&mut rt, &id).await;
+    let set = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory{cgroup}/memory.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(set.trim(), (256u64 << 20).to_string());
+    let mut hog = container_config(
+        "hog",
+        &image,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1"],
+    );
+    hog.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = start_container(&mut rt, &pod_id, &pod, hog).await;
+    let s = wait_exited(&mut rt, &hog, std::time::Duration::from_secs(30)).await;
+    assert_eq!(
+        (s.reason.as_str(), s.exit_code),
+        ("OOMKilled", 137),
+        "{s:?}"
+    );
+
+    // A restarted daemon knows the pod's user namespace: a new container joins it.
+    daemon.restart().await;
+    let mut rt = daemon.runtime().await;
+    assert_eq!(
+        stdout(&sh(&mut rt, &id, "id -u").await),
+        "0",
+        "the old container"
+    );
+    let late = start_container(
+        &mut rt,
+        &pod_id,
+        &pod,
+        container_config("late", &image, &["sleep", "3600"]),
+    )
+    .await;
+    let late_pid = container_info(&mut rt, &late).await["pid"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(host_uid_of(late_pid), POD_A);
+    let ns = |pid: i64| std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    assert_eq!(ns(late_pid), ns(pid), "one user namespace for the pod");
 
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
