@@ -13,6 +13,7 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use common::streaming::*;
 use common::*;
 use k8s_cri::v1::*;
 use rootstock_test_e2e::daemon::Daemon;
@@ -185,6 +186,13 @@ async fn userns_pod_root_is_the_mapped_uid_and_exec_logs_stats_resources_oom_res
         uid_line.lines().any(|l| l.starts_with("Uid:\t0\t0\t0\t0")),
         "{uid_line}"
     );
+
+    // Streaming exec (SPDY, as kubectl exec through kubelet), stdin included.
+    let url = exec_url(&mut rt, &id, &["sh", "-c", "cat; id -u"], true).await;
+    let out = tokio::task::spawn_blocking(move || spdy_exec(&url, Some(b"piped\n")))
+        .await
+        .unwrap();
+    assert_eq!(text(&out.stdout), "piped\n0\n", "{}", text(&out.stderr));
 
     // Resources: updated on the running container; over its limit a container is OOMKilled.
     let limit = LinuxContainerResources {
