@@ -31,9 +31,14 @@ fn mapping(host_id: u32) -> Vec<IdMapping> {
     }]
 }
 
-/// A pod config with its own user namespace mapping container 0 to `host_id` (uids and
-/// gids), sharing one PID namespace (so pod-init runs in the user namespace too).
-fn userns_pod(name: &str, host_id: u32) -> PodSandboxConfig {
+/// A pod config with `userns_options` of `mode` and these mappings, sharing one PID
+/// namespace (so pod-init runs in the user namespace too).
+fn with_userns(
+    name: &str,
+    mode: NamespaceMode,
+    uids: Vec<IdMapping>,
+    gids: Vec<IdMapping>,
+) -> PodSandboxConfig {
     let mut pod = pod_config(name, NamespaceMode::Pod);
     let ns = pod
         .linux
@@ -46,11 +51,16 @@ fn userns_pod(name: &str, host_id: u32) -> PodSandboxConfig {
         .as_mut()
         .unwrap();
     ns.userns_options = Some(UserNamespace {
-        mode: NamespaceMode::Pod as i32,
-        uids: mapping(host_id),
-        gids: mapping(host_id),
+        mode: mode as i32,
+        uids,
+        gids,
     });
     pod
+}
+
+/// A pod with its own user namespace mapping container 0 to `host_id` (uids and gids).
+fn userns_pod(name: &str, host_id: u32) -> PodSandboxConfig {
+    with_userns(name, NamespaceMode::Pod, mapping(host_id), mapping(host_id))
 }
 
 /// Whether the daemon's handlers support user namespaces; if not, says which feature the
@@ -367,22 +377,7 @@ async fn user_namespace_requests_kubelet_never_sends_are_refused_naming_the_fiel
     let daemon = Daemon::start().await;
     let mut rt = daemon.runtime().await;
     loopback_network(&daemon).await;
-    let with = |uids: Vec<IdMapping>, gids: Vec<IdMapping>, mode: NamespaceMode| {
-        let mut pod = userns_pod("bad-userns", POD_A);
-        let ns = pod
-            .linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .as_mut()
-            .unwrap();
-        ns.namespace_options.as_mut().unwrap().userns_options = Some(UserNamespace {
-            mode: mode as i32,
-            uids,
-            gids,
-        });
-        pod
-    };
+    let with = |uids, gids, mode| with_userns("bad-userns", mode, uids, gids);
     let pod = NamespaceMode::Pod;
     let cases = [
         (with(mapping(0), mapping(POD_A), pod), "uids[0]: host id 0"),
