@@ -131,10 +131,19 @@ fn pin_namespaces(args: &[String]) -> Result<(), String> {
         ipc: flags.contains(CloneFlags::CLONE_NEWIPC),
         uts: flags.contains(CloneFlags::CLONE_NEWUTS),
     };
+    // IPC sysctls last: in a user namespace only its root may write them, and becoming it
+    // (the host's root is not mapped inside) is one way.
+    let mut sysctls = sysctls;
+    sysctls.sort_by_key(|kv| kv.split_once('=').is_some_and(|(k, _)| sysctl::is_ipc(k)));
+    let mut ns_root = false;
     for kv in sysctls {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| format!("sysctl {kv:?}: no '='"))?;
+        if userns && !ns_root && sysctl::is_ipc(k) {
+            become_ns_root()?;
+            ns_root = true;
+        }
         // The daemon checked already; checked again here, where the write happens.
         sysctl::check(k, v, own).map_err(|e| e.to_string())?;
         fs::write(sysctl::proc_path(k), v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
@@ -240,6 +249,12 @@ fn join_userns(path: &str) -> Result<(), String> {
     let ns = fs::File::open(path).map_err(|e| format!("open user namespace {path}: {e}"))?;
     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUSER)
         .map_err(|e| format!("join user namespace {path}: {e}"))?;
+    become_ns_root()
+}
+
+/// Becomes uid and gid 0 of the user namespace this process is in (needs its
+/// `CAP_SETUID`/`CAP_SETGID`, which a process that made or joined it has).
+fn become_ns_root() -> Result<(), String> {
     let root_gid = nix::unistd::Gid::from_raw(0);
     let root_uid = nix::unistd::Uid::from_raw(0);
     nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups in the user namespace: {e}"))?;

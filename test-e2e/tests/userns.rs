@@ -122,6 +122,14 @@ async fn userns_pod_root_is_the_mapped_uid_and_exec_logs_stats_resources_oom_res
     let logs = tempfile::tempdir().unwrap();
     let mut pod = userns_pod("userns-a", POD_A);
     pod.log_directory = logs.path().display().to_string();
+    // Namespaced sysctls are written by the helper from inside the new user namespace.
+    pod.linux.as_mut().unwrap().sysctls = [
+        ("net.ipv4.ip_unprivileged_port_start", "0"),
+        ("kernel.shm_rmid_forced", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
     let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
     let mut config = container_config(
         "main",
@@ -141,6 +149,9 @@ async fn userns_pod_root_is_the_mapped_uid_and_exec_logs_stats_resources_oom_res
     assert_eq!(fields, [["0", "65536", "65536"], ["0", "65536", "65536"]]);
     let pid = container_info(&mut rt, &id).await["pid"].as_i64().unwrap();
     assert_eq!(host_uid_of(pid), POD_A, "the container's init on the node");
+    let sysctls =
+        "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shm_rmid_forced";
+    assert_eq!(stdout(&sh(&mut rt, &id, sysctls).await), "0\n1");
     // pod-init, PID 1 of the pod, is in the same user namespace (as its nobody).
     let init_uid = stdout(&sh(&mut rt, &id, "awk '/^Uid:/ {print $2}' /proc/1/status").await);
     assert_eq!(init_uid, "65535");
