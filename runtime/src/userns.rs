@@ -403,3 +403,34 @@ pub(crate) fn stage_mounts(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_closed_directory_above_the_state_dir_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let closed = tmp.path().join("closed");
+        let state = closed.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let err = check_searchable(&state).unwrap_err();
+        assert!(err.contains(&format!("{} ", closed.display())), "{err}");
+        assert!(err.contains("mode 700"), "{err}");
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o751)).unwrap();
+        assert_eq!(check_searchable(&state), Ok(()));
+    }
+
+    #[test]
+    fn map_lines_are_what_proc_takes() {
+        let r = IdRange {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        };
+        assert_eq!(r.map_line(), "0 65536 65536\n");
+    }
+}
