@@ -236,6 +236,10 @@ impl PinHelper {
         };
         if let Some(ns) = userns {
             let pid = read("userns ")?;
+            // The maps go to our own child, whatever the line said.
+            if u32::try_from(pid).ok() != Some(child.id()) {
+                return Err(format!("helper {} reported pid {pid}", child.id()));
+            }
             ns.write_maps(pid)
                 .map_err(|e| format!("write the user namespace mappings of {pid}: {e}"))?;
             child
