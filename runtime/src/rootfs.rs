@@ -63,7 +63,11 @@ impl OverlayRootfs {
             me.mount_over(lower)?;
             return Ok(me);
         };
-        let stage = target.with_file_name("lower");
+        // In the staging directory whose leftovers (a crash right here) are detached before
+        // anything removes the run directory: a recursive removal must never reach the tree.
+        let stage = target
+            .with_file_name(crate::userns::STAGED_MOUNTS)
+            .join("lower");
         fs::create_dir_all(&stage).map_err(|e| Error::io("create directory", &stage, e))?;
         let mounted = crate::userns::attach_clone(lower, &stage, Some(ns), false)
             .map_err(|e| Error::io("attach an idmapped clone of the image tree at", &stage, e))

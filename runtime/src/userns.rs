@@ -32,7 +32,8 @@ use std::process::{Child, Command, Stdio};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags};
 use serde::{Deserialize, Serialize};
 
-/// The directory of a container's run directory where its CRI mounts are staged.
+/// The directory of a container's run directory where its rootfs lower directory and CRI
+/// mounts are staged (each detached again once used; [`detach_all_in`] before any removal).
 pub const STAGED_MOUNTS: &str = "mounts";
 
 /// One contiguous id range: container ids `container_id..container_id+length` are host ids
@@ -176,6 +177,12 @@ pub fn detach_all_in(dir: &Path) -> io::Result<()> {
                 break;
             }
             detach(&path)?;
+        }
+        if crate::rootfs::is_mountpoint(&path) {
+            return Err(io::Error::other(format!(
+                "{} is still a mount point after detaching it",
+                path.display()
+            )));
         }
     }
     std::fs::remove_dir_all(dir)
@@ -426,6 +433,23 @@ mod tests {
         assert!(err.contains("mode 700"), "{err}");
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o751)).unwrap();
         assert_eq!(check_searchable(&state), Ok(()));
+    }
+
+    #[test]
+    fn detaching_the_staged_mounts_never_removes_what_they_show() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, staged) = (tmp.path().join("src"), tmp.path().join("run/mounts"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("keep"), "x").unwrap();
+        std::fs::create_dir_all(staged.join("0")).unwrap();
+        attach_clone(&src, &staged.join("0"), None, true).unwrap();
+        // Stacked twice, as a retried create would leave it.
+        attach_clone(&src, &staged.join("0"), None, true).unwrap();
+        assert!(staged.join("0/keep").exists());
+        detach_all_in(&staged).unwrap();
+        assert!(!staged.exists());
+        assert_eq!(std::fs::read_to_string(src.join("keep")).unwrap(), "x");
+        detach_all_in(&staged).unwrap();
     }
 
     #[test]
