@@ -163,10 +163,17 @@ impl Runtime {
         // On the store's filesystem (the layers' parent is the root directory), where the
         // image trees that get idmapped live.
         let scratch = opts.layers_dir.with_file_name("userns-probe");
+        let started = std::time::Instant::now();
         let userns = crate::userns::check_searchable(&opts.state_dir)
             .and_then(|()| crate::userns::probe(&monitor_binary, &scratch));
-        if let Err(missing) = &userns {
-            tracing::warn!("user-namespaced pods (hostUsers: false) are not available: {missing}");
+        match &userns {
+            Ok(()) => tracing::info!(
+                probe_ms = started.elapsed().as_millis() as u64,
+                "user-namespaced pods (hostUsers: false) are available"
+            ),
+            Err(missing) => tracing::warn!(
+                "user-namespaced pods (hostUsers: false) are not available: {missing}"
+            ),
         }
         let boot_id =
             util::boot_id().map_err(|e| Error::io("read", "/proc/sys/kernel/random/boot_id", e))?;
