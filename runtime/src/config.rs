@@ -20,6 +20,10 @@ pub struct RuntimeConfig {
     pub create_timeout_secs: u64,
     /// CDI spec directories, lowest priority first (containerd's `cdi_spec_dirs`).
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// User-namespaced pods: accept only the id ranges kubelet allocates (host ids from
+    /// 65536 on, a multiple of 65536 long). Off, any one range that maps container id 0 to
+    /// a host id other than 0 is taken, as containerd does (critest's specs map 0→1000).
+    pub userns_kubelet_ranges_only: bool,
 }
 
 /// One OCI runtime driven through its command line (`create`, `start`, `kill`, `delete`…).
@@ -44,6 +48,7 @@ impl Default for RuntimeConfig {
             monitor_binary: PathBuf::new(),
             create_timeout_secs: 60,
             cdi_spec_dirs: crate::cdi::default_dirs(),
+            userns_kubelet_ranges_only: true,
         }
     }
 }

@@ -70,6 +70,7 @@ pub mod sysctl;
 pub mod target;
 pub mod undo;
 pub mod user;
+pub mod userns;
 pub mod util;
 
 pub use config::{HandlerConfig, RuntimeConfig};

@@ -205,6 +205,10 @@ impl Runtime {
     /// Removes the run and writable-layer directories (the rootfs must be unmounted).
     /// Idempotent.
     pub(crate) fn remove_container_dirs(&self, id: &ContainerId) -> Result<()> {
+        // Staged mounts (a crash during create) are detached first: the recursive removal
+        // below must never reach into the host directories they show.
+        let staged = self.run_dir(id).join(crate::userns::STAGED_MOUNTS);
+        crate::userns::detach_all_in(&staged).map_err(|e| Error::io("detach", &staged, e))?;
         for d in [self.run_dir(id), self.layer_dir(id)] {
             match fs::remove_dir_all(&d) {
                 Ok(()) => {}

@@ -76,8 +76,8 @@ fn signal_mask() -> SigSet {
     mask
 }
 
-/// `rootstock-monitor pin-namespaces [--net] [--ipc] [--uts] [--hostname H] [--sysctl K=V]…`:
-/// unshares the namespaces (and a mount namespace for its own confinement), sets the
+/// `rootstock-monitor pin-namespaces [--userns] [--net] [--ipc] [--uts] [--hostname H] [--sysctl K=V]…`:
+/// (with `--userns`, first a user namespace: see [`crate::userns`]) unshares the namespaces (and a mount namespace for its own confinement), sets the
 /// hostname, applies the sysctls from inside them (a `/proc/sys` file acts on the opener's
 /// namespaces), confines itself, reports `ok <pid>` and waits for EOF on stdin while the
 /// daemon bind-mounts `/proc/<pid>/ns/*`; then it exits and the pod has no process.
@@ -100,9 +100,11 @@ fn pin_namespaces(args: &[String]) -> Result<(), String> {
     let mut flags = CloneFlags::CLONE_NEWNS;
     let mut hostname = None;
     let mut sysctls = Vec::new();
+    let mut userns = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--userns" => userns = true,
             "--net" => flags |= CloneFlags::CLONE_NEWNET,
             "--ipc" => flags |= CloneFlags::CLONE_NEWIPC,
             "--uts" => flags |= CloneFlags::CLONE_NEWUTS,
@@ -110,6 +112,15 @@ fn pin_namespaces(args: &[String]) -> Result<(), String> {
             "--sysctl" => sysctls.push(it.next().ok_or("--sysctl needs a value")?),
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if userns {
+        // The user namespace first, mapped by the daemon before the others are made: they
+        // are then owned by it (`crate::userns`). This process keeps its host ids (unmapped
+        // inside, so it shows as the overflow id) with every capability in the new namespace:
+        // enough for the unshare, the hostname, the sysctls and the confinement below.
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare user namespace: {e}"))?;
+        report(&format!("userns {}", std::process::id()));
+        wait_for_line()?;
     }
     unshare(flags).map_err(|e| format!("unshare: {e}"))?;
     if let Some(h) = hostname {
@@ -120,10 +131,19 @@ fn pin_namespaces(args: &[String]) -> Result<(), String> {
         ipc: flags.contains(CloneFlags::CLONE_NEWIPC),
         uts: flags.contains(CloneFlags::CLONE_NEWUTS),
     };
+    // IPC sysctls last: in a user namespace only its root may write them, and becoming it
+    // (the host's root is not mapped inside) is one way.
+    let mut sysctls = sysctls;
+    sysctls.sort_by_key(|kv| kv.split_once('=').is_some_and(|(k, _)| sysctl::is_ipc(k)));
+    let mut ns_root = false;
     for kv in sysctls {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| format!("sysctl {kv:?}: no '='"))?;
+        if userns && !ns_root && sysctl::is_ipc(k) {
+            become_ns_root()?;
+            ns_root = true;
+        }
         // The daemon checked already; checked again here, where the write happens.
         sysctl::check(k, v, own).map_err(|e| e.to_string())?;
         fs::write(sysctl::proc_path(k), v).map_err(|e| format!("sysctl {k}={v}: {e}"))?;
@@ -146,6 +166,22 @@ fn pin_namespaces(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// Blocks until the daemon writes a line on stdin (EOF: it gave up).
+fn wait_for_line() -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: reads into a live one-byte stack buffer.
+        let n = unsafe { libc::read(0, byte.as_mut_ptr().cast(), 1) };
+        match n {
+            1 if byte[0] == b'\n' => return Ok(()),
+            1 => {}
+            0 => return Err("the daemon closed the pipe before mapping the user namespace".into()),
+            _ if Errno::last() == Errno::EINTR => {}
+            _ => return Err(format!("read stdin: {}", Errno::last())),
+        }
+    }
+}
+
 /// `rootstock-monitor pod-init [--cgroup <path>]`, the stage the daemon starts: leaves the
 /// daemon's session and cgroup, unshares the PID and mount namespaces and forks; the child
 /// (PID 1 of the new namespace) re-executes the binary as `pause`, this process reports
@@ -162,10 +198,12 @@ pub fn pod_init_main(args: &[String]) -> ExitCode {
 
 fn pod_init(args: &[String]) -> Result<(), String> {
     let mut cgroup = None;
+    let mut userns = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--cgroup" => cgroup = Some(it.next().ok_or("--cgroup needs a value")?),
+            "--userns" => userns = Some(it.next().ok_or("--userns needs a value")?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -173,6 +211,11 @@ fn pod_init(args: &[String]) -> Result<(), String> {
     if let Some(cg) = cgroup {
         let cg = clean_cgroup_parent(cg).map_err(|e| e.to_string())?;
         CgroupLayout::detect().enter(&cg, 0)?;
+    }
+    // Joined after the cgroup (the host's cgroupfs is written with host credentials) and
+    // before the PID namespace is made, so that the pod's user namespace owns it.
+    if let Some(path) = userns {
+        join_userns(path)?;
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("unshare pid and mount namespaces: {e}"))?;
@@ -198,6 +241,27 @@ fn pod_init(args: &[String]) -> Result<(), String> {
         }
         Err(e) => Err(format!("fork: {e}")),
     }
+}
+
+/// Enters the pinned user namespace at `path` as its root (uid and gid 0 inside). Root it
+/// must be: exec keeps the capabilities only of a process that is the namespace's root.
+fn join_userns(path: &str) -> Result<(), String> {
+    let ns = fs::File::open(path).map_err(|e| format!("open user namespace {path}: {e}"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("join user namespace {path}: {e}"))?;
+    become_ns_root()
+}
+
+/// Becomes uid and gid 0 of the user namespace this process is in (needs its
+/// `CAP_SETUID`/`CAP_SETGID`, which a process that made or joined it has).
+fn become_ns_root() -> Result<(), String> {
+    let root_gid = nix::unistd::Gid::from_raw(0);
+    let root_uid = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups in the user namespace: {e}"))?;
+    nix::unistd::setresgid(root_gid, root_gid, root_gid)
+        .map_err(|e| format!("become gid 0 in the user namespace: {e}"))?;
+    nix::unistd::setresuid(root_uid, root_uid, root_uid)
+        .map_err(|e| format!("become uid 0 in the user namespace: {e}"))
 }
 
 /// Whether this process was started as the confined pod-init (argv is exactly `pause`).

@@ -45,12 +45,48 @@ impl OverlayRootfs {
     }
 
     /// Creates `target` and `<layer_dir>/{upper,work}` and mounts
-    /// `overlay(lowerdir=lower, upperdir, workdir)` on `target`.
-    pub fn mount(lower: &Path, target: &Path, layer_dir: &Path) -> Result<Self> {
+    /// `overlay(lowerdir=lower, upperdir, workdir)` on `target`. With `userns` (a pod's user
+    /// namespace), the lower directory is an idmapped clone of `lower` staged next to
+    /// `target` ([`crate::userns`]): files owned by 0 on disk are the pod root's inside, and
+    /// the upper directory, which takes the root's owner from it, is the pod root's too.
+    pub fn mount(
+        lower: &Path,
+        target: &Path,
+        layer_dir: &Path,
+        userns: Option<&fs::File>,
+    ) -> Result<Self> {
         let me = Self::at(target, layer_dir);
         for d in [&me.target, &me.upper, &me.work] {
             fs::create_dir_all(d).map_err(|e| Error::io("create directory", d, e))?;
         }
+        let Some(ns) = userns else {
+            me.mount_over(lower)?;
+            return Ok(me);
+        };
+        // In the staging directory whose leftovers (a crash right here) are detached before
+        // anything removes the run directory: a recursive removal must never reach the tree.
+        let stage = target
+            .with_file_name(crate::userns::STAGED_MOUNTS)
+            .join("lower");
+        fs::create_dir_all(&stage).map_err(|e| Error::io("create directory", &stage, e))?;
+        let mounted = crate::userns::attach_clone(lower, &stage, Some(ns), false)
+            .map_err(|e| Error::io("attach an idmapped clone of the image tree at", &stage, e))
+            .and_then(|()| me.mount_over(&stage));
+        // The overlay holds its own private clone of the lower mount: the staged one is not
+        // needed once it is mounted (nor kept if it failed).
+        let detached = crate::userns::detach(&stage)
+            .map_err(|e| Error::io("detach", &stage, e))
+            .and_then(|()| fs::remove_dir(&stage).map_err(|e| Error::io("remove", &stage, e)));
+        mounted?;
+        if let Err(e) = detached {
+            let _ = me.unmount();
+            return Err(e);
+        }
+        Ok(me)
+    }
+
+    fn mount_over(&self, lower: &Path) -> Result<()> {
+        let me = self;
         // overlayfs shows the merged root with the upper directory's mode and owner: give it
         // the image's (the tree root carries the layer's `./` entry), so `stat /` in the
         // container shows what the image says, as with containerd's snapshots.
@@ -76,8 +112,7 @@ impl OverlayRootfs {
             op: "mount overlay at",
             target: me.target.clone(),
             source,
-        })?;
-        Ok(me)
+        })
     }
 
     /// The mount point (the bundle's rootfs).

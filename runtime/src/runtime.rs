@@ -99,6 +99,9 @@ pub struct Runtime {
     pub(crate) layer_usage: Arc<DiskUsageCache>,
     /// Records exits as the monitors end; dropping the runtime stops and joins its thread.
     pub(crate) exits: ExitWatcher,
+    /// Whether user-namespaced pods can run here, probed once ([`crate::userns::probe`]):
+    /// the error names what is missing.
+    userns: std::result::Result<(), String>,
 }
 
 /// A container's usage, for the CRI stats RPCs.
@@ -122,10 +125,23 @@ impl Runtime {
     /// Opens the runtime over `opts` without looking at existing containers; use
     /// [`Runtime::open`] (which also recovers) in the daemon.
     pub fn new(opts: RuntimeOptions) -> Result<Self> {
-        for d in [opts.state_dir.join("containers"), opts.layers_dir.clone()] {
+        let (containers, sandboxes) = (
+            opts.state_dir.join("containers"),
+            opts.state_dir.join("sandboxes"),
+        );
+        for d in [&containers, &sandboxes, &opts.layers_dir] {
             // Other pods' state and writable layers: root only.
-            rootstock_fsutil::create_private_dir(&d)
-                .map_err(|e| Error::io("create directory", &d, e))?;
+            rootstock_fsutil::create_private_dir(d)
+                .map_err(|e| Error::io("create directory", d, e))?;
+        }
+        // Searchable, not listable: the OCI runtime reaches a user-namespaced container's
+        // rootfs and its pod's files from inside the pod's user namespace. Each container
+        // and sandbox directory below is 0700, or 0710 for its pod's root group
+        // ([`util::restrict_dir`]).
+        for d in [&opts.state_dir, &containers, &sandboxes] {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o711))
+                .map_err(|e| Error::io("chmod", d, e))?;
         }
         let handlers = opts
             .config
@@ -144,6 +160,21 @@ impl Runtime {
             opts.config.monitor_binary.clone()
         };
         let opts_state_dir = opts.state_dir.clone();
+        // On the store's filesystem (the layers' parent is the root directory), where the
+        // image trees that get idmapped live.
+        let scratch = opts.layers_dir.with_file_name("userns-probe");
+        let started = std::time::Instant::now();
+        let userns = crate::userns::check_searchable(&opts.state_dir)
+            .and_then(|()| crate::userns::probe(&monitor_binary, &scratch));
+        match &userns {
+            Ok(()) => tracing::info!(
+                probe_ms = started.elapsed().as_millis() as u64,
+                "user-namespaced pods (hostUsers: false) are available"
+            ),
+            Err(missing) => tracing::warn!(
+                "user-namespaced pods (hostUsers: false) are not available: {missing}"
+            ),
+        }
         let boot_id =
             util::boot_id().map_err(|e| Error::io("read", "/proc/sys/kernel/random/boot_id", e))?;
         Ok(Self {
@@ -163,6 +194,7 @@ impl Runtime {
             layer_usage: DiskUsageCache::new(Duration::from_secs(10)),
             exits: ExitWatcher::start()
                 .map_err(|e| Error::io("start the exit watcher for", &opts_state_dir, e))?,
+            userns,
         })
     }
 
@@ -184,6 +216,12 @@ impl Runtime {
     /// The monitor binary in use.
     pub fn monitor_binary(&self) -> &Path {
         &self.monitor_binary
+    }
+
+    /// Whether pods may have user namespaces of their own (probed at start-up); the error
+    /// says what the node lacks.
+    pub fn user_namespaces(&self) -> std::result::Result<(), &str> {
+        self.userns.as_ref().map(|_| ()).map_err(String::as_str)
     }
 
     /// Node facts probed at start-up.
@@ -241,7 +279,7 @@ impl Runtime {
     /// CreateContainer: mounts the rootfs, writes the spec, and has the monitor run
     /// `<runtime> create`. A spec the runtime rejects (missing executable…) fails here with
     /// [`Error::CreateFailed`], and everything made so far is undone.
-    pub fn create_container(&self, req: CreateRequest) -> Result<ContainerInfo> {
+    pub fn create_container(&self, mut req: CreateRequest) -> Result<ContainerInfo> {
         let id = req.id.clone();
         let oci = self.handler(&req.handler)?.clone();
         self.check_unified(&req.spec.resources)?;
@@ -257,16 +295,29 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io("create directory", &run_dir, e)),
         }
+        let staged = run_dir.join(crate::userns::STAGED_MOUNTS);
         // From here every resource pushes its release; an early `?` runs them in reverse.
         let mut undo = Undo::new(format_args!("container {id}"));
         undo.push("remove its directories", || self.remove_container_dirs(&id));
         crate::hostpath::ensure_sources(&req.spec.mounts)?;
+        let userns = req.spec.namespaces.user.clone();
+        util::restrict_dir(&run_dir, userns.as_ref().map(|u| u.mapping.root_gid()))?;
+        let userns = userns
+            .map(|u| fs::File::open(&u.path).map_err(|e| Error::io("open", &u.path, e)))
+            .transpose()?;
         let rootfs = OverlayRootfs::mount(
             &req.rootfs_lower,
             &run_dir.join("rootfs"),
             &self.layer_dir(&id),
+            userns.as_ref(),
         )?;
         undo.push("unmount the rootfs", || self.rootfs(&id).unmount());
+        if let Some(ns) = &userns {
+            undo.push("detach the staged mounts", || {
+                crate::userns::detach_all_in(&staged).map_err(|e| Error::io("detach", &staged, e))
+            });
+            crate::userns::stage_mounts(&staged, &mut req.spec.mounts, ns)?;
+        }
 
         let built = spec::build(&id, &req.spec, rootfs.target(), &self.host)?;
         if let Some((asked, got)) = built.oom_score_adj_clamped
@@ -330,6 +381,10 @@ impl Runtime {
                 message,
             }
         })?;
+        // The container's mount namespace holds its own copies of the staged mounts.
+        if let Err(e) = crate::userns::detach_all_in(&staged) {
+            tracing::warn!(container = %id, "detaching staged mounts: {e}");
+        }
         let rec = ContainerRecord {
             version: RECORD_VERSION,
             id: id.clone(),

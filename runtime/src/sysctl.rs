@@ -42,7 +42,7 @@ pub fn check(name: &str, value: &str, own: OwnNamespaces) -> Result<()> {
     if value.contains(['\0', '\n']) {
         return refuse("the value holds a NUL or newline");
     }
-    let (needs, what) = if IPC_NAMES.contains(&name) || name.starts_with("fs.mqueue.") {
+    let (needs, what) = if is_ipc(name) {
         (own.ipc, "the pod shares the node's IPC namespace (hostIPC)")
     } else if name.starts_with("net.") {
         (
@@ -58,6 +58,14 @@ pub fn check(name: &str, value: &str, own: OwnNamespaces) -> Result<()> {
         return refuse("not a namespaced sysctl; setting it would change the whole node");
     };
     if needs { Ok(()) } else { refuse(what) }
+}
+
+/// Whether `name` belongs to the IPC namespace. In a pod's user namespace these are the
+/// ones only the namespace's root may write (the kernel compares the writer's euid with
+/// the root of the user namespace owning the IPC namespace; `net.*` asks for a capability
+/// there, `kernel.hostname`/`domainname` for the node's root).
+pub fn is_ipc(name: &str) -> bool {
+    IPC_NAMES.contains(&name) || name.starts_with("fs.mqueue.")
 }
 
 /// The `/proc/sys` path of a checked sysctl name.

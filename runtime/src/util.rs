@@ -60,6 +60,24 @@ pub fn boot_id() -> io::Result<String> {
         .to_owned())
 }
 
+/// Closes a per-pod or per-container directory to everyone but root (0700); with `group`
+/// (the pod's root group of a user-namespaced pod), that group may search it too (0710):
+/// the OCI runtime resolves the rootfs and mount sources from inside the pod's user
+/// namespace. The directories above are 0711, so nothing is listed either way.
+pub fn restrict_dir(dir: &std::path::Path, group: Option<u32>) -> crate::error::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(dir, Some(0), Some(gid))
+                .map_err(|e| crate::error::Error::io("chown", dir, e))?;
+            0o710
+        }
+        None => 0o700,
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| crate::error::Error::io("chmod", dir, e))
+}
+
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_unix_nanos() -> i64 {
     match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {

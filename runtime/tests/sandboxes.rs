@@ -39,6 +39,7 @@ fn sandbox_spec(name: &str, host_network: bool) -> SandboxSpec {
         host_network,
         host_ipc: host_network,
         pid: SandboxPidMode::Container,
+        userns: None,
         dns: Some(DnsConfig {
             servers: vec!["10.96.0.10".into()],
             searches: vec!["default.svc.cluster.local".into()],

@@ -97,6 +97,13 @@ impl Daemon {
             .prefix("rootstock-e2e-")
             .tempdir()
             .expect("creating the daemon's temp dir");
+        // Searchable by all (as /run is, above the default state dir): the OCI runtime
+        // reaches a user-namespaced pod's rootfs from inside the pod's user namespace.
+        fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the daemon's temp dir");
         let mut daemon = Self {
             child: None,
             socket: dir.path().join("state/rootstock.sock"),

@@ -56,6 +56,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "runtime.cdi_spec_dirs",
         "CDI spec directories (JSON/YAML), lowest priority first.",
     ),
+    (
+        "runtime.userns_kubelet_ranges_only",
+        "User-namespaced pods: only kubelet's id ranges (host ids >= 65536, length a multiple of 65536); false takes any one range mapping id 0 to a non-root host id (critest needs false).",
+    ),
     ("images", "The image store and registries."),
     (
         "images.registries",

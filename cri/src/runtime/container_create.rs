@@ -259,20 +259,27 @@ fn container_spec(
         mounts: config
             .mounts
             .iter()
-            .map(|m| BindMount {
-                container_path: PathBuf::from(&m.container_path),
-                host_path: PathBuf::from(&m.host_path),
-                readonly: m.readonly,
-                propagation: match MountPropagation::try_from(m.propagation) {
-                    Ok(MountPropagation::PropagationHostToContainer) => {
-                        Propagation::HostToContainer
-                    }
-                    Ok(MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
-                    _ => Propagation::Private,
-                },
-                recursive_readonly: m.recursive_read_only,
+            .enumerate()
+            .map(|(i, m)| {
+                let idmapped = super::userns::mount_idmapped(i, m, sandbox.record.userns.as_ref())?;
+                Ok(BindMount {
+                    container_path: PathBuf::from(&m.container_path),
+                    host_path: PathBuf::from(&m.host_path),
+                    readonly: m.readonly,
+                    propagation: match MountPropagation::try_from(m.propagation) {
+                        Ok(MountPropagation::PropagationHostToContainer) => {
+                            Propagation::HostToContainer
+                        }
+                        Ok(MountPropagation::PropagationBidirectional) => {
+                            Propagation::Bidirectional
+                        }
+                        _ => Propagation::Private,
+                    },
+                    recursive_readonly: m.recursive_read_only,
+                    idmapped,
+                })
             })
-            .collect(),
+            .collect::<Result<_, CriError>>()?,
         sandbox_mounts: sandbox.container_mounts(),
         namespaces: sandbox.container_namespaces(),
         cgroup_parent: sandbox.record.cgroup_parent.clone(),

@@ -54,12 +54,18 @@ impl RuntimeApi {
                 "message": network.message,
             });
             info.insert("cni".to_owned(), cni.to_string());
+            let userns = match self.rt.user_namespaces() {
+                Ok(()) => serde_json::json!({ "supported": true }),
+                Err(missing) => serde_json::json!({ "supported": false, "missing": missing }),
+            };
+            info.insert("userNamespaces".to_owned(), userns.to_string());
         }
         // Both handlers (runc, crun) take the `rro` mount option; the kernel must have
-        // mount_setattr for it.
+        // mount_setattr for it. User namespaces: both join one by path, and rootstock makes
+        // the idmapped mounts itself, so the kernel probe at start-up decides for both.
         let features = Some(RuntimeHandlerFeatures {
             recursive_read_only_mounts: rootstock_runtime::util::mount_setattr_supported(),
-            user_namespaces: false,
+            user_namespaces: self.rt.user_namespaces().is_ok(),
         });
         // The handler named "" is the default one (CRI `RuntimeHandler.name`).
         let runtime_handlers = std::iter::once(String::new())

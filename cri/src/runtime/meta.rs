@@ -70,7 +70,14 @@ impl SandboxMeta {
             pid: self.pid_mode,
             ipc: self.ipc_mode,
             target_id: self.target_id.clone(),
-            userns_options: None,
+            // As the pod asked for it (containerd echoes it too): mode and mappings.
+            userns_options: self
+                .config
+                .as_ref()
+                .and_then(|c| c.linux.as_ref())
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.as_ref())
+                .and_then(|n| n.userns_options.clone()),
         }
     }
 

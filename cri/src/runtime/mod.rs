@@ -28,6 +28,7 @@ mod sandbox_status;
 mod sandbox_stop;
 mod stats;
 mod undo;
+mod userns;
 mod validate;
 
 use std::collections::HashMap;

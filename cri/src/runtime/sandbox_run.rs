@@ -28,7 +28,19 @@ impl RuntimeApi {
         let reservation = self
             .names
             .reserve("pod sandbox", &meta.reserved_name(), id.as_str())?;
-        let spec = sandbox_spec(&config, &meta, &id)?;
+        let spec = sandbox_spec(
+            &config,
+            &meta,
+            &id,
+            self.config.runtime.userns_kubelet_ranges_only,
+        )?;
+        if spec.userns.is_some()
+            && let Err(missing) = self.rt.user_namespaces()
+        {
+            return Err(CriError::FailedPrecondition(format!(
+                "RunPodSandbox: user namespaces (userns_options mode POD) are not available                  on this node: {missing}"
+            )));
+        }
         let network = (!spec.host_network).then(|| pod_network(&config, &meta, &id));
         let network = network.transpose()?;
 
@@ -176,7 +188,12 @@ fn sandbox_spec(
     config: &PodSandboxConfig,
     meta: &SandboxMeta,
     id: &SandboxId,
+    userns_kubelet_ranges_only: bool,
 ) -> Result<SandboxSpec, CriError> {
+    let userns = super::userns::pod_user_namespace(
+        &namespace_options(config.linux.as_ref().unwrap_or(&Default::default())),
+        userns_kubelet_ranges_only,
+    )?;
     let node = NamespaceMode::Node as i32;
     let pid = match NamespaceMode::try_from(meta.pid_mode) {
         Ok(NamespaceMode::Node) => SandboxPidMode::Host,
@@ -193,6 +210,7 @@ fn sandbox_spec(
         host_network: meta.network_mode == node,
         host_ipc: meta.ipc_mode == node,
         pid,
+        userns,
         dns: dns_config(config),
         sysctls: config
             .linux
@@ -304,7 +322,7 @@ mod tests {
 
     fn spec_of(c: &PodSandboxConfig) -> Result<SandboxSpec, CriError> {
         let meta = sandbox_meta(c, "runc")?;
-        sandbox_spec(c, &meta, &SandboxId::new("s1").unwrap())
+        sandbox_spec(c, &meta, &SandboxId::new("s1").unwrap(), true)
     }
 
     fn invalid(r: Result<impl std::fmt::Debug, CriError>, field: &str) {

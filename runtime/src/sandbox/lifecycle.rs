@@ -93,6 +93,7 @@ impl Runtime {
             cgroup_parent,
             own_cgroup,
             client_data: spec.client_data.clone(),
+            userns: spec.userns,
         };
         let info = self.sandbox_info(&rec);
         // From here every resource pushes its release; an early `?` runs them in reverse.

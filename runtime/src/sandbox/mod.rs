@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::SandboxId;
 use crate::monitor::ProcessIdentity;
-use crate::spec::{BindMount, NamespaceMode, Namespaces, PidMode, Propagation};
+use crate::spec::{BindMount, NamespaceMode, Namespaces, PidMode, Propagation, UserNamespaceJoin};
+use crate::userns::UserNamespace;
 
 /// File name of a sandbox's persisted record.
 pub const SANDBOX_FILE: &str = "sandbox.json";
@@ -66,6 +67,9 @@ pub struct SandboxSpec {
     pub host_ipc: bool,
     /// PID namespace mode.
     pub pid: SandboxPidMode,
+    /// A user namespace of the pod's own (CRI `userns_options` mode POD); `None` keeps the
+    /// node's.
+    pub userns: Option<UserNamespace>,
     /// DNS.
     pub dns: Option<DnsConfig>,
     /// Sysctls applied inside the new namespaces (before CNI ADD); only namespaced ones
@@ -127,6 +131,9 @@ pub struct SandboxRecord {
     /// Opaque caller data.
     #[serde(default)]
     pub client_data: serde_json::Value,
+    /// The pod's user namespace, pinned at `ns/user` (`None`: the node's).
+    #[serde(default)]
+    pub userns: Option<UserNamespace>,
 }
 
 impl SandboxRecord {
@@ -148,6 +155,7 @@ impl SandboxRecord {
             cgroup_parent: String::new(),
             own_cgroup: false,
             client_data: serde_json::Value::Null,
+            userns: None,
         }
     }
 }
@@ -161,14 +169,15 @@ pub struct SandboxInfo {
     pub dir: PathBuf,
 }
 
-pub(crate) const KINDS: [&str; 4] = ["net", "ipc", "uts", "pid"];
+pub(crate) const KINDS: [&str; 5] = ["net", "ipc", "uts", "pid", "user"];
 
 impl SandboxInfo {
-    /// The pinned namespace file of `kind` (`net`, `ipc`, `uts`), when the sandbox has one.
+    /// The pinned namespace file of `kind` (`net`, `ipc`, `uts`, `user`), when the sandbox has one.
     pub fn namespace_path(&self, kind: &str) -> Option<PathBuf> {
         let own = match kind {
             "net" | "uts" => !self.record.host_network,
             "ipc" => !self.record.host_ipc,
+            "user" => self.record.userns.is_some(),
             _ => false,
         };
         (own && self.record.state == SandboxState::Ready).then(|| self.dir.join("ns").join(kind))
@@ -186,6 +195,11 @@ impl SandboxInfo {
             None => NamespaceMode::Host,
         };
         Namespaces {
+            user: self
+                .record
+                .userns
+                .zip(self.namespace_path("user"))
+                .map(|(mapping, path)| UserNamespaceJoin { path, mapping }),
             network: mode("net"),
             ipc: mode("ipc"),
             uts: mode("uts"),
@@ -213,6 +227,7 @@ impl SandboxInfo {
             readonly: false,
             propagation: Propagation::Private,
             recursive_readonly: false,
+            idmapped: false,
         };
         let mut v = vec![
             m("/etc/hostname", self.dir.join("hostname")),

@@ -2,7 +2,7 @@
 //! pod-init process of a shared PID namespace, and tearing both down again.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -12,6 +12,7 @@ use super::{KINDS, SandboxInfo, SandboxRecord, SandboxSpec, hosts_file, resolv_c
 use crate::error::{Error, Result};
 use crate::monitor::ProcessIdentity;
 use crate::runtime::Runtime;
+use crate::userns::PinHelper;
 use crate::util;
 
 impl Runtime {
@@ -36,15 +37,31 @@ impl Runtime {
             None => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
         write("resolv.conf", &resolv)?;
+        // In a user namespace the pod's root owns its files (and may rewrite /etc/hosts, as
+        // root can elsewhere); the OCI runtime reaches them from inside the namespace, so
+        // the directory lets the pod's group search it (and nobody else in).
+        let owner = spec.userns.map(|ns| (ns.root_uid(), ns.root_gid()));
+        if let Some((uid, gid)) = owner {
+            for name in ["hostname", "hosts", "resolv.conf"] {
+                let p = dir.join(name);
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                    .map_err(|e| Error::io("chown", &p, e))?;
+            }
+        }
+        util::restrict_dir(dir, owner.map(|(_, gid)| gid))?;
         if !spec.host_ipc {
             let shm = dir.join("shm");
             fs::create_dir(&shm).map_err(|e| Error::io("create directory", &shm, e))?;
+            let opts = match owner {
+                Some((uid, gid)) => format!("mode=1777,size=65536k,uid={uid},gid={gid}"),
+                None => "mode=1777,size=65536k".to_owned(),
+            };
             mount(
                 Some("shm"),
                 &shm,
                 Some("tmpfs"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("mode=1777,size=65536k"),
+                Some(opts.as_str()),
             )
             .map_err(|source| Error::Mount {
                 op: "mount tmpfs at",
@@ -52,7 +69,7 @@ impl Runtime {
                 source,
             })?;
         }
-        let mut args: Vec<String> = vec!["pin-namespaces".into()];
+        let mut args: Vec<String> = Vec::new();
         let mut kinds = Vec::new();
         if !spec.host_network {
             args.extend(["--net".into(), "--uts".into()]);
@@ -69,34 +86,20 @@ impl Runtime {
         for (k, v) in &spec.sysctls {
             args.extend(["--sysctl".into(), format!("{k}={v}")]);
         }
+        if spec.userns.is_some() {
+            kinds.push("user");
+        }
         if kinds.is_empty() && spec.sysctls.is_empty() {
             return Ok(());
         }
         let nsdir = dir.join("ns");
         fs::create_dir(&nsdir).map_err(|e| Error::io("create directory", &nsdir, e))?;
-        let mut cmd = Command::new(&self.monitor_binary);
-        cmd.args(&args).stdin(Stdio::piped());
-        let mut child = self.spawn_helper(cmd)?;
-        let result = (|| -> Result<()> {
-            let mut line = String::new();
-            let out = child.stdout.take().ok_or_else(|| err("no stdout".into()))?;
-            BufReader::new(out)
-                .read_line(&mut line)
-                .map_err(|e| err(format!("read namespace helper: {e}")))?;
-            let pid: i32 = match line.trim().strip_prefix("ok ") {
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| err(format!("bad helper report {line:?}")))?,
-                None => return Err(err(line.trim().trim_start_matches("error ").to_owned())),
-            };
-            for kind in &kinds {
-                bind_namespace(pid, kind, &nsdir.join(kind))?;
-            }
-            Ok(())
-        })();
-        // EOF on its stdin ends the helper: the pod keeps no process.
-        drop(child.stdin.take());
-        let _ = child.wait();
+        let helper =
+            PinHelper::spawn(&self.monitor_binary, &args, spec.userns.as_ref()).map_err(err)?;
+        let result = kinds
+            .iter()
+            .try_for_each(|kind| bind_namespace(helper.pid, kind, &nsdir.join(kind)));
+        helper.finish();
         result
     }
 
@@ -128,6 +131,9 @@ impl Runtime {
         cmd.arg("pod-init");
         if let Some(cg) = cgroup {
             cmd.args(["--cgroup", cg]);
+        }
+        if let Some(userns) = info.namespace_path("user") {
+            cmd.arg("--userns").arg(userns);
         }
         cmd.stdin(Stdio::null());
         let mut child = self.spawn_helper(cmd)?;

@@ -20,13 +20,13 @@ mod tests;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxBuilder, Root, Spec};
+use oci_spec::runtime::{LinuxBuilder, LinuxIdMappingBuilder, Root, Spec};
 
 use crate::error::{Error, Result};
 use crate::id::ContainerId;
 use crate::seccomp_default;
 
-pub use mounts::{BindMount, NamespaceMode, Namespaces, PidMode, Propagation};
+pub use mounts::{BindMount, NamespaceMode, Namespaces, PidMode, Propagation, UserNamespaceJoin};
 pub use process::{ImageConfig, check_user, process_args, process_env};
 pub use resources::{Resources, linux_resources};
 pub use security::{
@@ -206,6 +206,21 @@ pub fn build(
     };
     let linux = match seccomp {
         Some(filter) => linux.seccomp(filter),
+        None => linux,
+    };
+    let linux = match &s.namespaces.user {
+        Some(user) => {
+            let map = |r: crate::userns::IdRange| {
+                LinuxIdMappingBuilder::default()
+                    .container_id(r.container_id)
+                    .host_id(r.host_id)
+                    .size(r.length)
+                    .build()
+            };
+            let uids = map(user.mapping.uids).map_err(|e| spec_err(e.to_string()))?;
+            let gids = map(user.mapping.gids).map_err(|e| spec_err(e.to_string()))?;
+            linux.uid_mappings(vec![uids]).gid_mappings(vec![gids])
+        }
         None => linux,
     };
     let linux = match rootfs_propagation {

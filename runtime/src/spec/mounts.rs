@@ -33,9 +33,21 @@ pub enum PidMode {
     Host,
 }
 
+/// The pod's user namespace, joined by path; the mappings go into the spec too (runc 1.1
+/// needs them to know the container root's host ids, for the devices it creates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespaceJoin {
+    /// The pinned namespace.
+    pub path: PathBuf,
+    /// Its mappings.
+    pub mapping: crate::userns::UserNamespace,
+}
+
 /// The container's namespaces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Namespaces {
+    /// User: the pod's (`None`: the node's).
+    pub user: Option<UserNamespaceJoin>,
     /// Network.
     pub network: NamespaceMode,
     /// IPC.
@@ -81,6 +93,9 @@ pub struct BindMount {
     /// OCI runtime's `rro` option (`mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`, kernel
     /// ≥ 5.12). Needs `readonly` and private propagation (checked at the CRI boundary).
     pub recursive_readonly: bool,
+    /// kubelet sent id mappings (the pod's): in a user-namespaced pod the source is mounted
+    /// through a clone idmapped with the pod's user namespace ([`crate::userns`]).
+    pub idmapped: bool,
 }
 
 fn bind(m: &BindMount) -> Mount {
@@ -171,6 +186,9 @@ pub(super) fn namespaces(n: &Namespaces, cgroup: bool) -> Vec<LinuxNamespace> {
         l.set_path(path);
         out.push(l);
     };
+    if let Some(user) = &n.user {
+        ns(LinuxNamespaceType::User, Some(user.path.clone()));
+    }
     ns(LinuxNamespaceType::Mount, None);
     for (mode, typ) in [
         (&n.network, LinuxNamespaceType::Network),

@@ -69,6 +69,7 @@ fn spec_has_paths_namespaces_and_clamped_oom() {
         readonly: true,
         propagation: Propagation::HostToContainer,
         recursive_readonly: false,
+        idmapped: false,
     });
     s.mounts.push(BindMount {
         container_path: "/data".into(),
@@ -76,6 +77,7 @@ fn spec_has_paths_namespaces_and_clamped_oom() {
         readonly: false,
         propagation: Propagation::Private,
         recursive_readonly: false,
+        idmapped: false,
     });
     s.sandbox_mounts.push(BindMount {
         container_path: "/dev/shm".into(),
@@ -83,6 +85,7 @@ fn spec_has_paths_namespaces_and_clamped_oom() {
         readonly: false,
         propagation: Propagation::Private,
         recursive_readonly: false,
+        idmapped: false,
     });
     let id = ContainerId::new("c1").unwrap();
     let host = host();
