@@ -119,8 +119,14 @@ impl Read for BlobSide<'_> {
                 return Err(io::Error::other(msg));
             }
         };
-        if let Some(k) = self.keep.as_mut() {
-            k.write_all(&buf[..n])?;
+        if let Some(k) = self.keep.as_mut()
+            && let Err(e) = k.write_all(&buf[..n])
+        {
+            // Typed, as a read error: a full disk must come out as one, not as a bad stream.
+            let err = Error::io("write layer blob", Path::new("tmp"), e);
+            let msg = err.to_string();
+            self.first_error = Some(err);
+            return Err(io::Error::other(msg));
         }
         Ok(n)
     }
