@@ -177,10 +177,16 @@ impl TreeLayerSink {
             first_error: None,
         };
         let open = |p: &Path| fsutil::open_dir(p).map_err(|e| Error::io("open directory", p, e));
+        let view = open(&view_path)?;
+        // A set-group-id root dir would pass its group to every directory and file below.
+        let owner_known = rustix::fs::fstat(&view)
+            .map(|st| st.st_mode & 0o2000 == 0)
+            .unwrap_or(false);
         let mut state = Unpack {
             layer,
             allow_devices: self.allow_device_nodes,
-            view: open(&view_path)?,
+            view,
+            owner_known,
             work: open(&objects_work)?,
             objects: open(&self.paths.objects)?,
             entries: BTreeMap::new(),
@@ -188,6 +194,7 @@ impl TreeLayerSink {
             whiteouts: Vec::new(),
             opaques: Vec::new(),
             parent_cache: None,
+            placed: Default::default(),
             tmp_counter: 0,
             buf: vec![0u8; COPY_BUFFER],
             limits: self.limits.clone(),

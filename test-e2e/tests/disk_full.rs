@@ -220,9 +220,15 @@ async fn a_pull_that_does_not_fit_fails_resource_exhausted_and_leaves_nothing() 
     assert_eq!(image_fs_used(&daemon).await, walked_usage(&root));
     let (ok, text) = store_verify(&daemon);
     assert!(ok, "{text}");
+    // #20: one info line per finished pull, with its size, time and rate.
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(" INFO ") && l.contains(&format!("pulled {big}: ")))
+        .unwrap_or_else(|| panic!("no finished-pull line for {big} in:\n{log}"));
     assert!(
-        daemon.log().contains(&format!("pulled {big}: ")),
-        "the finished-pull line is logged"
+        line.contains(" MB in ") && line.contains(" MB/s)") && line.contains("layers=3"),
+        "{line}"
     );
 }
 

@@ -309,6 +309,7 @@ impl Inner {
                 if let Err(c) = self.clone().sweep_objects_guarded().await {
                     warn!(image = %image, error = %c, "object sweep after failed pull");
                 }
+                self.refresh_db_size();
                 drop(store_guard);
                 Err(e)
             }
@@ -498,18 +499,14 @@ impl Inner {
         results.into_iter().collect()
     }
 
-    /// Commit the image record (under `gc_lock`) and refresh the usage figures.
+    /// Commit the image record (under `gc_lock`); the usage figures are refreshed after.
     async fn commit(self: &Arc<Self>, record: ImageRecord) -> Result<Image> {
-        let _guard = self.gc_lock.lock().await;
+        let guard = self.gc_lock.lock().await;
         let inner = self.clone();
         let committed = blocking("commit image", move || inner.commit_image(record)).await?;
         self.refresh_db_size();
-        let inner = self.clone();
-        let _ = blocking("usage", move || {
-            inner.refresh_usage();
-            Ok(())
-        })
-        .await;
+        drop(guard);
+        self.usage.changed();
         Ok(self.image(&committed))
     }
 
