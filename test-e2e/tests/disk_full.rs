@@ -147,7 +147,13 @@ async fn pull(daemon: &Daemon, image: &str) -> Result<String, tonic::Status> {
     Ok(r.into_inner().image_ref)
 }
 
-fn store_verify(daemon: &Daemon) -> (bool, String) {
+/// `rootstock store verify` (which takes the store alone: the daemon is stopped for it and
+/// started again).
+async fn store_verify(daemon: &mut Daemon) -> (bool, String) {
+    daemon
+        .signal_and_wait(Signal::SIGTERM, Duration::from_secs(15))
+        .await
+        .expect("daemon stops");
     let mut args = daemon.path_args();
     args.extend(["store".to_owned(), "verify".to_owned()]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -157,6 +163,7 @@ fn store_verify(daemon: &Daemon) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    daemon.start_again().await;
     (out.status.success(), text)
 }
 
@@ -183,7 +190,7 @@ async fn a_pull_that_does_not_fit_fails_resource_exhausted_and_leaves_nothing() 
     registry.push("e2e/big", "v1", &big_image()).await;
     let busybox = registry.image_ref("e2e/busybox", "v1");
     let big = registry.image_ref("e2e/big", "v1");
-    let daemon = daemon_on_small_disk(&registry).await;
+    let mut daemon = daemon_on_small_disk(&registry).await;
     let root = daemon.root_dir.clone();
     pull(&daemon, &busybox).await.expect("the small image fits");
 
@@ -209,7 +216,7 @@ async fn a_pull_that_does_not_fit_fails_resource_exhausted_and_leaves_nothing() 
     let db_growth = (std::fs::metadata(root.join("meta.redb")).unwrap().blocks() - db_blocks) * 512;
     assert_eq!(free_bytes(&root) + db_growth, free, "space not given back");
     assert_eq!(image_fs_used(&daemon).await, walked_usage(&root));
-    let (ok, text) = store_verify(&daemon);
+    let (ok, text) = store_verify(&mut daemon).await;
     assert!(ok, "{text}");
 
     // Space freed: the same pull works, and the usage follows.
@@ -218,7 +225,7 @@ async fn a_pull_that_does_not_fit_fails_resource_exhausted_and_leaves_nothing() 
         .await
         .expect("the pull after freeing space");
     assert_eq!(image_fs_used(&daemon).await, walked_usage(&root));
-    let (ok, text) = store_verify(&daemon);
+    let (ok, text) = store_verify(&mut daemon).await;
     assert!(ok, "{text}");
     // #20: one info line per finished pull, with its size, time and rate.
     let log = daemon.log();
@@ -267,7 +274,7 @@ async fn a_container_filling_the_disk_cannot_corrupt_store_objects() {
         "the disk is full: {} bytes free",
         free_bytes(&daemon.root_dir)
     );
-    let (ok, text) = store_verify(&daemon);
+    let (ok, text) = store_verify(&mut daemon).await;
     assert!(ok, "a store object changed: {text}");
     // The daemon answers on the full disk, and comes back after a SIGKILL.
     let _ = image_fs_used(&daemon).await;
@@ -275,7 +282,7 @@ async fn a_container_filling_the_disk_cannot_corrupt_store_objects() {
     let mut rt = daemon.runtime().await;
     let status = container_status(&mut rt, &id).await;
     assert_eq!(status.exit_code, 3, "{status:?}");
-    let (ok, text) = store_verify(&daemon);
+    let (ok, text) = store_verify(&mut daemon).await;
     assert!(ok, "{text}");
     rt.remove_container(RemoveContainerRequest {
         container_id: id.clone(),
