@@ -139,6 +139,8 @@ pub struct Options {
     /// Cold-pull repetitions (5) and the size of each of the five layers.
     pub pull_runs: usize,
     pub pull_layer_bytes: usize,
+    /// Files of 1 KiB in the small-file pull image (20,000).
+    pub small_files: usize,
     /// Size of the shared base of the disk-usage images (50 MB).
     pub disk_base_bytes: usize,
     /// Layer counts of the depth images (1, 150, 300, 500, 1000).
@@ -161,6 +163,7 @@ impl Options {
             concurrent: 20,
             pull_runs: 5,
             pull_layer_bytes: 20 << 20,
+            small_files: 20_000,
             disk_base_bytes: 50 << 20,
             depths: vec![1, 150, 300, 500, 1000],
             memory_pods: 10,
@@ -179,6 +182,7 @@ impl Options {
             concurrent: 3,
             pull_runs: 2,
             pull_layer_bytes: 1 << 20,
+            small_files: 500,
             disk_base_bytes: 2 << 20,
             depths: vec![1, 20],
             memory_pods: 2,
@@ -351,6 +355,8 @@ async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
     run.family(t, "memory per pod", pods::memory_per_pod(t, ctx))
         .await;
     run.family(t, "cold pull", images::cold_pull(t, ctx)).await;
+    run.family(t, "small files", images::small_files(t, ctx))
+        .await;
     run.family(t, "disk", images::disk(t, ctx)).await;
     run.family(t, "depth", images::depth(t, ctx)).await;
     run.elapsed_secs = started.elapsed().as_secs_f64();
@@ -390,6 +396,13 @@ impl RuntimeRun {
         name: &str,
         measures: impl std::future::Future<Output = Vec<Measure>>,
     ) {
+        // `ROOTSTOCK_BENCH_FAMILIES=cold pull,small files`: only those families (a quick
+        // look at a few rows; `make bench` runs them all).
+        if let Ok(only) = std::env::var("ROOTSTOCK_BENCH_FAMILIES")
+            && !only.split(',').any(|f| f.trim() == name)
+        {
+            return;
+        }
         use futures_util::FutureExt as _;
         let started = Instant::now();
         let measures = match std::panic::AssertUnwindSafe(measures).catch_unwind().await {

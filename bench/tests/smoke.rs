@@ -47,7 +47,7 @@ async fn smoke_run_measures_every_family_on_rootstock() {
         assert!(keys.contains(&key.as_str()), "no row {key:?} in {keys:#?}");
     }
     // The image families' rows, by the prefix of each family.
-    for family in ["cold pull", "disk", "depth"] {
+    for family in ["cold pull", "small-file pull", "disk", "depth"] {
         assert!(
             keys.iter().any(|k| k.starts_with(family)),
             "no {family} row in {keys:#?}"

@@ -89,6 +89,8 @@ fn image_code(kind: rootstock_imagestore::ErrorKind) -> Code {
         K::PermissionDenied => Code::PermissionDenied,
         K::Unavailable => Code::Unavailable,
         K::FailedPrecondition => Code::FailedPrecondition,
+        // The disk under root_dir is full (#19): kubelet retries the pull with back-off.
+        K::ResourceExhausted => Code::ResourceExhausted,
         K::Internal => Code::Internal,
     }
 }

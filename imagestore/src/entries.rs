@@ -4,10 +4,12 @@
 //! memory; limits checked as entries arrive.
 
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use sha2::{Digest as _, Sha256};
@@ -33,7 +35,7 @@ pub(crate) fn refused(layer: &LayerInput, entry: &str, reason: impl Into<String>
 /// Where an entry goes: the directory that holds it, its name there, its normalised path,
 /// and its name as the tar spelled it (for messages).
 struct Place<'r> {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     name: String,
     path: String,
     raw: &'r str,
@@ -50,7 +52,14 @@ pub(crate) struct Unpack<'a> {
     pub(crate) hardlinks: Vec<(String, String)>,
     pub(crate) whiteouts: Vec<String>,
     pub(crate) opaques: Vec<String>,
-    pub(crate) parent_cache: Option<(String, OwnedFd)>,
+    /// The directory the last entry went into (tars list a directory's entries together):
+    /// shared, so a cache hit costs no syscall.
+    pub(crate) parent_cache: Option<(String, Arc<OwnedFd>)>,
+    /// Paths placed in the view that `entries` does not list (hard links, whiteout
+    /// markers): with `entries`, every name the view holds, so a new path needs no `stat`.
+    pub(crate) placed: HashSet<String>,
+    /// The view has no set-group-id directory: a new file is ours, group and all.
+    pub(crate) owner_known: bool,
     pub(crate) tmp_counter: u64,
     pub(crate) buf: Vec<u8>,
     pub(crate) limits: SinkLimits,
@@ -67,12 +76,12 @@ impl<'a> Unpack<'a> {
 
     /// The directory that holds `comps`' last component, creating missing parents as
     /// implicit directories; refuses to go through a symlink or a non-directory.
-    fn parent(&mut self, comps: &[String], entry: &str) -> Result<OwnedFd> {
+    fn parent(&mut self, comps: &[String], entry: &str) -> Result<Arc<OwnedFd>> {
         let parent = comps[..comps.len().saturating_sub(1)].join("/");
         if let Some((p, fd)) = &self.parent_cache
             && *p == parent
         {
-            return fd.try_clone().map_err(|e| Error::io("dup dir", entry, e));
+            return Ok(fd.clone());
         }
         let mut cur = self
             .view
@@ -110,16 +119,19 @@ impl<'a> Unpack<'a> {
                 Err(e) => return Err(Error::io("open directory", &prefix, e)),
             };
         }
-        let dup = cur
-            .try_clone()
-            .map_err(|e| Error::io("dup dir", entry, e))?;
-        self.parent_cache = Some((parent, dup));
+        let cur = Arc::new(cur);
+        self.parent_cache = Some((parent, cur.clone()));
         Ok(cur)
     }
 
     /// Make room for a new entry `name` in `dir`: whatever is there goes (a directory only
     /// when the new entry is not one), and the manifest forgets it and what was below it.
     fn replace(&mut self, dir: &OwnedFd, name: &str, path: &str, new_is_dir: bool) -> Result<()> {
+        // The view is this layer's alone and starts empty: a path the layer did not place
+        // yet is free, no need to ask the file system (one `stat` per entry saved).
+        if !self.entries.contains_key(path) && !self.placed.contains(path) {
+            return Ok(());
+        }
         let Some(st) = fsutil::stat_at(dir, name).map_err(self.io_err("stat", path))? else {
             return Ok(());
         };
@@ -132,6 +144,7 @@ impl<'a> Unpack<'a> {
         let mut gone = Vec::new();
         gone.extend(self.entries.remove(path));
         self.hardlinks.retain(|(p, _)| p != path);
+        self.placed.remove(path);
         if is_dir {
             let prefix = format!("{path}/");
             let below: Vec<String> = self
@@ -144,6 +157,7 @@ impl<'a> Unpack<'a> {
                 gone.extend(self.entries.remove(&k));
             }
             self.hardlinks.retain(|(p, _)| !p.starts_with(&prefix));
+            self.placed.retain(|p| !p.starts_with(&prefix));
         }
         self.drop_unlinked_objects(&gone);
         Ok(())
@@ -305,6 +319,7 @@ impl<'a> Unpack<'a> {
         )
         .map_err(|e| Error::io("create whiteout", path, e.into()))?;
         drop(fd);
+        self.placed.insert(path.to_string());
         Ok(())
     }
 
@@ -322,7 +337,7 @@ impl<'a> Unpack<'a> {
         // lookup per level rather than one per level per entry.
         self.parent_cache = fsutil::resolve_dir(&dir, &name)
             .ok()
-            .map(|fd| (path.clone(), fd));
+            .map(|fd| (path.clone(), Arc::new(fd)));
         self.entries.insert(
             path.clone(),
             ManEntry {
@@ -381,6 +396,7 @@ impl<'a> Unpack<'a> {
         } else if self.entries.contains_key(&target) {
             return Err(refused(self.layer, raw, "hard link to a directory"));
         }
+        self.placed.insert(path.clone());
         self.hardlinks.push((path, target));
         Ok(())
     }
@@ -449,10 +465,16 @@ impl<'a> Unpack<'a> {
         tar_error(self.layer, e, entry)
     }
 
-    /// A regular file: content into a temp file (hashed as it goes, exactly `declared` bytes),
-    /// metadata applied, then linked as an object and into the view. A sparse file's data
+    /// A regular file: content written under its name in the view (hashed as it goes,
+    /// exactly `declared` bytes), metadata applied, then linked as an object — or, when the
+    /// object exists, the view's name replaced by a link to it. A sparse file's data
     /// segments are written at their offsets and the holes left as holes (the hash still
     /// covers the zeros a reader sees, as `verify` rehashes the file).
+    ///
+    /// Per file this is open, write, `futimens` (plus `fchown`/`fchmod` only where the
+    /// creation did not already give the owner and mode), close and one link: the view is
+    /// private until the layer is renamed into place, so the file needs no temp name, and
+    /// an object is published with one `linkat` of a complete file.
     fn file<R: Read>(
         &mut self,
         tar: &mut TarReader<R>,
@@ -463,19 +485,11 @@ impl<'a> Unpack<'a> {
         meta: &Meta,
     ) -> Result<Kind> {
         let declared = h.size;
-        self.tmp_counter += 1;
-        let tmp_name = format!("o{}", self.tmp_counter);
-        let target_dir: &OwnedFd = if declared == 0 { dir } else { &self.work };
-        let target_name = if declared == 0 {
-            name
-        } else {
-            tmp_name.as_str()
-        };
         let fd = rustix::fs::openat(
-            target_dir,
-            target_name,
+            dir,
+            name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(meta.mode & 0o777),
         )
         .map_err(|e| Error::io("create file", path, e.into()))?;
         let mut file = File::from(fd);
@@ -539,7 +553,8 @@ impl<'a> Unpack<'a> {
                 format!("declared {declared} bytes, the archive holds {written}"),
             ));
         }
-        fsutil::apply_meta_fd(&file, meta).map_err(|e| Error::io("set metadata", path, e))?;
+        fsutil::apply_meta_new_fd(&file, meta, self.owner_known)
+            .map_err(|e| Error::io("set metadata", path, e))?;
         drop(file);
         if declared == 0 {
             return Ok(Kind::File {
@@ -563,41 +578,28 @@ impl<'a> Unpack<'a> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match rustix::fs::linkat(
-                &self.work,
-                tmp_name.as_str(),
-                &self.objects,
-                rel.as_str(),
-                AtFlags::empty(),
-            ) {
-                Ok(()) => {
-                    failpoint::hit("unpack.object-linked");
-                    rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
-                        .map_err(|e| Error::io("place file", path, e.into()))?;
-                }
+            match rustix::fs::linkat(dir, name, &self.objects, rel.as_str(), AtFlags::empty()) {
+                Ok(()) => failpoint::hit("unpack.object-linked"),
                 Err(rustix::io::Errno::EXIST) => {
+                    // Same content and metadata already stored: the view links the object
+                    // instead (through a temp name, so the name is replaced in one rename).
+                    self.tmp_counter += 1;
+                    let tmp_name = format!("o{}", self.tmp_counter);
                     match rustix::fs::linkat(
                         &self.objects,
                         rel.as_str(),
-                        dir,
-                        name,
+                        &self.work,
+                        tmp_name.as_str(),
                         AtFlags::empty(),
                     ) {
                         Ok(()) => {
-                            let _ = rustix::fs::unlinkat(
-                                &self.work,
-                                tmp_name.as_str(),
-                                AtFlags::empty(),
-                            );
-                        }
-                        Err(rustix::io::Errno::NOENT) if attempts < 5 => continue,
-                        Err(rustix::io::Errno::MLINK) => {
-                            // The object has as many names as the file system allows: this
-                            // layer keeps its own copy (the one just written).
-                            private = true;
                             rustix::fs::renameat(&self.work, tmp_name.as_str(), dir, name)
                                 .map_err(|e| Error::io("place file", path, e.into()))?;
                         }
+                        Err(rustix::io::Errno::NOENT) if attempts < 5 => continue,
+                        // The object has as many names as the file system allows: this
+                        // layer keeps its own copy (the one just written).
+                        Err(rustix::io::Errno::MLINK) => private = true,
                         Err(e) => return Err(Error::io("link object", path, e.into())),
                     }
                 }

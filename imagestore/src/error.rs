@@ -25,6 +25,9 @@ pub enum ErrorKind {
     /// certificate, corrupt or unsupported content, store held by another process); retrying
     /// without a change will fail again.
     FailedPrecondition,
+    /// `Code::ResourceExhausted`: the disk holding the store is full (`ENOSPC`, `EDQUOT`);
+    /// retrying after space was freed succeeds.
+    ResourceExhausted,
     /// `Code::Internal`: a local I/O or database failure.
     Internal,
 }
@@ -348,6 +351,18 @@ pub enum Error {
     /// The store was closed (clean shutdown under way).
     #[error("the image store is closed")]
     Closed,
+    /// The file system holding the store ran out of space (or quota) during a pull; what
+    /// the pull had written is gone again.
+    #[error(
+        "no space left on the disk holding the image store {root}: {source}; free space there \
+         (remove unused images or containers) and pull again"
+    )]
+    DiskFull {
+        /// The store's root directory (`root_dir`).
+        root: PathBuf,
+        /// The failing operation.
+        source: Box<Error>,
+    },
     /// A background task panicked or was cancelled.
     #[error("{what} was interrupted: {detail}")]
     Interrupted {
@@ -395,7 +410,32 @@ impl Error {
             | Closed
             | StoreLocked { .. } => ErrorKind::FailedPrecondition,
             ImageNotFound { .. } => ErrorKind::NotFound,
+            DiskFull { .. } => ErrorKind::ResourceExhausted,
+            Io { .. } if self.is_disk_full() => ErrorKind::ResourceExhausted,
             Io { .. } | Metadata { .. } | Interrupted { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether the error is the file system running out of space or quota: an `ENOSPC` or
+    /// `EDQUOT` from a write, or from redb (whose errors reach us as text: its `StorageError`
+    /// displays the OS error, `… (os error 28)`).
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = rustix::io::Errno::NOSPC.raw_os_error();
+        const EDQUOT: i32 = rustix::io::Errno::DQUOT.raw_os_error();
+        match self {
+            Error::DiskFull { .. } => true,
+            Error::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT))
+                    || source
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<Error>())
+                        .is_some_and(Error::is_disk_full)
+            }
+            Error::Metadata { detail, .. } => {
+                detail.contains(&format!("(os error {ENOSPC})"))
+                    || detail.contains(&format!("(os error {EDQUOT})"))
+            }
+            _ => false,
         }
     }
 

@@ -286,6 +286,52 @@ fn timestamps(mtime: i64) -> Timestamps {
 
 /// Owner, mode, xattrs and mtime on an open file or directory. Order matters: `chown`
 /// clears setuid/setgid and `security.capability`, so it goes first; the mtime goes last.
+/// [`apply_meta_fd`] on a file this process just created with `meta.mode & 0o777` as its
+/// creation mode: the owner and mode calls are skipped where creation already gave them
+/// (owner = our effective ids, no special bits, nothing masked by the umask), which is
+/// most files of most layers. `owner_known`: the file's directory has no set-group-id bit
+/// (which would have given the file the directory's group).
+pub(crate) fn apply_meta_new_fd(fd: &impl AsFd, meta: &Meta, owner_known: bool) -> io::Result<()> {
+    static IDS: std::sync::OnceLock<(u32, u32, u32)> = std::sync::OnceLock::new();
+    let (uid, gid, umask) = *IDS.get_or_init(|| {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+            process_umask(),
+        )
+    });
+    let owner_differs = !owner_known || meta.uid != uid || meta.gid != gid;
+    if owner_differs {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+        )?;
+    }
+    // fchown clears set-id bits, so fchmod comes after it either way.
+    if owner_differs || meta.mode & 0o7000 != 0 || meta.mode & umask != 0 {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))?;
+    }
+    for (name, value) in &meta.xattrs {
+        rustix::fs::fsetxattr(fd, name.as_str(), value, XattrFlags::empty())?;
+    }
+    rustix::fs::futimens(fd, &timestamps(meta.mtime))?;
+    Ok(())
+}
+
+/// The process umask, read from `/proc/self/status` (the `umask` call would change it,
+/// racing other threads); all bits when unknown, so callers never skip a `fchmod`.
+fn process_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o777)
+}
+
 pub(crate) fn apply_meta_fd(fd: &impl AsFd, meta: &Meta) -> io::Result<()> {
     rustix::fs::fchown(
         fd,

@@ -99,7 +99,10 @@ impl Endpoint {
 /// The registry client shared by all pulls.
 pub struct RegistryClient {
     config: ImagesConfig,
-    clients: Mutex<HashMap<String, oci_client::Client>>,
+    /// Per endpoint and credential: `oci-client`'s client (authentication, tags) and the
+    /// HTTP client our own requests (manifests, blobs) share, so a pull's requests reuse
+    /// connections rather than opening one each.
+    clients: Mutex<HashMap<String, (oci_client::Client, reqwest::Client)>>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -178,7 +181,7 @@ impl RegistryClient {
         Ok(out)
     }
 
-    fn client(&self, ep: &Endpoint) -> Result<oci_client::Client> {
+    fn client(&self, ep: &Endpoint) -> Result<(oci_client::Client, reqwest::Client)> {
         let key = format!(
             "{}|{}|{}|{}",
             ep.connect_host,
@@ -229,11 +232,12 @@ impl RegistryClient {
             key: format!("registries.\"{}\"", ep.host),
             reason: format!("cannot build an HTTP client: {e}"),
         })?;
+        let http = session::build_http(ep, true)?;
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
         }
-        clients.insert(key, client.clone());
-        Ok(client)
+        clients.insert(key, (client.clone(), http.clone()));
+        Ok((client, http))
     }
 
     /// Resolve `image` to its manifest bytes on the first endpoint that has it, and return a
@@ -247,9 +251,10 @@ impl RegistryClient {
         let endpoints = self.endpoints(image, creds)?;
         let mut last_err = None;
         for ep in endpoints {
-            let client = self.client(&ep)?;
+            let (client, http) = self.client(&ep)?;
             let session = Session {
                 client,
+                http,
                 endpoint: ep,
                 image: image.clone(),
                 auth: RegistryAuth::Anonymous,

@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
@@ -40,7 +41,11 @@ struct Render<'a> {
     tree: OwnedFd,
     used: HashSet<(u64, u64)>,
     dir_meta: BTreeMap<String, Meta>,
-    cache: Option<(String, OwnedFd)>,
+    /// The tree directory last used (entries come sorted, parents first): shared, so a hit
+    /// costs no syscall.
+    cache: Option<(String, Arc<OwnedFd>)>,
+    /// The same for the layer view files are linked from.
+    view_cache: Option<(String, Arc<OwnedFd>)>,
 }
 
 fn split(path: &str) -> (&str, &str) {
@@ -61,24 +66,33 @@ impl Render<'_> {
 
     /// The directory `rel` in the tree; `None` when it is absent or reached only through a
     /// symlink or a non-directory (contained: nothing below it is touched).
-    fn dir(&mut self, rel: &str) -> Result<Option<OwnedFd>> {
+    fn dir(&mut self, rel: &str) -> Result<Option<Arc<OwnedFd>>> {
         if let Some((p, fd)) = &self.cache
             && p == rel
         {
-            return fd
-                .try_clone()
-                .map(Some)
-                .map_err(|e| Error::io("dup", rel, e));
+            return Ok(Some(fd.clone()));
         }
         match fsutil::resolve_dir(&self.tree, rel) {
             Ok(fd) => {
-                let dup = fd.try_clone().map_err(|e| Error::io("dup", rel, e))?;
-                self.cache = Some((rel.to_string(), dup));
+                let fd = Arc::new(fd);
+                self.cache = Some((rel.to_string(), fd.clone()));
                 Ok(Some(fd))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound || is_contain_errno(&e) => Ok(None),
             Err(e) => Err(Error::io("open tree directory", rel, e)),
         }
+    }
+
+    /// The directory `rel` of the layer view (contained, as [`Self::dir`]).
+    fn view_dir(&mut self, view: &OwnedFd, rel: &str) -> io::Result<Arc<OwnedFd>> {
+        if let Some((p, fd)) = &self.view_cache
+            && p == rel
+        {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(fsutil::resolve_dir(view, rel)?);
+        self.view_cache = Some((rel.to_string(), fd.clone()));
+        Ok(fd)
     }
 
     fn remove(&mut self, rel: &str) -> Result<()> {
@@ -145,7 +159,8 @@ impl Render<'_> {
                 )
                 .map_err(|x| Error::io("open directory", &e.path, x.into()))?;
                 // Entries sort parents first: the next ones likely live in this directory.
-                self.cache = fd.try_clone().ok().map(|d| (e.path.clone(), d));
+                let fd = Arc::new(fd);
+                self.cache = Some((e.path.clone(), fd.clone()));
                 let meta = if implicit {
                     Meta {
                         mode: 0o755,
@@ -177,13 +192,24 @@ impl Render<'_> {
                         .map_err(|x| Error::io("set metadata", &e.path, x))?;
                 }
                 Kind::File { .. } => {
-                    let src = fsutil::open_file_in(view, &e.path)
-                        .map_err(|x| Error::io("open layer file", &e.path, x))?;
-                    let st = rustix::fs::fstat(&src)
-                        .map_err(|x| Error::io("stat", &e.path, x.into()))?;
+                    // By name in the view's directory (resolved contained, cached): a stat
+                    // and a link per file, no descriptor of its own.
+                    let vdir = self
+                        .view_dir(view, parent)
+                        .map_err(|x| Error::io("open layer directory", &e.path, x))?;
+                    let st = match fsutil::stat_at(&*vdir, name) {
+                        Ok(Some(st)) if fsutil::file_type(&st) == FileType::RegularFile => st,
+                        Ok(_) => {
+                            return Err(self.err(
+                                diff_id,
+                                format!("{}: not a regular file in the layer", e.path),
+                            ));
+                        }
+                        Err(x) => return Err(Error::io("stat layer file", &e.path, x)),
+                    };
                     let ino = (st.st_dev, st.st_ino);
                     let linked = if self.used.insert(ino) {
-                        match rustix::fs::linkat(&src, "", &dir, name, AtFlags::EMPTY_PATH) {
+                        match rustix::fs::linkat(&*vdir, name, &*dir, name, AtFlags::empty()) {
                             Ok(()) => true,
                             Err(rustix::io::Errno::MLINK) => false,
                             Err(x) => return Err(Error::io("link object", &e.path, x.into())),
@@ -192,6 +218,8 @@ impl Render<'_> {
                         false
                     };
                     if !linked {
+                        let src = fsutil::open_file_in(&*vdir, name)
+                            .map_err(|x| Error::io("open layer file", &e.path, x))?;
                         copy_file(src, &dir, name, &e.meta)
                             .map_err(|x| Error::io("copy file", &e.path, x))?;
                     }
@@ -328,6 +356,7 @@ pub(crate) fn render(paths: &StorePaths, chain: &ChainId, diff_ids: &[Digest]) -
         used: HashSet::new(),
         dir_meta: BTreeMap::new(),
         cache: None,
+        view_cache: None,
     };
     // Without a root entry in any layer the root is what `tar -x` into a fresh directory
     // and containerd's snapshots give: 0755, owned by root. The runtime gives the
@@ -347,6 +376,7 @@ pub(crate) fn render(paths: &StorePaths, chain: &ChainId, diff_ids: &[Digest]) -
         let view_path = paths.layer_root(diff_id);
         let view =
             fsutil::open_dir(&view_path).map_err(|e| Error::io("open layer", &view_path, e))?;
+        r.view_cache = None;
         entries += r.layer(diff_id, &manifest, &view)?;
         failpoint::hit("render.layer-applied");
     }

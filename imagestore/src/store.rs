@@ -35,6 +35,7 @@ mod download;
 mod gc;
 mod index;
 mod pull;
+mod usage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -180,7 +181,7 @@ struct Inner {
     objects_lock: crate::unpack::ObjectsLock,
     closed: AtomicBool,
     /// (bytes, inodes) of the store, hard links counted once; refreshed after each change.
-    usage: (AtomicU64, AtomicU64),
+    usage: Arc<usage::Usage>,
     /// `images.max_image_bytes` and `images.max_image_entries`, each pull's budget.
     image_limits: (u64, u64),
     /// `images.blob_min_bytes_per_sec` over `images.blob_stall_secs`.
@@ -307,7 +308,7 @@ impl ImageStore {
             sweep_lock: tokio::sync::Mutex::new(()),
             objects_lock,
             closed: AtomicBool::new(false),
-            usage: (AtomicU64::new(0), AtomicU64::new(0)),
+            usage: usage::Usage::new(root.to_path_buf()),
             image_limits: (config.max_image_bytes, config.max_image_entries),
             blob_rate: (
                 config.blob_min_bytes_per_sec,
@@ -332,7 +333,7 @@ impl ImageStore {
         }
         sweep("unused objects", inner.sweep_objects());
         inner.refresh_db_size();
-        inner.refresh_usage();
+        inner.usage.refresh();
         Ok(ImageStore {
             inner: Arc::new(inner),
         })
@@ -425,13 +426,14 @@ impl ImageStore {
     }
 
     /// Bytes and inodes the store really uses (blocks, hard links counted once), from a
-    /// cache refreshed after every pull, removal and release.
+    /// cache refreshed after every pull, removal and release. Blocking only right after a
+    /// pull, while its refresh has not run yet (then it runs here).
     pub fn fs_usage(&self) -> FsUsage {
+        let (bytes, inodes) = self.inner.usage.get();
         FsUsage {
             mountpoint: self.inner.root.clone(),
-            used_bytes: self.inner.usage.0.load(Ordering::Relaxed)
-                + self.inner.db_bytes.load(Ordering::Relaxed),
-            inodes_used: self.inner.usage.1.load(Ordering::Relaxed) + 1,
+            used_bytes: bytes + self.inner.db_bytes.load(Ordering::Relaxed),
+            inodes_used: inodes + 1,
         }
     }
 

@@ -119,8 +119,14 @@ impl Read for BlobSide<'_> {
                 return Err(io::Error::other(msg));
             }
         };
-        if let Some(k) = self.keep.as_mut() {
-            k.write_all(&buf[..n])?;
+        if let Some(k) = self.keep.as_mut()
+            && let Err(e) = k.write_all(&buf[..n])
+        {
+            // Typed, as a read error: a full disk must come out as one, not as a bad stream.
+            let err = Error::io("write layer blob", Path::new("tmp"), e);
+            let msg = err.to_string();
+            self.first_error = Some(err);
+            return Err(io::Error::other(msg));
         }
         Ok(n)
     }
@@ -171,10 +177,16 @@ impl TreeLayerSink {
             first_error: None,
         };
         let open = |p: &Path| fsutil::open_dir(p).map_err(|e| Error::io("open directory", p, e));
+        let view = open(&view_path)?;
+        // A set-group-id root dir would pass its group to every directory and file below.
+        let owner_known = rustix::fs::fstat(&view)
+            .map(|st| st.st_mode & 0o2000 == 0)
+            .unwrap_or(false);
         let mut state = Unpack {
             layer,
             allow_devices: self.allow_device_nodes,
-            view: open(&view_path)?,
+            view,
+            owner_known,
             work: open(&objects_work)?,
             objects: open(&self.paths.objects)?,
             entries: BTreeMap::new(),
@@ -182,6 +194,7 @@ impl TreeLayerSink {
             whiteouts: Vec::new(),
             opaques: Vec::new(),
             parent_cache: None,
+            placed: Default::default(),
             tmp_counter: 0,
             buf: vec![0u8; COPY_BUFFER],
             limits: self.limits.clone(),

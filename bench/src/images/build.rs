@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{
     DEPTH_REPO, DISK_LARGE_FILES, DISK_REPO, DISK_SHARED, DISK_SMALL_FILES, PULL_FILES_PER_LAYER,
-    PULL_REPO, PUSH_STREAMS,
+    PULL_REPO, PUSH_STREAMS, SMALL_FILE_BYTES, SMALL_REPO,
 };
 use crate::Options;
 
@@ -19,6 +19,8 @@ use crate::Options;
 pub struct Fixtures {
     /// (d) five layers of incompressible files, no base.
     pub pull: FixtureImage,
+    /// (d') one layer of `opts.small_files` files of [`SMALL_FILE_BYTES`] (#18).
+    pub small: FixtureImage,
     /// (e) [`DISK_SHARED`] images on one base, then the one on the rebuilt base (last).
     pub disk: Vec<FixtureImage>,
     /// (e) The sum of the sizes of the distinct file contents of all `disk` images.
@@ -89,6 +91,18 @@ pub async fn prepare(registry: &Registry, opts: &Options) -> Fixtures {
     )
     .await;
 
+    let count = opts.small_files;
+    let (image, files) = blocking(move || small_files_image(count)).await;
+    let small = publish(
+        registry,
+        SMALL_REPO,
+        &format!("f{count}"),
+        image,
+        files,
+        &mut pushed,
+    )
+    .await;
+
     let base_bytes = opts.disk_base_bytes;
     let (images, disk_unique_bytes) = blocking(move || disk_images(base_bytes)).await;
     let mut disk = Vec::new();
@@ -111,6 +125,7 @@ pub async fn prepare(registry: &Registry, opts: &Options) -> Fixtures {
 
     let fixtures = Fixtures {
         pull,
+        small,
         disk,
         disk_unique_bytes,
         depth,
@@ -217,6 +232,28 @@ fn pull_image(layer_bytes: usize) -> (fixtures::Image, Vec<FileFact>) {
         files.extend(f);
     }
     (builder.build(), files)
+}
+
+/// (d') One layer: `count` incompressible files of [`SMALL_FILE_BYTES`] in 100 directories
+/// (a source tree, a node_modules: what per-file costs of an unpack show on).
+fn small_files_image(count: usize) -> (fixtures::Image, Vec<FileFact>) {
+    let dirs = 100.min(count.max(1));
+    let mut entries = vec![Entry::dir("small")];
+    entries.extend((0..dirs).map(|d| Entry::dir(&format!("small/d{d}"))));
+    for i in 0..count {
+        entries.push(Entry::file(
+            &format!("small/d{}/f{i}", i % dirs),
+            fixtures::noise(100_000 + i as u64, SMALL_FILE_BYTES),
+        ));
+    }
+    // Tars list a directory's files together.
+    entries[1 + dirs..].sort_by(|a, b| a.path.cmp(&b.path));
+    let (layer, files) = layer(entries);
+    let image = ImageBuilder::new()
+        .layer(layer)
+        .cmd(&["/bin/false"])
+        .build();
+    (image, files)
 }
 
 /// `total` in `parts` sizes (the last takes the remainder).

@@ -29,6 +29,9 @@ pub use store::leftovers;
 const PULL_REPO: &str = "bench/pull";
 const DISK_REPO: &str = "bench/disk";
 const DEPTH_REPO: &str = "bench/depth";
+const SMALL_REPO: &str = "bench/small";
+/// Size of each file of the small-file image.
+const SMALL_FILE_BYTES: usize = 1024;
 /// Blobs pushed at once (the depth images are a thousand small round trips).
 const PUSH_STREAMS: usize = 8;
 /// Files of each cold-pull layer.
@@ -57,11 +60,41 @@ const MIB: f64 = (1 << 20) as f64;
 /// gets failed figures saying what stayed.
 pub async fn cold_pull(t: &Target, ctx: &Ctx) -> Vec<Measure> {
     let image = &ctx.fixtures.pull;
-    let mib = image.size as f64 / MIB;
     let label = format!(
-        "cold pull ({mib:.0} MiB, {} layers)",
+        "cold pull ({:.0} MiB, {} layers)",
+        image.size as f64 / MIB,
         image.layer_digests.len()
     );
+    cold_pulls(t, ctx, image, &label).await
+}
+
+/// (d') Cold pull of the one-layer image of `opts.small_files` files of 1 KiB, as (d), with
+/// the files unpacked per second at the median (#18: per-file costs of the unpack).
+pub async fn small_files(t: &Target, ctx: &Ctx) -> Vec<Measure> {
+    let image = &ctx.fixtures.small;
+    let files = image.files.len();
+    let label = format!("small-file pull ({files} x 1 KiB, 1 layer)");
+    let mut out = cold_pulls(t, ctx, image, &label).await;
+    let rate = match &out.first().map(|m| &m.outcome) {
+        Some(crate::Outcome::Value(median)) => Measure::value(
+            format!("{label}: files/s at median"),
+            "files/s",
+            files as f64 / median,
+        ),
+        _ => Measure::failed(
+            format!("{label}: files/s at median"),
+            "files/s",
+            "no median",
+        ),
+    };
+    out.push(rate);
+    out
+}
+
+/// `opts.pull_runs` cold pulls of `image`: median, min, max and throughput, keyed by `label`.
+async fn cold_pulls(t: &Target, ctx: &Ctx, image: &FixtureImage, label: &str) -> Vec<Measure> {
+    let mib = image.size as f64 / MIB;
+    let label = label.to_owned();
     let keys = [
         (format!("{label}: median"), "s"),
         (format!("{label}: min"), "s"),

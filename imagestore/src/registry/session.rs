@@ -12,7 +12,7 @@ use oci_client::secrets::RegistryAuth;
 
 use super::credentials::Auth;
 use super::errors::{Target, classify_reqwest, map_stream_err};
-use super::{CONNECT_TIMEOUT, Endpoint, MAX_DOCUMENT, USER_AGENT, retry, split_pem};
+use super::{CONNECT_TIMEOUT, Endpoint, MAX_DOCUMENT, READ_TIMEOUT, USER_AGENT, retry, split_pem};
 use crate::error::{Error, Result};
 use crate::manifest::{ACCEPTED_MANIFESTS, Descriptor};
 use crate::reference::{Digest, ImageRef};
@@ -20,6 +20,8 @@ use crate::reference::{Digest, ImageRef};
 /// One pull's conversation with one endpoint.
 pub(crate) struct Session {
     pub(super) client: oci_client::Client,
+    /// The endpoint's HTTP client for the requests we make ourselves (manifests, blobs).
+    pub(super) http: reqwest::Client,
     pub(super) endpoint: Endpoint,
     pub(super) image: ImageRef,
     pub(super) auth: RegistryAuth,
@@ -49,6 +51,7 @@ impl Session {
         };
         let mut session = Session {
             client: self.client.clone(),
+            http: self.http.clone(),
             endpoint: self.endpoint.clone(),
             image: self.image.clone(),
             auth,
@@ -121,34 +124,62 @@ impl Session {
         }
     }
 
-    /// An HTTP client for our own requests to this endpoint: its CA roots, a connect
-    /// timeout, and no redirects at all (the identity-token exchange posts a refresh token,
-    /// which a redirect must never carry anywhere).
+    /// A client without redirects (the identity-token exchange, see [`build_http`]).
     pub(super) fn http_client(&self, follow_redirects: bool) -> Result<reqwest::Client> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(USER_AGENT);
-        if !follow_redirects {
-            builder = builder.redirect(reqwest::redirect::Policy::none());
+        build_http(&self.endpoint, follow_redirects)
+    }
+
+    /// A request to this endpoint with the pull's credentials: the bearer token
+    /// `oci-client` obtained, or the Basic or Bearer credentials themselves.
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match (&self.bearer, &self.auth) {
+            (Some(token), _) => req.bearer_auth(token),
+            (None, RegistryAuth::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            (None, RegistryAuth::Bearer(t)) => req.bearer_auth(t),
+            _ => req,
         }
-        let mut certs = Vec::new();
-        for path in &self.endpoint.ca_files {
-            let pem = std::fs::read(path).map_err(|e| Error::io("read CA file", path, e))?;
-            for cert in split_pem(&pem) {
-                let c = reqwest::Certificate::from_pem(&cert).map_err(|e| Error::Config {
-                    key: format!("registries.\"{}\".ca_files", self.endpoint.host),
-                    reason: format!("{}: {e}", path.display()),
-                })?;
-                certs.push(c);
+    }
+
+    /// The error for a registry answer other than 200, as `oci-client` makes it (its
+    /// `validate_registry_response`), so it maps to the same [`Error`]s.
+    async fn status_error(
+        &self,
+        resp: reqwest::Response,
+        url: String,
+        target: Target<'_>,
+    ) -> Error {
+        let status = resp.status();
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 64 << 10 {
+                break;
             }
         }
-        if !certs.is_empty() {
-            builder = builder.tls_certs_merge(certs);
-        }
-        builder.build().map_err(|e| Error::Config {
-            key: format!("registries.\"{}\"", self.endpoint.host),
-            reason: format!("cannot build an HTTP client: {e}"),
-        })
+        let message = String::from_utf8_lossy(&body).into_owned();
+        let e = match status {
+            reqwest::StatusCode::UNAUTHORIZED => OciDistributionError::UnauthorizedError { url },
+            s if s.is_success() => OciDistributionError::SpecViolationError(format!(
+                "Expected HTTP Status 200 OK, got {s} instead"
+            )),
+            s if s.is_client_error() => {
+                match serde_json::from_slice::<oci_client::errors::OciEnvelope>(&body) {
+                    Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+                    Err(_) => OciDistributionError::ServerError {
+                        code: s.as_u16(),
+                        url,
+                        message,
+                    },
+                }
+            }
+            s => OciDistributionError::ServerError {
+                code: s.as_u16(),
+                url,
+                message,
+            },
+        };
+        self.map_err(e, target)
     }
 
     /// GET a manifest reading at most [`MAX_DOCUMENT`] bytes of it (containerd's bound on
@@ -158,62 +189,25 @@ impl Session {
     /// Redirects are followed by reqwest, which drops `Authorization` when one leaves the
     /// host.
     async fn fetch_manifest_bounded(&self, tag_or_digest: &str) -> Result<Bytes> {
-        let http = self.http_client(true)?;
         let url = format!(
             "{}/v2/{}/manifests/{}",
             self.endpoint.base_url(),
             self.image.repository(),
             tag_or_digest
         );
-        let mut req = http
+        let req = self
+            .http
             .get(&url)
             .header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
-        match (&self.bearer, &self.auth) {
-            (Some(token), _) => req = req.bearer_auth(token),
-            (None, RegistryAuth::Basic(u, p)) => req = req.basic_auth(u, Some(p)),
-            (None, RegistryAuth::Bearer(t)) => req = req.bearer_auth(t),
-            _ => {}
-        }
-        let resp = req
+        let resp = self
+            .authorized(req)
             .send()
             .await
             .map_err(|e| classify_reqwest(&e, &self.endpoint.host))?;
-        let status = resp.status();
-        if status != reqwest::StatusCode::OK {
-            let target = Target::Manifest(tag_or_digest);
-            let mut body = Vec::new();
-            let mut stream = resp.bytes_stream();
-            while let Some(Ok(chunk)) = stream.next().await {
-                body.extend_from_slice(&chunk);
-                if body.len() > 64 << 10 {
-                    break;
-                }
-            }
-            let message = String::from_utf8_lossy(&body).into_owned();
-            let e = match status {
-                reqwest::StatusCode::UNAUTHORIZED => {
-                    OciDistributionError::UnauthorizedError { url }
-                }
-                s if s.is_success() => OciDistributionError::SpecViolationError(format!(
-                    "Expected HTTP Status 200 OK, got {s} instead"
-                )),
-                s if s.is_client_error() => {
-                    match serde_json::from_slice::<oci_client::errors::OciEnvelope>(&body) {
-                        Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
-                        Err(_) => OciDistributionError::ServerError {
-                            code: s.as_u16(),
-                            url,
-                            message,
-                        },
-                    }
-                }
-                s => OciDistributionError::ServerError {
-                    code: s.as_u16(),
-                    url,
-                    message,
-                },
-            };
-            return Err(self.map_err(e, target));
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(self
+                .status_error(resp, url, Target::Manifest(tag_or_digest))
+                .await);
         }
         let header_digest = resp
             .headers()
@@ -334,8 +328,50 @@ impl Session {
     }
 
     /// Open a blob as a stream of chunks, retrying the request (not the body) on transient
-    /// errors. The stream's errors are already mapped; the caller verifies size and digest.
+    /// errors. The stream's errors are already mapped; the caller verifies size and digest
+    /// (the one hash of the compressed bytes: `oci-client`'s own verifying stream would be
+    /// a second one, so blobs are fetched with our client on the authenticated session;
+    /// only a layer with foreign `urls` goes through `oci-client`, which knows them).
     pub async fn open_blob(
+        &self,
+        desc: &Descriptor,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes>>> {
+        if desc.urls.as_ref().is_some_and(|u| !u.is_empty()) {
+            return self.open_foreign_blob(desc).await;
+        }
+        let url = format!(
+            "{}/v2/{}/blobs/{}",
+            self.endpoint.base_url(),
+            self.image.repository(),
+            desc.digest
+        );
+        let resp = retry("open blob", || {
+            self.timed("blob request", async {
+                // Redirects (to a CDN) are followed; reqwest drops `Authorization` when one
+                // leaves the host.
+                let resp = self
+                    .authorized(self.http.get(&url))
+                    .send()
+                    .await
+                    .map_err(|e| classify_reqwest(&e, &self.endpoint.host))?;
+                if resp.status() != reqwest::StatusCode::OK {
+                    return Err(self
+                        .status_error(resp, url.clone(), Target::Blob(&desc.digest))
+                        .await);
+                }
+                Ok(resp)
+            })
+        })
+        .await?;
+        let host = self.endpoint.host.clone();
+        Ok(resp
+            .bytes_stream()
+            .map(move |item| item.map_err(|e| classify_reqwest(&e, &host)))
+            .boxed())
+    }
+
+    /// A blob with foreign `urls` (non-distributable layers), through `oci-client`.
+    async fn open_foreign_blob(
         &self,
         desc: &Descriptor,
     ) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes>>> {
@@ -364,4 +400,35 @@ impl Session {
             .map(move |item| item.map_err(|e| map_stream_err(e, &host, &digest)))
             .boxed())
     }
+}
+
+/// An HTTP client for our own requests to `endpoint`: its CA roots, a connect timeout, and
+/// redirects followed or not at all (the identity-token exchange posts a refresh token,
+/// which a redirect must never carry anywhere).
+pub(super) fn build_http(endpoint: &Endpoint, follow_redirects: bool) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(USER_AGENT);
+    if !follow_redirects {
+        builder = builder.redirect(reqwest::redirect::Policy::none());
+    }
+    let mut certs = Vec::new();
+    for path in &endpoint.ca_files {
+        let pem = std::fs::read(path).map_err(|e| Error::io("read CA file", path, e))?;
+        for cert in split_pem(&pem) {
+            let c = reqwest::Certificate::from_pem(&cert).map_err(|e| Error::Config {
+                key: format!("registries.\"{}\".ca_files", endpoint.host),
+                reason: format!("{}: {e}", path.display()),
+            })?;
+            certs.push(c);
+        }
+    }
+    if !certs.is_empty() {
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| Error::Config {
+        key: format!("registries.\"{}\"", endpoint.host),
+        reason: format!("cannot build an HTTP client: {e}"),
+    })
 }

@@ -38,6 +38,7 @@ impl Inner {
             .is_some()
         {
             debug!(diff_id = %input.diff_id, "layer already present");
+            progress.layers_present.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         // A connection lost mid-blob restarts the layer (the sink committed nothing).

@@ -2,7 +2,7 @@
 //! object sweep, the start-up sweeps of what a crash left, and the usage cache.
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -260,44 +260,10 @@ impl Inner {
         let inner = self.clone();
         blocking("sweep objects", move || {
             inner.sweep_objects()?;
-            inner.refresh_usage();
+            inner.usage.refresh();
             Ok(())
         })
         .await
-    }
-
-    /// Walk the store's directories (blobs, objects, layers, trees) once and cache (bytes,
-    /// inodes), each inode counted once however many names it has.
-    pub(super) fn refresh_usage(&self) {
-        use std::os::unix::fs::MetadataExt;
-        let mut seen: HashSet<(u64, u64)> = HashSet::new();
-        let (mut bytes, mut inodes) = (0u64, 0u64);
-        let mut stack: Vec<PathBuf> = ["blobs", "objects", "layers", "trees", "tmp"]
-            .iter()
-            .map(|d| self.root.join(d))
-            .collect();
-        while let Some(dir) = stack.pop() {
-            if let Ok(m) = std::fs::symlink_metadata(&dir)
-                && seen.insert((m.dev(), m.ino()))
-            {
-                bytes += m.blocks() * 512;
-                inodes += 1;
-            }
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in rd.flatten() {
-                let Ok(m) = entry.metadata() else { continue };
-                if m.is_dir() {
-                    stack.push(entry.path());
-                } else if seen.insert((m.dev(), m.ino())) {
-                    bytes += m.blocks() * 512;
-                    inodes += 1;
-                }
-            }
-        }
-        self.usage.0.store(bytes, Ordering::Relaxed);
-        self.usage.1.store(inodes, Ordering::Relaxed);
     }
 
     /// At open: drop layer records no image names, and blobs neither an image nor a layer

@@ -52,17 +52,38 @@ impl Drop for Leases {
     }
 }
 
-/// Pull progress, logged by a ticker for long pulls.
+/// Pull progress, logged at info by a ticker for long pulls (#20), and once per finished
+/// pull: what an operator watching the log needs to tell a slow registry from a stuck one.
 pub(super) struct Progress {
     /// Closed when the caller is gone (see [`ImageStore::pull`]).
     pub(super) gone: tokio::sync::watch::Receiver<()>,
     reference: String,
+    /// Bytes of the layers and config to download.
     total: AtomicU64,
+    /// Bytes downloaded so far.
     pub(super) done: AtomicU64,
+    /// Layers of the image, and those finished (downloaded and unpacked, or present).
+    layers: AtomicU64,
+    pub(super) layers_done: AtomicU64,
+    /// Layers that were already in the store.
+    pub(super) layers_present: AtomicU64,
     started: Instant,
 }
 
 impl Progress {
+    fn new(reference: String, gone: tokio::sync::watch::Receiver<()>) -> Self {
+        Progress {
+            gone,
+            reference,
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            layers: AtomicU64::new(0),
+            layers_done: AtomicU64::new(0),
+            layers_present: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
     /// The caller of the pull went away.
     fn abandoned(&self) -> bool {
         self.gone.has_changed().is_err()
@@ -75,20 +96,28 @@ impl Progress {
         }
     }
 
+    /// One line: while pulling (`final_id` `None`) the layer being worked on, bytes so far
+    /// and the rate; at the end the size, time and rate (decimal MB, as registries and
+    /// `crictl` count).
     fn log(&self, final_id: Option<&Digest>) {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let mb = |b: u64| b as f64 / 1e6;
         let done = self.done.load(Ordering::Relaxed);
         let total = self.total.load(Ordering::Relaxed);
+        let layers = self.layers.load(Ordering::Relaxed);
+        let finished = self.layers_done.load(Ordering::Relaxed);
+        let present = self.layers_present.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
-        let rate = mib(done) / secs;
+        let rate = mb(done) / secs;
         match final_id {
             Some(id) => info!(
-                image = %self.reference, %id,
-                "pulled {:.1} MiB in {secs:.1}s ({rate:.1} MiB/s)", mib(done)
+                image = %self.reference, %id, layers, present,
+                "pulled {}: {:.1} MB in {secs:.2} s ({rate:.1} MB/s)",
+                self.reference, mb(done)
             ),
             None => info!(
                 image = %self.reference,
-                "pulling: {:.1} of {:.1} MiB downloaded, {rate:.1} MiB/s", mib(done), mib(total)
+                "pulling {}: layer {}/{layers}, {:.1} of {:.1} MB, {rate:.1} MB/s",
+                self.reference, (finished + 1).min(layers.max(1)), mb(done), mb(total)
             ),
         }
     }
@@ -220,13 +249,7 @@ impl Inner {
         auth: Option<Credentials>,
         gone: tokio::sync::watch::Receiver<()>,
     ) -> Result<Image> {
-        let progress = Arc::new(Progress {
-            gone,
-            reference: image.to_string(),
-            total: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            started: Instant::now(),
-        });
+        let progress = Arc::new(Progress::new(image.to_string(), gone));
         let ticker = {
             let progress = progress.clone();
             tokio::spawn(async move {
@@ -258,9 +281,18 @@ impl Inner {
                 Ok(img)
             }
             Err(e) => {
+                // A full disk is the operator's to fix, and says which disk (#19).
+                let e = if e.is_disk_full() && !matches!(e, Error::DiskFull { .. }) {
+                    Error::DiskFull {
+                        root: self.root.clone(),
+                        source: Box::new(e),
+                    }
+                } else {
+                    e
+                };
                 warn!(image = %image, error = %e, "pull failed");
                 // Leave no trace: what this pull committed and nothing else holds goes.
-                let _guard = self.gc_lock.lock().await;
+                let guard = self.gc_lock.lock().await;
                 let inner = self.clone();
                 let cleanup = blocking("pull cleanup", move || {
                     inner.collect(&touched.blobs, &touched.diff_ids, &touched.chains)
@@ -269,6 +301,15 @@ impl Inner {
                 if let Err(c) = cleanup {
                     warn!(image = %image, error = %c, "cleanup after failed pull");
                 }
+                drop(guard);
+                // The objects its unpacks linked lost their other names with the layers'
+                // work directories: sweep them now, not at the next removal or restart (a
+                // pull that filled the disk would otherwise keep it full), which also makes
+                // the usage `ImageFsInfo` reports exact again.
+                if let Err(c) = self.clone().sweep_objects_guarded().await {
+                    warn!(image = %image, error = %c, "object sweep after failed pull");
+                }
+                self.refresh_db_size();
                 drop(store_guard);
                 Err(e)
             }
@@ -292,6 +333,9 @@ impl Inner {
         check_media_types(&reference, manifest)?;
         let total: u64 = manifest.layers.iter().map(|l| l.size).sum::<u64>() + manifest.config.size;
         progress.total.store(total, Ordering::Relaxed);
+        progress
+            .layers
+            .store(manifest.layers.len() as u64, Ordering::Relaxed);
 
         // Manifests and config: lease, then fetch once, then commit.
         let mut small: Vec<Digest> = resolved.manifests.iter().map(|(d, _)| d.clone()).collect();
@@ -440,8 +484,11 @@ impl Inner {
                             return Err(progress.abandoned_error());
                         }
                         let r = inner.pull_layer(&session, input, desc, &progress).await;
-                        if r.is_err() {
-                            failed.store(true, Ordering::Relaxed);
+                        match &r {
+                            Ok(()) => {
+                                progress.layers_done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => failed.store(true, Ordering::Relaxed),
                         }
                         r
                     }
@@ -452,18 +499,14 @@ impl Inner {
         results.into_iter().collect()
     }
 
-    /// Commit the image record (under `gc_lock`) and refresh the usage figures.
+    /// Commit the image record (under `gc_lock`); the usage figures are refreshed after.
     async fn commit(self: &Arc<Self>, record: ImageRecord) -> Result<Image> {
-        let _guard = self.gc_lock.lock().await;
+        let guard = self.gc_lock.lock().await;
         let inner = self.clone();
         let committed = blocking("commit image", move || inner.commit_image(record)).await?;
         self.refresh_db_size();
-        let inner = self.clone();
-        let _ = blocking("usage", move || {
-            inner.refresh_usage();
-            Ok(())
-        })
-        .await;
+        drop(guard);
+        self.usage.changed();
         Ok(self.image(&committed))
     }
 
