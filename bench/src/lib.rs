@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod images;
+pub mod many;
 pub mod peer;
 pub mod pods;
 mod report;
@@ -145,6 +146,8 @@ pub struct Options {
     pub depths: Vec<usize>,
     /// Pods kept running for the per-pod memory figure.
     pub memory_pods: usize,
+    /// Pods started at once and kept running for the many-pods family (100).
+    pub many_pods: usize,
     /// Where the markdown and JSON results go (not committed).
     pub results_dir: PathBuf,
     /// Where fixture images are cached between runs (the registry's storage).
@@ -164,6 +167,7 @@ impl Options {
             disk_base_bytes: 50 << 20,
             depths: vec![1, 150, 300, 500, 1000],
             memory_pods: 10,
+            many_pods: 100,
             results_dir: workspace.join("target/bench-results/full"),
             cache_dir: workspace.join("target/bench-cache/full"),
         }
@@ -182,6 +186,7 @@ impl Options {
             disk_base_bytes: 2 << 20,
             depths: vec![1, 20],
             memory_pods: 2,
+            many_pods: 3,
             results_dir: workspace.join("target/bench-results/smoke"),
             cache_dir: workspace.join("target/bench-cache/smoke"),
         }
@@ -350,6 +355,7 @@ async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
         .await;
     run.family(t, "memory per pod", pods::memory_per_pod(t, ctx))
         .await;
+    run.family(t, "many pods", many::many_pods(t, ctx)).await;
     run.family(t, "cold pull", images::cold_pull(t, ctx)).await;
     run.family(t, "disk", images::disk(t, ctx)).await;
     run.family(t, "depth", images::depth(t, ctx)).await;
