@@ -59,6 +59,9 @@ pub struct Target {
     pub socket: PathBuf,
     /// The runtime's persistent root (image store / containerd root): what disk usage counts.
     pub root_dir: PathBuf,
+    /// Its per-boot state dir: rootstock's monitors name their run directory below it,
+    /// which tells them from other daemons' monitors on the same machine.
+    pub state_dir: PathBuf,
     /// The daemon's pid (for memory figures).
     pub pid: i32,
     /// The runtime handlers to measure (`runc`, `crun`); the first is used where one is enough.
@@ -148,6 +151,9 @@ pub struct Options {
     pub memory_pods: usize,
     /// Pods started at once and kept running for the many-pods family (100).
     pub many_pods: usize,
+    /// Only the families whose name contains one of these (`--only pod,many`); empty: all.
+    /// For measuring one change quickly; `make bench` runs every family.
+    pub only: Vec<String>,
     /// Where the markdown and JSON results go (not committed).
     pub results_dir: PathBuf,
     /// Where fixture images are cached between runs (the registry's storage).
@@ -168,6 +174,7 @@ impl Options {
             depths: vec![1, 150, 300, 500, 1000],
             memory_pods: 10,
             many_pods: 100,
+            only: Vec::new(),
             results_dir: workspace.join("target/bench-results/full"),
             cache_dir: workspace.join("target/bench-cache/full"),
         }
@@ -187,6 +194,7 @@ impl Options {
             depths: vec![1, 20],
             memory_pods: 2,
             many_pods: 3,
+            only: Vec::new(),
             results_dir: workspace.join("target/bench-results/smoke"),
             cache_dir: workspace.join("target/bench-cache/smoke"),
         }
@@ -291,6 +299,7 @@ async fn measure_rootstock(ctx: &Ctx) -> RuntimeRun {
         kind: Kind::Rootstock,
         socket: daemon.socket.clone(),
         root_dir: daemon.root_dir.clone(),
+        state_dir: daemon.state_dir.clone(),
         pid: daemon.pid().as_raw(),
         handlers: ctx.opts.handlers.clone(),
     };
@@ -341,6 +350,7 @@ fn track(t: &Target) -> Option<Tracker> {
 /// pods are removed; the others still run.
 async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
     let mut run = RuntimeRun::new(t.kind);
+    run.only = ctx.opts.only.clone();
     let started = Instant::now();
     if let Err(why) = wait_ready(t).await {
         eprintln!("bench[{}] {why}", t.kind.name());
@@ -377,6 +387,9 @@ pub struct RuntimeRun {
     /// Seconds each family took, set-up included.
     pub families: Vec<(String, f64)>,
     pub elapsed_secs: f64,
+    /// [`Options::only`].
+    #[serde(skip)]
+    only: Vec<String>,
 }
 
 impl RuntimeRun {
@@ -387,6 +400,7 @@ impl RuntimeRun {
             measures: Vec::new(),
             families: Vec::new(),
             elapsed_secs: 0.0,
+            only: Vec::new(),
         }
     }
 
@@ -397,6 +411,9 @@ impl RuntimeRun {
         measures: impl std::future::Future<Output = Vec<Measure>>,
     ) {
         use futures_util::FutureExt as _;
+        if !self.only.is_empty() && !self.only.iter().any(|o| name.contains(o.as_str())) {
+            return;
+        }
         let started = Instant::now();
         let measures = match std::panic::AssertUnwindSafe(measures).catch_unwind().await {
             Ok(measures) => measures,

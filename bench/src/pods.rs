@@ -6,6 +6,7 @@
 //! clients and clean-up after a failure are not.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -420,7 +421,7 @@ impl Baseline {
         let daemon_after =
             usage(t.pid).ok_or_else(|| format!("cannot read the memory of pid {}", t.pid))?;
         let after = processes();
-        let added = runtime_processes(&self.processes, &after, t.pid, &self.cgroup);
+        let added = runtime_processes(&self.processes, &after, t.pid, &self.cgroup, &t.state_dir);
         let mut total = Usage::default();
         let mut by_name: BTreeMap<String, (usize, Usage)> = BTreeMap::new();
         for pid in &added {
@@ -555,13 +556,15 @@ fn pids_cgroup(pid: i32) -> Option<String> {
 }
 
 /// The processes in `after` that were not in `before` and are the runtime's: in `cgroup` (or
-/// below it), or descended from one that is, or from the daemon; not the daemon itself (its
-/// growth is counted apart) and not a workload.
+/// below it), or descended from one that is, or from the daemon, or a rootstock monitor
+/// whose run directory is in `state_dir`; not the daemon itself (its growth is counted
+/// apart) and not a workload.
 fn runtime_processes(
     before: &HashMap<i32, Proc>,
     after: &HashMap<i32, Proc>,
     daemon: i32,
     cgroup: &str,
+    state_dir: &Path,
 ) -> Vec<i32> {
     let in_cgroup = |p: &Proc| {
         p.cgroup.as_deref().is_some_and(|cg| {
@@ -578,9 +581,15 @@ fn runtime_processes(
             let Some(p) = after.get(&cur) else {
                 return false;
             };
-            // rootstock's monitors and pod-inits leave the daemon's cgroup at spawn (issue 15:
-            // a restart that kills that cgroup must not take them along): known by name.
-            if cur == daemon || in_cgroup(p) || p.comm == "rootstock-monit" {
+            // rootstock's monitors leave the daemon's cgroup at spawn (issue 15: a restart
+            // that kills that cgroup must not take them along): known by name and by their
+            // run directory, since other daemons' (tests running meanwhile) are not ours.
+            // (The bench's pods have no pod-init, the one other process rootstock starts.)
+            let own_monitor = p.comm == "rootstock-monit"
+                && p.cmdline
+                    .iter()
+                    .any(|a| Path::new(a).starts_with(state_dir));
+            if cur == daemon || in_cgroup(p) || own_monitor {
                 return true;
             }
             if p.ppid <= 1 {
@@ -653,8 +662,19 @@ mod tests {
             (20, proc(1, 9, "new-shim", &["shim"], cg)),
         ]);
         assert_eq!(
-            runtime_processes(&before, &after, 10, cg),
+            runtime_processes(&before, &after, 10, cg, Path::new("/state")),
             vec![20, 30, 31, 32, 41]
+        );
+        // rootstock's monitors left the cgroup: this daemon's by its state dir, not another's.
+        let monitor = |run_dir: &str| {
+            let args = ["rootstock-monitor", "--run-dir", run_dir];
+            proc(1, 9, "rootstock-monit", &args, "/rootstock-monitors")
+        };
+        after.insert(50, monitor("/state/containers/a"));
+        after.insert(51, monitor("/other/state/containers/b"));
+        assert_eq!(
+            runtime_processes(&before, &after, 10, cg, Path::new("/state")),
+            vec![20, 30, 31, 32, 41, 50]
         );
     }
 
