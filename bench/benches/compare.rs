@@ -6,6 +6,7 @@
 //!     make bench          # installs containerd if missing, prepares the host, builds, runs
 //!     cargo build --release --bins && cargo bench -p rootstock-bench --bench compare
 //!     cargo bench -p rootstock-bench --bench compare -- --smoke   # rootstock only, small
+//!     cargo bench -p rootstock-bench --bench compare -- --only pod,many   # some families
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -20,11 +21,19 @@ async fn main() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the crate lives in the workspace");
-    // `cargo bench` passes `--bench`; anything but `--smoke` is ignored.
-    let opts = if std::env::args().any(|a| a == "--smoke") {
+    // `cargo bench` passes `--bench`; anything but `--smoke` and `--only` is ignored.
+    let args: Vec<String> = std::env::args().collect();
+    let mut opts = if args.iter().any(|a| a == "--smoke") {
         Options::smoke(workspace)
     } else {
         Options::full(workspace)
     };
+    // `--only pod,many`: those families only (a quick look at one change).
+    if let Some(at) = args.iter().position(|a| a == "--only") {
+        opts.only = args
+            .get(at + 1)
+            .map(|list| list.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+    }
     bench::run(opts).await;
 }

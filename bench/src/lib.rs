@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod images;
+pub mod many;
 pub mod peer;
 pub mod pods;
 mod report;
@@ -58,6 +59,9 @@ pub struct Target {
     pub socket: PathBuf,
     /// The runtime's persistent root (image store / containerd root): what disk usage counts.
     pub root_dir: PathBuf,
+    /// Its per-boot state dir: rootstock's monitors name their run directory below it,
+    /// which tells them from other daemons' monitors on the same machine.
+    pub state_dir: PathBuf,
     /// The daemon's pid (for memory figures).
     pub pid: i32,
     /// The runtime handlers to measure (`runc`, `crun`); the first is used where one is enough.
@@ -147,6 +151,11 @@ pub struct Options {
     pub depths: Vec<usize>,
     /// Pods kept running for the per-pod memory figure.
     pub memory_pods: usize,
+    /// Pods started at once and kept running for the many-pods family (100).
+    pub many_pods: usize,
+    /// Only the families whose name contains one of these (`--only pod,many`); empty: all.
+    /// For measuring one change quickly; `make bench` runs every family.
+    pub only: Vec<String>,
     /// Where the markdown and JSON results go (not committed).
     pub results_dir: PathBuf,
     /// Where fixture images are cached between runs (the registry's storage).
@@ -167,6 +176,8 @@ impl Options {
             disk_base_bytes: 50 << 20,
             depths: vec![1, 150, 300, 500, 1000],
             memory_pods: 10,
+            many_pods: 100,
+            only: Vec::new(),
             results_dir: workspace.join("target/bench-results/full"),
             cache_dir: workspace.join("target/bench-cache/full"),
         }
@@ -186,6 +197,8 @@ impl Options {
             disk_base_bytes: 2 << 20,
             depths: vec![1, 20],
             memory_pods: 2,
+            many_pods: 3,
+            only: Vec::new(),
             results_dir: workspace.join("target/bench-results/smoke"),
             cache_dir: workspace.join("target/bench-cache/smoke"),
         }
@@ -290,6 +303,7 @@ async fn measure_rootstock(ctx: &Ctx) -> RuntimeRun {
         kind: Kind::Rootstock,
         socket: daemon.socket.clone(),
         root_dir: daemon.root_dir.clone(),
+        state_dir: daemon.state_dir.clone(),
         pid: daemon.pid().as_raw(),
         handlers: ctx.opts.handlers.clone(),
     };
@@ -340,6 +354,7 @@ fn track(t: &Target) -> Option<Tracker> {
 /// pods are removed; the others still run.
 async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
     let mut run = RuntimeRun::new(t.kind);
+    run.only = ctx.opts.only.clone();
     let started = Instant::now();
     if let Err(why) = wait_ready(t).await {
         eprintln!("bench[{}] {why}", t.kind.name());
@@ -354,6 +369,7 @@ async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
         .await;
     run.family(t, "memory per pod", pods::memory_per_pod(t, ctx))
         .await;
+    run.family(t, "many pods", many::many_pods(t, ctx)).await;
     run.family(t, "cold pull", images::cold_pull(t, ctx)).await;
     run.family(t, "small files", images::small_files(t, ctx))
         .await;
@@ -377,6 +393,9 @@ pub struct RuntimeRun {
     /// Seconds each family took, set-up included.
     pub families: Vec<(String, f64)>,
     pub elapsed_secs: f64,
+    /// [`Options::only`].
+    #[serde(skip)]
+    only: Vec<String>,
 }
 
 impl RuntimeRun {
@@ -387,6 +406,7 @@ impl RuntimeRun {
             measures: Vec::new(),
             families: Vec::new(),
             elapsed_secs: 0.0,
+            only: Vec::new(),
         }
     }
 
@@ -404,6 +424,9 @@ impl RuntimeRun {
             return;
         }
         use futures_util::FutureExt as _;
+        if !self.only.is_empty() && !self.only.iter().any(|o| name.contains(o.as_str())) {
+            return;
+        }
         let started = Instant::now();
         let measures = match std::panic::AssertUnwindSafe(measures).catch_unwind().await {
             Ok(measures) => measures,

@@ -83,6 +83,7 @@ impl Containerd {
             kind: Kind::Containerd,
             socket: self.socket.clone(),
             root_dir: self.root.clone(),
+            state_dir: self.state.clone(),
             pid: self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0),
             handlers: handlers.to_vec(),
         }

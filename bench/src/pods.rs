@@ -6,6 +6,7 @@
 //! clients and clean-up after a failure are not.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -19,7 +20,7 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 /// The images a pod needs, pulled untimed: busybox, and on containerd its sandbox image (a
 /// node has it before kubelet runs a pod; rootstock needs none).
-async fn ensure_images(t: &Target, ctx: &Ctx) -> Result<(), String> {
+pub(crate) async fn ensure_images(t: &Target, ctx: &Ctx) -> Result<(), String> {
     let mut images = t.images().await;
     super::pull(&mut images, &ctx.busybox).await?;
     if t.kind == Kind::Containerd {
@@ -175,36 +176,8 @@ async fn at_once(t: &Target, ctx: &Ctx, handler: &str) -> Result<(Duration, Dura
     for _ in 0..ctx.opts.concurrent {
         clients.push(t.runtime().await);
     }
-    let started = Instant::now();
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut rt)| {
-            let (handler, image) = (handler.to_owned(), ctx.busybox.clone());
-            tokio::spawn(async move {
-                let name = format!("bench-at-once-{handler}-{i}");
-                let pod = super::start_pod(&mut rt, &handler, &name, &image).await;
-                (rt, pod)
-            })
-        })
-        .collect();
-    let mut started_pods = Vec::new();
+    let (up, started_pods) = start_at_once(clients, handler, &ctx.busybox, "bench-at-once").await?;
     let mut failures = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok((rt, Ok((pod, _)))) => started_pods.push((rt, pod)),
-            Ok((_, Err(why))) => failures.push(why),
-            Err(e) => failures.push(format!("task: {e}")),
-        }
-    }
-    let up = started.elapsed();
-    if let Some(first) = failures.first() {
-        return Err(format!(
-            "{} of {} pods failed to start, first: {first}",
-            failures.len(),
-            ctx.opts.concurrent
-        ));
-    }
     let started = Instant::now();
     let tasks: Vec<_> = started_pods
         .into_iter()
@@ -228,6 +201,47 @@ async fn at_once(t: &Target, ctx: &Ctx, handler: &str) -> Result<(Duration, Dura
         ));
     }
     Ok((up, down))
+}
+
+/// One pod per client (named `<prefix>-<handler>-<i>`), all started at once, each by its own
+/// task: the wall time until the last one runs, and each pod with its client.
+pub(crate) async fn start_at_once(
+    clients: Vec<RuntimeServiceClient<Channel>>,
+    handler: &str,
+    image: &str,
+    prefix: &str,
+) -> Result<(Duration, Vec<(RuntimeServiceClient<Channel>, super::Pod)>), String> {
+    let n = clients.len();
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut rt)| {
+            let (handler, image) = (handler.to_owned(), image.to_owned());
+            let name = format!("{prefix}-{handler}-{i}");
+            tokio::spawn(async move {
+                let pod = super::start_pod(&mut rt, &handler, &name, &image).await;
+                (rt, pod)
+            })
+        })
+        .collect();
+    let mut started_pods = Vec::new();
+    let mut failures = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok((rt, Ok((pod, _)))) => started_pods.push((rt, pod)),
+            Ok((_, Err(why))) => failures.push(why),
+            Err(e) => failures.push(format!("task: {e}")),
+        }
+    }
+    let up = started.elapsed();
+    if let Some(first) = failures.first() {
+        return Err(format!(
+            "{} of {n} pods failed to start, first: {first}",
+            failures.len(),
+        ));
+    }
+    Ok((up, started_pods))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -351,62 +365,105 @@ async fn per_pod(
         return Err("no pods (memory_pods = 0)".into());
     }
     ensure_images(t, ctx).await?;
-    let cgroup = pids_cgroup(t.pid)
-        .filter(|cg| cg != "/")
-        .ok_or("the daemon has no cgroup of its own to tell its processes by")?;
-    tokio::time::sleep(SETTLE).await;
-    let before = processes();
-    let daemon_before =
-        usage(t.pid).ok_or_else(|| format!("cannot read the memory of pid {}", t.pid))?;
+    let baseline = Baseline::take(t).await?;
     let mut rt = t.runtime().await;
     for i in 0..pods {
         super::start_pod(&mut rt, handler, &format!("bench-memory-{i}"), &ctx.busybox)
             .await
             .map_err(|why| format!("pod {}: {why}", i + 1))?;
     }
-    tokio::time::sleep(SETTLE).await;
-    let daemon_after =
-        usage(t.pid).ok_or_else(|| format!("cannot read the memory of pid {}", t.pid))?;
-    let after = processes();
-    let added = runtime_processes(&before, &after, t.pid, &cgroup);
-    let mut total = Usage::default();
-    let mut by_name: BTreeMap<String, (usize, Usage)> = BTreeMap::new();
-    for pid in &added {
-        // A process that exited since the listing adds nothing.
-        let Some(u) = usage(*pid) else { continue };
-        total = total + u;
-        let entry = by_name.entry(after[pid].name()).or_default();
-        entry.0 += 1;
-        entry.1 = entry.1 + u;
+    let footprint = baseline.footprint(t, pods, handler).await?;
+    Ok((footprint.per_pod, footprint.by_name))
+}
+
+/// The machine before pods are started: the daemon's cgroup, every process and the daemon's
+/// memory, read after [`SETTLE`].
+pub(crate) struct Baseline {
+    cgroup: String,
+    processes: HashMap<i32, Proc>,
+    daemon: Usage,
+}
+
+/// What `pods` running pods cost, from [`Baseline::footprint`].
+pub(crate) struct Footprint {
+    /// `[RSS, PSS, daemon growth PSS, processes]` per pod (KiB, KiB, KiB, count).
+    pub per_pod: [f64; 4],
+    /// PSS per pod by command name.
+    pub by_name: BTreeMap<String, f64>,
+    /// The daemon's memory with the pods running.
+    pub daemon_rss_kib: u64,
+    pub daemon_pss_kib: u64,
+}
+
+impl Baseline {
+    pub(crate) async fn take(t: &Target) -> Result<Self, String> {
+        let cgroup = pids_cgroup(t.pid)
+            .filter(|cg| cg != "/")
+            .ok_or("the daemon has no cgroup of its own to tell its processes by")?;
+        tokio::time::sleep(SETTLE).await;
+        Ok(Self {
+            cgroup,
+            processes: processes(),
+            daemon: usage(t.pid)
+                .ok_or_else(|| format!("cannot read the memory of pid {}", t.pid))?,
+        })
     }
-    let growth_rss = daemon_after.rss as f64 - daemon_before.rss as f64;
-    let growth_pss = daemon_after.pss as f64 - daemon_before.pss as f64;
-    let n = pods as f64;
-    let summary: Vec<String> = by_name
-        .iter()
-        .map(|(name, (count, u))| format!("{count} × {name} (PSS {} KiB)", u.pss))
-        .collect();
-    eprintln!(
-        "bench[{}] memory of {pods} pods ({handler}): daemon grew by {growth_rss} KiB RSS, \
-         {growth_pss} KiB PSS; added processes: {}",
-        t.kind.name(),
-        if summary.is_empty() {
-            "none".to_owned()
-        } else {
-            summary.join(", ")
+
+    /// After [`SETTLE`]: the daemon's growth plus every runtime process added since the
+    /// baseline (see [`runtime_processes`]), divided by `pods`.
+    pub(crate) async fn footprint(
+        &self,
+        t: &Target,
+        pods: usize,
+        handler: &str,
+    ) -> Result<Footprint, String> {
+        tokio::time::sleep(SETTLE).await;
+        let daemon_after =
+            usage(t.pid).ok_or_else(|| format!("cannot read the memory of pid {}", t.pid))?;
+        let after = processes();
+        let added = runtime_processes(&self.processes, &after, t.pid, &self.cgroup, &t.state_dir);
+        let mut total = Usage::default();
+        let mut by_name: BTreeMap<String, (usize, Usage)> = BTreeMap::new();
+        for pid in &added {
+            // A process that exited since the listing adds nothing.
+            let Some(u) = usage(*pid) else { continue };
+            total = total + u;
+            let entry = by_name.entry(after[pid].name()).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1 + u;
         }
-    );
-    let figures = [
-        (growth_rss + total.rss as f64) / n,
-        (growth_pss + total.pss as f64) / n,
-        growth_pss / n,
-        added.len() as f64 / n,
-    ];
-    let by_name = by_name
-        .into_iter()
-        .map(|(name, (_, u))| (name, u.pss as f64 / n))
-        .collect();
-    Ok((figures, by_name))
+        let growth_rss = daemon_after.rss as f64 - self.daemon.rss as f64;
+        let growth_pss = daemon_after.pss as f64 - self.daemon.pss as f64;
+        let n = pods.max(1) as f64;
+        let summary: Vec<String> = by_name
+            .iter()
+            .map(|(name, (count, u))| format!("{count} × {name} (PSS {} KiB)", u.pss))
+            .collect();
+        eprintln!(
+            "bench[{}] memory of {pods} pods ({handler}): daemon grew by {growth_rss} KiB RSS, \
+             {growth_pss} KiB PSS; added processes: {}",
+            t.kind.name(),
+            if summary.is_empty() {
+                "none".to_owned()
+            } else {
+                summary.join(", ")
+            }
+        );
+        Ok(Footprint {
+            per_pod: [
+                (growth_rss + total.rss as f64) / n,
+                (growth_pss + total.pss as f64) / n,
+                growth_pss / n,
+                added.len() as f64 / n,
+            ],
+            by_name: by_name
+                .into_iter()
+                .map(|(name, (_, u))| (name, u.pss as f64 / n))
+                .collect(),
+            daemon_rss_kib: daemon_after.rss,
+            daemon_pss_kib: daemon_after.pss,
+        })
+    }
 }
 
 /// What the memory figure needs of a process.
@@ -499,13 +556,15 @@ fn pids_cgroup(pid: i32) -> Option<String> {
 }
 
 /// The processes in `after` that were not in `before` and are the runtime's: in `cgroup` (or
-/// below it), or descended from one that is, or from the daemon; not the daemon itself (its
-/// growth is counted apart) and not a workload.
+/// below it), or descended from one that is, or from the daemon, or a rootstock monitor
+/// whose run directory is in `state_dir`; not the daemon itself (its growth is counted
+/// apart) and not a workload.
 fn runtime_processes(
     before: &HashMap<i32, Proc>,
     after: &HashMap<i32, Proc>,
     daemon: i32,
     cgroup: &str,
+    state_dir: &Path,
 ) -> Vec<i32> {
     let in_cgroup = |p: &Proc| {
         p.cgroup.as_deref().is_some_and(|cg| {
@@ -522,9 +581,15 @@ fn runtime_processes(
             let Some(p) = after.get(&cur) else {
                 return false;
             };
-            // rootstock's monitors and pod-inits leave the daemon's cgroup at spawn (issue 15:
-            // a restart that kills that cgroup must not take them along): known by name.
-            if cur == daemon || in_cgroup(p) || p.comm == "rootstock-monit" {
+            // rootstock's monitors leave the daemon's cgroup at spawn (issue 15: a restart
+            // that kills that cgroup must not take them along): known by name and by their
+            // run directory, since other daemons' (tests running meanwhile) are not ours.
+            // (The bench's pods have no pod-init, the one other process rootstock starts.)
+            let own_monitor = p.comm == "rootstock-monit"
+                && p.cmdline
+                    .iter()
+                    .any(|a| Path::new(a).starts_with(state_dir));
+            if cur == daemon || in_cgroup(p) || own_monitor {
                 return true;
             }
             if p.ppid <= 1 {
@@ -597,8 +662,19 @@ mod tests {
             (20, proc(1, 9, "new-shim", &["shim"], cg)),
         ]);
         assert_eq!(
-            runtime_processes(&before, &after, 10, cg),
+            runtime_processes(&before, &after, 10, cg, Path::new("/state")),
             vec![20, 30, 31, 32, 41]
+        );
+        // rootstock's monitors left the cgroup: this daemon's by its state dir, not another's.
+        let monitor = |run_dir: &str| {
+            let args = ["rootstock-monitor", "--run-dir", run_dir];
+            proc(1, 9, "rootstock-monit", &args, "/rootstock-monitors")
+        };
+        after.insert(50, monitor("/state/containers/a"));
+        after.insert(51, monitor("/other/state/containers/b"));
+        assert_eq!(
+            runtime_processes(&before, &after, 10, cg, Path::new("/state")),
+            vec![20, 30, 31, 32, 41, 50]
         );
     }
 

@@ -110,11 +110,13 @@ impl Report {
             out.push_str(&format!("- {what}: {value}\n"));
         }
         out.push_str(&format!(
-            "- handlers: {}; {} runs per latency figure; {} pods at once; {} pods for memory\n",
+            "- handlers: {}; {} runs per latency figure; {} pods at once; {} pods for memory; \
+             {} pods in the many-pods family\n",
             self.options.handlers.join(", "),
             self.options.runs,
             self.options.concurrent,
-            self.options.memory_pods
+            self.options.memory_pods,
+            self.options.many_pods
         ));
         let took: Vec<String> = self
             .runtimes

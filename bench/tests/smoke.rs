@@ -31,6 +31,7 @@ async fn smoke_run_measures_every_family_on_rootstock() {
     let keys: Vec<&str> = run.measures.iter().map(|m| m.key.as_str()).collect();
     let handler = &opts.handlers[0];
     let n = opts.concurrent;
+    let m = opts.many_pods;
     for key in [
         "daemon idle RSS".to_owned(),
         "daemon idle PSS".to_owned(),
@@ -43,6 +44,12 @@ async fn smoke_run_measures_every_family_on_rootstock() {
         format!("memory per running pod: RSS ({handler})"),
         format!("memory per running pod: PSS ({handler})"),
         format!("memory per running pod: processes ({handler})"),
+        format!("{m} pods: started at once, wall ({handler})"),
+        format!("{m} pods: daemon RSS ({handler})"),
+        format!("{m} pods: memory per pod, RSS ({handler})"),
+        format!("{m} pods: memory per pod, PSS ({handler})"),
+        format!("{m} pods: ListPodSandbox median ({handler})"),
+        format!("{m} pods: ListContainers median ({handler})"),
     ] {
         assert!(keys.contains(&key.as_str()), "no row {key:?} in {keys:#?}");
     }

@@ -175,11 +175,16 @@ impl ExitRecord {
         }
     }
 
-    /// Writes it atomically (temp, fsync, rename, fsync dir): the daemon may read it at any
-    /// moment, and must never see a torn record.
+    /// Writes it atomically (temp, rename): the daemon may read it at any moment, and must
+    /// never see a torn record. Not fsynced: the run directory is per-boot state (tmpfs
+    /// under `/run` on a node), and a power loss that could lose the file ends the boot the
+    /// record belongs to, after which every container counts as exited anyway; a daemon's
+    /// crash loses nothing the kernel holds. The two fsyncs were on every stop's path.
     pub fn write(&self, run_dir: &Path) -> io::Result<()> {
         let data = serde_json::to_vec(self).map_err(io::Error::other)?;
-        rootstock_fsutil::write_atomic(&run_dir.join(EXIT_FILE), &data)
+        let tmp = run_dir.join(format!(".{EXIT_FILE}.tmp"));
+        std::fs::write(&tmp, &data)?;
+        std::fs::rename(&tmp, run_dir.join(EXIT_FILE))
     }
 }
 

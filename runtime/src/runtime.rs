@@ -354,9 +354,11 @@ impl Runtime {
             &self.opts.config.cdi_spec_dirs,
         )?;
         let config = serde_json::to_vec_pretty(&spec).map_err(spec_err)?;
+        // Written plainly, never fsynced: only `<runtime> create` below reads it, and a
+        // create that a crash interrupts leaves a run directory without a record, which
+        // recovery removes whole. (Two fsyncs here were a tenth of a pod start.)
         let config_path = run_dir.join("config.json");
-        rootstock_fsutil::write_atomic(&config_path, &config)
-            .map_err(|e| Error::io("write", &config_path, e))?;
+        fs::write(&config_path, &config).map_err(|e| Error::io("write", &config_path, e))?;
 
         let kill_all = req.spec.namespaces.needs_kill_all();
         let args = MonitorArgs {

@@ -28,6 +28,15 @@ pub fn process_start_time(pid: i32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/stat"))
 }
 
+/// The parent of `pid` (`/proc/<pid>/stat` field 4).
+pub fn parent_pid(pid: i32) -> io::Result<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat.rfind(')')
+        .and_then(|close| stat[close + 1..].split_whitespace().nth(1))
+        .and_then(|ppid| ppid.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/<pid>/stat"))
+}
+
 fn parse_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and ')'; it ends at the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -121,5 +130,10 @@ mod tests {
         let t = process_start_time(pid).unwrap();
         assert!(process_matches(pid, t));
         assert!(!process_matches(pid, t + 1));
+        assert_eq!(
+            parent_pid(pid).unwrap(),
+            nix::unistd::getppid().as_raw(),
+            "the parent, as the kill of a container's init checks it"
+        );
     }
 }

@@ -61,40 +61,66 @@ impl RuntimeApi {
         }
     }
 
-    /// The runtime's sandbox, then CNI ADD; each step pushes its undo onto `undo` as soon
-    /// as it has something to undo.
+    /// The runtime's sandbox, with CNI ADD started as soon as its network namespace is
+    /// pinned, so that ADD overlaps what the runtime still does (pod-init, the sandbox's
+    /// record); each step pushes its undo onto `undo` as soon as it has something to undo.
     async fn create_sandbox(
         &self,
         spec: SandboxSpec,
         network: Option<PodNetwork>,
         undo: &mut AsyncUndo,
     ) -> Result<(), CriError> {
-        let rt = self.rt.clone();
-        let info = blocking(move || rt.create_sandbox(spec)).await?;
-        let (rt, id) = (self.rt.clone(), info.record.id.clone());
-        undo.push("remove the sandbox", async move {
-            blocking(move || rt.remove_sandbox(&id)).await
-        });
-        let Some(mut pod) = network else {
-            return Ok(());
+        let id = spec.id.clone();
+        let wants_network = network.is_some();
+        let (rt, cni, tokio) = (
+            self.rt.clone(),
+            self.cni.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let (created, add) = tokio::task::spawn_blocking(move || {
+            let mut add = None;
+            let created = rt.create_sandbox_with(spec, |info| {
+                if let (Some(mut pod), Some(netns)) = (network, info.netns_path()) {
+                    pod.netns_path = netns;
+                    add = Some(tokio.spawn(async move { cni.setup(&pod).await }));
+                }
+            });
+            (created, add)
+        })
+        .await
+        .map_err(|e| CriError::Internal(format!("blocking task failed: {e}")))?;
+        // ADD runs to its end whatever happened meanwhile: teardown (DEL) must never race it.
+        let added = match add {
+            Some(task) => Some(task.await),
+            None => None,
         };
-        pod.netns_path = info.netns_path().ok_or_else(|| {
-            CriError::Internal(format!(
-                "sandbox {}: no network namespace was pinned",
-                info.record.id
-            ))
-        })?;
-        // Pushed before ADD: a failed ADD already ran DEL itself, but teardown is
-        // idempotent and also covers an ADD that succeeded before a later step failed.
-        let api = self.clone();
-        let id = info.record.id.clone();
-        undo.push("CNI teardown", async move {
-            api.pod_ips().remove(id.as_str());
-            api.cni.teardown(id.as_str()).await
+        // Removing a sandbox the runtime already released (its create failed) is a no-op.
+        let (rt, sid) = (self.rt.clone(), id.clone());
+        undo.push("remove the sandbox", async move {
+            blocking(move || rt.remove_sandbox(&sid)).await
         });
-        let status = self.cni.setup(&pod).await?;
+        if added.is_some() {
+            // A failed ADD already ran DEL itself, but teardown is idempotent and also
+            // covers an ADD that succeeded before the sandbox or a later step failed.
+            let (api, id) = (self.clone(), id.clone());
+            undo.push("CNI teardown", async move {
+                api.pod_ips().remove(id.as_str());
+                api.cni.teardown(id.as_str()).await
+            });
+        }
+        created?;
+        let status = match added {
+            Some(Ok(status)) => status?,
+            Some(Err(e)) => return Err(CriError::Internal(format!("CNI ADD task failed: {e}"))),
+            None if wants_network => {
+                return Err(CriError::Internal(format!(
+                    "sandbox {id}: no network namespace was pinned"
+                )));
+            }
+            None => return Ok(()),
+        };
         let ips = status.ips.iter().map(ToString::to_string).collect();
-        self.pod_ips().insert(info.record.id.to_string(), ips);
+        self.pod_ips().insert(id.to_string(), ips);
         Ok(())
     }
 

@@ -22,20 +22,30 @@ impl RuntimeApi {
 
     /// Shared with RemovePodSandbox, which must leave nothing running either.
     pub(super) async fn stop_sandbox_by_id(&self, id: &SandboxId) -> Result<(), CriError> {
-        // Containers first, as containerd does: they must not see their network vanish
-        // while they run. kubelet has already stopped them gracefully; this is the backstop.
-        // The pod is going away: its containers get no grace period here (containerd does
-        // the same; kubelet has already stopped them with theirs).
-        for c in self.rt.containers_of(id) {
-            let rt = self.rt.clone();
-            let cid = c.record.id.clone();
-            blocking(move || rt.stop_container(&cid, Signal::KILL, Duration::ZERO)).await?;
-        }
+        // The containers are SIGKILLed (kubelet has already stopped them gracefully, with
+        // their grace periods; this is the backstop, and containerd gives none either), so
+        // nothing in them can tell their network go: CNI DEL runs meanwhile rather than
+        // after, and the two take as long as the longer one. The namespaces are released
+        // only once both are done (DEL enters the network namespace).
+        let containers = async {
+            for c in self.rt.containers_of(id) {
+                let rt = self.rt.clone();
+                let cid = c.record.id.clone();
+                blocking(move || rt.stop_container(&cid, Signal::KILL, Duration::ZERO)).await?;
+            }
+            Ok::<(), CriError>(())
+        };
         // DEL runs also for a sandbox this daemon does not know (a crash between ADD and the
         // record, or a record already removed): the CNI cache decides, so an IP is never
         // leaked. Without a cache entry it does nothing.
-        self.cni.teardown(id.as_str()).await?;
-        self.pod_ips().remove(id.as_str());
+        let network = async {
+            self.cni.teardown(id.as_str()).await?;
+            self.pod_ips().remove(id.as_str());
+            Ok::<(), CriError>(())
+        };
+        let (stopped, deleted) = tokio::join!(containers, network);
+        stopped?;
+        deleted?;
         let rt = self.rt.clone();
         let sid = id.clone();
         blocking(move || rt.stop_sandbox(&sid)).await?;

@@ -48,6 +48,19 @@ impl Runtime {
     /// RunPodSandbox's runtime part: namespaces, hostname, files, `/dev/shm`. CNI ADD is
     /// the caller's next step, with [`SandboxInfo::netns_path`].
     pub fn create_sandbox(&self, spec: SandboxSpec) -> Result<SandboxInfo> {
+        self.create_sandbox_with(spec, |_| {})
+    }
+
+    /// [`Runtime::create_sandbox`], calling `pinned` as soon as the namespaces are pinned,
+    /// before pod-init is started and the record written: the caller starts CNI ADD there,
+    /// so that the network is set up while the rest is made (ADD needs nothing else).
+    /// `pinned` must not block. When this fails after `pinned` ran, the namespaces are
+    /// released again: the caller must wait for what it started and undo it.
+    pub fn create_sandbox_with(
+        &self,
+        spec: SandboxSpec,
+        pinned: impl FnOnce(&SandboxInfo),
+    ) -> Result<SandboxInfo> {
         let id = spec.id.clone();
         let own = sysctl::OwnNamespaces {
             net: !spec.host_network,
@@ -109,6 +122,7 @@ impl Runtime {
             self.teardown_sandbox(&info, true)
         });
         self.prepare_sandbox(&spec, &info)?;
+        pinned(&info);
         if spec.pid == SandboxPidMode::Pod {
             let cgroup = format!("{}/{id}", rec.cgroup_parent);
             let init = self.start_pod_init(&info, Some(&cgroup))?;
