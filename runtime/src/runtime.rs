@@ -15,6 +15,7 @@ use crate::cgroup::CgroupLayout;
 use crate::config::RuntimeConfig;
 use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
+use crate::events::{EventBus, EventKind};
 use crate::exit_watch::ExitWatcher;
 use crate::id::{ContainerId, SandboxId};
 use crate::monitor::{self, MonitorArgs};
@@ -99,6 +100,8 @@ pub struct Runtime {
     pub(crate) layer_usage: Arc<DiskUsageCache>,
     /// Records exits as the monitors end; dropping the runtime stops and joins its thread.
     pub(crate) exits: ExitWatcher,
+    /// Container lifecycle events (GetContainerEvents).
+    pub(crate) events: Arc<EventBus>,
 }
 
 /// A container's usage, for the CRI stats RPCs.
@@ -163,6 +166,7 @@ impl Runtime {
             layer_usage: DiskUsageCache::new(Duration::from_secs(10)),
             exits: ExitWatcher::start()
                 .map_err(|e| Error::io("start the exit watcher for", &opts_state_dir, e))?,
+            events: Arc::default(),
         })
     }
 
@@ -217,6 +221,13 @@ impl Runtime {
         lock(&self.containers).get(id).cloned()
     }
 
+    /// Publishes `kind` with container `id`'s current record, if it still exists.
+    pub(crate) fn publish_event(&self, id: &ContainerId, kind: EventKind) {
+        if let Some(entry) = self.entry(id) {
+            entry.publish_event(kind);
+        }
+    }
+
     pub(crate) fn entry_or_not_found(&self, id: &ContainerId) -> Result<Arc<Entry>> {
         self.entry(id)
             .ok_or_else(|| Error::ContainerNotFound { id: id.to_string() })
@@ -234,8 +245,14 @@ impl Runtime {
     /// Makes `entry` visible to readers and has the exit watcher follow its monitor.
     pub(crate) fn insert_entry(&self, id: ContainerId, entry: Entry) {
         let entry = Arc::new(entry);
+        entry.attach_events(self.events.clone());
         lock(&self.containers).insert(id, entry.clone());
         self.exits.watch(entry);
+    }
+
+    /// The container lifecycle events: subscribe here (GetContainerEvents).
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// CreateContainer: mounts the rootfs, writes the spec, and has the monitor run
@@ -349,7 +366,8 @@ impl Runtime {
         entry::persist(&run_dir, &rec)?;
         undo.commit();
         let info = self.info(&rec);
-        self.insert_entry(id, Entry::new(run_dir, rec, spec));
+        self.insert_entry(id.clone(), Entry::new(run_dir, rec, spec));
+        self.publish_event(&id, EventKind::Created);
         Ok(info)
     }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use k8s_cri::v1::{AuthConfig, PullImageRequest, PullImageResponse};
-use rootstock_imagestore::Credentials;
+use rootstock_imagestore::{Credentials, Image, ImageRef};
 use tracing::info;
 
 use super::{ImageApi, image_name};
@@ -22,6 +22,7 @@ impl ImageApi {
         deadline: Option<Duration>,
     ) -> Result<PullImageResponse, CriError> {
         let name = image_name(req.image.as_ref())?;
+        let started = std::time::Instant::now();
         let pull = self.store.pull(name, req.auth.map(credentials));
         let image = match deadline {
             Some(d) => tokio::time::timeout(d.saturating_sub(DEADLINE_MARGIN), pull)
@@ -30,14 +31,28 @@ impl ImageApi {
                     CriError::DeadlineExceeded(format!(
                         "pull of {name}: the caller's deadline ({d:?}) passed"
                     ))
-                })??,
-            None => pull.await?,
+                })
+                .and_then(|pulled| pulled.map_err(CriError::from)),
+            None => pull.await.map_err(CriError::from),
         };
+        self.record_pull(name, image.as_ref().ok(), started.elapsed());
+        let image = image?;
         info!(image = name, id = %image.id, "pulled");
         // kubelet passes this id back in CreateContainer (images/image_manager.go).
         Ok(PullImageResponse {
             image_ref: image.id.to_string(),
         })
+    }
+}
+
+impl ImageApi {
+    /// Pull metrics, by the registry the reference names (`docker.io` for a short name).
+    fn record_pull(&self, name: &str, image: Option<&Image>, took: Duration) {
+        let registry = ImageRef::parse(name)
+            .map(|r| r.registry().to_owned())
+            .unwrap_or_else(|_| "invalid".to_owned());
+        let result = image.map(|i| (i.size, i.layers.len())).ok_or(());
+        self.metrics.pull_done(&registry, result, took);
     }
 }
 

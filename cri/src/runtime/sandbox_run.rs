@@ -80,7 +80,11 @@ impl RuntimeApi {
             api.pod_ips().remove(id.as_str());
             api.cni.teardown(id.as_str()).await
         });
-        let status = self.cni.setup(&pod).await?;
+        let added = std::time::Instant::now();
+        let status = self.cni.setup(&pod).await;
+        self.metrics
+            .cni_done("add", status.is_ok(), added.elapsed());
+        let status = status?;
         let ips = status.ips.iter().map(ToString::to_string).collect();
         self.pod_ips().insert(info.record.id.to_string(), ips);
         Ok(())

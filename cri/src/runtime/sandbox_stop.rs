@@ -34,7 +34,10 @@ impl RuntimeApi {
         // DEL runs also for a sandbox this daemon does not know (a crash between ADD and the
         // record, or a record already removed): the CNI cache decides, so an IP is never
         // leaked. Without a cache entry it does nothing.
-        self.cni.teardown(id.as_str()).await?;
+        let deleted = std::time::Instant::now();
+        let del = self.cni.teardown(id.as_str()).await;
+        self.metrics.cni_done("del", del.is_ok(), deleted.elapsed());
+        del?;
         self.pod_ips().remove(id.as_str());
         let rt = self.rt.clone();
         let sid = id.clone();
