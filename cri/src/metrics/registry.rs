@@ -258,7 +258,7 @@ impl DaemonMetrics {
         self.grpc_requests
             .get_or_create(&GrpcLabels {
                 method: method.to_owned(),
-                code: format!("{code:?}"),
+                code: code_name(code),
             })
             .inc();
         self.grpc_seconds
@@ -366,6 +366,16 @@ impl DaemonMetrics {
     }
 }
 
+/// gRPC's own names for codes (`OK`, `Canceled`, `NotFound`), as grpc-go's and so
+/// containerd's and CRI-O's metrics spell them; tonic's Debug says `Ok`, `Cancelled`.
+fn code_name(code: tonic::Code) -> String {
+    match code {
+        tonic::Code::Ok => "OK".to_owned(),
+        tonic::Code::Cancelled => "Canceled".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
 fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -386,7 +396,7 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
         for want in [
-            r#"rootstock_grpc_requests_total{method="PullImage",code="Ok"} 1"#,
+            r#"rootstock_grpc_requests_total{method="PullImage",code="OK"} 1"#,
             r#"rootstock_grpc_requests_total{method="PullImage",code="NotFound"} 1"#,
             r#"rootstock_grpc_request_duration_seconds_count{method="PullImage"} 2"#,
             r#"rootstock_image_pull_bytes_total{registry="127.0.0.1:5000"} 2048"#,
