@@ -94,6 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(address = %bound, "serving Prometheus metrics at /metrics");
     }
     let images = ImageServiceServer::new(ImageApi::new(store.clone(), rt.clone(), metrics.clone()));
+    let events = rt.clone();
     let runtime = RuntimeServiceServer::new(RuntimeApi::new(
         config.clone(),
         cni,
@@ -124,6 +125,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             info!("shutting down: no new calls, in-flight calls may finish");
             crate::notify::notify("STOPPING=1");
             let _ = stop_tx.send(());
+            // GetContainerEvents streams never end by themselves: end them, or they hold
+            // the shutdown for the whole grace period (kubelet resubscribes on restart).
+            events.events().close();
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                 Ok(res) => res.context("serving CRI"),
                 Err(_) => {

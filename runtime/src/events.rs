@@ -93,6 +93,8 @@ struct Subscriber {
 #[derive(Default)]
 pub struct EventBus {
     subscribers: Mutex<Vec<Subscriber>>,
+    /// Set by [`EventBus::close`]: later subscribers end at once.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for EventBus {
@@ -109,15 +111,30 @@ impl EventBus {
         let capacity = capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let overflowed = Arc::new(AtomicBool::new(false));
-        lock(&self.subscribers).push(Subscriber {
-            tx,
-            overflowed: overflowed.clone(),
-        });
+        let mut subscribers = lock(&self.subscribers);
+        // Checked under the lock `close` takes: a subscriber is either ended by it or never
+        // added.
+        if !self.closed.load(Ordering::Acquire) {
+            subscribers.push(Subscriber {
+                tx,
+                overflowed: overflowed.clone(),
+            });
+        }
+        drop(subscribers);
         Subscription {
             rx,
             overflowed,
             capacity,
         }
+    }
+
+    /// Ends every subscription (they read what is queued, then the end) and every later
+    /// one: the daemon is shutting down, and a stream that never ends would hold the
+    /// graceful shutdown for its whole grace period.
+    pub fn close(&self) {
+        let mut subscribers = lock(&self.subscribers);
+        self.closed.store(true, Ordering::Release);
+        subscribers.clear();
     }
 
     /// How many subscribers are listening.
@@ -247,6 +264,22 @@ mod tests {
             kinds(&mut sub),
             [EventKind::Stopped, EventKind::Started, EventKind::Stopped]
         );
+    }
+
+    #[test]
+    fn close_ends_every_subscription_after_what_is_queued() {
+        let bus = EventBus::default();
+        let mut before = bus.subscribe(4);
+        let spec = Arc::new(serde_json::Value::Null);
+        bus.publish(EventKind::Created, record(ContainerState::Created, None), spec);
+        bus.close();
+        let mut after = bus.subscribe(4);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            assert!(before.next().await.unwrap().is_some());
+            assert!(before.next().await.unwrap().is_none());
+            assert!(after.next().await.unwrap().is_none());
+        });
     }
 
     #[test]
