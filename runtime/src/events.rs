@@ -8,6 +8,10 @@
 //!             own refresh, or recovery finding the exit
 //!   Deleted   Runtime::remove_container, once the entry is gone
 //! ```
+//! Pod sandboxes have the same four (see [`Subject::Sandbox`]): the daemon publishes them
+//! around RunPodSandbox, StopPodSandbox and RemovePodSandbox, and the exit watcher when a
+//! pod init ends. Recovery publishes nothing: it runs inside `Runtime::open`, before anyone
+//! can subscribe; kubelet relists when it connects again.
 //! Publishing never blocks the runtime: each subscriber has a bounded queue, filled with
 //! `try_send`. A subscriber that falls behind (kubelet stuck, a client that never reads) is
 //! dropped when its queue is full, as containerd drops a slow event subscriber: its stream
@@ -20,7 +24,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use crate::id::SandboxId;
 use crate::runtime::lock;
+use crate::sandbox::SandboxInfo;
 use crate::state::{ContainerRecord, ContainerState};
 use crate::util;
 
@@ -37,17 +43,37 @@ pub enum EventKind {
     Deleted,
 }
 
-/// One transition of one container.
+/// One transition of one container or pod sandbox.
 #[derive(Debug, Clone)]
 pub struct ContainerEvent {
     /// What happened.
     pub kind: EventKind,
     /// When it was published (ns since the epoch): the CRI event's `created_at`.
     pub at_unix_nanos: i64,
-    /// The container's record as of this transition (its last one for Deleted).
-    pub record: Arc<ContainerRecord>,
-    /// The OCI spec it was created with (ContainerStatus `user`).
-    pub spec: Arc<serde_json::Value>,
+    /// What it happened to.
+    pub subject: Subject,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    /// A container.
+    Container {
+        /// Its record as of this transition (its last one for Deleted).
+        record: Arc<ContainerRecord>,
+        /// The OCI spec it was created with (ContainerStatus `user`).
+        spec: Arc<serde_json::Value>,
+    },
+    /// A pod sandbox. containerd sends these as container events whose container id is the
+    /// sandbox id (run, stop, remove, and the sandbox's own process ending), and kubelet's
+    /// evented PLEG resyncs the pod on them.
+    Sandbox {
+        /// The sandbox.
+        id: SandboxId,
+        /// Its record as of the event, when the publisher had it (always for Deleted: it
+        /// is gone by the time a subscriber reads); `None`: read the current one.
+        info: Option<Box<SandboxInfo>>,
+    },
 }
 
 /// The events of one subscriber, in publication order.
@@ -150,18 +176,27 @@ impl EventBus {
         record: Arc<ContainerRecord>,
         spec: Arc<serde_json::Value>,
     ) {
+        self.send(kind, Subject::Container { record, spec });
+    }
+
+    /// Sends `kind` for sandbox `id` (see [`Subject::Sandbox`]); never blocks.
+    pub fn publish_sandbox(&self, kind: EventKind, id: SandboxId, info: Option<SandboxInfo>) {
+        let info = info.map(Box::new);
+        self.send(kind, Subject::Sandbox { id, info });
+    }
+
+    fn send(&self, kind: EventKind, subject: Subject) {
         let event = Arc::new(ContainerEvent {
             kind,
             at_unix_nanos: util::now_unix_nanos(),
-            record,
-            spec,
+            subject,
         });
         lock(&self.subscribers).retain(|s| match s.tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 s.overflowed.store(true, Ordering::Release);
                 tracing::warn!(
-                    container = %event.record.id,
+                    capacity = s.tx.max_capacity(),
                     "dropping a container event subscriber: its queue is full"
                 );
                 false
@@ -271,10 +306,16 @@ mod tests {
         let bus = EventBus::default();
         let mut before = bus.subscribe(4);
         let spec = Arc::new(serde_json::Value::Null);
-        bus.publish(EventKind::Created, record(ContainerState::Created, None), spec);
+        bus.publish(
+            EventKind::Created,
+            record(ContainerState::Created, None),
+            spec,
+        );
         bus.close();
         let mut after = bus.subscribe(4);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             assert!(before.next().await.unwrap().is_some());
             assert!(before.next().await.unwrap().is_none());

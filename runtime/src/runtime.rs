@@ -237,8 +237,11 @@ impl Runtime {
     /// NotReady from memory.
     pub(crate) fn watch_pod_init(&self, id: &SandboxId, init: monitor::ProcessIdentity) {
         let (gone, id) = (self.pod_inits_gone.clone(), id.clone());
+        let events = self.events.clone();
         self.exits.watch_process(init, move || {
-            lock(&gone).insert(id);
+            lock(&gone).insert(id.clone());
+            // The pod is NotReady from now on: evented PLEG learns it from this event.
+            events.publish_sandbox(EventKind::Stopped, id, None);
         });
     }
 

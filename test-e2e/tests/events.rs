@@ -2,7 +2,8 @@
 //! created, started, stopped (the process exits by itself, no RPC in flight) and deleted,
 //! in order, each with the pod's status and statuses that match the event; several
 //! subscribers; a subscriber that never reads is dropped without slowing CreateContainer;
-//! PodSandboxStatus carries the timestamp and container statuses evented PLEG uses.
+//! PodSandboxStatus carries the timestamp and container statuses evented PLEG uses; the pod
+//! sandbox has its own four events (containerd's: the container id is the sandbox's).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -105,6 +106,7 @@ async fn two_subscribers_see_created_started_stopped_deleted_in_order_with_match
     loopback_network(&daemon).await;
     let mut rt = daemon.runtime().await;
     let (mut first, mut second) = (subscribe(&mut rt).await, subscribe(&mut rt).await);
+    let mut pods = subscribe(&mut rt).await;
     let pod = pod_config("events", NamespaceMode::Container);
     let pod_uid = pod.metadata.as_ref().unwrap().uid.clone();
     let pod_id = run_pod(&mut rt, pod.clone()).await.unwrap();
@@ -145,6 +147,38 @@ async fn two_subscribers_see_created_started_stopped_deleted_in_order_with_match
     check_sequence(&other, &id, &pod_id, &pod_uid);
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
+
+    // The sandbox's own events, as containerd sends them: the container id is the pod's.
+    use ContainerEventType as T;
+    let pod_events = events_until(&mut pods, &pod_id, T::ContainerDeletedEvent).await;
+    let kinds: Vec<i32> = pod_events.iter().map(|e| e.container_event_type).collect();
+    assert_eq!(
+        kinds,
+        [
+            T::ContainerCreatedEvent as i32,
+            T::ContainerStartedEvent as i32,
+            T::ContainerStoppedEvent as i32,
+            T::ContainerDeletedEvent as i32,
+        ],
+        "{pod_events:#?}"
+    );
+    let state = |e: &ContainerEventResponse| e.pod_sandbox_status.as_ref().unwrap().state;
+    assert_eq!(state(&pod_events[1]), PodSandboxState::SandboxReady as i32);
+    assert_eq!(
+        state(&pod_events[2]),
+        PodSandboxState::SandboxNotready as i32
+    );
+    assert_eq!(
+        pod_events[3]
+            .pod_sandbox_status
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .uid,
+        pod_uid
+    );
 }
 
 /// A channel whose stream flow-control window is tiny: once a stream has delivered

@@ -7,7 +7,8 @@
 //! `created_at` is newer than what it has. So each event carries, as containerd's do, the
 //! sandbox's status and all its containers': the event's own container as of the
 //! transition (its record travels with the event), the others as of now. A Deleted
-//! container is left out of the list: it is gone.
+//! container is left out of the list: it is gone. Pod sandboxes have events too, as with
+//! containerd: the container id is the sandbox id.
 //!
 //! A subscriber that falls behind is dropped by the runtime; its stream then ends with
 //! `RESOURCE_EXHAUSTED` naming the overflow, and kubelet falls back to relisting.
@@ -15,11 +16,11 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1::{
-    ContainerEventResponse, ContainerEventType, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStatus,
+    ContainerEventResponse, ContainerEventType, ContainerStatus, PodSandboxMetadata,
+    PodSandboxState, PodSandboxStatus,
 };
-use rootstock_runtime::SandboxId;
-use rootstock_runtime::events::{ContainerEvent, EventKind, Subscription};
+use rootstock_runtime::events::{ContainerEvent, EventKind, Subject, Subscription};
+use rootstock_runtime::{SandboxId, SandboxInfo};
 use tonic::Status;
 
 use super::container_status::cri_status;
@@ -81,38 +82,46 @@ impl RuntimeApi {
 
 impl Subscriber {
     async fn response(&mut self, event: &ContainerEvent) -> ContainerEventResponse {
-        let rec = &event.record;
-        let own = cri_status(rec, &event.spec);
-        let (sandbox, mut statuses) = match &rec.sandbox_id {
-            Some(id) => (
-                self.sandbox_status(id, &own.labels).await,
-                self.api.container_statuses_of(id),
-            ),
-            None => (detached_pod(&own.labels), Vec::new()),
-        };
-        statuses.retain(|s| s.id != own.id);
-        if event.kind != EventKind::Deleted {
-            statuses.push(own);
-        }
-        ContainerEventResponse {
-            container_id: rec.id.to_string(),
-            container_event_type: event_type(event.kind) as i32,
-            created_at: event.at_unix_nanos,
-            pod_sandbox_status: Some(sandbox),
-            containers_statuses: statuses,
+        match &event.subject {
+            Subject::Container { record, spec } => {
+                let own = cri_status(record, spec);
+                let (sandbox, mut statuses) = match &record.sandbox_id {
+                    Some(id) => (
+                        self.sandbox_status(id, None, &own.labels).await,
+                        self.api.container_statuses_of(id),
+                    ),
+                    None => (detached_pod(&own.labels), Vec::new()),
+                };
+                statuses.retain(|s| s.id != own.id);
+                if event.kind != EventKind::Deleted {
+                    statuses.push(own);
+                }
+                response(event, record.id.to_string(), sandbox, statuses)
+            }
+            Subject::Sandbox { id, info } => {
+                let sandbox = self
+                    .sandbox_status(id, info.as_deref(), &HashMap::new())
+                    .await;
+                let statuses = self.api.container_statuses_of(id);
+                response(event, id.to_string(), sandbox, statuses)
+            }
         }
     }
 
-    /// The sandbox's status now; when it is gone, the last one sent (NotReady), else one
-    /// made from the container's pod labels.
+    /// The sandbox's status: as the event recorded it, else now; when it is gone, the
+    /// last one sent (NotReady), else one made from the container's pod labels.
     async fn sandbox_status(
         &mut self,
         id: &SandboxId,
+        recorded: Option<&SandboxInfo>,
         labels: &HashMap<String, String>,
     ) -> PodSandboxStatus {
-        let now = match self.api.rt.sandbox(id) {
-            Ok(info) => self.api.sandbox_status(&info).await.ok(),
-            Err(_) => None,
+        let now = match recorded {
+            Some(info) => self.api.sandbox_status(info).await.ok(),
+            None => match self.api.rt.sandbox(id) {
+                Ok(info) => self.api.sandbox_status(&info).await.ok(),
+                Err(_) => None,
+            },
         };
         match now {
             Some(status) => {
@@ -130,6 +139,21 @@ impl Subscriber {
                 last
             }
         }
+    }
+}
+
+fn response(
+    event: &ContainerEvent,
+    container_id: String,
+    sandbox: PodSandboxStatus,
+    containers_statuses: Vec<ContainerStatus>,
+) -> ContainerEventResponse {
+    ContainerEventResponse {
+        container_id,
+        container_event_type: event_type(event.kind) as i32,
+        created_at: event.at_unix_nanos,
+        pod_sandbox_status: Some(sandbox),
+        containers_statuses,
     }
 }
 

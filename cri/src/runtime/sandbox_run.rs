@@ -6,6 +6,7 @@ use k8s_cri::v1::{
     RunPodSandboxResponse,
 };
 use rootstock_cni::{PodNetwork, PortMapping, Protocol};
+use rootstock_runtime::events::EventKind;
 use rootstock_runtime::{DnsConfig, SandboxId, SandboxPidMode, SandboxSpec};
 
 use super::meta::{SandboxMeta, new_id, to_json};
@@ -37,6 +38,10 @@ impl RuntimeApi {
             Ok(()) => {
                 undo.commit();
                 reservation.keep();
+                let info = self.rt.sandbox(&id).ok();
+                let events = self.rt.events();
+                events.publish_sandbox(EventKind::Created, id.clone(), info.clone());
+                events.publish_sandbox(EventKind::Started, id.clone(), info);
                 tracing::info!(sandbox = %id, name = %meta.reserved_name(), "pod sandbox ready");
                 Ok(RunPodSandboxResponse {
                     pod_sandbox_id: id.to_string(),

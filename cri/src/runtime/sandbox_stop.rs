@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
-use rootstock_runtime::{SandboxId, Signal};
+use rootstock_runtime::events::EventKind;
+use rootstock_runtime::{SandboxId, SandboxState, Signal};
 
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
@@ -22,6 +23,11 @@ impl RuntimeApi {
 
     /// Shared with RemovePodSandbox, which must leave nothing running either.
     pub(super) async fn stop_sandbox_by_id(&self, id: &SandboxId) -> Result<(), CriError> {
+        // Stopping a stopped sandbox is OK, and no event: nothing changed.
+        let was_ready = self
+            .rt
+            .sandbox(id)
+            .is_ok_and(|s| s.record.state == SandboxState::Ready);
         // Containers first, as containerd does: they must not see their network vanish
         // while they run. kubelet has already stopped them gracefully; this is the backstop.
         // The pod is going away: its containers get no grace period here (containerd does
@@ -42,6 +48,12 @@ impl RuntimeApi {
         let rt = self.rt.clone();
         let sid = id.clone();
         blocking(move || rt.stop_sandbox(&sid)).await?;
+        if was_ready {
+            let info = self.rt.sandbox(id).ok();
+            self.rt
+                .events()
+                .publish_sandbox(EventKind::Stopped, id.clone(), info);
+        }
         Ok(())
     }
 }
