@@ -82,8 +82,8 @@ pub struct DaemonMetrics {
     pub pull_bytes: Family<RegistryLabels, Counter>,
     /// Successful pull durations, by registry.
     pub pull_seconds: Family<RegistryLabels, Histogram, fn() -> Histogram>,
-    /// Layers of the images pulled (reused layers included).
-    pub pull_layers: Counter,
+    /// Layers pulls unpacked (those already in the store not counted).
+    pub layers_unpacked: Counter,
     /// RemoveImage calls that removed an image (each runs the store's collection).
     pub gc_runs: Counter,
     /// Bytes the store shrank by across those collections.
@@ -102,6 +102,7 @@ pub struct DaemonMetrics {
     store_inodes: Gauge,
     store_images: Gauge,
     store_trees: Gauge,
+    store_layers: Gauge,
     monitors: Gauge,
     event_subscribers: Gauge,
     resident_bytes: Gauge,
@@ -124,7 +125,7 @@ impl DaemonMetrics {
             pulls: Family::default(),
             pull_bytes: Family::default(),
             pull_seconds: Family::new_with_constructor(long_latency),
-            pull_layers: Counter::default(),
+            layers_unpacked: Counter::default(),
             gc_runs: Counter::default(),
             gc_freed_bytes: Counter::default(),
             sandbox_start_seconds: latency(),
@@ -136,6 +137,7 @@ impl DaemonMetrics {
             store_inodes: Gauge::default(),
             store_images: Gauge::default(),
             store_trees: Gauge::default(),
+            store_layers: Gauge::default(),
             monitors: Gauge::default(),
             event_subscribers: Gauge::default(),
             resident_bytes: Gauge::default(),
@@ -170,9 +172,9 @@ impl DaemonMetrics {
             m.pull_seconds.clone(),
         );
         r.register(
-            "image_pull_layers",
-            "Layers of the images pulled (layers already in the store included)",
-            m.pull_layers.clone(),
+            "image_layers_unpacked",
+            "Layers pulls unpacked into the store (layers it already had not counted)",
+            m.layers_unpacked.clone(),
         );
         r.register(
             "image_gc_runs",
@@ -226,8 +228,13 @@ impl DaemonMetrics {
         );
         r.register(
             "image_store_trees",
-            "Flattened image trees the images use",
+            "Flattened image trees in the store",
             m.store_trees.clone(),
+        );
+        r.register(
+            "image_store_layers",
+            "Unpacked layer trees in the store",
+            m.store_layers.clone(),
         );
         r.register(
             "monitors",
@@ -268,7 +275,7 @@ impl DaemonMetrics {
             .observe(took.as_secs_f64());
     }
 
-    /// One pull finished: `Ok((bytes, layers))` or an error.
+    /// One pull finished: `Ok((bytes, layers unpacked))` or an error.
     pub fn pull_done(&self, registry: &str, result: Result<(u64, usize), ()>, took: Duration) {
         let ok = result.is_ok();
         self.pulls
@@ -285,7 +292,7 @@ impl DaemonMetrics {
             self.pull_seconds
                 .get_or_create(&labels)
                 .observe(took.as_secs_f64());
-            self.pull_layers.inc_by(layers as u64);
+            self.layers_unpacked.inc_by(layers as u64);
         }
     }
 
@@ -318,12 +325,15 @@ impl DaemonMetrics {
         let usage = store.fs_usage();
         self.store_bytes.set(gauge(usage.used_bytes));
         self.store_inodes.set(gauge(usage.inodes_used));
-        let images = store.list();
-        let mut trees: Vec<_> = images.iter().filter_map(|i| i.chain_id.clone()).collect();
-        trees.sort();
-        trees.dedup();
-        self.store_images.set(gauge(images.len() as u64));
-        self.store_trees.set(gauge(trees.len() as u64));
+        self.store_images.set(gauge(store.list().len() as u64));
+        // The metadata database (redb, in memory pages mostly): a read, never a walk.
+        match (store.metadata().trees(), store.metadata().layers()) {
+            (Ok(trees), Ok(layers)) => {
+                self.store_trees.set(gauge(trees.len() as u64));
+                self.store_layers.set(gauge(layers.len() as u64));
+            }
+            (Err(e), _) | (_, Err(e)) => tracing::debug!("metrics: store metadata: {e}"),
+        }
         let containers = rt
             .list_containers()
             .iter()
@@ -400,7 +410,7 @@ mod tests {
             r#"rootstock_grpc_requests_total{method="PullImage",code="NotFound"} 1"#,
             r#"rootstock_grpc_request_duration_seconds_count{method="PullImage"} 2"#,
             r#"rootstock_image_pull_bytes_total{registry="127.0.0.1:5000"} 2048"#,
-            "rootstock_image_pull_layers_total 3",
+            "rootstock_image_layers_unpacked_total 3",
             r#"rootstock_cni_operation_failures_total{operation="add"} 1"#,
             "# EOF",
         ] {
