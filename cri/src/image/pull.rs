@@ -71,12 +71,15 @@ impl ImageApi {
         let registry = ImageRef::parse(name)
             .map(|r| r.registry().to_owned())
             .unwrap_or_else(|_| "invalid".to_owned());
+        // A layer the store had is neither downloaded nor unpacked again (DESIGN: layer
+        // trees are shared by diff_id), so only the others count.
         let result = image
-            .map(|i| {
-                let unpacked = known.map_or(0, |known| {
-                    i.diff_ids.iter().filter(|d| !known.contains(*d)).count()
-                });
-                (i.size, unpacked)
+            .map(|i| match known {
+                Some(known) => {
+                    let new = i.layers.iter().filter(|l| !known.contains(&l.diff_id));
+                    new.fold((0, 0), |(bytes, n), l| (bytes + l.size, n + 1))
+                }
+                None => (i.size, 0),
             })
             .ok_or(());
         self.metrics.pull_done(&registry, result, took);

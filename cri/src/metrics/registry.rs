@@ -78,7 +78,7 @@ pub struct DaemonMetrics {
     pub grpc_seconds: Family<MethodLabels, Histogram, fn() -> Histogram>,
     /// Pulls finished, by registry and result.
     pub pulls: Family<PullLabels, Counter>,
-    /// Image bytes pulled (the image's size: compressed layers, config, manifest).
+    /// Compressed layer bytes pulls downloaded.
     pub pull_bytes: Family<RegistryLabels, Counter>,
     /// Successful pull durations, by registry.
     pub pull_seconds: Family<RegistryLabels, Histogram, fn() -> Histogram>,
@@ -163,7 +163,7 @@ impl DaemonMetrics {
         );
         r.register(
             "image_pull_bytes",
-            "Bytes of the images pulled (compressed layers, config, manifest), by registry",
+            "Compressed layer bytes pulls downloaded (layers the store had are not fetched), by registry",
             m.pull_bytes.clone(),
         );
         r.register(
