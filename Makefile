@@ -4,9 +4,10 @@ RUN_PKGS  := protobuf-compiler runc crun containernetworking-plugins
 # tar, libarchive-tools (bsdtar), python3: the layer corpus made by other tools;
 # golang-go (bookworm's 1.19), golang-github-docker-spdystream-dev, python3-websockets: the SPDY (Go,
 # moby/spdystream) and WebSocket clients of the streaming tests (test-e2e/tests/streaming.rs);
-# openssl: the CA and certificate of the streaming TLS test (streaming_tls.rs).
+# openssl: the CA and certificate of the streaming TLS test (streaming_tls.rs);
+# python3-prometheus-client: the OpenMetrics parser of the metrics test (test-e2e/tests/metrics.rs).
 TEST_PKGS := $(RUN_PKGS) docker-registry busybox-static iptables umoci systemd tar libarchive-tools \
-	python3 golang-go golang-github-docker-spdystream-dev python3-websockets openssl
+	python3 golang-go golang-github-docker-spdystream-dev python3-websockets openssl python3-prometheus-client
 BENCH_PKGS := $(TEST_PKGS) containerd
 CARGO     ?= cargo
 # Test builds compile the image store's crash points in (release builds never do); clippy

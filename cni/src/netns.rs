@@ -140,6 +140,14 @@ pub struct InterfaceStats {
     pub tx_bytes: u64,
     /// Transmit errors.
     pub tx_errors: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
+    /// Packets dropped while sending.
+    pub tx_dropped: u64,
 }
 
 /// The counters of every interface in the network namespace pinned at `netns`, but `lo`
@@ -183,6 +191,10 @@ fn interface_stats_here(netns: &Path) -> Result<Vec<InterfaceStats>> {
                         stats.rx_errors = s.rx_errors;
                         stats.tx_bytes = s.tx_bytes;
                         stats.tx_errors = s.tx_errors;
+                        stats.rx_packets = s.rx_packets;
+                        stats.tx_packets = s.tx_packets;
+                        stats.rx_dropped = s.rx_dropped;
+                        stats.tx_dropped = s.tx_dropped;
                     }
                     _ => {}
                 }

@@ -26,6 +26,8 @@ use tracing_subscriber::EnvFilter;
 use crate::blocking::blocking;
 use crate::config::Config;
 use crate::image::ImageApi;
+use crate::metrics::DaemonMetrics;
+use crate::metrics::grpc::GrpcMetricsLayer;
 use crate::runtime::RuntimeApi;
 
 /// How long in-flight calls may run on after SIGTERM before the daemon exits anyway.
@@ -75,7 +77,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 config.streaming.listen_addr()
             )
         })?;
-    let images = ImageServiceServer::new(ImageApi::new(store.clone(), rt.clone()));
+    let metrics = Arc::new(DaemonMetrics::new());
+    if let Some(addr) = config
+        .metrics
+        .socket_addr()
+        .map_err(|e| anyhow::anyhow!("metrics.address: {e}"))?
+    {
+        let sources = crate::metrics::server::Sources {
+            metrics: metrics.clone(),
+            rt: rt.clone(),
+            store: store.clone(),
+        };
+        let bound = crate::metrics::server::start(addr, sources)
+            .await
+            .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+        info!(address = %bound, "serving Prometheus metrics at /metrics");
+    }
+    let images = ImageServiceServer::new(ImageApi::new(store.clone(), rt.clone(), metrics.clone()));
+    let events = rt.clone();
     let runtime = RuntimeServiceServer::new(RuntimeApi::new(
         config.clone(),
         cni,
@@ -83,10 +102,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         streaming,
         recovered.pod_ips,
+        metrics.clone(),
     ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .trace_fn(|req| tracing::info_span!("rpc", method = req.uri().path()))
+        .layer(GrpcMetricsLayer(metrics))
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
@@ -104,6 +125,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             info!("shutting down: no new calls, in-flight calls may finish");
             crate::notify::notify("STOPPING=1");
             let _ = stop_tx.send(());
+            // GetContainerEvents streams never end by themselves: end them, or they hold
+            // the shutdown for the whole grace period (kubelet resubscribes on restart).
+            events.events().close();
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                 Ok(res) => res.context("serving CRI"),
                 Err(_) => {

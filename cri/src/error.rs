@@ -29,6 +29,9 @@ pub enum CriError {
     /// The caller's deadline (its `grpc-timeout`) passed before the call finished.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A bounded resource of the daemon's ran out (an event subscriber's queue).
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Image(#[from] rootstock_imagestore::Error),
     // Boxed: these variants are large and every handler's `Result` carries the enum.
@@ -72,6 +75,7 @@ impl From<CriError> for Status {
             CriError::AlreadyExists(_) => Code::AlreadyExists,
             CriError::FailedPrecondition(_) => Code::FailedPrecondition,
             CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            CriError::ResourceExhausted(_) => Code::ResourceExhausted,
             CriError::Image(e) => image_code(e.kind()),
             CriError::Runtime(e) => runtime_code(e.kind()),
             CriError::Cni(e) => cni_code(e.kind()),

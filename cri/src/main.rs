@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod error;
 mod image;
+mod metrics;
 mod notify;
 mod recovery;
 mod runtime;

@@ -15,9 +15,10 @@
 //! crash.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use crate::error::{Error, Result};
+use crate::events::{EventBus, EventKind};
 use crate::monitor::{self, ExitRecord};
 use crate::runtime::{STATE_FILE, lock};
 use crate::state::{ContainerRecord, ContainerState, ExitInfo};
@@ -36,6 +37,8 @@ pub(crate) struct Entry {
     /// The OCI spec it was created with (`config.json`), kept for ContainerStatus so that a
     /// status call reads no file. Never changes after create.
     spec: Arc<serde_json::Value>,
+    /// Where its transitions are published; set once the runtime makes the entry visible.
+    events: OnceLock<Arc<EventBus>>,
 }
 
 impl Entry {
@@ -47,6 +50,21 @@ impl Entry {
             write: Mutex::new(false),
             current: RwLock::new(Arc::new(rec)),
             spec: Arc::new(spec),
+            events: OnceLock::new(),
+        }
+    }
+
+    /// Publishes this entry's transitions on `bus` from now on.
+    pub(crate) fn attach_events(&self, bus: Arc<EventBus>) {
+        // Attached once, at insertion; a second call would be a bug, and is harmless.
+        let _ = self.events.set(bus);
+    }
+
+    /// Publishes `kind` with the current record (Created and Deleted, which are not record
+    /// changes).
+    pub(crate) fn publish_event(&self, kind: EventKind) {
+        if let Some(bus) = self.events.get() {
+            bus.publish(kind, self.snapshot(), self.spec.clone());
         }
     }
 
@@ -102,11 +120,18 @@ impl Entry {
         self.publish(next)
     }
 
-    /// Persists `next`, then makes it current. The caller holds `write`.
+    /// Persists `next`, makes it current, then publishes the transition (if it is one).
+    /// The caller holds `write`, so one container's events go out in order.
     fn publish(&self, next: ContainerRecord) -> Result<Arc<ContainerRecord>> {
         persist(&self.run_dir, &next)?;
         let next = Arc::new(next);
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        let prev = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
+            next.clone(),
+        );
+        if let Some(bus) = self.events.get() {
+            bus.transition(&prev, &next, &self.spec);
+        }
         Ok(next)
     }
 

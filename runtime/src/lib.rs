@@ -45,6 +45,7 @@ pub mod crilog;
 pub mod devices;
 mod entry;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod exec_stream;
 mod exit_watch;

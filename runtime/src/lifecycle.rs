@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::entry::Entry;
 use crate::error::{Error, Result};
+use crate::events::EventKind;
 use crate::id::ContainerId;
 use crate::monitor;
 use crate::oci::{ExecOutput, ExecRequest, OciRuntime};
@@ -195,6 +196,7 @@ impl Runtime {
         }
         self.layer_usage.forget(self.rootfs(id).upper());
         lock(&self.containers).remove(id);
+        entry.publish_event(EventKind::Deleted);
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use crate::cgroup::CgroupLayout;
 use crate::config::RuntimeConfig;
 use crate::entry::{self, Entry};
 use crate::error::{Error, Result};
+use crate::events::{EventBus, EventKind};
 use crate::exit_watch::ExitWatcher;
 use crate::id::{ContainerId, SandboxId};
 use crate::monitor::{self, MonitorArgs};
@@ -102,6 +103,8 @@ pub struct Runtime {
     /// Whether user-namespaced pods can run here, probed once ([`crate::userns::probe`]):
     /// the error names what is missing.
     userns: std::result::Result<(), String>,
+    /// Container lifecycle events (GetContainerEvents).
+    pub(crate) events: Arc<EventBus>,
 }
 
 /// A container's usage, for the CRI stats RPCs.
@@ -195,6 +198,7 @@ impl Runtime {
             exits: ExitWatcher::start()
                 .map_err(|e| Error::io("start the exit watcher for", &opts_state_dir, e))?,
             userns,
+            events: Arc::default(),
         })
     }
 
@@ -255,6 +259,13 @@ impl Runtime {
         lock(&self.containers).get(id).cloned()
     }
 
+    /// Publishes `kind` with container `id`'s current record, if it still exists.
+    pub(crate) fn publish_event(&self, id: &ContainerId, kind: EventKind) {
+        if let Some(entry) = self.entry(id) {
+            entry.publish_event(kind);
+        }
+    }
+
     pub(crate) fn entry_or_not_found(&self, id: &ContainerId) -> Result<Arc<Entry>> {
         self.entry(id)
             .ok_or_else(|| Error::ContainerNotFound { id: id.to_string() })
@@ -264,16 +275,25 @@ impl Runtime {
     /// NotReady from memory.
     pub(crate) fn watch_pod_init(&self, id: &SandboxId, init: monitor::ProcessIdentity) {
         let (gone, id) = (self.pod_inits_gone.clone(), id.clone());
+        let events = self.events.clone();
         self.exits.watch_process(init, move || {
-            lock(&gone).insert(id);
+            lock(&gone).insert(id.clone());
+            // The pod is NotReady from now on: evented PLEG learns it from this event.
+            events.publish_sandbox(EventKind::Stopped, id, None);
         });
     }
 
     /// Makes `entry` visible to readers and has the exit watcher follow its monitor.
     pub(crate) fn insert_entry(&self, id: ContainerId, entry: Entry) {
         let entry = Arc::new(entry);
+        entry.attach_events(self.events.clone());
         lock(&self.containers).insert(id, entry.clone());
         self.exits.watch(entry);
+    }
+
+    /// The container lifecycle events: subscribe here (GetContainerEvents).
+    pub fn events(&self) -> &EventBus {
+        &self.events
     }
 
     /// CreateContainer: mounts the rootfs, writes the spec, and has the monitor run
@@ -406,7 +426,8 @@ impl Runtime {
         entry::persist(&run_dir, &rec)?;
         undo.commit();
         let info = self.info(&rec);
-        self.insert_entry(id, Entry::new(run_dir, rec, spec));
+        self.insert_entry(id.clone(), Entry::new(run_dir, rec, spec));
+        self.publish_event(&id, EventKind::Created);
         Ok(info)
     }
 

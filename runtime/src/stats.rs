@@ -27,6 +27,8 @@ pub struct CgroupUsage {
     pub memory_working_set_bytes: Option<u64>,
     /// Anonymous memory.
     pub memory_rss_bytes: Option<u64>,
+    /// Page cache (v1 `total_cache`, v2 `file`).
+    pub memory_cache_bytes: Option<u64>,
     /// Page faults.
     pub page_faults: Option<u64>,
     /// Major page faults.
@@ -35,6 +37,8 @@ pub struct CgroupUsage {
     pub pids: Option<u64>,
     /// The memory limit, `None` when there is none.
     pub memory_limit_bytes: Option<u64>,
+    /// Processes the kernel's OOM killer killed in the cgroup.
+    pub oom_kills: Option<u64>,
 }
 
 impl CgroupUsage {
@@ -54,9 +58,11 @@ impl CgroupUsage {
             other.memory_working_set_bytes,
         );
         self.memory_rss_bytes = sum(self.memory_rss_bytes, other.memory_rss_bytes);
+        self.memory_cache_bytes = sum(self.memory_cache_bytes, other.memory_cache_bytes);
         self.page_faults = sum(self.page_faults, other.page_faults);
         self.major_page_faults = sum(self.major_page_faults, other.major_page_faults);
         self.pids = sum(self.pids, other.pids);
+        self.oom_kills = sum(self.oom_kills, other.oom_kills);
     }
 
     /// Whether the cgroup could be read at all (a pod cgroup that does not exist reads as
@@ -138,10 +144,12 @@ impl CgroupLayout {
                         u.saturating_sub(keyed(&stat, "total_inactive_file").unwrap_or(0))
                     }),
                     memory_rss_bytes: keyed(&stat, "total_rss"),
+                    memory_cache_bytes: keyed(&stat, "total_cache"),
                     page_faults: keyed(&stat, "total_pgfault"),
                     major_page_faults: keyed(&stat, "total_pgmajfault"),
                     pids: read_u64(&under(&root.join("pids"), cgroup).join("pids.current")),
                     memory_limit_bytes: self.memory_limit(cgroup),
+                    oom_kills: self.oom_kill_count(cgroup).ok(),
                 }
             }
             CgroupLayout::V2 { root } => {
@@ -156,10 +164,12 @@ impl CgroupLayout {
                     memory_working_set_bytes: usage
                         .map(|u| u.saturating_sub(keyed(&stat, "inactive_file").unwrap_or(0))),
                     memory_rss_bytes: keyed(&stat, "anon"),
+                    memory_cache_bytes: keyed(&stat, "file"),
                     page_faults: keyed(&stat, "pgfault"),
                     major_page_faults: keyed(&stat, "pgmajfault"),
                     pids: read_u64(&dir.join("pids.current")),
                     memory_limit_bytes: self.memory_limit(cgroup),
+                    oom_kills: self.oom_kill_count(cgroup).ok(),
                 }
             }
         }

@@ -168,6 +168,11 @@ impl Daemon {
         Pid::from_raw(self.child.as_ref().expect("daemon not running").id() as i32)
     }
 
+    /// The CRI socket (for clients other than [`Daemon::runtime`]: crictl, custom channels).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// The command-line arguments that point the binary at this daemon's paths.
     pub fn path_args(&self) -> Vec<String> {
         [

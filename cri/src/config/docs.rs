@@ -183,6 +183,26 @@ pub const DOCS: &[(&str, &str)] = &[
         "streaming.session_timeout_secs",
         "Any stream session is closed this long after it started, busy or not; 0: no limit.",
     ),
+    (
+        "metrics",
+        "Prometheus endpoint and the CRI pod metrics (ListPodSandboxMetrics).",
+    ),
+    (
+        "metrics.address",
+        "host:port serving Prometheus text at GET /metrics (e.g. 127.0.0.1:1338); empty: off.",
+    ),
+    (
+        "metrics.included_pod_metrics",
+        "Families ListPodSandboxMetrics returns: cpu, memory, network, oom, process, disk.",
+    ),
+    (
+        "events",
+        "GetContainerEvents (kubelet's evented PLEG, crictl events).",
+    ),
+    (
+        "events.subscriber_buffer",
+        "Events queued per subscriber; one that falls this far behind is dropped (it relists).",
+    ),
 ];
 
 /// The documentation of a dotted key path (map keys already split out), if any.
@@ -347,6 +367,9 @@ mod tests {
             .trace_simple_type::<crate::config::CgroupDriver>()
             .unwrap();
         tracer.trace_simple_type::<std::net::IpAddr>().unwrap();
+        tracer
+            .trace_simple_type::<crate::metrics::PodMetricFamily>()
+            .unwrap();
         tracer.trace_simple_type::<Config>().unwrap();
         let reg = tracer.registry().unwrap();
         let mut out = Vec::new();

@@ -41,6 +41,10 @@ pub struct Config {
     pub cni: CniConfig,
     /// The streaming server (Exec URLs).
     pub streaming: crate::streaming::StreamingConfig,
+    /// Prometheus endpoint and the CRI pod metrics.
+    pub metrics: crate::metrics::MetricsConfig,
+    /// GetContainerEvents.
+    pub events: crate::metrics::EventsConfig,
 }
 
 /// How cgroups are managed. kubelet's `cgroupDriver` must match what `RuntimeConfig` reports.
@@ -63,6 +67,8 @@ impl Default for Config {
             images: ImagesConfig::default(),
             cni: CniConfig::default(),
             streaming: crate::streaming::StreamingConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
+            events: crate::metrics::EventsConfig::default(),
         }
     }
 }
@@ -109,6 +115,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: crate::streaming::tls::TlsError,
     },
+    #[error("{path}: key `metrics.address`: {message}")]
+    MetricsAddress { path: PathBuf, message: String },
     #[error("cannot print the configuration as TOML: {0}")]
     Serialize(#[from] toml::ser::Error),
 }
@@ -180,6 +188,13 @@ impl Config {
                           (and cgroupDriver: cgroupfs in kubelet's configuration)",
             });
         }
+        config
+            .metrics
+            .socket_addr()
+            .map_err(|message| ConfigError::MetricsAddress {
+                path: path.to_owned(),
+                message,
+            })?;
         // Checked now (files exist, mirrors parse), so a typo is not found at the first pull.
         config
             .images

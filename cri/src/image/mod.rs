@@ -22,10 +22,16 @@ pub struct ImageApi {
     /// The containers' writable layers, reported apart when they sit on another
     /// filesystem than the store (probed once: kubelet's eviction manager then watches both).
     layers: Option<Arc<Runtime>>,
+    /// The daemon's Prometheus metrics (pulls, image GC).
+    metrics: Arc<crate::metrics::DaemonMetrics>,
 }
 
 impl ImageApi {
-    pub fn new(store: Arc<ImageStore>, rt: Arc<Runtime>) -> Self {
+    pub fn new(
+        store: Arc<ImageStore>,
+        rt: Arc<Runtime>,
+        metrics: Arc<crate::metrics::DaemonMetrics>,
+    ) -> Self {
         use std::os::unix::fs::MetadataExt;
         let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
         let (layers_dir, _) = rt.writable_layers_usage();
@@ -33,6 +39,7 @@ impl ImageApi {
         Self {
             store,
             layers: apart.then_some(rt),
+            metrics,
         }
     }
 }

@@ -1,12 +1,14 @@
 //! PullImage.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use k8s_cri::v1::{AuthConfig, PullImageRequest, PullImageResponse};
-use rootstock_imagestore::Credentials;
+use rootstock_imagestore::{Credentials, Digest, Image, ImageRef};
 use tracing::info;
 
 use super::{ImageApi, image_name};
+use crate::blocking::blocking;
 use crate::error::CriError;
 
 /// Finish a little before the caller's deadline, so the answer is ours (DeadlineExceeded, as
@@ -22,6 +24,8 @@ impl ImageApi {
         deadline: Option<Duration>,
     ) -> Result<PullImageResponse, CriError> {
         let name = image_name(req.image.as_ref())?;
+        let known = self.known_layers().await;
+        let started = std::time::Instant::now();
         let pull = self.store.pull(name, req.auth.map(credentials));
         let image = match deadline {
             Some(d) => tokio::time::timeout(d.saturating_sub(DEADLINE_MARGIN), pull)
@@ -30,14 +34,55 @@ impl ImageApi {
                     CriError::DeadlineExceeded(format!(
                         "pull of {name}: the caller's deadline ({d:?}) passed"
                     ))
-                })??,
-            None => pull.await?,
+                })
+                .and_then(|pulled| pulled.map_err(CriError::from)),
+            None => pull.await.map_err(CriError::from),
         };
+        self.record_pull(name, image.as_ref().ok(), known, started.elapsed());
+        let image = image?;
         info!(image = name, id = %image.id, "pulled");
         // kubelet passes this id back in CreateContainer (images/image_manager.go).
         Ok(PullImageResponse {
             image_ref: image.id.to_string(),
         })
+    }
+}
+
+impl ImageApi {
+    /// The layers in the store before a pull, so that its metrics count the layers it
+    /// unpacked (`None` when the metadata could not be read: nothing is counted then).
+    async fn known_layers(&self) -> Option<HashSet<Digest>> {
+        let store = self.store.clone();
+        let layers = blocking(move || store.metadata().layers()).await;
+        layers
+            .inspect_err(|e| tracing::debug!("pull metrics: listing layers: {e}"))
+            .ok()
+            .map(|ls| ls.into_iter().map(|l| l.diff_id).collect())
+    }
+
+    /// Pull metrics, by the registry the reference names (`docker.io` for a short name).
+    fn record_pull(
+        &self,
+        name: &str,
+        image: Option<&Image>,
+        known: Option<HashSet<Digest>>,
+        took: Duration,
+    ) {
+        let registry = ImageRef::parse(name)
+            .map(|r| r.registry().to_owned())
+            .unwrap_or_else(|_| "invalid".to_owned());
+        // A layer the store had is neither downloaded nor unpacked again (DESIGN: layer
+        // trees are shared by diff_id), so only the others count.
+        let result = image
+            .map(|i| match known {
+                Some(known) => {
+                    let new = i.layers.iter().filter(|l| !known.contains(&l.diff_id));
+                    new.fold((0, 0), |(bytes, n), l| (bytes + l.size, n + 1))
+                }
+                None => (i.size, 0),
+            })
+            .ok_or(());
+        self.metrics.pull_done(&registry, result, took);
     }
 }
 

@@ -9,7 +9,7 @@ use k8s_cri::v1::{
     ContainerStatusRequest, ContainerStatusResponse, ImageSpec, ListContainersRequest,
     ListContainersResponse,
 };
-use rootstock_runtime::{ContainerInfo, ContainerState, ExitReason};
+use rootstock_runtime::{ContainerRecord, ContainerState, ExitReason, SandboxId};
 
 use super::meta::{ContainerMeta, sandbox_of};
 use super::{RuntimeApi, labels_match};
@@ -22,21 +22,12 @@ impl RuntimeApi {
     ) -> Result<ContainerStatusResponse, CriError> {
         let id = self.container_id(&req.container_id)?;
         let info = self.rt.container(&id)?;
-        let meta = ContainerMeta::of(&info);
-        let rec = &info.record;
-        let (finished_at, exit_code, reason) = match rec.state {
-            ContainerState::Exited(exit) => (
-                exit.exited_at_unix_nanos,
-                exit.exit_code,
-                exit.reason.as_cri().to_owned(),
-            ),
-            _ => (0, 0, String::new()),
-        };
-        let mut info_map = HashMap::new();
         // Kept in memory since create: no file is read on this path (kubelet polls it).
         let runtime_spec = self.rt.container_spec(&id)?;
-        let user = container_user(&runtime_spec);
+        let mut info_map = HashMap::new();
         if req.verbose {
+            let meta = ContainerMeta::of(&info);
+            let rec = &info.record;
             // containerd's keys (`crictl inspect -o go-template` scripts read them), then
             // ours. crictl decodes every info value as a JSON object.
             let verbose = serde_json::json!({
@@ -54,46 +45,24 @@ impl RuntimeApi {
             });
             info_map.insert("info".to_owned(), verbose.to_string());
         }
-        // Said where the reason alone does not explain the state.
-        let message = match rec.state {
-            ContainerState::Exited(exit) if exit.reason == ExitReason::Unknown => {
-                "the container's exit was not observed (its monitor was lost or the node \
-                 rebooted); the exit code is unknown"
-                    .to_owned()
-            }
-            _ => String::new(),
-        };
         Ok(ContainerStatusResponse {
-            status: Some(ContainerStatus {
-                id: id.to_string(),
-                metadata: Some(meta.metadata()),
-                state: cri_state(&rec.state) as i32,
-                created_at: rec.created_at_unix_nanos,
-                started_at: rec.started_at_unix_nanos.unwrap_or_default(),
-                finished_at,
-                exit_code,
-                // The first repo tag, for display (kubelet shows it as the pod's image).
-                image: Some(ImageSpec {
-                    image: meta.image_tag.clone(),
-                    user_specified_image: meta.image_requested.clone(),
-                    ..ImageSpec::default()
-                }),
-                image_ref: meta.image_ref.clone(),
-                reason,
-                message,
-                mounts: meta.mounts.iter().map(|m| m.to_cri()).collect(),
-                log_path: log_path(&info),
-                resources: meta.resources.clone().map(|linux| ContainerResources {
-                    linux: Some(linux),
-                    windows: None,
-                }),
-                image_id: meta.image_id.clone(),
-                user,
-                labels: meta.labels,
-                annotations: meta.annotations,
-            }),
+            status: Some(cri_status(&info.record, &runtime_spec)),
             info: info_map,
         })
+    }
+
+    /// The statuses of every container of sandbox `id`, for PodSandboxStatus and events
+    /// (kubelet's evented PLEG takes the pod's containers from there).
+    pub(super) fn container_statuses_of(&self, id: &SandboxId) -> Vec<ContainerStatus> {
+        self.rt
+            .containers_of(id)
+            .iter()
+            .filter_map(|c| {
+                // Removed between the listing and here: not part of the pod any more.
+                let spec = self.rt.container_spec(&c.record.id).ok()?;
+                Some(cri_status(&c.record, &spec))
+            })
+            .collect()
     }
 
     pub(super) fn handle_list_containers(
@@ -145,6 +114,59 @@ impl RuntimeApi {
     }
 }
 
+/// A container's CRI status from its record and the OCI spec it was created with.
+pub(super) fn cri_status(
+    rec: &ContainerRecord,
+    runtime_spec: &serde_json::Value,
+) -> ContainerStatus {
+    let meta = ContainerMeta::of_record(rec);
+    let (finished_at, exit_code, reason) = match rec.state {
+        ContainerState::Exited(exit) => (
+            exit.exited_at_unix_nanos,
+            exit.exit_code,
+            exit.reason.as_cri().to_owned(),
+        ),
+        _ => (0, 0, String::new()),
+    };
+    // Said where the reason alone does not explain the state.
+    let message = match rec.state {
+        ContainerState::Exited(exit) if exit.reason == ExitReason::Unknown => {
+            "the container's exit was not observed (its monitor was lost or the node \
+             rebooted); the exit code is unknown"
+                .to_owned()
+        }
+        _ => String::new(),
+    };
+    ContainerStatus {
+        id: rec.id.to_string(),
+        metadata: Some(meta.metadata()),
+        state: cri_state(&rec.state) as i32,
+        created_at: rec.created_at_unix_nanos,
+        started_at: rec.started_at_unix_nanos.unwrap_or_default(),
+        finished_at,
+        exit_code,
+        // The first repo tag, for display (kubelet shows it as the pod's image).
+        image: Some(ImageSpec {
+            image: meta.image_tag.clone(),
+            user_specified_image: meta.image_requested.clone(),
+            ..ImageSpec::default()
+        }),
+        image_ref: meta.image_ref.clone(),
+        reason,
+        message,
+        mounts: meta.mounts.iter().map(|m| m.to_cri()).collect(),
+        log_path: log_path(rec),
+        resources: meta.resources.clone().map(|linux| ContainerResources {
+            linux: Some(linux),
+            windows: None,
+        }),
+        image_id: meta.image_id.clone(),
+        user: container_user(runtime_spec),
+        labels: meta.labels,
+        annotations: meta.annotations,
+    }
+}
+
 fn cri_state(state: &ContainerState) -> CriState {
     match state {
         ContainerState::Created => CriState::ContainerCreated,
@@ -155,8 +177,8 @@ fn cri_state(state: &ContainerState) -> CriState {
 }
 
 /// The absolute log path; empty when the container was created without one.
-fn log_path(info: &ContainerInfo) -> String {
-    let path = &info.record.log_path;
+fn log_path(rec: &ContainerRecord) -> String {
+    let path = &rec.log_path;
     if path.as_os_str() == "/dev/null" {
         String::new()
     } else {

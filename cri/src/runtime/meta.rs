@@ -9,7 +9,7 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, LinuxContainerResources, Mount, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata,
 };
-use rootstock_runtime::{ContainerInfo, SandboxInfo, Signal};
+use rootstock_runtime::{ContainerInfo, ContainerRecord, SandboxInfo, Signal};
 use serde::{Deserialize, Serialize};
 
 /// Version of the layout below; bumped when a field changes meaning.
@@ -145,7 +145,11 @@ pub(super) struct ContainerMeta {
 
 impl ContainerMeta {
     pub fn of(info: &ContainerInfo) -> Self {
-        serde_json::from_value(info.record.client_data.clone()).unwrap_or_default()
+        Self::of_record(&info.record)
+    }
+
+    pub fn of_record(rec: &ContainerRecord) -> Self {
+        serde_json::from_value(rec.client_data.clone()).unwrap_or_default()
     }
 
     pub fn metadata(&self) -> ContainerMetadata {

@@ -18,9 +18,11 @@ mod container_start;
 mod container_status;
 mod container_stop;
 mod container_update;
+mod events;
 mod ids;
 mod info;
 mod meta;
+mod metrics;
 mod names;
 mod sandbox_remove;
 mod sandbox_run;
@@ -48,6 +50,7 @@ use tonic::{Request, Response, Status};
 use crate::blocking::blocking;
 use crate::config::Config;
 use crate::error::{CriError, not_yet, reply};
+use crate::metrics::DaemonMetrics;
 
 use self::names::Names;
 
@@ -72,6 +75,8 @@ pub struct RuntimeApi {
     pod_cidr: Arc<Mutex<String>>,
     /// Serves the URLs Exec hands out.
     streaming: Arc<crate::streaming::StreamingServer>,
+    /// The daemon's Prometheus metrics.
+    metrics: Arc<DaemonMetrics>,
 }
 
 impl RuntimeApi {
@@ -82,6 +87,7 @@ impl RuntimeApi {
         store: Arc<ImageStore>,
         streaming: Arc<crate::streaming::StreamingServer>,
         pod_ips: HashMap<String, Vec<String>>,
+        metrics: Arc<DaemonMetrics>,
     ) -> Self {
         let names = Arc::new(Names::default());
         names.rebuild(&rt);
@@ -96,6 +102,7 @@ impl RuntimeApi {
             cpu_rates: Arc::default(),
             pod_cidr: Arc::default(),
             streaming,
+            metrics,
         }
     }
 
@@ -134,7 +141,8 @@ fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, Str
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+pub(super) type EventStream =
+    Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RuntimeService for RuntimeApi {
@@ -173,10 +181,16 @@ impl RuntimeService for RuntimeApi {
         req: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let req = req.into_inner();
-        reply(
-            self.detached(|api| async move { api.handle_run_pod_sandbox(req).await })
-                .await,
-        )
+        let started = std::time::Instant::now();
+        let result = self
+            .detached(|api| async move { api.handle_run_pod_sandbox(req).await })
+            .await;
+        if result.is_ok() {
+            self.metrics
+                .sandbox_start_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        reply(result)
     }
 
     async fn stop_pod_sandbox(
@@ -233,7 +247,14 @@ impl RuntimeService for RuntimeApi {
         req: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
         let req = req.into_inner();
-        reply(self.handle_start_container(req).await)
+        let started = std::time::Instant::now();
+        let result = self.handle_start_container(req).await;
+        if result.is_ok() {
+            self.metrics
+                .container_start_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        reply(result)
     }
 
     async fn stop_container(
@@ -297,10 +318,12 @@ impl RuntimeService for RuntimeApi {
         req: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
         let req = req.into_inner();
+        self.metrics.exec_session("exec_sync");
         reply(self.handle_exec_sync(req).await)
     }
 
     async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        self.metrics.exec_session("exec");
         reply(self.handle_exec(req.into_inner()).await)
     }
 
@@ -308,6 +331,7 @@ impl RuntimeService for RuntimeApi {
         &self,
         req: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
+        self.metrics.exec_session("attach");
         reply(self.handle_attach(req.into_inner()).await)
     }
 
@@ -315,6 +339,7 @@ impl RuntimeService for RuntimeApi {
         &self,
         req: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
+        self.metrics.exec_session("port_forward");
         reply(self.handle_port_forward(req.into_inner()).await)
     }
 
@@ -365,21 +390,23 @@ impl RuntimeService for RuntimeApi {
         &self,
         _req: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        not_yet("GetContainerEvents")
+        Ok(Response::new(self.handle_get_container_events()))
     }
 
     async fn list_metric_descriptors(
         &self,
         _req: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
-        not_yet("ListMetricDescriptors")
+        reply(Ok(self.handle_list_metric_descriptors()))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
-        not_yet("ListPodSandboxMetrics")
+        let api = self.clone();
+        // Reads cgroup files and netlink: off the async workers.
+        reply(blocking(move || api.handle_list_pod_sandbox_metrics()).await)
     }
 }
 

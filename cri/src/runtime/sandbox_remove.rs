@@ -3,6 +3,8 @@
 //! unknown id is OK (CRI; critest `idempotence.go`).
 
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
+use rootstock_runtime::SandboxState;
+use rootstock_runtime::events::EventKind;
 
 use super::meta::SandboxMeta;
 use super::{RuntimeApi, blocking};
@@ -15,7 +17,8 @@ impl RuntimeApi {
     ) -> Result<RemovePodSandboxResponse, CriError> {
         let id = self.sandbox_id_or_given(&req.pod_sandbox_id)?;
         let locked = self.lock_sandbox(id.as_str()).await;
-        let meta = self.rt.sandbox(&id).ok().map(|info| SandboxMeta::of(&info));
+        let known = self.rt.sandbox(&id).ok();
+        let meta = known.as_ref().map(SandboxMeta::of);
         for c in self.rt.containers_of(&id) {
             self.remove_container_by_id(&c.record.id).await?;
         }
@@ -23,6 +26,16 @@ impl RuntimeApi {
         let rt = self.rt.clone();
         let sid = id.clone();
         blocking(move || rt.remove_sandbox(&sid)).await?;
+        if known.is_some() {
+            // As of now (stopped): the sandbox is gone by the time a subscriber reads it.
+            let last = known.map(|mut info| {
+                info.record.state = SandboxState::NotReady;
+                info
+            });
+            self.rt
+                .events()
+                .publish_sandbox(EventKind::Deleted, id.clone(), last);
+        }
         if let Some(meta) = meta {
             self.names.release(&meta.reserved_name(), id.as_str());
         }

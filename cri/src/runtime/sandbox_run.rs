@@ -6,6 +6,7 @@ use k8s_cri::v1::{
     RunPodSandboxResponse,
 };
 use rootstock_cni::{PodNetwork, PortMapping, Protocol};
+use rootstock_runtime::events::EventKind;
 use rootstock_runtime::{DnsConfig, SandboxId, SandboxPidMode, SandboxSpec};
 
 use super::meta::{SandboxMeta, new_id, to_json};
@@ -49,6 +50,10 @@ impl RuntimeApi {
             Ok(()) => {
                 undo.commit();
                 reservation.keep();
+                let info = self.rt.sandbox(&id).ok();
+                let events = self.rt.events();
+                events.publish_sandbox(EventKind::Created, id.clone(), info.clone());
+                events.publish_sandbox(EventKind::Started, id.clone(), info);
                 tracing::info!(sandbox = %id, name = %meta.reserved_name(), "pod sandbox ready");
                 Ok(RunPodSandboxResponse {
                     pod_sandbox_id: id.to_string(),
@@ -72,9 +77,10 @@ impl RuntimeApi {
     ) -> Result<(), CriError> {
         let id = spec.id.clone();
         let wants_network = network.is_some();
-        let (rt, cni, tokio) = (
+        let (rt, cni, metrics, tokio) = (
             self.rt.clone(),
             self.cni.clone(),
+            self.metrics.clone(),
             tokio::runtime::Handle::current(),
         );
         let (created, add) = tokio::task::spawn_blocking(move || {
@@ -82,7 +88,12 @@ impl RuntimeApi {
             let created = rt.create_sandbox_with(spec, |info| {
                 if let (Some(mut pod), Some(netns)) = (network, info.netns_path()) {
                     pod.netns_path = netns;
-                    add = Some(tokio.spawn(async move { cni.setup(&pod).await }));
+                    add = Some(tokio.spawn(async move {
+                        let started = std::time::Instant::now();
+                        let status = cni.setup(&pod).await;
+                        metrics.cni_done("add", status.is_ok(), started.elapsed());
+                        status
+                    }));
                 }
             });
             (created, add)

@@ -21,22 +21,15 @@ impl RuntimeApi {
     ) -> Result<PodSandboxStatusResponse, CriError> {
         let id = self.sandbox_id(&req.pod_sandbox_id)?;
         let info = self.rt.sandbox(&id)?;
-        let meta = SandboxMeta::of(&info);
-        let ready = info.record.state == SandboxState::Ready;
-        // Always present, empty for hostNetwork or a stopped pod: kubelet logs an error at
-        // every status read of a sandbox without one (containerd also always sets it).
-        let ips = if info.record.host_network || !ready {
-            Vec::new()
-        } else {
-            self.ips_of(&id).await?
-        };
-        let mut ips = ips.into_iter();
-        let network = Some(PodSandboxNetworkStatus {
-            ip: ips.next().unwrap_or_default(),
-            additional_ips: ips.map(|ip| PodIp { ip }).collect(),
-        });
+        // Both as of now: with the EventedPLEG gate kubelet takes the pod's containers from
+        // this answer (not from ListContainers) once `timestamp` is set, and keeps the status
+        // only when it is newer than what an event told it.
+        let timestamp = rootstock_runtime::util::now_unix_nanos();
+        let containers_statuses = self.container_statuses_of(&id);
+        let status = self.sandbox_status(&info).await?;
         let mut info_map = HashMap::new();
         if req.verbose {
+            let meta = SandboxMeta::of(&info);
             // containerd's keys first (`cniResult`, `runtimeSpec`, `config`), then ours.
             // crictl decodes every info value as a JSON object.
             let cni_result = match self.cni.attachment(id.as_str()).await {
@@ -62,24 +55,47 @@ impl RuntimeApi {
             info_map.insert("info".to_owned(), verbose.to_string());
         }
         Ok(PodSandboxStatusResponse {
-            status: Some(PodSandboxStatus {
-                id: id.to_string(),
-                metadata: Some(meta.metadata()),
-                state: sandbox_state(&info) as i32,
-                created_at: info.record.created_at_unix_nanos,
-                network,
-                linux: Some(LinuxPodSandboxStatus {
-                    namespaces: Some(Namespace {
-                        options: Some(meta.namespace_options()),
-                    }),
-                }),
-                labels: meta.labels,
-                annotations: meta.annotations,
-                runtime_handler: meta.runtime_handler,
-            }),
+            status: Some(status),
             info: info_map,
-            containers_statuses: Vec::new(),
-            timestamp: 0,
+            containers_statuses,
+            timestamp,
+        })
+    }
+
+    /// Sandbox `info`'s CRI status, from memory (the IPs from the CNI cache once after a
+    /// restart).
+    pub(super) async fn sandbox_status(
+        &self,
+        info: &SandboxInfo,
+    ) -> Result<PodSandboxStatus, CriError> {
+        let meta = SandboxMeta::of(info);
+        let ready = info.record.state == SandboxState::Ready;
+        // Always present, empty for hostNetwork or a stopped pod: kubelet logs an error at
+        // every status read of a sandbox without one (containerd also always sets it).
+        let ips = if info.record.host_network || !ready {
+            Vec::new()
+        } else {
+            self.ips_of(&info.record.id).await?
+        };
+        let mut ips = ips.into_iter();
+        let network = Some(PodSandboxNetworkStatus {
+            ip: ips.next().unwrap_or_default(),
+            additional_ips: ips.map(|ip| PodIp { ip }).collect(),
+        });
+        Ok(PodSandboxStatus {
+            id: info.record.id.to_string(),
+            metadata: Some(meta.metadata()),
+            state: sandbox_state(info) as i32,
+            created_at: info.record.created_at_unix_nanos,
+            network,
+            linux: Some(LinuxPodSandboxStatus {
+                namespaces: Some(Namespace {
+                    options: Some(meta.namespace_options()),
+                }),
+            }),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            runtime_handler: meta.runtime_handler,
         })
     }
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use k8s_cri::v1::{StopPodSandboxRequest, StopPodSandboxResponse};
-use rootstock_runtime::{SandboxId, Signal};
+use rootstock_runtime::events::EventKind;
+use rootstock_runtime::{SandboxId, SandboxState, Signal};
 
 use super::{RuntimeApi, blocking};
 use crate::error::CriError;
@@ -22,6 +23,11 @@ impl RuntimeApi {
 
     /// Shared with RemovePodSandbox, which must leave nothing running either.
     pub(super) async fn stop_sandbox_by_id(&self, id: &SandboxId) -> Result<(), CriError> {
+        // Stopping a stopped sandbox is OK, and no event: nothing changed.
+        let was_ready = self
+            .rt
+            .sandbox(id)
+            .is_ok_and(|s| s.record.state == SandboxState::Ready);
         // The containers are SIGKILLed (kubelet has already stopped them gracefully, with
         // their grace periods; this is the backstop, and containerd gives none either), so
         // nothing in them can tell their network go: CNI DEL runs meanwhile rather than
@@ -39,7 +45,10 @@ impl RuntimeApi {
         // record, or a record already removed): the CNI cache decides, so an IP is never
         // leaked. Without a cache entry it does nothing.
         let network = async {
-            self.cni.teardown(id.as_str()).await?;
+            let deleted = std::time::Instant::now();
+            let del = self.cni.teardown(id.as_str()).await;
+            self.metrics.cni_done("del", del.is_ok(), deleted.elapsed());
+            del?;
             self.pod_ips().remove(id.as_str());
             Ok::<(), CriError>(())
         };
@@ -49,6 +58,12 @@ impl RuntimeApi {
         let rt = self.rt.clone();
         let sid = id.clone();
         blocking(move || rt.stop_sandbox(&sid)).await?;
+        if was_ready {
+            let info = self.rt.sandbox(id).ok();
+            self.rt
+                .events()
+                .publish_sandbox(EventKind::Stopped, id.clone(), info);
+        }
         Ok(())
     }
 }
