@@ -267,6 +267,7 @@ impl Runtime {
             &self.layer_dir(&id),
         )?;
         undo.push("unmount the rootfs", || self.rootfs(&id).unmount());
+        rootstock_fsutil::failpoint::hit("container.rootfs-mounted");
 
         let built = spec::build(&id, &req.spec, rootfs.target(), &self.host)?;
         if let Some((asked, got)) = built.oom_score_adj_clamped
@@ -306,6 +307,7 @@ impl Runtime {
         let config_path = run_dir.join("config.json");
         rootstock_fsutil::write_atomic(&config_path, &config)
             .map_err(|e| Error::io("write", &config_path, e))?;
+        rootstock_fsutil::failpoint::hit("container.spec-written");
 
         let kill_all = req.spec.namespaces.needs_kill_all();
         let args = MonitorArgs {
@@ -330,6 +332,7 @@ impl Runtime {
                 message,
             }
         })?;
+        rootstock_fsutil::failpoint::hit("container.runc-created");
         let rec = ContainerRecord {
             version: RECORD_VERSION,
             id: id.clone(),
@@ -347,6 +350,7 @@ impl Runtime {
             client_data: req.client_data,
         };
         entry::persist(&run_dir, &rec)?;
+        rootstock_fsutil::failpoint::hit("container.record-persisted");
         undo.commit();
         let info = self.info(&rec);
         self.insert_entry(id, Entry::new(run_dir, rec, spec));

@@ -34,7 +34,9 @@ impl RuntimeApi {
         // DEL runs also for a sandbox this daemon does not know (a crash between ADD and the
         // record, or a record already removed): the CNI cache decides, so an IP is never
         // leaked. Without a cache entry it does nothing.
+        rootstock_fsutil::failpoint::hit("sandbox-stop.before-cni-del");
         self.cni.teardown(id.as_str()).await?;
+        rootstock_fsutil::failpoint::hit("sandbox-stop.after-cni-del");
         self.pod_ips().remove(id.as_str());
         let rt = self.rt.clone();
         let sid = id.clone();
