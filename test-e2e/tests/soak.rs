@@ -252,11 +252,32 @@ async fn a_hundred_pods_run_while_relists_stay_under_fifty_ms() {
         }
     }
     done.store(true, Ordering::SeqCst);
-    let (mut calls, mut relists) = relister.await.unwrap();
+    let (timed, mut relists) = relister.await.unwrap();
     let p = |v: &mut Vec<Duration>, q: f64| {
         v.sort();
         v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
     };
+    for kind in [
+        Call::ListPodSandbox,
+        Call::ListContainers,
+        Call::ContainerStatus,
+    ] {
+        let mut v: Vec<Duration> = timed.iter().filter(|c| c.0 == kind).map(|c| c.2).collect();
+        eprintln!(
+            "{kind:?}: {} calls, p50 {:?} p99 {:?} max {:?}",
+            v.len(),
+            p(&mut v, 0.5),
+            p(&mut v, 0.99),
+            p(&mut v, 1.0)
+        );
+    }
+    let mut slowest = timed.clone();
+    slowest.sort_by_key(|c| std::cmp::Reverse(c.2));
+    eprintln!(
+        "slowest (call, sent at, took): {:?}",
+        &slowest[..slowest.len().min(8)]
+    );
+    let mut calls: Vec<Duration> = timed.iter().map(|c| c.2).collect();
     let (c50, c99, cmax) = (p(&mut calls, 0.5), p(&mut calls, 0.99), p(&mut calls, 1.0));
     let (r50, r99) = (p(&mut relists, 0.5), p(&mut relists, 0.99));
     eprintln!(
@@ -271,21 +292,33 @@ async fn a_hundred_pods_run_while_relists_stay_under_fifty_ms() {
     assert!(node.net.reserved_ips().is_empty());
 }
 
-/// kubelet's PLEG-style relist, once per second until `done`: every RPC's latency, and
-/// each whole relist's.
-async fn relist_until(node: &Node, done: &AtomicBool) -> (Vec<Duration>, Vec<Duration>) {
+/// The relist RPCs kubelet sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    ListPodSandbox,
+    ListContainers,
+    ContainerStatus,
+}
+
+/// kubelet's PLEG-style relist, once per second until `done`: every RPC's latency (with
+/// when it was sent, from the start), and each whole relist's.
+async fn relist_until(
+    node: &Node,
+    done: &AtomicBool,
+) -> (Vec<(Call, Duration, Duration)>, Vec<Duration>) {
     let mut rt = node.daemon.runtime().await;
     let (mut calls, mut relists) = (Vec::new(), Vec::new());
+    let origin = Instant::now();
     while !done.load(Ordering::SeqCst) {
         let t = Instant::now();
         let timed = Instant::now();
         rt.list_pod_sandbox(ListPodSandboxRequest { filter: None })
             .await
             .unwrap();
-        calls.push(timed.elapsed());
+        calls.push((Call::ListPodSandbox, timed - origin, timed.elapsed()));
         let timed = Instant::now();
         let containers = list_containers(&mut rt).await;
-        calls.push(timed.elapsed());
+        calls.push((Call::ListContainers, timed - origin, timed.elapsed()));
         for c in containers {
             let timed = Instant::now();
             // A container removed meanwhile answers NotFound: still a timed answer.
@@ -295,7 +328,7 @@ async fn relist_until(node: &Node, done: &AtomicBool) -> (Vec<Duration>, Vec<Dur
                     verbose: false,
                 })
                 .await;
-            calls.push(timed.elapsed());
+            calls.push((Call::ContainerStatus, timed - origin, timed.elapsed()));
         }
         relists.push(t.elapsed());
         tokio::time::sleep(Duration::from_secs(1).saturating_sub(t.elapsed())).await;
