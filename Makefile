@@ -28,7 +28,7 @@ IMAGE_TAG ?= $(VERSION)
 # Where `make image-push` sends the image, e.g. registry.example.com/rootstock.
 IMAGE_REPO ?= localhost:5000/rootstock
 
-.PHONY: run test bench test-cgroup2 deps-run deps-test deps-bench host-prep build-bins install uninstall \
+.PHONY: run test test-reliability bench test-cgroup2 deps-run deps-test deps-bench host-prep build-bins install uninstall \
 	image image-push tools
 
 ## Build in release mode and run the daemon in the foreground with the embedded defaults.
@@ -42,7 +42,15 @@ test: deps-test host-prep tools
 	$(CARGO) build --workspace --bins --features $(TEST_FEATURES)
 	$(CARGO) test --workspace --no-fail-fast --features $(TEST_FEATURES)
 
-## rootstock side by side with a private containerd (release build); prints the table and
+## The long reliability runs (#19), one at a time: the crash matrix over every failpoint, the
+## 1,000-pod-cycle soak and 100 pods under kubelet-style relists; each prints its figures.
+## Not part of `make test` (which runs the matrix's fast subset); CI need not run it.
+test-reliability: deps-test host-prep
+	$(CARGO) build --workspace --bins --features $(TEST_FEATURES)
+	$(CARGO) test -p rootstock-test-e2e --features failpoints --test crash_matrix --test soak \
+		-- --ignored --nocapture --test-threads=1
+
+ with a private containerd (release build); prints the table and
 ## saves it with the JSON under target/bench-results/full/<unix time>/.
 bench: deps-bench host-prep
 	$(CARGO) build --release --bins

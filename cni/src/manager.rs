@@ -213,6 +213,7 @@ impl CniManager {
             capability_args(pod),
         );
         let cache_path = self.store(entry.clone()).await?;
+        rootstock_fsutil::failpoint::hit("cni.intent-cached");
 
         let args = InvokeArgs {
             command: CniCommand::Add,
@@ -261,8 +262,10 @@ impl CniManager {
                 reason: "ADD produced no result".into(),
             });
         };
+        rootstock_fsutil::failpoint::hit("cni.add-done");
         entry.result = Some(result.clone());
         self.store(entry).await?;
+        rootstock_fsutil::failpoint::hit("cni.result-cached");
         let status = status_from(&network.name, &result, &cache_path)?;
         tracing::info!(sandbox = id, network = %network.name, ips = ?status.ips, "CNI ADD done");
         Ok(status)
@@ -378,6 +381,7 @@ impl CniManager {
         let netns = netns::is_netns(&entry.netns).then_some(entry.netns.as_path());
         self.del_plugins(&network, entry, network.plugins.len(), netns)
             .await?;
+        rootstock_fsutil::failpoint::hit("cni.del-done");
         self.remove(path).await?;
         tracing::info!(sandbox = %entry.container_id, network = %network.name, "CNI DEL done");
         Ok(())

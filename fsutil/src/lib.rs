@@ -8,6 +8,7 @@
 //! its own error type, naming the object.
 
 mod dns;
+pub mod failpoint;
 mod id;
 
 pub use dns::DnsConfig;

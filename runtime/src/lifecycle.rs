@@ -88,6 +88,7 @@ impl Runtime {
             // exited (and the monitor recorded the exit time) before it returns.
             let started_at = util::now_unix_nanos();
             oci.start(id)?;
+            rootstock_fsutil::failpoint::hit("container.runc-started");
             entry.update(|cur| {
                 let mut next = cur.clone();
                 // The exit watcher may have recorded the exit already: keep it.
@@ -98,6 +99,7 @@ impl Runtime {
                 Some(next)
             })
         })?;
+        rootstock_fsutil::failpoint::hit("container.start-persisted");
         Ok(self.info(&rec))
     }
 
@@ -144,6 +146,7 @@ impl Runtime {
         if !killed {
             self.signal(&oci, id, Signal::KILL, kill_all)?;
         }
+        rootstock_fsutil::failpoint::hit("container.kill-sent");
         if wait_exit(&entry, KILL_WAIT)? {
             return Ok(());
         }
@@ -203,12 +206,14 @@ impl Runtime {
     /// Deletes everything of a container but its in-memory entry. Idempotent.
     pub(crate) fn destroy(&self, id: &ContainerId, oci: &OciRuntime) -> Result<()> {
         oci.delete(id, true)?;
+        rootstock_fsutil::failpoint::hit("container.runc-deleted");
         self.remove_container_files(id)
     }
 
     /// Unmounts the rootfs and removes the run and writable-layer directories. Idempotent.
     pub(crate) fn remove_container_files(&self, id: &ContainerId) -> Result<()> {
         self.rootfs(id).unmount()?;
+        rootstock_fsutil::failpoint::hit("container.rootfs-unmounted");
         self.remove_container_dirs(id)
     }
 

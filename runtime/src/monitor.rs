@@ -233,6 +233,7 @@ pub fn spawn(monitor_bin: &Path, args: &MonitorArgs, timeout: Duration) -> Resul
     drop(cmd);
     // Stage 1 forks and exits at once; reaping it here leaves no zombie behind.
     let status = child.wait().map_err(|e| format!("wait for monitor: {e}"))?;
+    rootstock_fsutil::failpoint::hit("container.monitor-spawned");
     let report = read_report(&mut reader, timeout)?;
     let report = report.trim_end();
     if let Some(rest) = report.strip_prefix("ok ") {

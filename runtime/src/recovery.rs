@@ -32,14 +32,20 @@ pub struct RecoveryReport {
     pub previous_boot: Vec<ContainerId>,
     /// Records that could not be read (kept as Unknown), with the reason.
     pub unreadable: Vec<(ContainerId, String)>,
+    /// Created records whose container the OCI runtime reports running (the daemon died
+    /// between `start` and persisting Running): now Running.
+    pub started: Vec<ContainerId>,
+    /// Sandboxes: unfinished ones and those that lost their namespaces.
+    pub sandboxes: crate::sandbox::SandboxRecovery,
 }
 
 impl Runtime {
     /// Opens the runtime and recovers every container found under the state directory.
     pub fn open(opts: RuntimeOptions) -> Result<(Self, RecoveryReport)> {
         let rt = Runtime::new(opts)?;
-        rt.recover_sandboxes()?;
-        let report = rt.recover()?;
+        let sandboxes = rt.recover_sandboxes()?;
+        let mut report = rt.recover()?;
+        report.sandboxes = sandboxes;
         Ok((rt, report))
     }
 
@@ -146,6 +152,21 @@ impl Runtime {
             entry::persist(&self.run_dir(id), &next)?;
             rec = next;
         }
+        // Created, but the OCI runtime says running: the daemon died between `start` and
+        // persisting Running. The start happened; say so (kubelet would otherwise see a
+        // container stuck in Created whose process runs, and a retried start would fail).
+        if rec.state == ContainerState::Created
+            && let Ok(oci) = self.handler(&rec.handler)
+            && matches!(oci.state(id), Ok(Some(ref s)) if s.status == "running")
+        {
+            let mut next = rec.clone();
+            next.state = ContainerState::Running;
+            // The real start time was never recorded; now is its upper bound.
+            next.started_at_unix_nanos = Some(util::now_unix_nanos());
+            entry::persist(&self.run_dir(id), &next)?;
+            report.started.push(id.clone());
+            rec = next;
+        }
         Ok(Some(rec))
     }
 
@@ -163,13 +184,38 @@ impl Runtime {
     }
 
     fn clean_half_created(&self, id: &ContainerId) -> Result<()> {
+        // The monitor and its `<runtime> create` may still be at work (the daemon died
+        // right after spawning them): stopped first, or a create finishing after the
+        // delete below would leave a container nobody knows of.
+        kill_creators(id);
         // We do not know which handler it was created with: ask each (delete is idempotent).
         for oci in self.handlers.values() {
             if let Err(e) = oci.delete(id, true) {
                 tracing::warn!(container = %id, handler = oci.handler(), "delete half-created: {e}");
             }
         }
+        // A create killed before the runtime wrote its state leaves `<runtime> init` in the
+        // container's cgroup, unknown to `delete`.
+        if let Some(cgroup) = self.spec_cgroup(id) {
+            for pid in self.cgroups.procs(&cgroup).unwrap_or_default() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if let Err(e) = self.cgroups.remove(&cgroup) {
+                tracing::warn!(container = %id, "half-created container's cgroup: {e}");
+            }
+        }
         self.remove_container_files(id)
+    }
+
+    /// `linux.cgroupsPath` of the container's written spec, if there is one.
+    fn spec_cgroup(&self, id: &ContainerId) -> Option<String> {
+        let data = fs::read(self.run_dir(id).join("config.json")).ok()?;
+        let spec: serde_json::Value = serde_json::from_slice(&data).ok()?;
+        let path = spec.get("linux")?.get("cgroupsPath")?.as_str()?;
+        (!path.is_empty()).then(|| path.to_owned())
     }
 
     fn unknown_record(&self, id: &ContainerId) -> ContainerRecord {
@@ -197,4 +243,42 @@ impl Runtime {
 fn legacy_sandbox_id(client_data: &serde_json::Value) -> Option<SandboxId> {
     let id = client_data.get("sandbox_id")?.as_str()?;
     SandboxId::new(id).ok()
+}
+
+/// SIGKILLs every process that names container `id` in its arguments (its monitor, `--id
+/// <id>`, and the OCI runtime's `create … <id>` the monitor runs) and waits up to 2 s for
+/// them to be gone. Ids are 64 random hex digits: nothing else names one.
+fn kill_creators(id: &ContainerId) {
+    let me = std::process::id().to_string();
+    let mut victims = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<i32>() else {
+            continue;
+        };
+        if name == me {
+            continue;
+        }
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == id.as_str().as_bytes())
+            && let Ok(start) = util::process_start_time(pid)
+        {
+            tracing::info!(container = %id, pid, "recovery: killing a process still creating it");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            victims.push((pid, start));
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while victims.iter().any(|(p, s)| util::process_matches(*p, *s))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

@@ -338,6 +338,7 @@ impl Runtime {
             });
             crate::userns::stage_mounts(&staged, &mut req.spec.mounts, ns)?;
         }
+        rootstock_fsutil::failpoint::hit("container.rootfs-mounted");
 
         let built = spec::build(&id, &req.spec, rootfs.target(), &self.host)?;
         if let Some((asked, got)) = built.oom_score_adj_clamped
@@ -379,6 +380,7 @@ impl Runtime {
         // recovery removes whole. (Two fsyncs here were a tenth of a pod start.)
         let config_path = run_dir.join("config.json");
         fs::write(&config_path, &config).map_err(|e| Error::io("write", &config_path, e))?;
+        rootstock_fsutil::failpoint::hit("container.spec-written");
 
         let kill_all = req.spec.namespaces.needs_kill_all();
         let args = MonitorArgs {
@@ -407,6 +409,7 @@ impl Runtime {
         if let Err(e) = crate::userns::detach_all_in(&staged) {
             tracing::warn!(container = %id, "detaching staged mounts: {e}");
         }
+        rootstock_fsutil::failpoint::hit("container.runc-created");
         let rec = ContainerRecord {
             version: RECORD_VERSION,
             id: id.clone(),
@@ -424,6 +427,7 @@ impl Runtime {
             client_data: req.client_data,
         };
         entry::persist(&run_dir, &rec)?;
+        rootstock_fsutil::failpoint::hit("container.record-persisted");
         undo.commit();
         let info = self.info(&rec);
         self.insert_entry(id.clone(), Entry::new(run_dir, rec, spec));

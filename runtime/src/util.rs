@@ -63,10 +63,17 @@ pub fn process_matches(pid: i32, start_time: u64) -> bool {
 
 /// The kernel's boot id: changes on every boot, so state from a previous boot is recognised
 /// even where `/run` survives a reboot (it does on this machine).
+///
+/// Test builds (the `failpoints` feature) read `$ROOTSTOCK_BOOT_ID_FILE` instead when it is
+/// set: the reboot simulation starts the daemon "after a reboot" without one.
 pub fn boot_id() -> io::Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
-        .trim()
-        .to_owned())
+    let mut path = std::path::PathBuf::from("/proc/sys/kernel/random/boot_id");
+    if rootstock_fsutil::failpoint::ENABLED
+        && let Some(file) = std::env::var_os("ROOTSTOCK_BOOT_ID_FILE")
+    {
+        path = file.into();
+    }
+    Ok(fs::read_to_string(path)?.trim().to_owned())
 }
 
 /// Closes a per-pod or per-container directory to everyone but root (0700); with `group`

@@ -104,6 +104,7 @@ impl RuntimeApi {
         // Everything is checked and built: only now is the tree leased, and the lease is
         // given back on every way out but success.
         let rootfs_lower = self.lease_tree(&image, &id).await?;
+        rootstock_fsutil::failpoint::hit("container.lease-taken");
         let mut undo = AsyncUndo::new(format_args!("container {id}"));
         let (store, lease) = (self.store.clone(), id.to_string());
         undo.push("release the image tree lease", async move {

@@ -33,6 +33,7 @@ impl RuntimeApi {
         let rt = self.rt.clone();
         let cid = id.clone();
         blocking(move || rt.remove_container(&cid)).await?;
+        rootstock_fsutil::failpoint::hit("container.removed");
         // Only after the overlay is unmounted may the tree go.
         self.release_tree(meta.tree_lease.as_deref()).await;
         self.names.release(&meta.reserved_name(&info), id.as_str());

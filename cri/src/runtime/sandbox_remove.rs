@@ -22,6 +22,7 @@ impl RuntimeApi {
         for c in self.rt.containers_of(&id) {
             self.remove_container_by_id(&c.record.id).await?;
         }
+        rootstock_fsutil::failpoint::hit("sandbox-remove.containers-removed");
         self.stop_sandbox_by_id(&id).await?;
         let rt = self.rt.clone();
         let sid = id.clone();

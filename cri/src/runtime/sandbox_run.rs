@@ -46,7 +46,11 @@ impl RuntimeApi {
         let network = network.transpose()?;
 
         let mut undo = AsyncUndo::new(format_args!("sandbox {id}"));
-        match self.create_sandbox(spec, network, &mut undo).await {
+        let created = match self.create_sandbox(spec, network, &mut undo).await {
+            Ok(()) => self.commit_sandbox(&id).await,
+            Err(err) => Err(err),
+        };
+        match created {
             Ok(()) => {
                 undo.commit();
                 reservation.keep();
@@ -132,6 +136,15 @@ impl RuntimeApi {
         };
         let ips = status.ips.iter().map(ToString::to_string).collect();
         self.pod_ips().insert(id.to_string(), ips);
+        Ok(())
+    }
+
+    /// The commit point: until the runtime's "unfinished" mark is cleared, a crash makes
+    /// start-up recovery remove the sandbox and its network (the RPC never happened).
+    async fn commit_sandbox(&self, id: &SandboxId) -> Result<(), CriError> {
+        rootstock_fsutil::failpoint::hit("sandbox.network-ready");
+        let (rt, id) = (self.rt.clone(), id.clone());
+        blocking(move || rt.sandbox_committed(&id)).await?;
         Ok(())
     }
 

@@ -45,10 +45,12 @@ impl RuntimeApi {
         // record, or a record already removed): the CNI cache decides, so an IP is never
         // leaked. Without a cache entry it does nothing.
         let network = async {
+            rootstock_fsutil::failpoint::hit("sandbox-stop.before-cni-del");
             let deleted = std::time::Instant::now();
             let del = self.cni.teardown(id.as_str()).await;
             self.metrics.cni_done("del", del.is_ok(), deleted.elapsed());
             del?;
+            rootstock_fsutil::failpoint::hit("sandbox-stop.after-cni-del");
             self.pod_ips().remove(id.as_str());
             Ok::<(), CriError>(())
         };

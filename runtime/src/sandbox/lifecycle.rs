@@ -86,6 +86,8 @@ impl Runtime {
             "" => (format!("{OWN_CGROUP_ROOT}/{id}"), true),
             given => (given.to_owned(), false),
         };
+        // Unfinished until the caller commits it (recovery removes it otherwise).
+        super::recovery::mark_unfinished(&dir, &cgroup_parent, own_cgroup)?;
         let mut rec = SandboxRecord {
             version: SANDBOX_RECORD_VERSION,
             id: id.clone(),
@@ -123,11 +125,13 @@ impl Runtime {
         });
         self.prepare_sandbox(&spec, &info)?;
         pinned(&info);
+        rootstock_fsutil::failpoint::hit("sandbox.namespaces-pinned");
         if spec.pid == SandboxPidMode::Pod {
             let cgroup = format!("{}/{id}", rec.cgroup_parent);
             let init = self.start_pod_init(&info, Some(&cgroup))?;
             rec.pod_init_cgroup = Some(cgroup);
             rec.pod_init = Some(init);
+            rootstock_fsutil::failpoint::hit("sandbox.cgroup-created");
             let stopped = rec.clone();
             undo.push("stop pod-init", move || {
                 self.stop_pod_init(&stopped);
@@ -135,6 +139,7 @@ impl Runtime {
             });
         }
         self.persist_sandbox(&rec)?;
+        rootstock_fsutil::failpoint::hit("sandbox.record-persisted");
         undo.commit();
         let info = self.sandbox_info(&rec);
         if let Some(init) = rec.pod_init {
@@ -159,6 +164,7 @@ impl Runtime {
         // SIGKILL of a PID namespace's init kills every process left in it.
         self.stop_pod_init(&rec);
         self.teardown_sandbox(&info, false)?;
+        rootstock_fsutil::failpoint::hit("sandbox-stop.namespaces-released");
         if rec.state != SandboxState::NotReady || rec.pod_init.is_some() {
             let mut next = rec.clone();
             next.state = SandboxState::NotReady;
@@ -182,6 +188,7 @@ impl Runtime {
         };
         self.stop_pod_init(&info.record);
         self.teardown_sandbox(&info, true)?;
+        rootstock_fsutil::failpoint::hit("sandbox-remove.torn-down");
         // Its containers' cgroups are gone by now (the OCI runtime removes them at delete).
         if info.record.own_cgroup {
             self.remove_cgroup(&info.record.cgroup_parent)?;
@@ -212,11 +219,14 @@ impl Runtime {
             .collect()
     }
 
-    /// Loads sandbox records at start-up; those of another boot become NotReady.
-    pub(crate) fn recover_sandboxes(&self) -> Result<()> {
+    /// Loads sandbox records at start-up; those of another boot, and those whose pinned
+    /// namespaces are gone, become NotReady; unfinished ones are reported
+    /// (`sandbox/recovery.rs`).
+    pub(crate) fn recover_sandboxes(&self) -> Result<super::SandboxRecovery> {
+        let mut report = super::SandboxRecovery::default();
         let dir = self.opts.state_dir.join("sandboxes");
         let Ok(entries) = fs::read_dir(&dir) else {
-            return Ok(());
+            return Ok(report);
         };
         for e in entries.flatten() {
             let Ok(id) = SandboxId::new(e.file_name().to_string_lossy().into_owned()) else {
@@ -237,7 +247,15 @@ impl Runtime {
                     if stale {
                         rec.state = SandboxState::NotReady;
                     }
-                    if migrated || stale {
+                    let lost = self.release_lost_namespaces(&mut rec)?;
+                    if let Some(why) = &lost {
+                        tracing::warn!(sandbox = %id, "recovery: namespaces lost, NotReady: {why}");
+                        report.lost_namespaces.push(id.clone());
+                    }
+                    if super::recovery::is_unfinished(&e.path()) {
+                        report.unfinished.push(id.clone());
+                    }
+                    if migrated || stale || lost.is_some() {
                         self.persist_sandbox(&rec)?;
                     }
                     if let Some(init) = rec.pod_init.filter(|_| rec.state == SandboxState::Ready) {
@@ -252,11 +270,12 @@ impl Runtime {
                         record: SandboxRecord::unknown(id.clone()),
                         dir: e.path(),
                     };
+                    self.release_unrecorded_cgroups(&info);
                     self.teardown_sandbox(&info, true)?;
                 }
             }
         }
-        Ok(())
+        Ok(report)
     }
 }
 

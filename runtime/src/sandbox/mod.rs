@@ -17,9 +17,11 @@
 
 mod lifecycle;
 mod namespaces;
+mod recovery;
 mod usage;
 
 pub use lifecycle::OWN_CGROUP_ROOT;
+pub use recovery::SandboxRecovery;
 pub use usage::SandboxUsage;
 
 use std::collections::BTreeMap;

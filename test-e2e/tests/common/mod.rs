@@ -16,6 +16,7 @@ use rootstock_test_e2e::daemon::Daemon;
 use serde_json::json;
 use tonic::transport::Channel;
 
+pub mod footprint;
 pub mod install;
 pub mod streaming;
 

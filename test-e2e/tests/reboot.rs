@@ -1,0 +1,181 @@
+//! The node loses what a boot holds while the daemon is down (#19): every container
+//! process, monitor and pod-init is killed and every mount under the state dir is gone.
+//! - **Reboot** (the daemon then starts with a new boot id): every sandbox is NotReady and
+//!   every container Exited, CNI DEL ran for every pod with a network (its IP is back in the
+//!   pool), and kubelet's flow — stop, remove, run again — works.
+//! - **Same boot** (a clean-up script or an OOM-killer storm): recovery finds the pinned
+//!   namespaces gone (`ns/net` a plain empty file, pod-init dead) and reports the sandboxes
+//!   NotReady instead of Ready with their old IPs, so kubelet recreates them.
+//!
+//! The boot id comes from `$ROOTSTOCK_BOOT_ID_FILE` in builds with `rootstock-cri/failpoints`.
+#![cfg(feature = "failpoints")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::footprint::{self, CgroupRoot};
+use common::*;
+use k8s_cri::v1::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rootstock_test_e2e::network::TestNet;
+use rootstock_test_e2e::registry::Registry;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_every_pod_is_notready_its_ip_released_and_it_runs_again() {
+    lose_the_boot(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_whose_namespace_pins_were_lost_in_the_same_boot_are_notready() {
+    lose_the_boot(false).await;
+}
+
+async fn lose_the_boot(new_boot_id: bool) {
+    let tag = if new_boot_id { "reboot" } else { "pinloss" };
+    let registry = Registry::start().await;
+    let net = TestNet::new(tag);
+    let cgroups = CgroupRoot::new(tag);
+    let (mut daemon, image) = daemon_with_busybox(&registry, &net.daemon_config()).await;
+    net.write_conflist(&net.conflist(vec![]));
+    wait_network_ready(&daemon).await;
+    let baseline = footprint::take(&daemon, &net, &cgroups);
+
+    let mut rt = daemon.runtime().await;
+    let pods: Vec<PodSandboxConfig> = [
+        ("solo", NamespaceMode::Container),
+        ("shared", NamespaceMode::Pod),
+    ]
+    .into_iter()
+    .map(|(name, mode)| {
+        let mut pod = pod_config(name, mode);
+        pod.linux.get_or_insert_with(Default::default).cgroup_parent = cgroups.pod_parent(name);
+        pod
+    })
+    .collect();
+    let mut ids = Vec::new();
+    for pod in &pods {
+        let id = run_pod(&mut rt, pod.clone()).await.unwrap();
+        let c = start_container(
+            &mut rt,
+            &id,
+            pod,
+            container_config("c", &image, &["sleep", "3600"]),
+        )
+        .await;
+        ids.push((id, c));
+    }
+    assert_eq!(net.reserved_ips().len(), 2, "each pod holds an IP");
+    drop(rt);
+
+    // The loss: the daemon dies, then everything the boot held goes.
+    daemon
+        .signal_and_wait(Signal::SIGKILL, Duration::from_secs(10))
+        .await
+        .expect("daemon did not die");
+    kill_everything(&daemon, &cgroups);
+    let unmounted = rootstock_test_e2e::mounts::unmount_under(&daemon.state_dir);
+    assert!(
+        !unmounted.is_empty(),
+        "nothing was mounted: not simulating a loss"
+    );
+    let boot = tempfile::NamedTempFile::new().unwrap();
+    if new_boot_id {
+        std::fs::write(boot.path(), "7d3c1f4e-0000-4000-8000-000000000001\n").unwrap();
+        daemon.set_env(
+            "ROOTSTOCK_BOOT_ID_FILE",
+            Some(boot.path().to_str().unwrap()),
+        );
+    }
+    daemon.start_again().await;
+
+    let mut rt = daemon.runtime().await;
+    for (id, c) in &ids {
+        let status = pod_status(&mut rt, id).await.status.unwrap();
+        assert_eq!(
+            status.state,
+            PodSandboxState::SandboxNotready as i32,
+            "sandbox {id} reported Ready after losing its namespaces"
+        );
+        let s = container_status(&mut rt, c).await;
+        assert_eq!(
+            s.state,
+            ContainerState::ContainerExited as i32,
+            "container {c}"
+        );
+    }
+    // CNI DEL ran at start-up for every pod that had a network: the IPs are back.
+    assert_eq!(
+        net.reserved_ips(),
+        Vec::<String>::new(),
+        "IPs still reserved"
+    );
+    assert_eq!(
+        net.cache_entries(),
+        Vec::<String>::new(),
+        "CNI attachments left"
+    );
+    // The veths went with their namespaces (the kernel frees them asynchronously).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !net.bridge_ports().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        net.bridge_ports(),
+        Vec::<String>::new(),
+        "veths left on the bridge"
+    );
+
+    // kubelet's flow: stop and remove the dead pods, run them again.
+    for (id, _) in &ids {
+        stop_pod(&mut rt, id).await;
+        remove_pod(&mut rt, id).await;
+    }
+    for pod in &pods {
+        let id = run_pod(&mut rt, pod.clone())
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox again: {e}"));
+        let status = pod_status(&mut rt, &id).await.status.unwrap();
+        assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+        assert!(!status.network.unwrap_or_default().ip.is_empty());
+        let c = start_container(
+            &mut rt,
+            &id,
+            pod,
+            container_config("c", &image, &["sleep", "3600"]),
+        )
+        .await;
+        assert_eq!(
+            container_status(&mut rt, &c).await.state,
+            ContainerState::ContainerRunning as i32
+        );
+        stop_pod(&mut rt, &id).await;
+        remove_pod(&mut rt, &id).await;
+    }
+    let now = footprint::take(&daemon, &net, &cgroups);
+    footprint::assert_same(&baseline, &now, "after the pods ran again and were removed");
+}
+
+/// SIGKILLs every process of the test's pods (containers, pod-init) and every monitor of
+/// the daemon, until none is left.
+fn kill_everything(daemon: &rootstock_test_e2e::daemon::Daemon, cgroups: &CgroupRoot) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut pids = cgroups.processes();
+        pids.extend(footprint::processes_naming(&daemon.state_dir));
+        pids.retain(|p| is_live(*p));
+        if pids.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes survive SIGKILL: {pids:?}"
+        );
+        for pid in pids {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
