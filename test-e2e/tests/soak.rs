@@ -239,7 +239,7 @@ async fn a_hundred_pods_run_while_relists_stay_under_fifty_ms() {
     // Stop and remove, 20 at a time, still under relists.
     for chunk in pods.chunks(WAVE) {
         let mut tasks = Vec::new();
-        for (id, _) in chunk.iter().cloned() {
+        for id in chunk.iter().map(|(id, _)| id.clone()) {
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
                 let mut rt = node.daemon.runtime().await;
