@@ -5,7 +5,7 @@
 use super::SandboxInfo;
 use crate::error::{ErrorKind, Result};
 use crate::id::SandboxId;
-use crate::runtime::{ContainerInfo, ContainerUsage, Runtime};
+use crate::runtime::{ContainerInfo, ContainerUsage, Runtime, lock};
 use crate::state::ContainerState;
 use crate::stats::CgroupUsage;
 
@@ -23,10 +23,15 @@ pub struct SandboxUsage {
 
 impl Runtime {
     /// The containers of sandbox `id`, in any state (refreshed as [`Runtime::list_containers`]).
+    /// Filtered on the shared snapshots before anything is copied: PodSandboxStatus (polled
+    /// for every pod) lists its pod's containers through here.
     pub fn containers_of(&self, id: &SandboxId) -> Vec<ContainerInfo> {
-        self.list_containers()
-            .into_iter()
-            .filter(|c| c.record.sandbox_id.as_ref() == Some(id))
+        let entries: Vec<_> = lock(&self.containers).values().cloned().collect();
+        entries
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|rec| rec.sandbox_id.as_ref() == Some(id))
+            .map(|rec| self.info(&rec))
             .collect()
     }
 
