@@ -133,7 +133,6 @@ fn pin_namespaces(args: &[String]) -> Result<(), String> {
     };
     // IPC sysctls last: in a user namespace only its root may write them, and becoming it
     // (the host's root is not mapped inside) is one way.
-    let mut sysctls = sysctls;
     sysctls.sort_by_key(|kv| kv.split_once('=').is_some_and(|(k, _)| sysctl::is_ipc(k)));
     let mut ns_root = false;
     for kv in sysctls {
