@@ -295,3 +295,57 @@ pub fn set_window_size(master: &impl AsRawFd, width: u16, height: u16) -> std::i
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tty_process_is_the_containers_with_the_request_and_the_console_size() {
+        let bundle = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 1000, "gid": 1000},
+                "args": ["sleep", "3600"],
+                "env": ["PATH=/bin", "HOME=/"],
+                "cwd": "/srv",
+                "capabilities": {"bounding": ["CAP_KILL"]},
+                "consoleSize": {"width": 1, "height": 1},
+                "noNewPrivileges": true
+            }
+        });
+        std::fs::write(bundle.path().join("config.json"), spec.to_string()).unwrap();
+        let id = ContainerId::new("c1").unwrap();
+        let req = ExecRequest {
+            args: vec!["stty".into(), "size".into()],
+            env: vec!["A=1".into()],
+            cwd: Some("/tmp".into()),
+        };
+        let p: serde_json::Value = serde_json::from_slice(
+            &tty_process(&id, &req, Some((123, 45)), bundle.path()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(p["args"], serde_json::json!(["stty", "size"]));
+        assert_eq!(p["terminal"], true);
+        assert_eq!(
+            p["consoleSize"],
+            serde_json::json!({"width": 123, "height": 45})
+        );
+        assert_eq!(p["env"], serde_json::json!(["PATH=/bin", "HOME=/", "A=1"]));
+        assert_eq!(p["cwd"], "/tmp");
+        // The rest is the container's own, as `exec` without `--process` would take it.
+        assert_eq!(p["user"], spec["process"]["user"]);
+        assert_eq!(p["capabilities"], spec["process"]["capabilities"]);
+        assert_eq!(p["noNewPrivileges"], true);
+        // No size known: none (not the container's).
+        let p: serde_json::Value =
+            serde_json::from_slice(&tty_process(&id, &req, None, bundle.path()).unwrap()).unwrap();
+        assert!(p.get("consoleSize").is_none());
+        // No config.json: an error naming it.
+        let err = tty_process(&id, &req, None, Path::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("config.json"), "{err}");
+    }
+}

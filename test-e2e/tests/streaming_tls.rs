@@ -307,3 +307,52 @@ async fn tls_config_errors_name_the_key() {
         assert!(stderr.contains(key), "{config}: {stderr}");
     }
 }
+
+/// 50 MB of exec stdout through one WebSocket client, plain and over TLS (a figure, asserts only
+/// the byte count): `cargo test … --test streaming_tls -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark figure, not a test"]
+async fn exec_throughput_plain_and_tls() {
+    spdyexec();
+    let registry = Registry::start().await;
+    for (name, config) in [("plain", ""), ("tls", "[streaming]\nenable_tls = true\n")] {
+        let SleeperPod {
+            daemon: _daemon,
+            mut rt,
+            id,
+            ..
+        } = sleeper_pod(
+            &registry,
+            config,
+            &format!("tput-{name}"),
+            NamespaceMode::Container,
+        )
+        .await;
+        // The same client both ways (Python's websockets; the self-signed certificate is
+        // pinned).
+        let cmd = ["head", "-c", "50000000", "/dev/zero"];
+        let url = exec_url(&mut rt, &id, &cmd, false).await;
+        let started = Instant::now();
+        let out = if name == "plain" {
+            tokio::task::spawn_blocking(move || ws_exec(&url, "v5.channel.k8s.io", None))
+                .await
+                .unwrap()
+        } else {
+            let log = _daemon.log();
+            let fp = log
+                .split("sha256=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap()
+                .to_owned();
+            tokio::task::spawn_blocking(move || {
+                ws_exec_with(&url, "v5.channel.k8s.io", None, &[&format!("pin={fp}")])
+            })
+            .await
+            .unwrap()
+        };
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(out.stdout.len(), 50_000_000, "{}", text(&out.stderr));
+        eprintln!("{name}: 50 MB in {secs:.2} s = {:.0} MB/s", 50.0 / secs);
+    }
+}
