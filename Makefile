@@ -42,13 +42,17 @@ test: deps-test host-prep tools
 	$(CARGO) build --workspace --bins --features $(TEST_FEATURES)
 	$(CARGO) test --workspace --no-fail-fast --features $(TEST_FEATURES)
 
-## The long reliability runs (#19), one at a time: the crash matrix over every failpoint, the
-## 1,000-pod-cycle soak and 100 pods under kubelet-style relists; each prints its figures.
-## Not part of `make test` (which runs the matrix's fast subset); CI need not run it.
+## The long reliability runs (#19), one at a time: the crash matrix over every failpoint (the
+## test build, which has them), then the 1,000-pod-cycle soak and 100 pods under kubelet-style
+## relists against the release daemon (memory and latency figures are a release build's); each
+## prints its figures. Not part of `make test` (which runs the matrix's fast subset).
 test-reliability: deps-test host-prep
 	$(CARGO) build --workspace --bins --features $(TEST_FEATURES)
-	$(CARGO) test -p rootstock-test-e2e --features failpoints --test crash_matrix --test soak \
+	$(CARGO) test -p rootstock-test-e2e --features failpoints --test crash_matrix \
 		-- --ignored --nocapture --test-threads=1
+	$(CARGO) build --release --bins
+	ROOTSTOCK_BIN=$(CURDIR)/target/release/rootstock $(CARGO) test -p rootstock-test-e2e \
+		--features failpoints --test soak -- --ignored --nocapture --test-threads=1
 
  with a private containerd (release build); prints the table and
 ## saves it with the JSON under target/bench-results/full/<unix time>/.

@@ -306,6 +306,44 @@ impl Daemon {
         self.spawn().await;
     }
 
+    /// Waits for the daemon to SIGKILL itself at failpoint `point` (armed with
+    /// `ROOTSTOCK_FAILPOINT`); fails if it keeps running or ends otherwise.
+    pub async fn wait_killed_at(&mut self, point: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{point}: the daemon is still running"));
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "{point}: {status}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Stops the daemon cleanly (SIGTERM; it must be gone within 15 s).
+    pub async fn stop(&mut self) {
+        self.signal_and_wait(Signal::SIGTERM, Duration::from_secs(15))
+            .await
+            .expect("daemon did not stop on SIGTERM");
+    }
+
+    /// `rootstock store verify` on the daemon's root, which must be clean (it takes the root
+    /// lock: the daemon must be down). `when` names the moment in the failure message.
+    pub fn verify_store(&self, when: &str) {
+        let args = self.path_args();
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["store", "verify"]);
+        let out = run_rootstock(&args, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{when}: verify failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Stops the daemon cleanly (SIGTERM) and starts it again on the same paths.
     pub async fn restart(&mut self) {
         self.signal_and_wait(Signal::SIGTERM, Duration::from_secs(15))

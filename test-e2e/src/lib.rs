@@ -6,6 +6,7 @@
 
 pub mod cri;
 pub mod daemon;
+pub mod failpoints;
 
 pub use rootstock_testkit::{
     files, fixtures, http, mounts, netns, network, process, registry, token,

@@ -15,16 +15,15 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::footprint::{self, CgroupRoot, Footprint};
 use common::*;
 use k8s_cri::v1::*;
-use nix::sys::signal::Signal;
 use rootstock_test_e2e::cri::remove_image;
-use rootstock_test_e2e::daemon::{Daemon, run_rootstock};
+use rootstock_test_e2e::daemon::Daemon;
+use rootstock_test_e2e::failpoints::{STORE_POINTS, StoreOp};
 use rootstock_test_e2e::fixtures::crash_images;
 use rootstock_test_e2e::registry::Registry;
 
@@ -44,8 +43,8 @@ enum Op {
     RemoveImage,
 }
 
-/// Every failpoint of the runtime, CNI and the RPC handlers, and the image store's.
-const ALL: &[(&str, Op)] = &[
+/// Every failpoint of the runtime, CNI and the RPC handlers ([`all`] adds the store's).
+const LIFECYCLE: &[(&str, Op)] = &[
     ("sandbox.namespaces-pinned", Op::RunPod),
     ("sandbox.record-persisted", Op::RunPod),
     ("cni.intent-cached", Op::RunPod),
@@ -71,22 +70,16 @@ const ALL: &[(&str, Op)] = &[
     ("sandbox-stop.namespaces-released", Op::StopPod),
     ("sandbox-remove.containers-removed", Op::RemovePod),
     ("sandbox-remove.torn-down", Op::RemovePod),
-    ("unpack.begin", Op::Pull),
-    ("unpack.object-written", Op::Pull),
-    ("unpack.object-linked", Op::Pull),
-    ("unpack.entries-done", Op::Pull),
-    ("unpack.before-rename", Op::Pull),
-    ("unpack.after-rename", Op::Pull),
-    ("unpack.after-record", Op::Pull),
-    ("render.begin", Op::Pull),
-    ("render.layer-applied", Op::Pull),
-    ("render.before-rename", Op::Pull),
-    ("render.after-rename", Op::Pull),
-    ("render.after-record", Op::Pull),
-    ("gc.tree-record-deleted", Op::RemoveImage),
-    // The first sweep is start-up's; the second is the removal's.
-    ("gc.object-sweep@2", Op::RemoveImage),
 ];
+
+/// Every failpoint: the lifecycle's, then the image store's.
+fn all() -> Vec<(&'static str, Op)> {
+    let store = STORE_POINTS.iter().map(|&(p, op)| match op {
+        StoreOp::Pull => (p, Op::Pull),
+        StoreOp::Remove => (p, Op::RemoveImage),
+    });
+    LIFECYCLE.iter().copied().chain(store).collect()
+}
 
 /// `make test`'s subset: the riskiest point of each lifecycle RPC (a half-done CNI ADD, a
 /// monitor still creating, a start not yet recorded, a kill not yet seen, a half-removed
@@ -104,20 +97,24 @@ const FAST: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_at_the_riskiest_points_leaves_no_orphan_and_retries_succeed() {
-    let points: Vec<(&str, Op)> = ALL
-        .iter()
-        .copied()
+    let points: Vec<(&str, Op)> = all()
+        .into_iter()
         .filter(|(p, _)| FAST.contains(p))
         .collect();
-    assert_eq!(points.len(), FAST.len(), "a fast point is not in ALL");
+    assert_eq!(
+        points.len(),
+        FAST.len(),
+        "a fast point is not in the matrix"
+    );
     run_matrix("crashfast", &points).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the full matrix: make test-reliability"]
 async fn a_kill_at_every_failpoint_leaves_no_orphan_and_retries_succeed() {
-    assert!(ALL.len() >= 30);
-    run_matrix("crashall", ALL).await;
+    let points = all();
+    assert!(points.len() >= 30);
+    run_matrix("crashall", &points).await;
 }
 
 /// One test's world: registry, network, cgroup root, daemon, the witness pod.
@@ -150,8 +147,8 @@ async fn run_matrix(tag: &str, points: &[(&str, Op)]) {
         let name = format!("p{n}");
         let step = w.prepare(op, &name).await;
         // Stopped cleanly: the store verifies offline, and the next start arms the point.
-        stop(&mut w.daemon).await;
-        verify(&w.daemon, &format!("before {point}"));
+        w.daemon.stop().await;
+        w.daemon.verify_store(&format!("before {point}"));
         w.daemon.set_env("ROOTSTOCK_FAILPOINT", Some(point));
         w.daemon.start_again().await;
         let result = w.drive(op, &name, &step).await;
@@ -159,17 +156,7 @@ async fn run_matrix(tag: &str, points: &[(&str, Op)]) {
             result.is_err(),
             "{point}: {op:?} finished: the point was not reached"
         );
-        let status = w
-            .daemon
-            .wait_exit(Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|| panic!("{point}: the daemon is still running"));
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "{point}: {status}; log:\n{}",
-            w.daemon.log()
-        );
+        w.daemon.wait_killed_at(point).await;
         w.daemon.set_env("ROOTSTOCK_FAILPOINT", None);
         w.daemon.start_again().await;
 
@@ -178,8 +165,8 @@ async fn run_matrix(tag: &str, points: &[(&str, Op)]) {
         w.clean_up_step(point).await;
         eprintln!("{point:36} ok ({:.1} s)", t0.elapsed().as_secs_f64());
     }
-    stop(&mut w.daemon).await;
-    verify(&w.daemon, "at the end");
+    w.daemon.stop().await;
+    w.daemon.verify_store("at the end");
     w.daemon.start_again().await;
     w.finish().await;
     eprintln!(
@@ -536,25 +523,4 @@ impl World {
         assert!(self.net.reserved_ips().is_empty());
         assert!(mounts_under(&self.daemon.state_dir).is_empty());
     }
-}
-
-async fn stop(daemon: &mut Daemon) {
-    daemon
-        .signal_and_wait(Signal::SIGTERM, Duration::from_secs(15))
-        .await
-        .expect("daemon did not stop on SIGTERM");
-}
-
-/// `rootstock store verify` on the daemon's root (the daemon must be down).
-fn verify(daemon: &Daemon, when: &str) {
-    let args = daemon.path_args();
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["store", "verify"]);
-    let out = run_rootstock(&args, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "{when}: verify failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

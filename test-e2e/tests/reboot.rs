@@ -57,15 +57,7 @@ async fn lose_the_boot(new_boot_id: bool) {
     .collect();
     let mut ids = Vec::new();
     for pod in &pods {
-        let id = run_pod(&mut rt, pod.clone()).await.unwrap();
-        let c = start_container(
-            &mut rt,
-            &id,
-            pod,
-            container_config("c", &image, &["sleep", "3600"]),
-        )
-        .await;
-        ids.push((id, c));
+        ids.push(pod_with_sleeper(&mut rt, pod, &image).await);
     }
     assert_eq!(net.reserved_ips().len(), 2, "each pod holds an IP");
     drop(rt);
@@ -134,19 +126,10 @@ async fn lose_the_boot(new_boot_id: bool) {
         remove_pod(&mut rt, id).await;
     }
     for pod in &pods {
-        let id = run_pod(&mut rt, pod.clone())
-            .await
-            .unwrap_or_else(|e| panic!("RunPodSandbox again: {e}"));
+        let (id, c) = pod_with_sleeper(&mut rt, pod, &image).await;
         let status = pod_status(&mut rt, &id).await.status.unwrap();
         assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
         assert!(!status.network.unwrap_or_default().ip.is_empty());
-        let c = start_container(
-            &mut rt,
-            &id,
-            pod,
-            container_config("c", &image, &["sleep", "3600"]),
-        )
-        .await;
         assert_eq!(
             container_status(&mut rt, &c).await.state,
             ContainerState::ContainerRunning as i32
@@ -156,6 +139,21 @@ async fn lose_the_boot(new_boot_id: bool) {
     }
     let now = footprint::take(&daemon, &net, &cgroups);
     footprint::assert_same(&baseline, &now, "after the pods ran again and were removed");
+}
+
+/// RunPodSandbox of `pod` and a running `sleep` in it: (sandbox id, container id).
+async fn pod_with_sleeper(rt: &mut Rt, pod: &PodSandboxConfig, image: &str) -> (String, String) {
+    let id = run_pod(rt, pod.clone())
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"));
+    let c = start_container(
+        rt,
+        &id,
+        pod,
+        container_config("c", image, &["sleep", "3600"]),
+    )
+    .await;
+    (id, c)
 }
 
 /// SIGKILLs every process of the test's pods (containers, pod-init) and every monitor of

@@ -4,41 +4,12 @@
 #![cfg(feature = "failpoints")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::process::ExitStatusExt;
-use std::time::Duration;
-
 use k8s_cri::v1::*;
-use nix::sys::signal::Signal;
-use rootstock_test_e2e::daemon::{Daemon, run_rootstock};
+use rootstock_test_e2e::daemon::Daemon;
 use rootstock_test_e2e::fixtures::crash_images;
 use rootstock_test_e2e::registry::Registry;
 
-/// The image store's failpoints (`imagestore/src/failpoint.rs`), with the operation that
-/// reaches them. A renamed point is never reached, and the test fails on the daemon that
-/// did not die.
-const POINTS: &[(&str, Op)] = &[
-    ("unpack.begin", Op::Pull),
-    ("unpack.object-written", Op::Pull),
-    ("unpack.object-linked", Op::Pull),
-    ("unpack.entries-done", Op::Pull),
-    ("unpack.before-rename", Op::Pull),
-    ("unpack.after-rename", Op::Pull),
-    ("unpack.after-record", Op::Pull),
-    ("render.begin", Op::Pull),
-    ("render.layer-applied", Op::Pull),
-    ("render.before-rename", Op::Pull),
-    ("render.after-rename", Op::Pull),
-    ("render.after-record", Op::Pull),
-    ("gc.tree-record-deleted", Op::Remove),
-    // The first sweep is start-up's; the second is the removal's.
-    ("gc.object-sweep@2", Op::Remove),
-];
-
-#[derive(Clone, Copy, Debug)]
-enum Op {
-    Pull,
-    Remove,
-}
+use rootstock_test_e2e::failpoints::{STORE_POINTS as POINTS, StoreOp as Op};
 
 fn spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec {
@@ -67,28 +38,6 @@ async fn remove(daemon: &Daemon, image: &str) -> Result<(), tonic::Status> {
     daemon.images().await.remove_image(req).await.map(drop)
 }
 
-async fn stop(daemon: &mut Daemon) {
-    daemon
-        .signal_and_wait(Signal::SIGTERM, Duration::from_secs(15))
-        .await
-        .expect("daemon did not stop on SIGTERM");
-}
-
-/// `rootstock store verify` on the daemon's root (it takes the root lock, so the daemon must
-/// be down).
-fn verify(daemon: &Daemon, when: &str) {
-    let args = daemon.path_args();
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["store", "verify"]);
-    let out = run_rootstock(&args, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "{when}: verify failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn daemon_killed_at_each_failpoint_restarts_to_a_clean_store_and_pulls() {
     let registry = Registry::start().await;
@@ -114,7 +63,7 @@ async fn daemon_killed_at_each_failpoint_restarts_to_a_clean_store_and_pulls() {
                 pull(&daemon, &other_name).await.unwrap();
             }
         }
-        stop(&mut daemon).await;
+        daemon.stop().await;
         daemon.set_env("ROOTSTOCK_FAILPOINT", Some(point));
         daemon.start_again().await;
         let result = match op {
@@ -125,26 +74,17 @@ async fn daemon_killed_at_each_failpoint_restarts_to_a_clean_store_and_pulls() {
             result.is_err(),
             "{point}: {op:?} finished: the point was not reached"
         );
-        let status = daemon
-            .wait_exit(Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|| panic!("{point}: the daemon is still running"));
-        assert_eq!(
-            status.signal(),
-            Some(9),
-            "{point}: {status}; log:\n{}",
-            daemon.log()
-        );
+        daemon.wait_killed_at(point).await;
 
         // The restart cleans up what the kill left (tmp/, unreferenced objects).
         daemon.set_env("ROOTSTOCK_FAILPOINT", None);
         daemon.start_again().await;
-        stop(&mut daemon).await;
-        verify(&daemon, &format!("after a kill at {point} and a restart"));
+        daemon.stop().await;
+        daemon.verify_store(&format!("after a kill at {point} and a restart"));
         daemon.start_again().await;
         assert_eq!(pull(&daemon, &name).await.unwrap(), image.id(), "{point}");
-        stop(&mut daemon).await;
-        verify(&daemon, &format!("after the pull that followed {point}"));
+        daemon.stop().await;
+        daemon.verify_store(&format!("after the pull that followed {point}"));
         daemon.start_again().await;
     }
 }

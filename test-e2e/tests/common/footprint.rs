@@ -79,33 +79,30 @@ impl Drop for CgroupRoot {
 }
 
 fn hierarchies() -> Vec<PathBuf> {
-    std::fs::read_dir("/sys/fs/cgroup")
-        .map(|rd| {
-            rd.flatten()
-                // `cpu,cpuacct`-style symlinks alias a real mount.
-                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
+    // `cpu,cpuacct`-style symlinks alias a real mount: directories only.
+    entries(Path::new("/sys/fs/cgroup"), true)
 }
 
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
+    entries(dir, true)
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
+    entries(dir, false)
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The entries of `dir` (only directories, not symlinks to them, with `dirs_only`), sorted;
+/// none when it cannot be read.
+fn entries(dir: &Path, dirs_only: bool) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|e| !dirs_only || e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| e.path())
                 .collect()
         })
         .unwrap_or_default();
