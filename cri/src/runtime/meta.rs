@@ -52,7 +52,9 @@ impl SandboxMeta {
     /// The meta of a recorded sandbox; a record without one (not ours, or unreadable) reads
     /// as empty rather than failing the list it is in.
     pub fn of(info: &SandboxInfo) -> Self {
-        serde_json::from_value(info.record.client_data.clone()).unwrap_or_default()
+        // Read from the borrowed value, never a clone of the whole tree: this runs for
+        // every sandbox of every ListPodSandbox, and kubelet relists every second.
+        Self::deserialize(&info.record.client_data).unwrap_or_default()
     }
 
     pub fn metadata(&self) -> PodSandboxMetadata {
@@ -149,7 +151,8 @@ impl ContainerMeta {
     }
 
     pub fn of_record(rec: &ContainerRecord) -> Self {
-        serde_json::from_value(rec.client_data.clone()).unwrap_or_default()
+        // Borrowed, as `SandboxMeta::of`.
+        Self::deserialize(&rec.client_data).unwrap_or_default()
     }
 
     pub fn metadata(&self) -> ContainerMetadata {
