@@ -43,7 +43,7 @@ fn stages() {
         x ^= x >> 7;
         x ^= x << 17;
         data.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
-        data.push(if x % 7 == 0 { b'\n' } else { b'/' });
+        data.push(if x.is_multiple_of(7) { b'\n' } else { b'/' });
         data.extend_from_slice(format!("{}", x % 1000).as_bytes());
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
