@@ -379,6 +379,15 @@ async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
     run
 }
 
+/// `ROOTSTOCK_BENCH_FAMILIES=cold pull,small files`: only those families are measured (and
+/// only their fixtures built), for a quick look at a few rows; unset, all (`make bench`).
+pub fn family_wanted(name: &str) -> bool {
+    match std::env::var("ROOTSTOCK_BENCH_FAMILIES") {
+        Ok(only) => only.split(',').any(|f| f.trim() == name),
+        Err(_) => true,
+    }
+}
+
 /// The pause after each family, see [`RuntimeRun::family`].
 const BETWEEN_FAMILIES: Duration = Duration::from_secs(3);
 
@@ -416,11 +425,7 @@ impl RuntimeRun {
         name: &str,
         measures: impl std::future::Future<Output = Vec<Measure>>,
     ) {
-        // `ROOTSTOCK_BENCH_FAMILIES=cold pull,small files`: only those families (a quick
-        // look at a few rows; `make bench` runs them all).
-        if let Ok(only) = std::env::var("ROOTSTOCK_BENCH_FAMILIES")
-            && !only.split(',').any(|f| f.trim() == name)
-        {
+        if !family_wanted(name) {
             return;
         }
         use futures_util::FutureExt as _;

@@ -19,9 +19,16 @@
 //! commit carries along) ever names layer content that a power loss could tear. A crash
 //! before the next durable commit loses those layer records; `ImageStore::open` then removes
 //! their directories and objects like any other unrecorded ones.
+//!
+//! A failed write (a full disk: `ENOSPC` in a commit) leaves redb refusing every later
+//! operation ("Previous I/O error … re-open the database"): the next transaction reopens it
+//! (#19), so the store works again once space was freed, without a daemon restart. The
+//! failed transaction is rolled back like any other (redb's commit is atomic).
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -145,10 +152,33 @@ pub(crate) struct ImageChanges {
 /// The metadata database.
 #[derive(Debug)]
 pub struct Metadata {
-    db: Database,
+    /// `None` only while being reopened after an I/O failure (and if that failed).
+    db: RwLock<Option<Database>>,
+    /// A commit failed on I/O: redb needs reopening before the next transaction.
+    io_failed: AtomicBool,
     path: PathBuf,
     /// A layer record was committed without a flush of the file system since the last one.
     unsynced_layers: AtomicBool,
+}
+
+/// Open (or create) the database file.
+fn create(path: &Path) -> Result<Database> {
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreLocked {
+            path: path.to_path_buf(),
+        },
+        other => Error::metadata("open", format!("{}: {other}", path.display())),
+    })
+}
+
+fn closed(path: &Path) -> Error {
+    Error::Metadata {
+        op: "use",
+        detail: format!(
+            "{}: not open (reopening after an I/O error failed)",
+            path.display()
+        ),
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -165,14 +195,10 @@ fn from_json<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) 
 impl Metadata {
     /// Open (or create) the database at `path` and make sure every table exists.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreLocked {
-                path: path.to_path_buf(),
-            },
-            other => Error::metadata("open", format!("{}: {other}", path.display())),
-        })?;
+        let db = create(path)?;
         let meta = Metadata {
-            db,
+            db: RwLock::new(Some(db)),
+            io_failed: AtomicBool::new(false),
             path: path.to_path_buf(),
             unsynced_layers: AtomicBool::new(false),
         };
@@ -222,9 +248,65 @@ impl Metadata {
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
-        self.db
+        self.reopen_if_failed()?;
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = db
+            .as_ref()
+            .ok_or_else(|| closed(&self.path))?
             .begin_write()
-            .map_err(|e| Error::metadata("begin write", e))
+            .map_err(|e| Error::metadata("begin write", e));
+        self.noting_io(tx)
+    }
+
+    /// A redb error that means it must be reopened: an I/O error (what a full disk gives),
+    /// or its refusal after an earlier one.
+    fn noting_io<T>(&self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r
+            && (e.is_disk_full()
+                || e.to_string().contains("os error")
+                || e.to_string().contains("Previous I/O error"))
+        {
+            self.io_failed.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Reopen the database after an I/O failure. Transactions still running on the old
+    /// handle keep its file lock until they end (moments: none spans an await), so the open
+    /// is retried for a while.
+    fn reopen_if_failed(&self) -> Result<()> {
+        if !self.io_failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut db = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.io_failed.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        drop(db.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match create(&self.path) {
+                Ok(new) => {
+                    tracing::warn!(path = %self.path.display(),
+                        "reopened the metadata database after an I/O error");
+                    *db = Some(new);
+                    return Ok(());
+                }
+                Err(Error::StoreLocked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    self.io_failed.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// Commit durably, flushing the file system first if a layer record committed without
@@ -238,13 +320,21 @@ impl Metadata {
                 return Err(Error::io("sync", dir, e));
             }
         }
-        tx.commit().map_err(|e| Error::metadata("commit", e))
+        self.noting_io(tx.commit().map_err(|e| Error::metadata("commit", e)))
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction> {
-        self.db
+        self.reopen_if_failed()?;
+        let db = self
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = db
+            .as_ref()
+            .ok_or_else(|| closed(&self.path))?
             .begin_read()
-            .map_err(|e| Error::metadata("begin read", e))
+            .map_err(|e| Error::metadata("begin read", e));
+        self.noting_io(tx)
     }
 
     /// Every image record.
@@ -328,7 +418,7 @@ impl Metadata {
         }
         // Set while this transaction still excludes every other writer.
         self.unsynced_layers.store(true, Ordering::SeqCst);
-        tx.commit().map_err(|e| Error::metadata("commit", e))
+        self.noting_io(tx.commit().map_err(|e| Error::metadata("commit", e)))
     }
 
     /// Forget layers.

@@ -263,7 +263,7 @@ async fn a_container_filling_the_disk_cannot_corrupt_store_objects() {
         &[
             "sh",
             "-c",
-            "cat /dev/zero >> /bin/busybox; cat /dev/zero > /fill; exit 3",
+            "cat /dev/zero >> /etc/passwd; cat /dev/zero > /fill; exit 3",
         ],
     );
     let id = start_container(&mut rt, &pod_id, &pod, filler).await;
@@ -276,23 +276,60 @@ async fn a_container_filling_the_disk_cannot_corrupt_store_objects() {
     );
     let (ok, text) = store_verify(&mut daemon).await;
     assert!(ok, "a store object changed: {text}");
-    // The daemon answers on the full disk, and comes back after a SIGKILL.
-    let _ = image_fs_used(&daemon).await;
+
+    // The daemon's own writes on the full disk (the tree lease in the store's database, the
+    // writable layer): CreateContainer works or fails cleanly, naming the disk when it is
+    // the store's; after a SIGKILL the daemon restarts on the full disk with consistent
+    // state, and once space is freed the same call works.
+    let mut rt = daemon.runtime().await;
+    let second = container_config("second", &image, &["sleep", "3600"]);
+    let first_try = create_container(&mut rt, &pod_id, &pod, second.clone()).await;
+    if let Err(e) = &first_try {
+        assert!(
+            matches!(
+                e.code(),
+                tonic::Code::ResourceExhausted | tonic::Code::Internal
+            ),
+            "{e:?}"
+        );
+    }
     daemon.kill_and_restart().await;
     let mut rt = daemon.runtime().await;
     let status = container_status(&mut rt, &id).await;
     assert_eq!(status.exit_code, 3, "{status:?}");
-    let (ok, text) = store_verify(&mut daemon).await;
-    assert!(ok, "{text}");
+    let listed: Vec<String> = list_containers(&mut rt)
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(listed.contains(&id), "{listed:?}");
+    assert_eq!(
+        listed.len(),
+        1 + usize::from(first_try.is_ok()),
+        "{listed:?}"
+    );
     rt.remove_container(RemoveContainerRequest {
         container_id: id.clone(),
     })
     .await
     .unwrap();
-    stop_pod(&mut rt, &pod_id).await;
-    remove_pod(&mut rt, &pod_id).await;
     assert!(
         free_bytes(&daemon.root_dir) > 8 << 20,
         "removing the container gave its layer's space back"
     );
+    let second_id = match first_try {
+        Ok(id) => id,
+        Err(_) => create_container(&mut rt, &pod_id, &pod, second)
+            .await
+            .expect("the same CreateContainer once space is free"),
+    };
+    rt.remove_container(RemoveContainerRequest {
+        container_id: second_id,
+    })
+    .await
+    .unwrap();
+    stop_pod(&mut rt, &pod_id).await;
+    remove_pod(&mut rt, &pod_id).await;
+    let (ok, text) = store_verify(&mut daemon).await;
+    assert!(ok, "{text}");
 }

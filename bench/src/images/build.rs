@@ -104,7 +104,11 @@ pub async fn prepare(registry: &Registry, opts: &Options) -> Fixtures {
     .await;
 
     let base_bytes = opts.disk_base_bytes;
-    let (images, disk_unique_bytes) = blocking(move || disk_images(base_bytes)).await;
+    let (images, disk_unique_bytes) = if crate::family_wanted("disk") {
+        blocking(move || disk_images(base_bytes)).await
+    } else {
+        (Vec::new(), 0)
+    };
     let mut disk = Vec::new();
     for (i, (image, files)) in images.into_iter().enumerate() {
         let tag = if i < DISK_SHARED {
@@ -116,7 +120,12 @@ pub async fn prepare(registry: &Registry, opts: &Options) -> Fixtures {
     }
 
     let mut depth = Vec::new();
-    for &n in &opts.depths {
+    let depths = if crate::family_wanted("depth") {
+        opts.depths.clone()
+    } else {
+        Vec::new()
+    };
+    for &n in &depths {
         let image = blocking(move || depth_image(n)).await;
         let tag = format!("d{n}");
         let fixture = publish(registry, DEPTH_REPO, &tag, image, Vec::new(), &mut pushed).await;

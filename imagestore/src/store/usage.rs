@@ -35,10 +35,16 @@ impl Usage {
         })
     }
 
-    /// (bytes, inodes), refreshed first if a change is not counted yet. Blocking then.
+    /// (bytes, inodes), after the walk under way if there is one, or one now if a change is
+    /// not counted yet (a walk clears `stale` when it starts, so `stale` alone does not
+    /// tell whether the figures are current). Blocking then.
     pub(super) fn get(&self) -> (u64, u64) {
+        let _one = self
+            .walk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.stale.load(Ordering::SeqCst) {
-            self.refresh_if_stale();
+            self.walk_now();
         }
         (
             self.bytes.load(Ordering::Relaxed),
