@@ -54,7 +54,7 @@ test-reliability: deps-test host-prep
 	ROOTSTOCK_BIN=$(CURDIR)/target/release/rootstock $(CARGO) test -p rootstock-test-e2e \
 		--features failpoints --test soak -- --ignored --nocapture --test-threads=1
 
- with a private containerd (release build); prints the table and
+## rootstock side by side with a private containerd (release build); prints the table and
 ## saves it with the JSON under target/bench-results/full/<unix time>/.
 bench: deps-bench host-prep
 	$(CARGO) build --release --bins
