@@ -248,17 +248,22 @@ impl Metadata {
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        self.with_db(|db| {
+            db.begin_write()
+                .map_err(|e| Error::metadata("begin write", e))
+        })
+    }
+
+    /// Run `f` on the open database (reopened first after an I/O failure), noting an I/O
+    /// failure it reports.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
         self.reopen_if_failed()?;
         let db = self
             .db
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tx = db
-            .as_ref()
-            .ok_or_else(|| closed(&self.path))?
-            .begin_write()
-            .map_err(|e| Error::metadata("begin write", e));
-        self.noting_io(tx)
+        let r = f(db.as_ref().ok_or_else(|| closed(&self.path))?);
+        self.noting_io(r)
     }
 
     /// A redb error that means it must be reopened: an I/O error (what a full disk gives),
@@ -324,17 +329,10 @@ impl Metadata {
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction> {
-        self.reopen_if_failed()?;
-        let db = self
-            .db
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let tx = db
-            .as_ref()
-            .ok_or_else(|| closed(&self.path))?
-            .begin_read()
-            .map_err(|e| Error::metadata("begin read", e));
-        self.noting_io(tx)
+        self.with_db(|db| {
+            db.begin_read()
+                .map_err(|e| Error::metadata("begin read", e))
+        })
     }
 
     /// Every image record.

@@ -57,17 +57,7 @@ impl Usage {
     pub(super) fn changed(self: &Arc<Self>) {
         self.stale.store(true, Ordering::SeqCst);
         let usage = self.clone();
-        tokio::task::spawn_blocking(move || usage.refresh_if_stale());
-    }
-
-    fn refresh_if_stale(&self) {
-        let _one = self
-            .walk
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.stale.load(Ordering::SeqCst) {
-            self.walk_now();
-        }
+        tokio::task::spawn_blocking(move || usage.get());
     }
 
     /// Walk now (blocking). Callers that changed the store call it before they return.
