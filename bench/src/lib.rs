@@ -162,7 +162,17 @@ pub struct Options {
     pub cache_dir: PathBuf,
 }
 
+/// Whether family `name` is measured under `--only` (empty: every family).
+fn wanted(only: &[String], name: &str) -> bool {
+    only.is_empty() || only.iter().any(|o| name.contains(o.as_str()))
+}
+
 impl Options {
+    /// Whether family `name` is measured (and its fixtures built): see [`Options::only`].
+    pub fn wants(&self, name: &str) -> bool {
+        wanted(&self.only, name)
+    }
+
     /// `make bench`: both runtimes, every handler, the sizes.
     pub fn full(workspace: &Path) -> Self {
         Self {
@@ -379,15 +389,6 @@ async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
     run
 }
 
-/// `ROOTSTOCK_BENCH_FAMILIES=cold pull,small files`: only those families are measured (and
-/// only their fixtures built), for a quick look at a few rows; unset, all (`make bench`).
-pub fn family_wanted(name: &str) -> bool {
-    match std::env::var("ROOTSTOCK_BENCH_FAMILIES") {
-        Ok(only) => only.split(',').any(|f| f.trim() == name),
-        Err(_) => true,
-    }
-}
-
 /// The pause after each family, see [`RuntimeRun::family`].
 const BETWEEN_FAMILIES: Duration = Duration::from_secs(3);
 
@@ -425,11 +426,8 @@ impl RuntimeRun {
         name: &str,
         measures: impl std::future::Future<Output = Vec<Measure>>,
     ) {
-        if !family_wanted(name) {
-            return;
-        }
         use futures_util::FutureExt as _;
-        if !self.only.is_empty() && !self.only.iter().any(|o| name.contains(o.as_str())) {
+        if !wanted(&self.only, name) {
             return;
         }
         let started = Instant::now();

@@ -104,7 +104,7 @@ pub async fn prepare(registry: &Registry, opts: &Options) -> Fixtures {
     .await;
 
     let base_bytes = opts.disk_base_bytes;
-    let (images, disk_unique_bytes) = if crate::family_wanted("disk") {
+    let (images, disk_unique_bytes) = if opts.wants("disk") {
         blocking(move || disk_images(base_bytes)).await
     } else {
         (Vec::new(), 0)
@@ -120,7 +120,7 @@ pub async fn prepare(registry: &Registry, opts: &Options) -> Fixtures {
     }
 
     let mut depth = Vec::new();
-    let depths = if crate::family_wanted("depth") {
+    let depths = if opts.wants("depth") {
         opts.depths.clone()
     } else {
         Vec::new()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_cri::v1::{AuthConfig, PullImageRequest, PullImageResponse};
 use rootstock_imagestore::{Credentials, Digest, Image, ImageRef};
-use tracing::info;
+use tracing::debug;
 
 use super::{ImageApi, image_name};
 use crate::blocking::blocking;
@@ -40,7 +40,8 @@ impl ImageApi {
         };
         self.record_pull(name, image.as_ref().ok(), known, started.elapsed());
         let image = image?;
-        info!(image = name, id = %image.id, "pulled");
+        // The operator's line (size, time, rate) is the store's; this one adds the id.
+        debug!(image = name, id = %image.id, "pulled");
         // kubelet passes this id back in CreateContainer (images/image_manager.go).
         Ok(PullImageResponse {
             image_ref: image.id.to_string(),
