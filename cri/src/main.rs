@@ -120,6 +120,7 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     // First: before any thread exists, and before anything could spawn a child with it.
     notify::take_socket();
+    limit_malloc_arenas();
     // Printed by hand: anyhow's `Termination` would add a backtrace when RUST_BACKTRACE is set.
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,6 +128,18 @@ fn main() -> ExitCode {
             eprintln!("rootstock: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc gives threads that allocate arenas of their own (up to 8 per core); tokio's blocking
+/// threads come and go with the RPCs, and what they free stays scattered over those arenas:
+/// over 1,000 pod cycles the daemon's RSS grew 2.9 MiB with the default and 1.6 MiB with two
+/// (`make test-reliability`'s soak). Two keep allocation parallel enough for a daemon that
+/// mostly waits on child processes. An operator's `MALLOC_ARENA_MAX` still wins.
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter, and no other thread exists yet.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     }
 }
 
