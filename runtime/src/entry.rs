@@ -68,9 +68,14 @@ impl Entry {
     /// Publishes `kind` with the current record (Created and Deleted, which are not record
     /// changes).
     pub(crate) fn publish_event(&self, kind: EventKind) {
-        if let Some(bus) = self.events.get() {
+        if let Some(bus) = self.listened() {
             bus.publish(kind, self.snapshot(), self.spec());
         }
+    }
+
+    /// The bus, when someone listens: the spec is parsed back from its text only for them.
+    fn listened(&self) -> Option<&Arc<EventBus>> {
+        self.events.get().filter(|bus| bus.subscriber_count() > 0)
     }
 
     /// The latest record, without waiting for any operation or disk write.
@@ -135,7 +140,7 @@ impl Entry {
             &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
             next.clone(),
         );
-        if let Some(bus) = self.events.get() {
+        if let Some(bus) = self.listened() {
             bus.transition(&prev, &next, &self.spec());
         }
         Ok(next)

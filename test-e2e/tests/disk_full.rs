@@ -132,19 +132,7 @@ async fn image_fs_used(daemon: &Daemon) -> u64 {
 }
 
 async fn pull(daemon: &Daemon, image: &str) -> Result<String, tonic::Status> {
-    let r = daemon
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await?;
-    Ok(r.into_inner().image_ref)
+    rootstock_test_e2e::cri::try_pull(&mut daemon.images().await, image).await
 }
 
 /// `rootstock store verify` (which takes the store alone: the daemon is stopped for it and

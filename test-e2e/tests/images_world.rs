@@ -33,17 +33,7 @@ fn insecure(registry: &Registry) -> String {
 }
 
 async fn pull(images: &mut Images, image: &str) -> Result<String, tonic::Status> {
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-        .map(|r| r.into_inner().image_ref)
+    rootstock_test_e2e::cri::try_pull(images, image).await
 }
 
 /// A busybox root file system in a directory, for `tar` to pack.

@@ -19,18 +19,7 @@ fn spec(image: &str) -> Option<ImageSpec> {
 }
 
 async fn pull(daemon: &Daemon, image: &str) -> Result<String, tonic::Status> {
-    let req = PullImageRequest {
-        image: spec(image),
-        auth: None,
-        sandbox_config: None,
-    };
-    Ok(daemon
-        .images()
-        .await
-        .pull_image(req)
-        .await?
-        .into_inner()
-        .image_ref)
+    rootstock_test_e2e::cri::try_pull(&mut daemon.images().await, image).await
 }
 
 async fn remove(daemon: &Daemon, image: &str) -> Result<(), tonic::Status> {
