@@ -290,6 +290,9 @@ fn containers_of_lists_the_pods_containers_also_after_a_reload() {
     );
     let usage = rt2.sandbox_usage(&sb).unwrap();
     assert!(usage.containers.is_empty(), "created, not running");
+    // One daemon per state directory: the second one's exit watcher would record the
+    // exits below too, racing the first for the same record file.
+    drop(rt2);
     for id in [&mine, &other] {
         env.rt.remove_container(id).unwrap();
     }
@@ -409,5 +412,6 @@ fn records_of_an_older_daemon_take_over_the_links_kept_in_its_data() {
     assert_eq!(state["sandbox_id"], sb.record.id.as_str());
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(record["cgroup_parent"], "/kubepods/legacy");
+    drop(rt2); // one daemon per state directory (see containers_of_lists_…)
     env.rt.remove_container(&c).unwrap();
 }
