@@ -332,12 +332,16 @@ async fn conflist_written_after_start_is_picked_up_without_restart() {
     ));
     // An invalid file does not make the network ready, and is named in the message.
     std::fs::write(t.conf_dir.join("05-broken.conflist"), "{").unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let st = m.status().await;
-    assert!(
-        !st.ready && st.message.contains("05-broken.conflist"),
-        "{st:?}"
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = m.status().await;
+        assert!(!st.ready, "{st:?}");
+        if st.message.contains("05-broken.conflist") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     t.write_conflist_file("10-test.conflist", &t.conflist_with(false, vec![]));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

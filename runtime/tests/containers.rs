@@ -88,7 +88,24 @@ fn exit_codes_are_recorded_including_sigkill() {
         "",
         &["sh", "-c", "trap '' TERM; sleep 1000 & wait"],
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // The trap is set once the shell ignores SIGTERM (bit 15 of SigIgn): only then is a
+    // SIGTERM sure to be ignored rather than fatal.
+    let status = format!("/proc/{}/status", stubborn.record.init_pid);
+    let ignores_term = || {
+        std::fs::read_to_string(&status)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .is_some_and(|m| u64::from_str_radix(m.trim(), 16).unwrap() & (1 << 14) != 0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ignores_term() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trap was never set"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let t = std::time::Instant::now();
     env.rt
         .stop_container(

@@ -62,7 +62,7 @@ async fn stats_report_cpu_memory_and_writable_layer_and_pods_sum_their_container
         container_config("idle", &image, &["sleep", "3600"]),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while sh(&mut rt, &busy, "test -e /tmp/done").await.exit_code != 0 {
         assert!(Instant::now() < deadline, "dd did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
