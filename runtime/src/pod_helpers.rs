@@ -28,8 +28,8 @@ use nix::sys::signalfd::{SigSet, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::cgroup::CgroupLayout;
 use crate::cgroup_join::clean_cgroup_parent;
+use crate::cgroup_layout::CgroupLayout;
 use crate::confine;
 use crate::sysctl;
 
