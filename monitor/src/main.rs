@@ -101,6 +101,9 @@ use stdin::StdinRelay;
 /// wait for anything else that kept a copy.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
+/// Most bytes taken from the container's stdout or stderr per read.
+const READ_CHUNK: usize = 32 * 1024;
+
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if pod_helpers::is_pause(&argv) {
@@ -184,6 +187,7 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
     };
     report(&format!("ok {} {}", std::process::id(), container.init_pid));
     close_report_channel()?;
+    release_startup_text();
 
     let layout = CgroupLayout::detect();
     let mut drain_deadline: Option<Instant> = None;
@@ -343,17 +347,24 @@ fn pump(
     attach: &mut AttachFanout,
 ) {
     let Some(p) = pipe.as_mut() else { return };
-    let mut buf = [0u8; 32 * 1024];
-    match p.read(&mut buf) {
+    // Not zero-filled: the kernel writes what it reads, so a quiet container's chunk touches
+    // one stack page, not 32 KiB that would then stay resident.
+    let mut buf = std::mem::MaybeUninit::<[u8; READ_CHUNK]>::uninit();
+    // SAFETY: read(2) writes at most READ_CHUNK bytes into `buf`, which outlives the call.
+    let r = unsafe { libc::read(p.as_raw_fd(), buf.as_mut_ptr().cast(), READ_CHUNK) };
+    let read = usize::try_from(r).map_err(|_| io::Error::last_os_error());
+    match read {
         Ok(0) => *pipe = None,
         Ok(n) => {
+            // SAFETY: the kernel initialized the first `n` bytes (n <= READ_CHUNK).
+            let chunk = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
             let ts = crilog::format_timestamp(SystemTime::now());
             let mut records = Vec::with_capacity(n + 64);
-            crilog::encode_chunk(&mut records, &ts, stream, &buf[..n]);
+            crilog::encode_chunk(&mut records, &ts, stream, chunk);
             if let Err(e) = log.write_records(&records) {
                 eprintln!("write container log: {e}");
             }
-            attach.broadcast(frame, &buf[..n]);
+            attach.broadcast(frame, chunk);
         }
         Err(e)
             if matches!(
@@ -618,4 +629,50 @@ fn kill_cgroup(layout: &CgroupLayout, cgroup: &str, container: &mut Container) {
         container.reap();
     }
     eprintln!("processes left in cgroup {cgroup} after repeated SIGKILL");
+}
+
+/// Unmaps the pages of this binary's read-only segments (code, constants) that start-up
+/// touched: libc's and std's initialization, argument parsing, `<runtime> create`. The
+/// kernel maps file pages 64 KiB around each fault ("fault-around"), so those few calls
+/// leave most of the binary mapped — resident set the monitor would carry for the
+/// container's whole life though its loop needs a few pages. The pages stay in the page
+/// cache (shared by every monitor); what the loop touches next is mapped again on demand.
+/// Writable segments (data, relocated `.data.rel.ro`) are left alone: only never-written
+/// file pages are dropped, so nothing is lost. Best effort: an error changes nothing.
+fn release_startup_text() {
+    unsafe extern "C" fn each_object(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        _data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid `dl_phdr_info` for the call's duration,
+        // whose `dlpi_phdr` points at `dlpi_phnum` program headers.
+        let info = unsafe { &*info };
+        for i in 0..usize::from(info.dlpi_phnum) {
+            // SAFETY: i < dlpi_phnum (see above).
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            if ph.p_type != libc::PT_LOAD || ph.p_flags & libc::PF_W != 0 {
+                continue;
+            }
+            let page = 4096u64;
+            let start = (info.dlpi_addr + ph.p_vaddr) & !(page - 1);
+            let end = (info.dlpi_addr + ph.p_vaddr + ph.p_memsz).div_ceil(page) * page;
+            // SAFETY: a read-only, file-backed segment of the running program: MADV_DONTNEED
+            // only drops its page table entries; the next access maps the same file page
+            // again (nothing in it was ever written).
+            unsafe {
+                libc::madvise(
+                    start as usize as *mut libc::c_void,
+                    (end - start) as usize,
+                    libc::MADV_DONTNEED,
+                );
+            }
+        }
+        // The first object is the executable itself (statically linked: all of it).
+        1
+    }
+    // SAFETY: the callback reads only what it is given and never unwinds.
+    unsafe {
+        libc::dl_iterate_phdr(Some(each_object), std::ptr::null_mut());
+    }
 }
