@@ -187,10 +187,10 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
     };
     report(&format!("ok {} {}", std::process::id(), container.init_pid));
     close_report_channel()?;
-    release_startup_text();
 
     let layout = CgroupLayout::detect();
     let mut drain_deadline: Option<Instant> = None;
+    let mut startup_released = false;
     loop {
         if container.exit.is_some() && container.out.is_none() && container.err.is_none() {
             break;
@@ -222,6 +222,11 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
                 fds.len() - 1
             });
+            // Right before the first wait, once everything the loop sets up is done.
+            if !startup_released {
+                release_startup_text();
+                startup_released = true;
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(format!("poll: {e}")),
