@@ -62,6 +62,7 @@ pub mod oci;
 pub mod pod_helpers;
 mod query;
 pub mod recovery;
+pub mod resident;
 pub mod rootfs;
 pub mod runtime;
 pub mod sandbox;
