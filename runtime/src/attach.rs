@@ -265,13 +265,35 @@ fn read_client(c: &mut Client, terminal: Option<&File>) -> bool {
             u16::from_be_bytes([m[3], m[4]]),
         );
         if let Some(t) = terminal
-            && let Err(e) = crate::exec_stream::set_window_size(t, w, h)
+            && let Err(e) = set_window_size(t, w, h)
         {
             eprintln!("attach: resize: {e}");
         }
     }
     c.input.drain(..whole);
     true
+}
+
+/// Sets a terminal's window size (the pty master's: the command sees it on its side, with
+/// SIGWINCH).
+pub fn set_window_size(
+    master: &impl std::os::fd::AsRawFd,
+    width: u16,
+    height: u16,
+) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which is valid for the call;
+    // a non-terminal fd fails with ENOTTY, nothing else is touched.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

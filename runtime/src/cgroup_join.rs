@@ -14,7 +14,7 @@ use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-use crate::cgroup::CgroupLayout;
+use crate::cgroup_layout::CgroupLayout;
 use crate::error::{Error, Result};
 
 /// The cgroup (in every hierarchy) the monitors live in.

@@ -11,6 +11,7 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+pub use crate::attach::set_window_size;
 use crate::error::{Error, Result};
 use crate::exec::{exit_code, kill_exec, read_pid, unique_suffix};
 use crate::id::ContainerId;
@@ -276,24 +277,6 @@ fn tty_process(
         }
     }
     serde_json::to_vec(&process).map_err(|e| bad(format!("process.json: {e}")))
-}
-
-/// Sets a terminal's window size (the pty master's: the command sees it on its side, with
-/// SIGWINCH).
-pub fn set_window_size(master: &impl AsRawFd, width: u16, height: u16) -> std::io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: height,
-        ws_col: width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which is valid for the call;
-    // a non-terminal fd fails with ENOTTY, nothing else is touched.
-    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

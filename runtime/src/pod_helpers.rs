@@ -28,8 +28,8 @@ use nix::sys::signalfd::{SigSet, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::cgroup::CgroupLayout;
 use crate::cgroup_join::clean_cgroup_parent;
+use crate::cgroup_layout::CgroupLayout;
 use crate::confine;
 use crate::sysctl;
 
@@ -290,6 +290,7 @@ pub fn pause_main() -> ExitCode {
     let keep = sfd.as_raw_fd();
     let mut allowed = confine::base_syscalls();
     allowed.push(libc::SYS_close_range);
+    allowed.push(libc::SYS_madvise);
     if let Err(e) = confine::install_seccomp(&allowed) {
         report(&format!("error pod init: {e}"));
         return ExitCode::FAILURE;
@@ -298,6 +299,7 @@ pub fn pause_main() -> ExitCode {
     // daemon's pipe included).
     report("ok");
     confine::close_fds_except(&[keep]);
+    crate::resident::release_startup_text();
     loop {
         loop {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {

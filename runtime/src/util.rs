@@ -5,6 +5,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+pub use crate::clock::now_unix_nanos;
 use crate::error::{Error, Result};
 
 /// Writes a persisted record (container or sandbox) as JSON, atomically (temp, fsync,
@@ -92,14 +93,6 @@ pub fn restrict_dir(dir: &std::path::Path, group: Option<u32>) -> crate::error::
     };
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
         .map_err(|e| crate::error::Error::io("chmod", dir, e))
-}
-
-/// Nanoseconds since the Unix epoch, now.
-pub fn now_unix_nanos() -> i64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
-        Err(_) => 0,
-    }
 }
 
 /// Whether the kernel has `mount_setattr(2)` (5.12+), which recursive read-only mounts

@@ -213,8 +213,8 @@ fn pod_shared_pid_namespace_lets_containers_see_each_other_and_stop_leaves_nothi
 fn the_namespace_pinning_helper_is_confined() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let monitor = env!("CARGO_BIN_EXE_rootstock-monitor");
-    let mut child = Command::new(monitor)
+    let monitor = common::monitor_binary();
+    let mut child = Command::new(&monitor)
         .args(["pin-namespaces", "--net", "--uts", "--ipc"])
         .args(["--sysctl", "net.ipv4.ip_unprivileged_port_start=80"])
         .stdin(Stdio::piped())

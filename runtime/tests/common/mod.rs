@@ -38,7 +38,7 @@ pub fn monitor_binary() -> PathBuf {
         .join("rootstock-monitor");
     assert!(
         p.exists(),
-        "{} missing: run `cargo build -p rootstock-runtime --bins` first",
+        "{} missing: run `cargo build -p rootstock-monitor` first",
         p.display()
     );
     p

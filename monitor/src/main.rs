@@ -9,7 +9,11 @@
 //! the container's init exits records exit code, time and OOM kill in the run directory
 //! and exits.
 //!
-//! Single-threaded, std + libc/nix only, no async runtime: it must stay around 1 MiB RSS.
+//! The same binary serves the pod helpers (`pin-namespaces`, `pod-init` and the confined
+//! `pause` it re-executes as; see `pod_helpers`).
+//!
+//! Single-threaded, std + libc/nix only, no async runtime, linked statically (build.rs):
+//! one runs per container, so its resident set is the per-pod cost (#18: ≤ 512 KiB RSS).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -26,22 +30,81 @@ use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
-use rootstock_runtime::attach::{AttachFanout, FRAME_STDERR, FRAME_STDOUT};
-use rootstock_runtime::cgroup::CgroupLayout;
-use rootstock_runtime::cgroup_join::MONITORS_CGROUP;
-use rootstock_runtime::crilog::{self, CriLogFile, Stream};
-use rootstock_runtime::monitor::{
+// The files shared with the daemon (rootstock-runtime's sources: one implementation of the
+// protocol, the CRI log, attach, stdin, confinement and cgroup joining). They name each
+// other `crate::…`, so they sit at this crate's root too. What only the daemon calls is
+// compiled out, hence `dead_code` allowed.
+#[allow(dead_code)]
+#[path = "../../runtime/src/attach.rs"]
+mod attach;
+#[allow(dead_code)]
+#[path = "../../runtime/src/cgroup_join.rs"]
+mod cgroup_join;
+#[allow(dead_code)]
+#[path = "../../runtime/src/cgroup_layout.rs"]
+mod cgroup_layout;
+#[path = "../../runtime/src/clock.rs"]
+mod clock;
+#[allow(dead_code)]
+#[path = "../../runtime/src/confine.rs"]
+mod confine;
+#[allow(dead_code)]
+#[path = "../../runtime/src/crilog.rs"]
+mod crilog;
+#[allow(dead_code)]
+#[path = "../../runtime/src/flatjson.rs"]
+mod flatjson;
+#[allow(dead_code)]
+#[path = "../../runtime/src/monitor_proto.rs"]
+mod monitor_proto;
+#[allow(dead_code)]
+#[path = "../../runtime/src/pod_helpers.rs"]
+mod pod_helpers;
+#[path = "../../runtime/src/resident.rs"]
+mod resident;
+#[allow(dead_code)]
+#[path = "../../runtime/src/stdin.rs"]
+mod stdin;
+#[allow(dead_code)]
+#[path = "../../runtime/src/sysctl.rs"]
+mod sysctl;
+
+/// What `crate::error` is to the shared files in the daemon, reduced to the one variant
+/// they use here (a refused cgroup path or sysctl), which the monitor only prints.
+mod error {
+    #[derive(Debug)]
+    pub enum Error {
+        InvalidArgument(String),
+    }
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            }
+        }
+    }
+
+    pub type Result<T> = std::result::Result<T, Error>;
+}
+
+use attach::{AttachFanout, FRAME_STDERR, FRAME_STDOUT};
+use cgroup_join::MONITORS_CGROUP;
+use cgroup_layout::CgroupLayout;
+use crilog::{CriLogFile, Stream};
+use monitor_proto::{
     ATTACH_SOCKET_FILE, CONSOLE_SOCKET_FILE, EXIT_FILE, ExitRecord, INIT_PID_FILE, MonitorArgs,
     RUNTIME_LOG_FILE, STDIN_SOCKET_FILE,
 };
-use rootstock_runtime::pod_helpers;
-use rootstock_runtime::stdin::StdinRelay;
-use rootstock_runtime::util;
+use stdin::StdinRelay;
 
 /// How long output is still drained after init exited. Processes that inherited the pipes
 /// die with init (private PID namespace) or are killed by us (`--kill-all`); this bounds the
 /// wait for anything else that kept a copy.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Most bytes taken from the container's stdout or stderr per read.
+const READ_CHUNK: usize = 32 * 1024;
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -129,6 +192,7 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
 
     let layout = CgroupLayout::detect();
     let mut drain_deadline: Option<Instant> = None;
+    let mut startup_released = false;
     loop {
         if container.exit.is_some() && container.out.is_none() && container.err.is_none() {
             break;
@@ -160,6 +224,11 @@ fn run(args: &MonitorArgs) -> Result<(), String> {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
                 fds.len() - 1
             });
+            // Right before the first wait, once everything the loop sets up is done.
+            if !startup_released {
+                resident::release_startup_text();
+                startup_released = true;
+            }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(format!("poll: {e}")),
@@ -261,11 +330,11 @@ impl Container {
         loop {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == self.init_pid => {
-                    self.exit = Some((code, None, util::now_unix_nanos()));
+                    self.exit = Some((code, None, clock::now_unix_nanos()));
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == self.init_pid => {
                     let n = sig as i32;
-                    self.exit = Some((128 + n, Some(n), util::now_unix_nanos()));
+                    self.exit = Some((128 + n, Some(n), clock::now_unix_nanos()));
                 }
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -285,17 +354,24 @@ fn pump(
     attach: &mut AttachFanout,
 ) {
     let Some(p) = pipe.as_mut() else { return };
-    let mut buf = [0u8; 32 * 1024];
-    match p.read(&mut buf) {
+    // Not zero-filled: the kernel writes what it reads, so a quiet container's chunk touches
+    // one stack page, not 32 KiB that would then stay resident.
+    let mut buf = std::mem::MaybeUninit::<[u8; READ_CHUNK]>::uninit();
+    // SAFETY: read(2) writes at most READ_CHUNK bytes into `buf`, which outlives the call.
+    let r = unsafe { libc::read(p.as_raw_fd(), buf.as_mut_ptr().cast(), READ_CHUNK) };
+    let read = usize::try_from(r).map_err(|_| io::Error::last_os_error());
+    match read {
         Ok(0) => *pipe = None,
         Ok(n) => {
+            // SAFETY: the kernel initialized the first `n` bytes (n <= READ_CHUNK).
+            let chunk = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
             let ts = crilog::format_timestamp(SystemTime::now());
             let mut records = Vec::with_capacity(n + 64);
-            crilog::encode_chunk(&mut records, &ts, stream, &buf[..n]);
+            crilog::encode_chunk(&mut records, &ts, stream, chunk);
             if let Err(e) = log.write_records(&records) {
                 eprintln!("write container log: {e}");
             }
-            attach.broadcast(frame, &buf[..n]);
+            attach.broadcast(frame, chunk);
         }
         Err(e)
             if matches!(
@@ -512,9 +588,13 @@ fn last_runtime_error(path: &Path) -> String {
         return String::new();
     };
     text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
-        .filter_map(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
+        .filter_map(flatjson::parse_object)
+        .filter(|o| flatjson::get(o, "level").and_then(flatjson::Value::as_str) == Some("error"))
+        .filter_map(|o| {
+            flatjson::get(&o, "msg")
+                .and_then(flatjson::Value::as_str)
+                .map(str::to_owned)
+        })
         .next_back()
         .unwrap_or_default()
 }
