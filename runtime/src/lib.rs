@@ -39,6 +39,7 @@ pub mod attach;
 pub mod cdi;
 pub mod cgroup;
 pub mod cgroup_join;
+pub mod client_data;
 pub mod config;
 pub mod confine;
 pub mod crilog;
@@ -74,6 +75,7 @@ pub mod user;
 pub mod userns;
 pub mod util;
 
+pub use client_data::ClientData;
 pub use config::{HandlerConfig, RuntimeConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ContainerId, SandboxId};

@@ -233,7 +233,7 @@ impl Runtime {
             kill_all_on_exit: false,
             log_path: Default::default(),
             sandbox_id: None,
-            client_data: serde_json::Value::Null,
+            client_data: crate::ClientData::default(),
         }
     }
 }

@@ -321,7 +321,7 @@ fn helper_start_container_and_hang() {
         rootfs_lower: dir.join("image"),
         log_path: dir.join("logs/orphan.log"),
         sandbox_id: None,
-        client_data: serde_json::Value::Null,
+        client_data: Default::default(),
     };
     let c = rt.create_container(req).unwrap();
     rt.start_container(&c.record.id).unwrap();
