@@ -53,9 +53,8 @@ impl SandboxMeta {
     /// The meta of a recorded sandbox; a record without one (not ours, or unreadable) reads
     /// as empty rather than failing the list it is in.
     pub fn of(info: &SandboxInfo) -> Self {
-        // Read from the borrowed value, never a clone of the whole tree: this runs for
-        // every sandbox of every ListPodSandbox, and kubelet relists every second.
-        Self::deserialize(info.record.client_data.value()).unwrap_or_default()
+        // Read from the record's shared text, never a copy of it.
+        info.record.client_data.parse().unwrap_or_default()
     }
 
     pub fn metadata(&self) -> PodSandboxMetadata {
@@ -112,7 +111,7 @@ pub(super) struct SandboxListed {
 impl SandboxListed {
     /// As [`SandboxMeta::of`]: an unreadable meta reads as empty.
     pub fn of(rec: &SandboxRecord) -> Self {
-        Self::deserialize(rec.client_data.value()).unwrap_or_default()
+        rec.client_data.parse().unwrap_or_default()
     }
 
     pub fn metadata(&self) -> PodSandboxMetadata {
@@ -142,7 +141,7 @@ pub(super) struct ContainerListed {
 impl ContainerListed {
     /// As [`ContainerMeta::of_record`]: an unreadable meta reads as empty.
     pub fn of(rec: &ContainerRecord) -> Self {
-        Self::deserialize(rec.client_data.value()).unwrap_or_default()
+        rec.client_data.parse().unwrap_or_default()
     }
 }
 
@@ -204,8 +203,8 @@ impl ContainerMeta {
     }
 
     pub fn of_record(rec: &ContainerRecord) -> Self {
-        // Borrowed, as `SandboxMeta::of`.
-        Self::deserialize(rec.client_data.value()).unwrap_or_default()
+        // As `SandboxMeta::of`.
+        rec.client_data.parse().unwrap_or_default()
     }
 
     pub fn metadata(&self) -> ContainerMetadata {
