@@ -15,8 +15,10 @@ where
     E: Into<CriError> + Send + 'static,
     F: FnOnce() -> Result<T, E> + Send + 'static,
 {
-    tokio::task::spawn_blocking(call)
-        .await
+    let result = tokio::task::spawn_blocking(call).await;
+    // What it allocated is freed by now: the heap is trimmed once the burst is over.
+    crate::trim::poke();
+    result
         .map_err(|e| CriError::Internal(format!("blocking task failed: {e}")))?
         .map_err(Into::into)
 }

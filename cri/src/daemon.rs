@@ -36,6 +36,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_tracing(&config.log_level)?;
+    crate::trim::start();
     create_private_dir(&config.root_dir)?;
     create_private_dir(&config.state_dir)?;
     let _lock = RootLock::acquire(&config.root_dir)?;

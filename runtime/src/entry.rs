@@ -204,7 +204,7 @@ pub(crate) mod tests {
             kill_all_on_exit: false,
             log_path: "/dev/null".into(),
             sandbox_id: None,
-            client_data: serde_json::Value::Null,
+            client_data: crate::ClientData::default(),
         }
     }
 

@@ -40,6 +40,7 @@ pub mod cdi;
 pub mod cgroup;
 pub mod cgroup_join;
 pub mod cgroup_layout;
+pub mod client_data;
 pub mod clock;
 pub mod config;
 pub mod confine;
@@ -79,6 +80,7 @@ pub mod user;
 pub mod userns;
 pub mod util;
 
+pub use client_data::ClientData;
 pub use config::{HandlerConfig, RuntimeConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use id::{ContainerId, SandboxId};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::id::ContainerId;
 use crate::runtime::{ContainerInfo, ContainerUsage, Runtime, lock};
+use crate::state::ContainerRecord;
 use crate::stats::{CgroupUsage, DiskUsage};
 
 impl Runtime {
@@ -22,6 +23,14 @@ impl Runtime {
     pub fn list_containers(&self) -> Vec<ContainerInfo> {
         let entries: Vec<_> = lock(&self.containers).values().cloned().collect();
         entries.iter().map(|e| self.info(&e.snapshot())).collect()
+    }
+
+    /// Every container's record as last persisted, shared with memory: no copy, so a list
+    /// that needs only the records (ListContainers, kubelet's relist) costs a reference
+    /// count per container.
+    pub fn container_records(&self) -> Vec<Arc<ContainerRecord>> {
+        let entries: Vec<_> = lock(&self.containers).values().cloned().collect();
+        entries.iter().map(|e| e.snapshot()).collect()
     }
 
     /// The ids of every container (for prefix lookups).
@@ -40,7 +49,7 @@ impl Runtime {
         let entry = self.entry_or_not_found(id)?;
         entry.update(|cur| {
             let mut next = cur.clone();
-            next.client_data = data;
+            next.client_data = data.into();
             Some(next)
         })?;
         Ok(())

@@ -119,7 +119,7 @@ impl Runtime {
             });
         }
         if rec.sandbox_id.is_none()
-            && let Some(sandbox) = legacy_sandbox_id(&rec.client_data)
+            && let Some(sandbox) = legacy_sandbox_id(&rec.client_data.to_value())
         {
             let mut next = rec.clone();
             next.sandbox_id = Some(sandbox);
@@ -233,7 +233,7 @@ impl Runtime {
             kill_all_on_exit: false,
             log_path: Default::default(),
             sandbox_id: None,
-            client_data: serde_json::Value::Null,
+            client_data: crate::ClientData::default(),
         }
     }
 }

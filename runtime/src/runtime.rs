@@ -60,7 +60,7 @@ pub struct CreateRequest {
     /// The pod sandbox it belongs to (`None` for a container of no pod, as in tests).
     pub sandbox_id: Option<SandboxId>,
     /// Opaque caller data stored with the record.
-    pub client_data: serde_json::Value,
+    pub client_data: crate::ClientData,
 }
 
 /// A container's record plus where its files are.

@@ -175,7 +175,7 @@ pub struct ContainerRecord {
     /// Opaque data of the caller (CRI metadata, labels, annotations, image…), persisted
     /// with the record so a restarted daemon can echo it exactly.
     #[serde(default)]
-    pub client_data: serde_json::Value,
+    pub client_data: crate::ClientData,
 }
 
 #[cfg(test)]
@@ -205,7 +205,7 @@ mod tests {
             kill_all_on_exit: false,
             log_path: "/var/log/pods/p/c/0.log".into(),
             sandbox_id: Some(SandboxId::new("s1").unwrap()),
-            client_data: serde_json::json!({"labels": {"a": "b"}}),
+            client_data: serde_json::json!({"labels": {"a": "b"}}).into(),
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("\"version\":1"), "{json}");

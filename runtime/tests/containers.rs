@@ -274,7 +274,7 @@ fn reload_sees_running_and_exited_containers() {
     assert!(report.cleaned_up.is_empty());
     let r = rt2.container(&running.record.id).unwrap();
     assert_eq!(r.record.state, ContainerState::Running);
-    assert_eq!(r.record.client_data["name"], "running");
+    assert_eq!(r.record.client_data.to_value()["name"], "running");
     assert_eq!(exit_code(&rt2.container(&exited.record.id).unwrap()), 5);
     // Exits while "the daemon was down" are picked up from the monitor's exit file.
     let l = common::wait_exited(rt2, &late.record.id, Duration::from_secs(10));
@@ -338,7 +338,7 @@ fn helper_start_container_and_hang() {
         rootfs_lower: dir.join("image"),
         log_path: dir.join("logs/orphan.log"),
         sandbox_id: None,
-        client_data: serde_json::Value::Null,
+        client_data: Default::default(),
     };
     let c = rt.create_container(req).unwrap();
     rt.start_container(&c.record.id).unwrap();

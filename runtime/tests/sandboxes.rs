@@ -54,7 +54,7 @@ fn sandbox_spec(name: &str, host_network: bool) -> SandboxSpec {
             )])
         },
         cgroup_parent: String::new(),
-        client_data: serde_json::Value::Null,
+        client_data: Default::default(),
     }
 }
 
@@ -367,7 +367,7 @@ fn records_of_an_older_daemon_take_over_the_links_kept_in_its_data() {
         .create_sandbox(sandbox_spec("legacy", false))
         .unwrap();
     let mut req = env.request("legacy-c1", "runc", env.spec(&["sleep", "1000"]));
-    req.client_data = serde_json::json!({"sandbox_id": sb.record.id.as_str(), "name": "c1"});
+    req.client_data = serde_json::json!({"sandbox_id": sb.record.id.as_str(), "name": "c1"}).into();
     let c = env.rt.create_container(req).unwrap().record.id;
     assert!(
         env.rt.containers_of(&sb.record.id).is_empty(),

@@ -117,7 +117,7 @@ impl RuntimeApi {
             rootfs_lower,
             log_path,
             sandbox_id: Some(sandbox_id.clone()),
-            client_data: to_json(&meta),
+            client_data: to_json(&meta).into(),
         };
         let rt = self.rt.clone();
         match blocking(move || rt.create_container(request)).await {

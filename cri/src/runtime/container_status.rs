@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1::{
-    Container, ContainerResources, ContainerState as CriState, ContainerStatus,
+    Container, ContainerMetadata, ContainerResources, ContainerState as CriState, ContainerStatus,
     ContainerStatusRequest, ContainerStatusResponse, ImageSpec, ListContainersRequest,
     ListContainersResponse,
 };
 use rootstock_runtime::{ContainerRecord, ContainerState, ExitReason, SandboxId};
 
-use super::meta::{ContainerMeta, sandbox_of};
+use super::meta::{ContainerListed, ContainerMeta, sandbox_of};
 use super::{RuntimeApi, labels_match};
 use crate::error::CriError;
 
@@ -72,39 +72,51 @@ impl RuntimeApi {
         let mut filter = req.filter.unwrap_or_default();
         filter.id = self.container_filter(&filter.id)?;
         filter.pod_sandbox_id = self.sandbox_filter(&filter.pod_sandbox_id)?;
+        // Records shared with memory (no copy); the cheap filters on the record first, then
+        // only the meta fields a list shows are read (kubelet relists every second).
         let containers = self
             .rt
-            .list_containers()
-            .into_iter()
-            .filter(|c| filter.id.is_empty() || c.record.id.as_str() == filter.id)
-            .filter(|c| {
+            .container_records()
+            .iter()
+            .filter(|rec| filter.id.is_empty() || rec.id.as_str() == filter.id)
+            .filter(|rec| {
                 filter
                     .state
                     .as_ref()
-                    .is_none_or(|s| s.state == cri_state(&c.record.state) as i32)
+                    .is_none_or(|s| s.state == cri_state(&rec.state) as i32)
             })
-            .filter_map(|c| {
-                let meta = ContainerMeta::of(&c);
-                let sandbox_id = sandbox_of(&c);
-                let wanted = (filter.pod_sandbox_id.is_empty()
-                    || sandbox_id == filter.pod_sandbox_id)
-                    && labels_match(&meta.labels, &filter.label_selector);
-                wanted.then(|| Container {
-                    id: c.record.id.to_string(),
-                    pod_sandbox_id: sandbox_id,
-                    metadata: Some(meta.metadata()),
+            .filter(|rec| {
+                filter.pod_sandbox_id.is_empty()
+                    || rec
+                        .sandbox_id
+                        .as_ref()
+                        .is_some_and(|s| s.as_str() == filter.pod_sandbox_id)
+            })
+            .filter_map(|rec| {
+                let meta = ContainerListed::of(rec);
+                labels_match(&meta.labels, &filter.label_selector).then(|| Container {
+                    id: rec.id.to_string(),
+                    pod_sandbox_id: rec
+                        .sandbox_id
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    metadata: Some(ContainerMetadata {
+                        name: meta.name,
+                        attempt: meta.attempt,
+                    }),
                     // The image id, never a tag: `crictl rmi --prune` resolves this with
                     // ImageStatus to keep the image in use, and a tag may have moved to a
                     // newer image since (kubelet's own config names the id, too).
                     image: Some(ImageSpec {
                         image: meta.image_id.clone(),
-                        user_specified_image: meta.image_requested.clone(),
+                        user_specified_image: meta.image_requested,
                         ..ImageSpec::default()
                     }),
-                    image_ref: meta.image_ref.clone(),
-                    state: cri_state(&c.record.state) as i32,
-                    created_at: c.record.created_at_unix_nanos,
-                    image_id: meta.image_id.clone(),
+                    image_ref: meta.image_ref,
+                    state: cri_state(&rec.state) as i32,
+                    created_at: rec.created_at_unix_nanos,
+                    image_id: meta.image_id,
                     labels: meta.labels,
                     annotations: meta.annotations,
                 })

@@ -9,6 +9,7 @@ use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, LinuxContainerResources, Mount, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata,
 };
+use rootstock_runtime::sandbox::SandboxRecord;
 use rootstock_runtime::{ContainerInfo, ContainerRecord, SandboxInfo, Signal};
 use serde::{Deserialize, Serialize};
 
@@ -52,9 +53,8 @@ impl SandboxMeta {
     /// The meta of a recorded sandbox; a record without one (not ours, or unreadable) reads
     /// as empty rather than failing the list it is in.
     pub fn of(info: &SandboxInfo) -> Self {
-        // Read from the borrowed value, never a clone of the whole tree: this runs for
-        // every sandbox of every ListPodSandbox, and kubelet relists every second.
-        Self::deserialize(&info.record.client_data).unwrap_or_default()
+        // Read from the record's shared text, never a copy of it.
+        info.record.client_data.parse().unwrap_or_default()
     }
 
     pub fn metadata(&self) -> PodSandboxMetadata {
@@ -90,6 +90,58 @@ impl SandboxMeta {
             "{}_{}_{}_{}",
             self.name, self.namespace, self.uid, self.attempt
         )
+    }
+}
+
+/// What ListPodSandbox shows of a sandbox's meta. Read instead of [`SandboxMeta`] on the
+/// list path: serde skips the fields not named here (the whole pod config) without building
+/// them, where the full meta rebuilt every map of the config per sandbox per relist.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct SandboxListed {
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+    pub attempt: u32,
+    pub labels: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
+    pub runtime_handler: String,
+}
+
+impl SandboxListed {
+    /// As [`SandboxMeta::of`]: an unreadable meta reads as empty.
+    pub fn of(rec: &SandboxRecord) -> Self {
+        rec.client_data.parse().unwrap_or_default()
+    }
+
+    pub fn metadata(&self) -> PodSandboxMetadata {
+        PodSandboxMetadata {
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            namespace: self.namespace.clone(),
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// What ListContainers shows of a container's meta (see [`SandboxListed`]: the config,
+/// resources and mounts are skipped, not built).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct ContainerListed {
+    pub name: String,
+    pub attempt: u32,
+    pub labels: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
+    pub image_requested: String,
+    pub image_id: String,
+    pub image_ref: String,
+}
+
+impl ContainerListed {
+    /// As [`ContainerMeta::of_record`]: an unreadable meta reads as empty.
+    pub fn of(rec: &ContainerRecord) -> Self {
+        rec.client_data.parse().unwrap_or_default()
     }
 }
 
@@ -151,8 +203,8 @@ impl ContainerMeta {
     }
 
     pub fn of_record(rec: &ContainerRecord) -> Self {
-        // Borrowed, as `SandboxMeta::of`.
-        Self::deserialize(&rec.client_data).unwrap_or_default()
+        // As `SandboxMeta::of`.
+        rec.client_data.parse().unwrap_or_default()
     }
 
     pub fn metadata(&self) -> ContainerMetadata {

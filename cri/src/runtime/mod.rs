@@ -130,9 +130,10 @@ impl RuntimeApi {
         F: FnOnce(RuntimeApi) -> Fut,
         Fut: Future<Output = Result<T, CriError>> + Send + 'static,
     {
-        tokio::spawn(call(self.clone()))
-            .await
-            .map_err(|e| CriError::Internal(format!("runtime call task failed: {e}")))?
+        let result = tokio::spawn(call(self.clone())).await;
+        // Create/destroy calls allocate the most (specs, plugin output): trim after a burst.
+        crate::trim::poke();
+        result.map_err(|e| CriError::Internal(format!("runtime call task failed: {e}")))?
     }
 }
 

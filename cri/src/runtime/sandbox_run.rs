@@ -273,7 +273,7 @@ fn sandbox_spec(
             })
             .unwrap_or_default(),
         cgroup_parent: cgroup_parent(config)?,
-        client_data: to_json(meta),
+        client_data: to_json(meta).into(),
     })
 }
 
@@ -416,7 +416,7 @@ mod tests {
         assert_eq!(dns.servers, ["10.96.0.10"]);
         assert_eq!(dns.options, ["ndots:5"]);
         assert_eq!(s.sysctls["net.ipv4.ip_forward"], "1");
-        let meta: SandboxMeta = serde_json::from_value(s.client_data).unwrap();
+        let meta: SandboxMeta = s.client_data.parse().unwrap();
         assert_eq!(meta.reserved_name(), "web_default_uid-1_2");
         assert_eq!(meta.runtime_handler, "runc");
         assert_eq!(meta.log_directory, "/var/log/pods/web");

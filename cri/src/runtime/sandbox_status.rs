@@ -10,7 +10,7 @@ use k8s_cri::v1::{
 };
 use rootstock_runtime::{SandboxId, SandboxInfo, SandboxState};
 
-use super::meta::SandboxMeta;
+use super::meta::{SandboxListed, SandboxMeta};
 use super::{RuntimeApi, labels_match};
 use crate::error::CriError;
 
@@ -132,7 +132,8 @@ impl RuntimeApi {
                     .is_none_or(|s| s.state == sandbox_state(info) as i32)
             })
             .filter_map(|info| {
-                let meta = SandboxMeta::of(&info);
+                // The list's fields only: the pod config in the meta is skipped, not built.
+                let meta = SandboxListed::of(&info.record);
                 labels_match(&meta.labels, &filter.label_selector).then(|| PodSandbox {
                     id: info.record.id.to_string(),
                     metadata: Some(meta.metadata()),

@@ -286,8 +286,8 @@ fn adopt_legacy_cgroup(rec: &mut SandboxRecord) -> bool {
     if !rec.cgroup_parent.is_empty() {
         return false;
     }
-    let Some(parent) = rec
-        .client_data
+    let data = rec.client_data.to_value();
+    let Some(parent) = data
         .get("cgroup_parent")
         .and_then(serde_json::Value::as_str)
         .filter(|p| !p.is_empty())
@@ -295,8 +295,7 @@ fn adopt_legacy_cgroup(rec: &mut SandboxRecord) -> bool {
         return false;
     };
     rec.cgroup_parent = parent.to_owned();
-    rec.own_cgroup = rec
-        .client_data
+    rec.own_cgroup = data
         .get("own_cgroup")
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(false);

@@ -83,7 +83,7 @@ pub struct SandboxSpec {
     /// runtime gives the pod `/rootstock/<sandbox id>`, and removes it with the sandbox.
     pub cgroup_parent: String,
     /// Opaque caller data (CRI metadata, labels, annotations…).
-    pub client_data: serde_json::Value,
+    pub client_data: crate::ClientData,
 }
 
 /// Sandbox lifecycle.
@@ -132,7 +132,7 @@ pub struct SandboxRecord {
     pub own_cgroup: bool,
     /// Opaque caller data.
     #[serde(default)]
-    pub client_data: serde_json::Value,
+    pub client_data: crate::ClientData,
     /// The pod's user namespace, pinned at `ns/user` (`None`: the node's).
     #[serde(default)]
     pub userns: Option<UserNamespace>,
@@ -156,7 +156,7 @@ impl SandboxRecord {
             pod_init_cgroup: None,
             cgroup_parent: String::new(),
             own_cgroup: false,
-            client_data: serde_json::Value::Null,
+            client_data: crate::ClientData::default(),
             userns: None,
         }
     }

@@ -131,7 +131,7 @@ impl Env {
             rootfs_lower: self.lower.clone(),
             log_path: self.log_path(name),
             sandbox_id: None,
-            client_data: serde_json::json!({"name": name}),
+            client_data: serde_json::json!({"name": name}).into(),
         }
     }
 
