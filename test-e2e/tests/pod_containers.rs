@@ -459,15 +459,7 @@ async fn a_stopped_pods_containers_stay_exited_while_the_runtime_forgets_them() 
     let mut rt = daemon.runtime().await;
     for handler in ["runc", "crun"] {
         let pod = pod_config(&format!("forget-{handler}"), NamespaceMode::Container);
-        let pod_id = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: handler.to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id;
+        let pod_id = run_pod_on(&mut rt, pod.clone(), handler).await.unwrap();
         let c = start_container(
             &mut rt,
             &pod_id,
