@@ -158,6 +158,22 @@ impl Runtime {
         })
     }
 
+    /// Deletes the OCI runtime's state (and the container's cgroup) of a container that has
+    /// exited, ahead of RemoveContainer, which then has no runtime to run: StopPodSandbox
+    /// does it while CNI DEL runs. containerd deletes a task as soon as it exits, too. The
+    /// record, rootfs and logs stay; a container that has not exited is left alone.
+    pub fn release_oci_state(&self, id: &ContainerId) -> Result<()> {
+        let Some(entry) = self.entry(id) else {
+            return Ok(());
+        };
+        let _op = entry.lock_op();
+        let rec = entry.refresh()?;
+        if !rec.state.is_final() {
+            return Ok(());
+        }
+        self.handler(&rec.handler)?.delete(id, true)
+    }
+
     fn signal(&self, oci: &OciRuntime, id: &ContainerId, signal: Signal, all: bool) -> Result<()> {
         match oci.kill(id, signal, all) {
             Ok(()) => Ok(()),

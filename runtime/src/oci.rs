@@ -135,6 +135,12 @@ impl OciRuntime {
     /// `<runtime> delete [--force] <id>`. A container the runtime does not know is already
     /// deleted: that is success (removal is idempotent, as CRI's RemoveContainer is).
     pub fn delete(&self, id: &ContainerId, force: bool) -> Result<()> {
+        // runc and crun keep a container's state in `<root>/<id>/`, made when `create`
+        // starts and removed by `delete`: without it the runtime does not know the
+        // container, and an exec (a Go program starting up, for runc) is spared.
+        if !self.knows(id) {
+            return Ok(());
+        }
         let mut args: Vec<OsString> = vec!["delete".into()];
         if force {
             args.push("--force".into());
@@ -148,6 +154,15 @@ impl OciRuntime {
                 _ => Err(e),
             },
         }
+    }
+
+    /// Whether the runtime keeps state for container `id` (its `<root>/<id>` exists; an
+    /// error other than NotFound counts as yes, and the runtime is asked).
+    fn knows(&self, id: &ContainerId) -> bool {
+        !matches!(
+            std::fs::symlink_metadata(self.root.join(id.as_str())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        )
     }
 
     /// `<runtime> state <id>`; `None` when the runtime does not know the container.

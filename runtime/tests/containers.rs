@@ -138,6 +138,47 @@ fn exit_codes_are_recorded_including_sigkill() {
     env.rt.remove_container(&unknown).unwrap();
 }
 
+/// StopPodSandbox's early release: once a container has exited, the OCI runtime forgets it
+/// (its state and cgroup go), the container stays as kubelet sees it, and the removal after
+/// needs no runtime. A running container is left alone.
+fn oci_state_is_released_after_exit_and_the_container_stays(handler: &str) {
+    let env = Env::new();
+    let c = env.run(&format!("early-{handler}"), handler, &["sleep", "1000"]);
+    let id = c.record.id.clone();
+    let oci = env.rt.handler(handler).unwrap().clone();
+    let cgroup_dir = format!("/sys/fs/cgroup/pids{}", c.record.cgroup_path);
+    assert!(std::path::Path::new(&cgroup_dir).exists(), "{cgroup_dir}");
+    env.rt.release_oci_state(&id).unwrap();
+    assert!(oci.state(&id).unwrap().is_some(), "running: left alone");
+    env.rt
+        .stop_container(&id, rootstock_runtime::Signal::KILL, Duration::ZERO)
+        .unwrap();
+    env.rt.release_oci_state(&id).unwrap();
+    assert_eq!(oci.state(&id).unwrap(), None, "the runtime still knows it");
+    assert!(!oci.root().join(id.as_str()).exists());
+    assert!(
+        !std::path::Path::new(&cgroup_dir).exists(),
+        "its cgroup {cgroup_dir} is left"
+    );
+    let info = env.rt.container(&id).unwrap();
+    assert_eq!(exit_code(&info), 137);
+    // Twice is fine, and so is the removal that follows.
+    env.rt.release_oci_state(&id).unwrap();
+    env.rt.remove_container(&id).unwrap();
+    assert!(env.rt.container(&id).is_err());
+    assert_eq!(common::mounts_under(env.dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn runc_oci_state_is_released_after_exit_and_the_container_stays() {
+    oci_state_is_released_after_exit_and_the_container_stays("runc");
+}
+
+#[test]
+fn crun_oci_state_is_released_after_exit_and_the_container_stays() {
+    oci_state_is_released_after_exit_and_the_container_stays("crun");
+}
+
 #[test]
 fn exec_returns_output_and_exit_code_and_timeout_kills_the_process() {
     for handler in ["runc", "crun"] {

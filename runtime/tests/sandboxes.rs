@@ -82,6 +82,16 @@ fn process_ns_inodes(kind: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The namespace inodes of `kind` of every thread of this process.
+fn thread_ns_inodes(kind: &str) -> Vec<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::metadata(e.path().join("ns").join(kind)).ok())
+        .map(|m| m.ino())
+        .collect()
+}
+
 #[test]
 fn pod_namespaces_are_pinned_without_a_process_and_shared_by_containers() {
     let env = Env::new();
@@ -92,6 +102,19 @@ fn pod_namespaces_are_pinned_without_a_process_and_shared_by_containers() {
     assert_ne!(net_ino, host_ino);
     // No pause process: nothing lives in the pod's namespaces yet.
     assert!(!process_ns_inodes("net").contains(&net_ino));
+    // They were made by a thread of the runtime's process (this one), which is gone again:
+    // no thread here is left in them (a thread that is still exiting gets a moment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while thread_ns_inodes("net").contains(&net_ino) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a thread of the runtime stayed in the pod's network namespace"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !thread_ns_inodes("uts").contains(&std::fs::metadata(sb.dir.join("ns/uts")).unwrap().ino())
+    );
     assert!(
         !process_ns_inodes("uts")
             .contains(&std::fs::metadata(sb.dir.join("ns/uts")).unwrap().ino())

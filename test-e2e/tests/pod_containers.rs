@@ -1,7 +1,8 @@
 //! Containers in pods over the socket, against the real daemon, runtime and monitor: a
 //! busybox container from a pulled image id logs, execs, exits and survives a daemon kill;
 //! PID and host namespaces are what the pod asked for; a container that exits while the
-//! daemon is dead reports its code; the crun handler runs the same pod; the harness cleans up
+//! daemon is dead reports its code; the crun handler runs the same pod; a stopped pod's
+//! containers stay Exited while the OCI runtime forgets them; the harness cleans up
 //! what a failed test left; logs reopen and resources update.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -445,6 +446,48 @@ async fn the_same_pod_runs_with_the_crun_handler() {
     assert_eq!(info["runtimeType"], "crun");
     stop_pod(&mut rt, &pod_id).await;
     remove_pod(&mut rt, &pod_id).await;
+}
+
+/// StopPodSandbox leaves the pod's containers Exited, as kubelet reads them until it removes
+/// them, but the OCI runtime has already forgotten them (released beside CNI DEL, so that
+/// the removal runs no runtime), with either handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_pods_containers_stay_exited_while_the_runtime_forgets_them() {
+    let registry = rootstock_test_e2e::registry::Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    for handler in ["runc", "crun"] {
+        let pod = pod_config(&format!("forget-{handler}"), NamespaceMode::Container);
+        let pod_id = run_pod_on(&mut rt, pod.clone(), handler).await.unwrap();
+        let c = start_container(
+            &mut rt,
+            &pod_id,
+            &pod,
+            container_config("c", &image, &["sleep", "3600"]),
+        )
+        .await;
+        let oci_state = daemon.state_dir.join("runtime").join(handler).join(&c);
+        assert!(oci_state.exists(), "{}", oci_state.display());
+        stop_pod(&mut rt, &pod_id).await;
+        let status = container_status(&mut rt, &c).await;
+        assert_eq!(
+            status.state,
+            ContainerState::ContainerExited as i32,
+            "{handler}"
+        );
+        assert_eq!(status.exit_code, 137, "{handler}");
+        assert!(!oci_state.exists(), "{handler}: {}", oci_state.display());
+        remove_pod(&mut rt, &pod_id).await;
+        let left = rt
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert!(left.is_empty(), "{left:?}");
+    }
+    assert_eq!(mounts_under(&daemon.state_dir), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

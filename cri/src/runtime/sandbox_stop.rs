@@ -37,7 +37,13 @@ impl RuntimeApi {
             for c in self.rt.containers_of(id) {
                 let rt = self.rt.clone();
                 let cid = c.record.id.clone();
-                blocking(move || rt.stop_container(&cid, Signal::KILL, Duration::ZERO)).await?;
+                // Once it is gone, its runtime state goes too, still beside DEL: the
+                // removal that follows (RemovePodSandbox) then runs no OCI runtime.
+                blocking(move || {
+                    rt.stop_container(&cid, Signal::KILL, Duration::ZERO)?;
+                    rt.release_oci_state(&cid)
+                })
+                .await?;
             }
             Ok::<(), CriError>(())
         };

@@ -123,9 +123,11 @@ impl Runtime {
         undo.push("release its namespaces and files", || {
             self.teardown_sandbox(&info, true)
         });
-        self.prepare_sandbox(&spec, &info)?;
+        self.pin_sandbox_namespaces(&spec, &info)?;
         pinned(&info);
         rootstock_fsutil::failpoint::hit("sandbox.namespaces-pinned");
+        // While CNI ADD runs: nothing of it reads these.
+        self.prepare_sandbox_files(&spec, &info)?;
         if spec.pid == SandboxPidMode::Pod {
             let cgroup = format!("{}/{id}", rec.cgroup_parent);
             let init = self.start_pod_init(&info, Some(&cgroup))?;

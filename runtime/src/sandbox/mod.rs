@@ -1,6 +1,7 @@
 //! Pod sandboxes without a pause process: network, IPC and UTS namespaces are created by a
-//! short-lived child (`rootstock-monitor pin-namespaces`) and pinned by bind-mounting
-//! `/proc/<pid>/ns/<kind>` under `<state_dir>/sandboxes/<id>/ns/`; containers join them by
+//! short-lived thread of the daemon (`pin`; for a pod with a user namespace, by a short-lived
+//! child, `rootstock-monitor pin-namespaces`) and pinned by bind-mounting its
+//! `/proc/.../ns/<kind>` under `<state_dir>/sandboxes/<id>/ns/`; containers join them by
 //! path. The hostname is set when the UTS namespace is created; `/etc/hostname`,
 //! `/etc/hosts`, `/etc/resolv.conf` and `/dev/shm` are prepared per sandbox.
 //!
@@ -12,11 +13,13 @@
 //!
 //! Files: this one holds the sandbox's description, record and the paths containers join;
 //! `lifecycle` creates, stops, removes, lists and recovers sandboxes; `namespaces`
-//! pins the namespaces, starts pod-init and tears them down again; `usage` finds a
+//! pins the namespaces (`pin` from a thread), writes the pod's files, starts pod-init and
+//! tears them down again; `usage` finds a
 //! pod's containers and adds up its usage.
 
 mod lifecycle;
 mod namespaces;
+mod pin;
 mod recovery;
 mod usage;
 

@@ -1,5 +1,6 @@
-//! Pinning a sandbox's namespaces (through the short-lived `pin-namespaces` helper), the
-//! pod-init process of a shared PID namespace, and tearing both down again.
+//! Pinning a sandbox's namespaces (from a thread, [`super::pin`], or through the short-lived
+//! `pin-namespaces` helper for a pod with a user namespace), its files, the pod-init
+//! process of a shared PID namespace, and tearing all of them down again.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -8,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
+use super::pin::PinRequest;
 use super::{KINDS, SandboxInfo, SandboxRecord, SandboxSpec, hosts_file, resolv_conf};
 use crate::error::{Error, Result};
 use crate::monitor::ProcessIdentity;
@@ -16,12 +18,76 @@ use crate::userns::PinHelper;
 use crate::util;
 
 impl Runtime {
-    pub(super) fn prepare_sandbox(&self, spec: &SandboxSpec, info: &SandboxInfo) -> Result<()> {
-        let dir = &info.dir;
+    /// Makes and pins the sandbox's namespaces (and applies its sysctls inside them): what
+    /// CNI ADD needs, so RunPodSandbox does it first and writes the pod's files
+    /// ([`Runtime::prepare_sandbox_files`]) while ADD runs. Without a user namespace a
+    /// thread of the daemon does it ([`super::pin`]); with one, the `pin-namespaces` helper.
+    pub(super) fn pin_sandbox_namespaces(
+        &self,
+        spec: &SandboxSpec,
+        info: &SandboxInfo,
+    ) -> Result<()> {
         let err = |message: String| Error::Sandbox {
             id: spec.id.to_string(),
             message,
         };
+        // In a user namespace the pod's root owns its files (and may rewrite /etc/hosts, as
+        // root can elsewhere); the OCI runtime reaches them from inside the namespace, so
+        // the directory lets the pod's group search it (and nobody else in).
+        let owner = spec.userns.map(|ns| ns.root_gid());
+        util::restrict_dir(&info.dir, owner)?;
+        let request = PinRequest {
+            net: !spec.host_network,
+            ipc: !spec.host_ipc,
+            // A new UTS namespace starts with the node's hostname: set only one asked for.
+            hostname: (!spec.host_network && !spec.hostname.is_empty())
+                .then(|| spec.hostname.clone()),
+            sysctls: spec
+                .sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let mut kinds = request.kinds();
+        if spec.userns.is_some() {
+            kinds.push("user");
+        }
+        if kinds.is_empty() && request.sysctls.is_empty() {
+            return Ok(());
+        }
+        let nsdir = info.dir.join("ns");
+        fs::create_dir(&nsdir).map_err(|e| Error::io("create directory", &nsdir, e))?;
+        let Some(userns) = spec.userns.as_ref() else {
+            return request.pin(&nsdir).map_err(err);
+        };
+        let mut args: Vec<String> = Vec::new();
+        if request.net {
+            args.extend(["--net".into(), "--uts".into()]);
+        }
+        if let Some(h) = request.hostname {
+            args.extend(["--hostname".into(), h]);
+        }
+        if request.ipc {
+            args.push("--ipc".into());
+        }
+        for (k, v) in request.sysctls {
+            args.extend(["--sysctl".into(), format!("{k}={v}")]);
+        }
+        let helper = PinHelper::spawn(&self.monitor_binary, &args, Some(userns)).map_err(err)?;
+        let result = kinds
+            .iter()
+            .try_for_each(|kind| bind_namespace(helper.pid, kind, &nsdir.join(kind)));
+        helper.finish();
+        result
+    }
+
+    /// The pod's `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf` and `/dev/shm`.
+    pub(super) fn prepare_sandbox_files(
+        &self,
+        spec: &SandboxSpec,
+        info: &SandboxInfo,
+    ) -> Result<()> {
+        let dir = &info.dir;
         let write = |name: &str, data: &str| {
             let p = dir.join(name);
             fs::write(&p, data).map_err(|e| Error::io("write", &p, e))
@@ -37,9 +103,6 @@ impl Runtime {
             None => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
         write("resolv.conf", &resolv)?;
-        // In a user namespace the pod's root owns its files (and may rewrite /etc/hosts, as
-        // root can elsewhere); the OCI runtime reaches them from inside the namespace, so
-        // the directory lets the pod's group search it (and nobody else in).
         let owner = spec.userns.map(|ns| (ns.root_uid(), ns.root_gid()));
         if let Some((uid, gid)) = owner {
             for name in ["hostname", "hosts", "resolv.conf"] {
@@ -48,7 +111,6 @@ impl Runtime {
                     .map_err(|e| Error::io("chown", &p, e))?;
             }
         }
-        util::restrict_dir(dir, owner.map(|(_, gid)| gid))?;
         if !spec.host_ipc {
             let shm = dir.join("shm");
             fs::create_dir(&shm).map_err(|e| Error::io("create directory", &shm, e))?;
@@ -69,38 +131,7 @@ impl Runtime {
                 source,
             })?;
         }
-        let mut args: Vec<String> = Vec::new();
-        let mut kinds = Vec::new();
-        if !spec.host_network {
-            args.extend(["--net".into(), "--uts".into()]);
-            // A new UTS namespace starts with the node's hostname: set only one asked for.
-            if !spec.hostname.is_empty() {
-                args.extend(["--hostname".into(), spec.hostname.clone()]);
-            }
-            kinds.extend(["net", "uts"]);
-        }
-        if !spec.host_ipc {
-            args.push("--ipc".into());
-            kinds.push("ipc");
-        }
-        for (k, v) in &spec.sysctls {
-            args.extend(["--sysctl".into(), format!("{k}={v}")]);
-        }
-        if spec.userns.is_some() {
-            kinds.push("user");
-        }
-        if kinds.is_empty() && spec.sysctls.is_empty() {
-            return Ok(());
-        }
-        let nsdir = dir.join("ns");
-        fs::create_dir(&nsdir).map_err(|e| Error::io("create directory", &nsdir, e))?;
-        let helper =
-            PinHelper::spawn(&self.monitor_binary, &args, spec.userns.as_ref()).map_err(err)?;
-        let result = kinds
-            .iter()
-            .try_for_each(|kind| bind_namespace(helper.pid, kind, &nsdir.join(kind)));
-        helper.finish();
-        result
+        Ok(())
     }
 
     /// Spawns a `rootstock-monitor` helper that reports on its stdout (stderr dropped).
