@@ -22,6 +22,7 @@ use crate::layer::LayerInput;
 use crate::layout::{Kind, ManEntry, normalize, object_key, object_rel};
 use crate::tarstream::{EntryType, Header, TarError, TarReader};
 use crate::unpack::{ObjectsLock, SinkLimits};
+use crate::writers::{FileJob, Writers};
 
 pub(crate) fn refused(layer: &LayerInput, entry: &str, reason: impl Into<String>) -> Error {
     Error::LayerRefused {
@@ -66,6 +67,9 @@ pub(crate) struct Unpack<'a> {
     pub(crate) objects_lock: ObjectsLock,
     pub(crate) skipped_devices: u64,
     pub(crate) dropped_xattrs: u64,
+    /// Writer threads regular files are handed to (see [`crate::writers`]); `None`: every
+    /// file is written by the reading thread.
+    pub(crate) writers: Option<Writers>,
 }
 
 impl<'a> Unpack<'a> {
@@ -82,6 +86,13 @@ impl<'a> Unpack<'a> {
             && *p == parent
         {
             return Ok(fd.clone());
+        }
+        // A parent named like a file still being written must be judged as the file it is.
+        if let Some(w) = &self.writers
+            && w.busy()
+            && (1..comps.len()).any(|n| w.is_pending(&comps[..n].join("/")))
+        {
+            self.settle()?;
         }
         let mut cur = self
             .view
@@ -132,6 +143,8 @@ impl<'a> Unpack<'a> {
         if !self.entries.contains_key(path) && !self.placed.contains(path) {
             return Ok(());
         }
+        // What goes may be a file, or hold files, a writer has not finished.
+        self.settle()?;
         let Some(st) = fsutil::stat_at(dir, name).map_err(self.io_err("stat", path))? else {
             return Ok(());
         };
@@ -230,7 +243,11 @@ impl<'a> Unpack<'a> {
             EntryType::Dir => self.directory(at, meta),
             EntryType::File => {
                 self.replace(&at.dir, &at.name, &at.path, false)?;
-                let kind = self.file(tar, &h, &at.dir, &at.name, &at.path, &meta)?;
+                let kind = if self.writers.is_some() && h.sparse.is_none() {
+                    self.file_to_writer(tar, (&at.dir, &at.name, &at.path), h.size, &meta)?
+                } else {
+                    self.file(tar, &h, &at.dir, &at.name, &at.path, &meta)?
+                };
                 let path = at.path;
                 self.entries
                     .insert(path.clone(), ManEntry { path, kind, meta });
@@ -374,6 +391,9 @@ impl<'a> Unpack<'a> {
             return Err(refused(self.layer, raw, "hard link to itself"));
         }
         self.replace(&dir, &name, &path, false)?;
+        if self.writers.as_ref().is_some_and(|w| w.is_pending(&target)) {
+            self.settle()?;
+        }
         if let Some(entry) = self.entries.get(&target)
             && !matches!(entry.kind, Kind::Dir { .. })
         {
@@ -458,6 +478,80 @@ impl<'a> Unpack<'a> {
         self.entries
             .insert(path.clone(), ManEntry { path, kind, meta });
         Ok(())
+    }
+
+    /// Wait for the writers' files and record their objects in the manifest.
+    pub(crate) fn settle(&mut self) -> Result<()> {
+        if let Some(w) = self.writers.as_mut() {
+            let done = w.barrier()?;
+            self.apply(done);
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, done: Vec<(String, Kind)>) {
+        for (path, kind) in done {
+            if let Some(e) = self.entries.get_mut(&path) {
+                e.kind = kind;
+            }
+        }
+    }
+
+    /// A regular file handed to a writer thread: this thread only reads its bytes from the
+    /// tar. The kind returned stands until the writer reports the object ([`Self::settle`]).
+    fn file_to_writer<R: Read>(
+        &mut self,
+        tar: &mut TarReader<R>,
+        at: (&Arc<OwnedFd>, &str, &str),
+        declared: u64,
+        meta: &Meta,
+    ) -> Result<Kind> {
+        let (dir, name, path) = at;
+        let Some(w) = self.writers.as_mut() else {
+            return Err(Error::Interrupted {
+                what: format!("unpack of layer {}", self.layer.digest),
+                detail: "no file writers".into(),
+            });
+        };
+        // Results of earlier files (never this one's: its entry is recorded after return).
+        let done = w.take_ready()?;
+        w.open(FileJob {
+            dir: dir.clone(),
+            name: name.to_string(),
+            path: path.to_string(),
+            meta: meta.clone(),
+            size: declared,
+        })?;
+        let mut left = declared;
+        while left > 0 {
+            let mut chunk = w.buffer(left.min(crate::writers::CHUNK as u64) as usize);
+            let n = tar
+                .read_data(&mut chunk)
+                .map_err(|e| tar_error(self.layer, e, path))?;
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            w.data(chunk)?;
+            left -= n as u64;
+        }
+        if left > 0 {
+            return Err(refused(
+                self.layer,
+                path,
+                format!(
+                    "declared {declared} bytes, the archive holds {}",
+                    declared - left
+                ),
+            ));
+        }
+        w.close()?;
+        self.apply(done);
+        Ok(Kind::File {
+            object: None,
+            size: declared,
+            private: true,
+        })
     }
 
     /// A read error of the tar stream as the pull reports it.

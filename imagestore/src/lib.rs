@@ -43,6 +43,7 @@ pub mod store;
 mod tarstream;
 pub mod unpack;
 pub mod verify;
+mod writers;
 
 pub use config::{ImagesConfig, RegistryConfig};
 pub use error::{Error, ErrorKind, Result};

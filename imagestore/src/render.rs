@@ -104,7 +104,14 @@ impl Render<'_> {
         Ok(())
     }
 
-    fn layer(&mut self, diff_id: &Digest, manifest: &LayerManifest, view: &OwnedFd) -> Result<u64> {
+    /// Apply one layer; `fresh` when it is the bottom one (the tree is empty).
+    fn layer(
+        &mut self,
+        diff_id: &Digest,
+        manifest: &LayerManifest,
+        view: &OwnedFd,
+        fresh: bool,
+    ) -> Result<u64> {
         for dir in &manifest.opaques {
             if let Some(fd) = self.dir(dir)? {
                 let rd = rustix::fs::openat(
@@ -132,8 +139,13 @@ impl Render<'_> {
             let Some(dir) = self.dir(parent)? else {
                 return Err(self.err(diff_id, format!("{}: parent directory missing", e.path)));
             };
-            let existing =
-                fsutil::stat_at(&dir, name).map_err(|x| Error::io("stat", &e.path, x))?;
+            // Over the bottom layer the tree starts empty and a manifest lists each path
+            // once: nothing can be there yet (one `stat` per entry saved).
+            let existing = if fresh {
+                None
+            } else {
+                fsutil::stat_at(&dir, name).map_err(|x| Error::io("stat", &e.path, x))?
+            };
             if let Kind::Dir { implicit } = e.kind {
                 match existing {
                     Some(st) if fsutil::file_type(&st) == FileType::Directory => {
@@ -370,14 +382,14 @@ pub(crate) fn render(paths: &StorePaths, chain: &ChainId, diff_ids: &[Digest]) -
         },
     );
     let mut entries = 0;
-    for diff_id in diff_ids {
+    for (i, diff_id) in diff_ids.iter().enumerate() {
         let dir = paths.layer_dir(diff_id);
         let manifest = LayerManifest::load(&dir)?;
         let view_path = paths.layer_root(diff_id);
         let view =
             fsutil::open_dir(&view_path).map_err(|e| Error::io("open layer", &view_path, e))?;
         r.view_cache = None;
-        entries += r.layer(diff_id, &manifest, &view)?;
+        entries += r.layer(diff_id, &manifest, &view, i == 0)?;
         failpoint::hit("render.layer-applied");
     }
     r.finish_dirs()?;

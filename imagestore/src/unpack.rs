@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ use crate::manifest::Compression;
 use crate::metadata::{LayerRecord, Metadata};
 use crate::reference::Digest;
 use crate::tarstream::TarReader;
+use crate::writers::{Context as WriterContext, Writers};
 
 const COPY_BUFFER: usize = 256 << 10;
 
@@ -182,13 +184,26 @@ impl TreeLayerSink {
         let owner_known = rustix::fs::fstat(&view)
             .map(|st| st.st_mode & 0o2000 == 0)
             .unwrap_or(false);
+        let (work_dir, objects) = (open(&objects_work)?, open(&self.paths.objects)?);
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map(Arc::new)
+                .map_err(|e| Error::io("dup directory", &objects_work, e))
+        };
+        let writers = Writers::new(WriterContext {
+            layer: layer.clone(),
+            objects: dup(&objects)?,
+            work: dup(&work_dir)?,
+            objects_lock: self.objects_lock.clone(),
+            owner_known,
+        });
         let mut state = Unpack {
             layer,
             allow_devices: self.allow_device_nodes,
             view,
             owner_known,
-            work: open(&objects_work)?,
-            objects: open(&self.paths.objects)?,
+            work: work_dir,
+            objects,
             entries: BTreeMap::new(),
             hardlinks: Vec::new(),
             whiteouts: Vec::new(),
@@ -201,6 +216,7 @@ impl TreeLayerSink {
             objects_lock: self.objects_lock.clone(),
             skipped_devices: 0,
             dropped_xattrs: 0,
+            writers: Some(writers),
         };
         let result = read_entries(&mut side, compression, &mut state);
         // Every compressed byte must pass verification; when unpacking failed, a digest
@@ -309,6 +325,7 @@ fn read_entries(
         let Some(h) = next else { break };
         state.entry(&mut tar, h)?;
     }
+    state.settle()?;
     // The tar's end padding and anything after it belong to the diff_id too.
     io::copy(&mut hashing, &mut io::sink()).map_err(|e| decompress_err(e.to_string()))?;
     Ok((
