@@ -163,7 +163,7 @@ impl ExitRecord {
 
     /// The record as one JSON object (the format serde_json wrote before: field names as
     /// they are here, `signal` null when none).
-    pub fn to_json(&self) -> String {
+    pub fn to_json(self) -> String {
         let signal = self
             .signal
             .map_or_else(|| "null".to_owned(), |s| s.to_string());
