@@ -14,8 +14,9 @@
 //! resident is every 64 KiB window the monitor's loop touches. `hot-symbols.txt` lists the
 //! functions one turn of the loop runs (a SIGCHLD, a chunk of output: traced with gdb
 //! `stepi` on a release build); lld places them first, together, so the loop touches two or
-//! three windows instead of eight. A name that no longer exists (another glibc, rustc or
-//! dependency version changes some) is skipped silently: the layout is then only less tight.
+//! three windows instead of eight (`trace-hot.py` regenerates it). A name that no longer
+//! exists (another glibc, rustc or dependency version changes some) is skipped silently:
+//! the layout is then only less tight.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -15,8 +15,8 @@
 //! Single-threaded, std + libc/nix only, no async runtime, linked statically (build.rs):
 //! one runs per container, so its resident set is the per-pod cost (#18: ≤ 512 KiB RSS).
 
-// The shared sources' unit tests run in rootstock-runtime, with their fixtures: a test
-// build of this binary (`clippy --all-targets`) is empty.
+// The shared files' unit tests run in rootstock-runtime (they need its error type and
+// test fixtures); the monitor's test build (`clippy --all-targets`) is left empty.
 #![cfg(not(test))]
 
 use std::fs::{self, File};

@@ -485,8 +485,15 @@ fn monitor_stays_small() {
         "rootstock-monitor {}",
         pss.split_whitespace().collect::<Vec<_>>().join(" ")
     );
-    // Generous bound for unoptimised builds; the release figure is in the crate's notes.
-    assert!(rss_kib < 4096, "monitor RSS {rss_kib} KiB");
+    // #18: at most 512 KiB per pod for the release build (measured 288 KiB: static, its
+    // start-up pages released, hot code laid out together; see monitor/build.rs); a debug
+    // build's code is larger and unordered (measured 704 KiB). A dynamically linked or
+    // unreleased monitor is 1.4 MiB (release) to 1.8 MiB (debug) and fails here.
+    let bound = if cfg!(debug_assertions) { 1024 } else { 512 };
+    assert!(
+        rss_kib < bound,
+        "monitor RSS {rss_kib} KiB (bound {bound} KiB)"
+    );
 }
 
 #[test]
