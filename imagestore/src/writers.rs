@@ -142,7 +142,10 @@ impl Writers {
     }
 
     fn send(&mut self, msg: Msg) -> Result<()> {
-        let tx = self.senders.get(self.current).ok_or_else(|| self.stopped())?;
+        let tx = self
+            .senders
+            .get(self.current)
+            .ok_or_else(|| self.stopped())?;
         tx.send(msg).map_err(|_| self.stopped())
     }
 
@@ -356,7 +359,8 @@ impl Worker {
             dirty,
             ..
         } = o;
-        let file = file.ok_or_else(|| Error::io("write file", &job.path, std::io::ErrorKind::Other.into()))?;
+        let file = file
+            .ok_or_else(|| Error::io("write file", &job.path, std::io::ErrorKind::Other.into()))?;
         if written != job.size {
             return Err(crate::entries::refused(
                 &self.ctx.layer,
