@@ -429,6 +429,36 @@ pub(crate) fn sync_dir(path: &Path) -> crate::Result<()> {
     rootstock_fsutil::sync_dir(path).map_err(|e| crate::Error::io("fsync directory", path, e))
 }
 
+/// Ask the file system to place each new directory created in `dir` in its own, lightly used
+/// allocation group (ext4's `FS_TOPDIR_FL`, chattr `+T`, the hint `/home` gets), and with it
+/// the files below that directory. `tmp/` is where every layer view and tree is built, and
+/// removing an image deletes tens of thousands of inodes in the groups it was built in: on
+/// ext4 without a journal a new inode is never one deleted in the last 30 s, and the
+/// allocator then scans past each of them for every file it creates (`recently_deleted` in
+/// `find_inode_bit`, 47 % of a 20,000-file pull's profile right after a removal). Spread
+/// out, a pull allocates where nothing was just deleted. Best effort: other file systems
+/// ignore or refuse the flag, which changes nothing else.
+pub(crate) fn spread_children(dir: &Path) {
+    let Ok(fd) = open_dir_readable(dir) else {
+        return;
+    };
+    if let Ok(flags) = rustix::fs::ioctl_getflags(&fd)
+        && !flags.contains(rustix::fs::IFlags::TOPDIR)
+        && let Err(e) = rustix::fs::ioctl_setflags(&fd, flags | rustix::fs::IFlags::TOPDIR)
+    {
+        tracing::debug!(dir = %dir.display(), error = %e, "no FS_TOPDIR_FL on the store's tmp");
+    }
+}
+
+fn open_dir_readable(dir: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
 /// Flush the whole store's file system once (one call per layer or tree, rather than one
 /// fsync per file: the unclean-start sweep covers what a power loss tears before it).
 pub(crate) fn sync_fs(path: &Path) -> io::Result<()> {

@@ -245,6 +245,7 @@ impl ImageStore {
             remove_or_quarantine(root, &tmp);
         }
         create_private_dir(&tmp)?;
+        crate::fsutil::spread_children(&tmp);
         // Trees are mounted as overlay lowers; the kernel stacks overlays at most two deep,
         // so a store on overlayfs (e.g. inside a container) cannot serve containers.
         const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
