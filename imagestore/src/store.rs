@@ -484,7 +484,7 @@ impl ImageStore {
         let guard = self.inner.gc_lock.lock().await;
         let inner = self.inner.clone();
         let lease_id = lease_id.to_string();
-        blocking("release lease", move || {
+        let tree_removed = blocking("release lease", move || {
             let chain = inner
                 .meta
                 .leases()?
@@ -492,14 +492,21 @@ impl ImageStore {
                 .find(|l| l.id == lease_id)
                 .map(|l| l.chain_id);
             inner.meta.delete_lease(&lease_id)?;
-            if let Some(chain) = chain {
-                inner.collect(&[], &[], &[chain])?;
+            match chain {
+                Some(chain) => inner.collect(&[], &[], &[chain]),
+                None => Ok(false),
             }
-            Ok(())
         })
         .await?;
         drop(guard);
-        self.inner.clone().sweep_objects_guarded().await
+        // The common case, the image still holding the tree, frees no object: no walk of
+        // the whole object store on every RemoveContainer (it was on the pod's stop path,
+        // serialized across pods, and grew with the store). A crash before the sweep is
+        // covered by the unclean-start sweep.
+        if tree_removed {
+            self.inner.clone().sweep_objects_guarded().await?;
+        }
+        Ok(())
     }
 
     /// Stop accepting pulls, wait for those in flight, and write the clean-shutdown marker,

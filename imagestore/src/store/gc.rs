@@ -49,14 +49,15 @@ impl Inner {
     }
 
     /// Delete those of `blobs` and layers `diff_ids` that no image names and no pull leases.
+    /// True when a tree or layer went: only then can an object have lost its last link.
     /// Caller holds `gc_lock`. Blocking.
     pub(super) fn collect(
         &self,
         blobs: &[Digest],
         diff_ids: &[Digest],
         chains: &[ChainId],
-    ) -> Result<()> {
-        self.collect_trees(chains)?;
+    ) -> Result<bool> {
+        let trees_removed = self.collect_trees(chains)?;
         let (held_blobs, held_layers) = {
             let index = self.read_index();
             let mut held_blobs = HashSet::new();
@@ -80,7 +81,8 @@ impl Inner {
                 layers.push(record);
             }
         }
-        if !layers.is_empty() {
+        let layers_removed = !layers.is_empty();
+        if layers_removed {
             debug!(count = layers.len(), "removing unreferenced layers");
             self.sink.remove(&layers)?;
         }
@@ -91,7 +93,8 @@ impl Inner {
             .filter(|d| !held_blobs.contains(*d) && !leased.contains(*d))
             .cloned()
             .collect();
-        self.blobs.remove(&doomed)
+        self.blobs.remove(&doomed)?;
+        Ok(trees_removed || layers_removed)
     }
 
     /// Chains held by an image or a persisted lease, plus those a pull leases in memory.
@@ -113,11 +116,13 @@ impl Inner {
     /// Remove the trees of `chains` nothing holds: record first, then the directory (moved
     /// into `tmp/` first, so a crash leaves no half-deleted tree under `trees/`). Caller
     /// holds `gc_lock`. Blocking.
-    fn collect_trees(&self, chains: &[ChainId]) -> Result<()> {
+    /// True when one went.
+    fn collect_trees(&self, chains: &[ChainId]) -> Result<bool> {
         if chains.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let held = self.held_chains()?;
+        let mut removed = false;
         for chain in chains.iter().collect::<BTreeSet<_>>() {
             if held.contains(&chain.0) || self.meta.tree(chain)?.is_none() {
                 continue;
@@ -126,8 +131,9 @@ impl Inner {
             crate::failpoint::hit("gc.tree-record-deleted");
             self.remove_tree_dir(&chain.0)?;
             debug!(%chain, "removed tree");
+            removed = true;
         }
-        Ok(())
+        Ok(removed)
     }
 
     fn remove_tree_dir(&self, hex_of: &Digest) -> Result<()> {
