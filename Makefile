@@ -33,7 +33,7 @@ IMAGE_REPO ?= localhost:5000/rootstock
 
 ## Build in release mode and run the daemon in the foreground with the embedded defaults.
 run: deps-run
-	$(CARGO) build --release --bin rootstock
+	$(CARGO) build --release --bin rootstock --bin rootstock-monitor
 	./target/release/rootstock --default-network
 
 ## Run the whole test suite (unit, integration and end-to-end tests).
