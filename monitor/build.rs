@@ -16,7 +16,8 @@
 //! `stepi` on a release build); lld places them first, together, so the loop touches two or
 //! three windows instead of eight (`trace-hot.py` regenerates it). A name that no longer
 //! exists (another glibc, rustc or dependency version changes some) is skipped silently:
-//! the layout is then only less tight.
+//! the layout is then only less tight. The release profile's fat LTO renames the monitor's
+//! and nix's functions (their hashes) and inlines others: the file lists both builds' names.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
