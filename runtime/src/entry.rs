@@ -34,10 +34,11 @@ pub(crate) struct Entry {
     write: Mutex<bool>,
     /// The latest persisted record; readers copy the `Arc` out.
     current: RwLock<Arc<ContainerRecord>>,
-    /// The OCI spec it was created with (`config.json`), kept for ContainerStatus so that a
-    /// status call reads no file. Never changes after create. Kept as compact JSON text and
-    /// parsed when asked for: as a `Value` tree it held about 20 KiB of heap per container
-    /// (measured with 100 pods), the text a fraction of that.
+    /// What ContainerStatus shows of the OCI spec it was created with (`config.json`): its
+    /// `process.user`, so that a status call reads no file. Never changes after create.
+    /// Kept as compact JSON text and parsed when asked for. Only that part: as a `Value` tree
+    /// the whole spec held about 20 KiB of heap per container and as text several KiB (with
+    /// 100 pods); the verbose status reads the whole spec back from the bundle.
     spec: Box<str>,
     /// Where its transitions are published; set once the runtime makes the entry visible.
     events: OnceLock<Arc<EventBus>>,
@@ -52,7 +53,7 @@ impl Entry {
             write: Mutex::new(false),
             current: RwLock::new(Arc::new(rec)),
             // Serializing a `Value` cannot fail (its keys are strings).
-            spec: serde_json::to_string(&spec)
+            spec: serde_json::to_string(&status_part(spec))
                 .unwrap_or_else(|_| "null".to_owned())
                 .into_boxed_str(),
             events: OnceLock::new(),
@@ -87,10 +88,19 @@ impl Entry {
             .clone()
     }
 
-    /// The OCI spec the container was created with (`null` if it cannot be read back,
-    /// which text serialized from a `Value` always can).
+    /// The part of the OCI spec a status shows, `{"process": {"user": …}}` (`null` if it
+    /// cannot be read back, which text serialized from a `Value` always can).
     pub(crate) fn spec(&self) -> Arc<serde_json::Value> {
         Arc::new(serde_json::from_str(&self.spec).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The whole OCI spec the container was created with, read from its bundle (the verbose
+    /// status; not kubelet's path); what memory keeps when the file cannot be read.
+    pub(crate) fn full_spec(&self) -> Arc<serde_json::Value> {
+        std::fs::read(self.run_dir.join("config.json"))
+            .ok()
+            .and_then(|data| serde_json::from_slice(&data).ok())
+            .map_or_else(|| self.spec(), Arc::new)
     }
 
     /// Takes the operation lock: held across runtime invocations on this container.
@@ -150,6 +160,17 @@ impl Entry {
     /// removal failed; waits for a record write in progress.
     pub(crate) fn set_removed(&self, removed: bool) {
         *lock(&self.write) = removed;
+    }
+}
+
+/// What [`Entry`] keeps of a spec: `process.user` (ContainerStatus `user`), or `null`.
+fn status_part(mut spec: serde_json::Value) -> serde_json::Value {
+    match spec
+        .pointer_mut("/process/user")
+        .map(serde_json::Value::take)
+    {
+        Some(user) => serde_json::json!({ "process": { "user": user } }),
+        None => serde_json::Value::Null,
     }
 }
 
@@ -244,6 +265,28 @@ pub(crate) mod tests {
         let on_disk: ContainerRecord =
             serde_json::from_slice(&std::fs::read(dir.path().join(STATE_FILE)).unwrap()).unwrap();
         assert_eq!(on_disk.state, rec.state);
+    }
+
+    #[test]
+    fn memory_keeps_the_spec_user_and_the_verbose_spec_comes_from_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({
+            "process": {"args": ["sleep", "1"], "user": {"uid": 1000, "gid": 3, "additionalGids": [4]}},
+            "linux": {"namespaces": [{"type": "pid"}]},
+        });
+        let entry = Entry::new(dir.path().to_owned(), record("c1", None), spec.clone());
+        let kept = serde_json::json!({"process": {"user": {"uid": 1000, "gid": 3, "additionalGids": [4]}}});
+        assert_eq!(*entry.spec(), kept);
+        // No bundle file: the verbose spec is what memory has.
+        assert_eq!(*entry.full_spec(), kept);
+        std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
+        assert_eq!(*entry.full_spec(), spec);
+        let no_user = Entry::new(
+            dir.path().to_owned(),
+            record("c2", None),
+            serde_json::json!({}),
+        );
+        assert_eq!(*no_user.spec(), serde_json::Value::Null);
     }
 
     /// An entry whose monitor is long gone (no such pid).

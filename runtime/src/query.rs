@@ -38,10 +38,16 @@ impl Runtime {
         lock(&self.containers).keys().cloned().collect()
     }
 
-    /// The OCI spec the container was created with (its bundle's `config.json`, kept in
-    /// memory since create or recovery; `null` when recovery could not read it).
+    /// What ContainerStatus shows of the OCI spec the container was created with,
+    /// `{"process": {"user": …}}` (kept in memory since create or recovery; `null` when
+    /// recovery could not read it). Reads no file.
     pub fn container_spec(&self, id: &ContainerId) -> Result<Arc<serde_json::Value>> {
         Ok(self.entry_or_not_found(id)?.spec())
+    }
+
+    /// The whole OCI spec (the bundle's `config.json`, read now: the verbose status only).
+    pub fn container_full_spec(&self, id: &ContainerId) -> Result<Arc<serde_json::Value>> {
+        Ok(self.entry_or_not_found(id)?.full_spec())
     }
 
     /// Replaces the caller's data stored with the record (persisted first).

@@ -36,7 +36,8 @@ impl RuntimeApi {
                 "removing": false,
                 "runtimeType": rec.handler,
                 "config": meta.config,
-                "runtimeSpec": *runtime_spec,
+                // Read from the bundle: memory keeps only what the status shows.
+                "runtimeSpec": *self.rt.container_full_spec(&id)?,
                 "id": id.as_str(),
                 "cgroupPath": rec.cgroup_path,
                 "runDir": info.run_dir,
