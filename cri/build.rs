@@ -31,6 +31,29 @@ fn main() {
             "cargo:warning=glibc older than 2.36 (or unknown): rootstock is linked without DT_RELR"
         ),
     }
+    hot_text_first();
+}
+
+/// Release builds lay the functions the daemon runs at start, idle and on the pod paths out
+/// together, first in `.text` (lld `--symbol-ordering-file`, as the monitor does): the kernel
+/// maps 64 KiB around every code fault, so code the daemon touches spread over the whole
+/// 12 MiB segment kept ~6.6 MiB of it resident at idle, of which ~2.7 MiB is code it ran.
+/// `hot-text/hot-symbols.txt` is generated from a release build (`hot-text/README`); a name
+/// that no longer exists (another rustc or dependency version) is skipped silently and the
+/// layout is only less tight.
+fn hot_text_first() {
+    if std::env::var("PROFILE").as_deref() != Ok("release") {
+        return;
+    }
+    let order = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hot-text/hot-symbols.txt");
+    println!("cargo:rerun-if-changed={}", order.display());
+    if order.exists() {
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
 }
 
 /// The build host's glibc version from `getconf GNU_LIBC_VERSION` ("glibc 2.36").
