@@ -33,6 +33,7 @@ async fn on_own_thread<T: Send + 'static>(
         .name("rootstock-netns".into())
         .spawn(move || {
             let _ = tx.send(f());
+            rootstock_fsutil::release_dead_stack();
         })
         .map_err(|source| CniError::Netns {
             path: path.to_path_buf(),
@@ -158,7 +159,11 @@ pub fn interface_stats(netns: &Path) -> Result<Vec<InterfaceStats>> {
     let path = netns.to_path_buf();
     std::thread::Builder::new()
         .name("rootstock-netstats".into())
-        .spawn(move || interface_stats_here(&path))
+        .spawn(move || {
+            let stats = interface_stats_here(&path);
+            rootstock_fsutil::release_dead_stack();
+            stats
+        })
         .map_err(|source| CniError::Netns {
             path: netns.to_path_buf(),
             op: "spawn thread",

@@ -169,7 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_keep_alive(trim::BLOCKING_KEEP_ALIVE)
-                .on_thread_stop(trim::release_dead_stack)
+                .on_thread_stop(rootstock_fsutil::release_dead_stack)
                 .build()
                 .context("starting the tokio runtime")?;
             runtime.block_on(daemon::run(config))

@@ -1,18 +1,20 @@
 //! The basics more than one rootstock crate needs, written once: the one alphabet of object
 //! ids ([`validate_id`]), crash-safe file replacement ([`write_atomic`], [`sync_dir`]) and
 //! root-only directories ([`create_private_dir`]), and the pod's [`DnsConfig`], which the
-//! runtime and CNI both take.
+//! runtime and CNI both take, and [`release_dead_stack`] for threads that end.
 //!
-//! Std only, no domain knowledge: every domain crate may depend on it, and it depends on
+//! Std and libc only, no domain knowledge: every domain crate may depend on it, and it depends on
 //! none of them. Errors are plain `io::Error`s (and [`IdError`]); each crate wraps them in
 //! its own error type, naming the object.
 
 mod dns;
 pub mod failpoint;
 mod id;
+mod stack;
 
 pub use dns::DnsConfig;
 pub use id::{IdError, MAX_ID_LEN, validate_id};
+pub use stack::release_dead_stack;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

@@ -53,7 +53,11 @@ impl PinRequest {
         let nsdir = nsdir.to_owned();
         std::thread::Builder::new()
             .name("pin-namespaces".into())
-            .spawn(move || self.pin_in_this_thread(&nsdir))
+            .spawn(move || {
+                let pinned = self.pin_in_this_thread(&nsdir);
+                rootstock_fsutil::release_dead_stack();
+                pinned
+            })
             .map_err(|e| format!("start the namespace thread: {e}"))?
             .join()
             .map_err(|_| "the namespace thread panicked".to_owned())?
