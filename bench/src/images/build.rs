@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use rootstock_testkit::fixtures::{self, Entry, ImageBuilder, Layer, LayerBuilder};
 use rootstock_testkit::registry::Registry;
-use sha2::{Digest as _, Sha256};
 
 use super::{
     DEPTH_REPO, DISK_LARGE_FILES, DISK_REPO, DISK_SHARED, DISK_SMALL_FILES, PULL_FILES_PER_LAYER,
@@ -56,7 +55,7 @@ pub struct FixtureImage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileFact {
     pub path: String,
-    /// sha256 of the content.
+    /// BLAKE3 of the content (what rootstock's object key takes, see `store::rootstock_object`).
     pub content: [u8; 32],
     pub size: u64,
     pub mode: u32,
@@ -198,7 +197,7 @@ fn layer(entries: Vec<Entry>) -> (Layer, Vec<FileFact>) {
         if let fixtures::EntryKind::File(bytes) = &entry.kind {
             files.push(FileFact {
                 path: entry.path.clone(),
-                content: Sha256::digest(bytes).into(),
+                content: *blake3::hash(bytes).as_bytes(),
                 size: bytes.len() as u64,
                 mode: entry.mode,
                 uid: entry.uid,

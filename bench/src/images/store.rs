@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use sha2::{Digest as _, Sha256};
 
 use super::{CONTAINERD_BLOBS, CONTAINERD_SNAPSHOTS, FileFact, FixtureImage};
 use crate::{Kind, Target};
@@ -129,15 +128,15 @@ pub(super) fn snapshot_count(t: &Target) -> usize {
 }
 
 /// rootstock's object path of a file, `<aa>/<rest>` under `objects/`. Mirrors
-/// `rootstock_imagestore::unpack::object_key` (this crate does not link the store): sha256
-/// over a version tag, the content digest, and the inode metadata a hard link shares. A drift
-/// shows as [`missing_after_pull`] finding no object after the first pull.
+/// `rootstock_imagestore`'s `layout::object_key` (this crate does not link the store): BLAKE3
+/// over a version tag, the content's BLAKE3, and the inode metadata a hard link shares (store
+/// schema 2). A drift shows as [`missing_after_pull`] finding no object after the first pull.
 fn rootstock_object(f: &FileFact) -> String {
-    let mut h = Sha256::new();
-    h.update(b"rootstock-object-v1\0");
-    h.update(f.content);
+    let mut h = blake3::Hasher::new();
+    h.update(b"rootstock-object-v2\0");
+    h.update(&f.content);
     h.update(format!("{:o} {} {} {}\0", f.mode & 0o7777, f.uid, f.gid, f.mtime).as_bytes());
-    let key = hex::encode(h.finalize());
+    let key = h.finalize().to_hex();
     format!("{}/{}", &key[..2], &key[2..])
 }
 
