@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest as _, Sha256};
+
 use rootstock_testkit::fixtures::{self, Entry, ImageBuilder, Layer, LayerBuilder};
 use rootstock_testkit::registry::Registry;
 
@@ -55,8 +57,10 @@ pub struct FixtureImage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileFact {
     pub path: String,
-    /// BLAKE3 of the content (what rootstock's object key takes, see `store::rootstock_object`).
+    /// BLAKE3 of the content (what rootstock's object key takes, see `store::rootstock_objects`).
     pub content: [u8; 32],
+    /// SHA-256 of the content (the object key of a store of schema 1, before #18).
+    pub content_sha256: [u8; 32],
     pub size: u64,
     pub mode: u32,
     pub uid: u64,
@@ -198,6 +202,7 @@ fn layer(entries: Vec<Entry>) -> (Layer, Vec<FileFact>) {
             files.push(FileFact {
                 path: entry.path.clone(),
                 content: *blake3::hash(bytes).as_bytes(),
+                content_sha256: Sha256::digest(bytes).into(),
                 size: bytes.len() as u64,
                 mode: entry.mode,
                 uid: entry.uid,
