@@ -39,6 +39,8 @@ use crate::layout::{ContentHasher, Kind, object_key, object_rel};
 use crate::unpack::ObjectsLock;
 
 /// Bytes per `Data` message: a file's content is read from the tar in pieces of this size.
+/// (256 KiB pieces with a queue of 16 were tried for #18, to wake writers less often: no
+/// measurable change in the cold pull's CPU, and fewer small files in flight.)
 pub(crate) const CHUNK: usize = 64 << 10;
 /// Messages queued per writer: with [`CHUNK`], at most 4 MiB in flight per writer.
 const QUEUE: usize = 64;
@@ -168,9 +170,11 @@ impl Writers {
             Ok(mut p) => p.pop(),
             Err(_) => None,
         };
+        let len = len.min(CHUNK);
         let mut buf = spare.unwrap_or_else(|| Vec::with_capacity(CHUNK));
-        buf.clear();
-        buf.resize(len.min(CHUNK), 0);
+        // Not cleared first: only bytes the buffer never held are zeroed (the reader
+        // overwrites what it uses; zeroing every chunk was 2 % of a cold pull's CPU).
+        buf.resize(len, 0);
         buf
     }
 
