@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-use sha2::{Digest as _, Sha256};
 use tracing::debug;
 
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, Meta};
 use crate::layer::LayerInput;
-use crate::layout::{Kind, ManEntry, normalize, object_key, object_rel};
+use crate::layout::{ContentHasher, Kind, ManEntry, hash_zeros, normalize, object_key, object_rel};
 use crate::tarstream::{EntryType, Header, TarError, TarReader};
 use crate::unpack::{ObjectsLock, SinkLimits};
 use crate::writers::{FileJob, Writers};
@@ -587,7 +586,7 @@ impl<'a> Unpack<'a> {
         )
         .map_err(|e| Error::io("create file", path, e.into()))?;
         let mut file = File::from(fd);
-        let mut hasher = Sha256::new();
+        let mut hasher = ContentHasher::new();
         let mut written = 0u64;
         let segments: Vec<(u64, u64)> = match &h.sparse {
             Some(map) => map.clone(),
@@ -658,7 +657,7 @@ impl<'a> Unpack<'a> {
             });
         }
         failpoint::hit("unpack.object-written");
-        let key = object_key(&hasher.finalize().into(), meta);
+        let key = object_key(hasher.finalize().as_bytes(), meta);
         let rel = object_rel(&key);
         let mut private = false;
         // The object sweep runs concurrently with pulls but not with this step (it takes the
@@ -739,14 +738,4 @@ pub(crate) fn is_contain_errno(e: &io::Error) -> bool {
     code == Some(rustix::io::Errno::LOOP.raw_os_error())
         || code == Some(rustix::io::Errno::NOTDIR.raw_os_error())
         || code == Some(rustix::io::Errno::XDEV.raw_os_error())
-}
-
-/// Feeds `n` zero bytes to `hasher`: a sparse file's hole, hashed as the zeros a reader sees.
-pub(crate) fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        hasher.update(&ZEROS[..k]);
-        n -= k as u64;
-    }
 }

@@ -20,3 +20,14 @@ pub const ALL: &[&str] = &[
     "gc.tree-record-deleted",
     "gc.object-sweep",
 ];
+
+/// The failpoints of the schema 1 → 2 migration at open (`crate::migrate`), in order; not in
+/// [`ALL`], since a pull never reaches them.
+pub const MIGRATION: &[&str] = &[
+    "migrate.map-written",
+    "migrate.object-linked",
+    "migrate.manifest-written",
+    "migrate.manifests-done",
+    "migrate.object-unlinked",
+    "migrate.before-schema",
+];

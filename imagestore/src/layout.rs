@@ -9,15 +9,18 @@
 //! * `layer.json` — a `LayerManifest`: every entry's metadata, the whiteouts, opaque
 //!   directories and hard links, which rendering replays without reading any tar again.
 //!
-//! Objects live in `objects/<aa>/<rest>`, named by `object_key`: sha256 of the content and
+//! Objects live in `objects/<aa>/<rest>`, named by `object_key`: a hash of the content and
 //! the metadata an inode carries (mode, owner, mtime, xattrs), so a hard link to an object
-//! reproduces the file exactly.
+//! reproduces the file exactly. The key is ours alone (the blob digest and the diff_id are
+//! the image format's and stay SHA-256): since store schema 2 it is BLAKE3, about 2.6× the
+//! speed of SHA-256 (with SHA-NI) per core here on large files (#18: every byte of a pull is
+//! hashed three times). Stores keyed by SHA-256 (schema 1) are migrated at open
+//! (`crate::migrate`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tracing::warn;
 
 use crate::error::{Error, Result};
@@ -92,13 +95,24 @@ impl LayerManifest {
     }
 }
 
-/// The object key of a regular file: sha256 over a version tag, the content digest and the
-/// metadata a hard link shares.
+/// What hashes an object's content for its key ([`object_key`]).
+pub(crate) type ContentHasher = blake3::Hasher;
+
+/// The object key of a regular file: BLAKE3 over a version tag, the content's BLAKE3
+/// ([`ContentHasher`]) and the metadata a hard link shares.
 pub(crate) fn object_key(content: &[u8; 32], meta: &Meta) -> String {
-    let mut h = Sha256::new();
-    h.update(b"rootstock-object-v1\0");
+    let mut h = blake3::Hasher::new();
+    h.update(b"rootstock-object-v2\0");
     h.update(content);
-    h.update(
+    hash_meta(meta, |b| {
+        h.update(b);
+    });
+    h.finalize().to_hex().to_string()
+}
+
+/// Feed the metadata part of an object key to `update`, as every key version does.
+pub(crate) fn hash_meta(meta: &Meta, mut update: impl FnMut(&[u8])) {
+    update(
         format!(
             "{:o} {} {} {}\0",
             meta.mode & 0o7777,
@@ -109,12 +123,21 @@ pub(crate) fn object_key(content: &[u8; 32], meta: &Meta) -> String {
         .as_bytes(),
     );
     for (k, v) in &meta.xattrs {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update((v.len() as u64).to_le_bytes());
-        h.update(v);
+        update(k.as_bytes());
+        update(&[0]);
+        update(&(v.len() as u64).to_le_bytes());
+        update(v);
     }
-    hex::encode(h.finalize())
+}
+
+/// Feed `n` zero bytes to `hasher`: a sparse file's hole, hashed as the zeros a reader sees.
+pub(crate) fn hash_zeros(hasher: &mut ContentHasher, mut n: u64) {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
 }
 
 /// `objects/<aa>/<rest>` relative to the objects directory.

@@ -34,6 +34,7 @@ mod layout;
 pub mod leases;
 pub mod manifest;
 pub mod metadata;
+mod migrate;
 pub mod offline;
 pub mod reference;
 pub mod registry;

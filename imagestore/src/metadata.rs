@@ -46,7 +46,11 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The schema this code writes. Bump on an incompatible change and migrate in `open`.
-pub const SCHEMA_VERSION: u64 = 1;
+/// 1: file objects keyed by SHA-256; 2: by BLAKE3 (#18), migrated by `crate::migrate`.
+/// An older rootstock refuses a store of a newer schema at open (it would mix key formats).
+pub const SCHEMA_VERSION: u64 = 2;
+/// The oldest schema `ImageStore::open` migrates from.
+pub const OLDEST_SCHEMA: u64 = 1;
 
 /// A layer of an image as its manifest describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,7 +230,8 @@ impl Metadata {
                     m.insert("schema", SCHEMA_VERSION)
                         .map_err(|e| Error::metadata("write schema", e))?;
                 }
-                Some(v) if v == SCHEMA_VERSION => {}
+                // Older: opened as it is; `ImageStore::open` migrates it before any use.
+                Some(v) if (OLDEST_SCHEMA..=SCHEMA_VERSION).contains(&v) => {}
                 Some(v) => {
                     return Err(Error::Metadata {
                         op: "open",
@@ -240,6 +245,32 @@ impl Metadata {
         }
         tx.commit().map_err(|e| Error::metadata("commit", e))?;
         Ok(meta)
+    }
+
+    /// The schema the database is at ([`SCHEMA_VERSION`] unless a migration is due).
+    pub fn schema(&self) -> Result<u64> {
+        let tx = self.begin_read()?;
+        let t = tx
+            .open_table(META)
+            .map_err(|e| Error::metadata("open table", e))?;
+        let v = t
+            .get("schema")
+            .map_err(|e| Error::metadata("read schema", e))?
+            .map(|v| v.value());
+        Ok(v.unwrap_or(SCHEMA_VERSION))
+    }
+
+    /// Record that the store is at schema `version` (durably: the end of a migration).
+    pub(crate) fn set_schema(&self, version: u64) -> Result<()> {
+        let tx = self.begin_write()?;
+        {
+            let mut m = tx
+                .open_table(META)
+                .map_err(|e| Error::metadata("open table", e))?;
+            m.insert("schema", version)
+                .map_err(|e| Error::metadata("write schema", e))?;
+        }
+        self.noting_io(tx.commit().map_err(|e| Error::metadata("commit", e)))
     }
 
     /// The database file.

@@ -28,7 +28,8 @@ pub fn lock_root(root: &Path) -> Result<File> {
     }
 }
 
-/// Open the metadata of an existing store (never creates one).
+/// Open the metadata of an existing store (never creates one), migrated to the current
+/// schema as a daemon's start would (the caller holds the root lock).
 pub(crate) fn open_metadata(root: &Path) -> Result<Metadata> {
     let db = root.join("meta.redb");
     if !db.exists() {
@@ -38,7 +39,9 @@ pub(crate) fn open_metadata(root: &Path) -> Result<Metadata> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no image store here"),
         ));
     }
-    Metadata::open(&db)
+    let meta = Metadata::open(&db)?;
+    crate::migrate::migrate(root, &meta)?;
+    Ok(meta)
 }
 
 /// What an offline collection freed.

@@ -26,10 +26,12 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::ImagesConfig;
-use crate::entries::hash_zeros;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Meta};
-use crate::layout::{Kind, LayerManifest, StorePaths, TmpDir, normalize, object_key, object_rel};
+use crate::layout::{
+    ContentHasher, Kind, LayerManifest, StorePaths, TmpDir, hash_zeros, normalize, object_key,
+    object_rel,
+};
 use crate::manifest::{Compression, Descriptor};
 use crate::metadata::{LayerRecord, Metadata};
 use crate::reference::{Digest, ImageRef};
@@ -333,7 +335,7 @@ fn extract(
         }
         let path = dir.join(key);
         let mut out = File::create(&path)?;
-        let mut hasher = Sha256::new();
+        let mut hasher = ContentHasher::new();
         // A sparse file's stored data is its segments one after the other: each is written
         // at its offset, and the holes between them hash as the zeros they read as.
         let segments = entry
@@ -364,7 +366,7 @@ fn extract(
         fsutil::apply_meta_fd(&out, meta)?;
         out.sync_all()?;
         // A tar may carry a path twice (the last one wins): only the matching one is kept.
-        if &object_key(&hasher.finalize().into(), meta) == key {
+        if &object_key(hasher.finalize().as_bytes(), meta) == key {
             found.insert(key.clone(), (path, String::new()));
         } else {
             std::fs::remove_file(&path)?;

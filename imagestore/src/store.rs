@@ -265,6 +265,8 @@ impl ImageStore {
         let paths = StorePaths::new(root);
         paths.create()?;
         let meta = Arc::new(Metadata::open(&root.join("meta.redb"))?);
+        // Before the sweeps: they must never see a half-migrated store.
+        crate::migrate::migrate(root, &meta)?;
         let blobs = Arc::new(BlobStore::open(root)?);
         let objects_lock = crate::unpack::ObjectsLock::default();
         let sink: Arc<dyn LayerSink> = Arc::new(

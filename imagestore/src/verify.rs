@@ -18,11 +18,9 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::error::Result;
 use crate::fsutil::{self, Meta};
-use crate::layout::{Kind, LayerManifest, StorePaths, object_key, object_rel};
+use crate::layout::{ContentHasher, Kind, LayerManifest, StorePaths, object_key, object_rel};
 use crate::metadata::Metadata;
 
 /// What `verify` found.
@@ -90,7 +88,7 @@ pub(crate) fn key_on_disk(path: &Path) -> std::io::Result<(String, u64)> {
 /// The object key of an open regular file: its content and inode metadata.
 pub(crate) fn key_of_file(mut f: File) -> std::io::Result<String> {
     let m = f.metadata()?;
-    let mut h = Sha256::new();
+    let mut h = ContentHasher::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = f.read(&mut buf)?;
@@ -106,7 +104,7 @@ pub(crate) fn key_of_file(mut f: File) -> std::io::Result<String> {
         mtime: m.mtime(),
         xattrs: fsutil::read_xattrs(&f)?,
     };
-    Ok(object_key(&h.finalize().into(), &meta))
+    Ok(object_key(h.finalize().as_bytes(), &meta))
 }
 
 /// The checks (blocking).

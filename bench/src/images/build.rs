@@ -4,9 +4,10 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest as _, Sha256};
+
 use rootstock_testkit::fixtures::{self, Entry, ImageBuilder, Layer, LayerBuilder};
 use rootstock_testkit::registry::Registry;
-use sha2::{Digest as _, Sha256};
 
 use super::{
     DEPTH_REPO, DISK_LARGE_FILES, DISK_REPO, DISK_SHARED, DISK_SMALL_FILES, PULL_FILES_PER_LAYER,
@@ -56,8 +57,10 @@ pub struct FixtureImage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileFact {
     pub path: String,
-    /// sha256 of the content.
+    /// BLAKE3 of the content (what rootstock's object key takes, see `store::rootstock_objects`).
     pub content: [u8; 32],
+    /// SHA-256 of the content (the object key of a store of schema 1, before #18).
+    pub content_sha256: [u8; 32],
     pub size: u64,
     pub mode: u32,
     pub uid: u64,
@@ -198,7 +201,8 @@ fn layer(entries: Vec<Entry>) -> (Layer, Vec<FileFact>) {
         if let fixtures::EntryKind::File(bytes) = &entry.kind {
             files.push(FileFact {
                 path: entry.path.clone(),
-                content: Sha256::digest(bytes).into(),
+                content: *blake3::hash(bytes).as_bytes(),
+                content_sha256: Sha256::digest(bytes).into(),
                 size: bytes.len() as u64,
                 mode: entry.mode,
                 uid: entry.uid,

@@ -36,7 +36,8 @@ pub fn leftovers(t: &Target, image: &FixtureImage, snapshots: usize) -> Vec<Stri
                 image
                     .files
                     .iter()
-                    .map(|f| root.join("objects").join(rootstock_object(f))),
+                    .flat_map(rootstock_objects)
+                    .map(|o| root.join("objects").join(o)),
             );
             left.extend(
                 paths
@@ -85,11 +86,16 @@ pub(super) fn missing_after_pull(
                     .map(|d| root.join("layers").join(hex_of(d))),
             );
             expect.push(root.join("trees").join(hex_of(&image.chain_id)));
-            expect.extend(
+            // Either name (the daemon's store schema decides which).
+            missing.extend(
                 image
                     .files
                     .iter()
-                    .map(|f| root.join("objects").join(rootstock_object(f))),
+                    .map(|f| rootstock_objects(f).map(|o| root.join("objects").join(o)))
+                    .filter(|[v2, v1]| {
+                        v2.symlink_metadata().is_err() && v1.symlink_metadata().is_err()
+                    })
+                    .map(|[v2, _]| v2.display().to_string()),
             );
         }
         Kind::Containerd => {
@@ -128,17 +134,27 @@ pub(super) fn snapshot_count(t: &Target) -> usize {
     }
 }
 
-/// rootstock's object path of a file, `<aa>/<rest>` under `objects/`. Mirrors
-/// `rootstock_imagestore::unpack::object_key` (this crate does not link the store): sha256
-/// over a version tag, the content digest, and the inode metadata a hard link shares. A drift
-/// shows as [`missing_after_pull`] finding no object after the first pull.
-fn rootstock_object(f: &FileFact) -> String {
-    let mut h = Sha256::new();
-    h.update(b"rootstock-object-v1\0");
-    h.update(f.content);
-    h.update(format!("{:o} {} {} {}\0", f.mode & 0o7777, f.uid, f.gid, f.mtime).as_bytes());
-    let key = hex::encode(h.finalize());
-    format!("{}/{}", &key[..2], &key[2..])
+/// rootstock's object paths of a file, `<aa>/<rest>` under `objects/`, as a store of schema 2
+/// and of schema 1 names it (so the bench can compare a daemon from before #18's BLAKE3 keys
+/// with one after). Mirrors `rootstock_imagestore`'s `layout::object_key` (this crate does not
+/// link the store): a hash over a version tag, the content's hash, and the inode metadata a
+/// hard link shares. A drift shows as [`missing_after_pull`] finding no object after the first
+/// pull.
+fn rootstock_objects(f: &FileFact) -> [PathBuf; 2] {
+    let meta = format!("{:o} {} {} {}\0", f.mode & 0o7777, f.uid, f.gid, f.mtime);
+    let mut v2 = blake3::Hasher::new();
+    v2.update(b"rootstock-object-v2\0");
+    v2.update(&f.content);
+    v2.update(meta.as_bytes());
+    let mut v1 = Sha256::new();
+    v1.update(b"rootstock-object-v1\0");
+    v1.update(f.content_sha256);
+    v1.update(meta.as_bytes());
+    let path = |key: String| PathBuf::from(&key[..2]).join(&key[2..]);
+    [
+        path(v2.finalize().to_hex().to_string()),
+        path(hex::encode(v1.finalize())),
+    ]
 }
 
 fn hex_of(digest: &str) -> &str {
