@@ -21,7 +21,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -389,6 +389,29 @@ fn pump(
     }
 }
 
+/// The daemon's sealed copy of the runtime when `--runtime` is `/proc/self/fd/N` (inherited,
+/// see the daemon's `sealed_exe.rs`). Marked close-on-exec, so the runtime's children do not
+/// inherit it (an ELF binary still runs by that path), and dropped once `create` is spawned:
+/// a copy the daemon has since replaced (an upgraded runtime) must not stay in memory for as
+/// long as the container runs.
+fn inherited_runtime_copy(runtime: &Path) -> Option<OwnedFd> {
+    let n: RawFd = runtime
+        .to_str()?
+        .strip_prefix("/proc/self/fd/")?
+        .parse()
+        .ok()?;
+    if n < 3 {
+        return None;
+    }
+    // SAFETY: fcntl(2) on an fd number, no memory passed; it fails if the fd is not open.
+    if unsafe { libc::fcntl(n, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return None;
+    }
+    // SAFETY: the fd is open (F_SETFD succeeded) and nothing else here owns it: the daemon
+    // passed it for this one exec.
+    Some(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
 /// Runs `<runtime> create` with the container's stdio on our pipes.
 fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), String> {
     nix::unistd::chdir(&args.run_dir)
@@ -458,7 +481,9 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
             None
         }
     };
+    let runtime_copy = inherited_runtime_copy(&args.runtime);
     let spawned = cmd.spawn();
+    drop(runtime_copy);
     // Drop our copies of the write ends (held by the Command): from here on only the
     // container holds them, so EOF means the container's side is closed.
     drop(cmd);

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,7 +51,14 @@ pub struct Created {
 
 /// Runs the monitor, which runs `<runtime> create`, and waits (up to `timeout`) for its
 /// report. `Err(message)` carries the runtime's own error (e.g. the executable is missing).
-pub fn spawn(monitor_bin: &Path, args: &MonitorArgs, timeout: Duration) -> Result<Created, String> {
+/// `runtime_copy` is the runtime's sealed copy that `args.runtime` names as
+/// `/proc/self/fd/N`: the monitor inherits it under the same number.
+pub fn spawn(
+    monitor_bin: &Path,
+    args: &MonitorArgs,
+    runtime_copy: Option<&OwnedFd>,
+    timeout: Duration,
+) -> Result<Created, String> {
     let (mut reader, writer) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let stderr = File::create(args.run_dir.join(MONITOR_LOG_FILE))
         .map_err(|e| format!("create {MONITOR_LOG_FILE}: {e}"))?;
@@ -60,6 +67,9 @@ pub fn spawn(monitor_bin: &Path, args: &MonitorArgs, timeout: Duration) -> Resul
         .stdin(Stdio::null())
         .stdout(writer)
         .stderr(stderr);
+    if let Some(copy) = runtime_copy {
+        inherit(&mut cmd, copy.as_raw_fd());
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", monitor_bin.display()))?;
@@ -90,6 +100,23 @@ pub fn spawn(monitor_bin: &Path, args: &MonitorArgs, timeout: Duration) -> Resul
         "monitor failed ({status}) without a report: {}",
         log.trim()
     ))
+}
+
+/// Makes `fd` (close-on-exec in the daemon, so no other child sees it) survive into the
+/// monitor under the same number. Clearing the flag in the forked child leaves the daemon's
+/// own fd as it was; the stdio set-up before it only writes fds 0–2.
+fn inherit(cmd: &mut Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and calls only fcntl(2), which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 fn read_report(reader: &mut io::PipeReader, timeout: Duration) -> Result<String, String> {
