@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,8 +51,10 @@ pub struct Created {
 
 /// Runs the monitor, which runs `<runtime> create`, and waits (up to `timeout`) for its
 /// report. `Err(message)` carries the runtime's own error (e.g. the executable is missing).
-/// `runtime_copy` is the runtime's sealed copy that `args.runtime` names as
-/// `/proc/self/fd/N`: the monitor inherits it under the same number.
+/// `runtime_copy` is the runtime's sealed copy, passed as the monitor's stdin when
+/// `args.runtime` is [`RUNTIME_FROM_STDIN`] (stdin, not an fd number of our choosing: std
+/// spawns through posix_spawn only without a pre-exec hook, and a fork of the daemon copies
+/// its page tables and write-protects its heap).
 pub fn spawn(
     monitor_bin: &Path,
     args: &MonitorArgs,
@@ -63,13 +65,17 @@ pub fn spawn(
     let stderr = File::create(args.run_dir.join(MONITOR_LOG_FILE))
         .map_err(|e| format!("create {MONITOR_LOG_FILE}: {e}"))?;
     let mut cmd = Command::new(monitor_bin);
+    let stdin = match runtime_copy {
+        Some(copy) => Stdio::from(
+            copy.try_clone()
+                .map_err(|e| format!("dup the runtime's sealed copy: {e}"))?,
+        ),
+        None => Stdio::null(),
+    };
     cmd.args(args.to_args())
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(writer)
         .stderr(stderr);
-    if let Some(copy) = runtime_copy {
-        inherit(&mut cmd, copy.as_raw_fd());
-    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", monitor_bin.display()))?;
@@ -100,23 +106,6 @@ pub fn spawn(
         "monitor failed ({status}) without a report: {}",
         log.trim()
     ))
-}
-
-/// Makes `fd` (close-on-exec in the daemon, so no other child sees it) survive into the
-/// monitor under the same number. Clearing the flag in the forked child leaves the daemon's
-/// own fd as it was; the stdio set-up before it only writes fds 0–2.
-fn inherit(cmd: &mut Command, fd: RawFd) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs between fork and exec and calls only fcntl(2), which is
-    // async-signal-safe; it touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 fn read_report(reader: &mut io::PipeReader, timeout: Duration) -> Result<String, String> {

@@ -383,13 +383,14 @@ impl Runtime {
         rootstock_fsutil::failpoint::hit("container.spec-written");
 
         let kill_all = req.spec.namespaces.needs_kill_all();
-        // The monitor runs `create` from the runtime's sealed copy (it inherits the fd), so
-        // neither `runc init` nor crun copy and re-exec themselves (see sealed_exe.rs).
+        // The monitor runs `create` from the runtime's sealed copy (its stdin), so neither
+        // `runc init` nor crun copy and re-exec themselves (see sealed_exe.rs).
         let runtime_copy = oci.sealed_copy();
         let args = MonitorArgs {
-            runtime: runtime_copy
-                .as_deref()
-                .map_or_else(|| oci.binary().to_owned(), crate::sealed_exe::fd_path),
+            runtime: match runtime_copy {
+                Some(_) => monitor::RUNTIME_FROM_STDIN.into(),
+                None => oci.binary().to_owned(),
+            },
             runtime_root: oci.root().to_owned(),
             id: id.to_string(),
             bundle: run_dir.clone(),
