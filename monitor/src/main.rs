@@ -32,7 +32,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SigSet, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
+use nix::unistd::{ForkResult, Pid};
 
 // The files shared with the daemon (rootstock-runtime's sources: one implementation of the
 // protocol, the CRI log, attach, stdin, confinement and cgroup joining). They name each
@@ -134,18 +134,14 @@ fn main() -> ExitCode {
     };
     // Out of the daemon's cgroup before anything else: a restart that kills the daemon's
     // whole cgroup must leave the monitor, and so the container's log and exit record.
-    // On v1 this one thread moves itself; the v2 hierarchy (hybrid's `unified`, or the
-    // whole tree) is entered by forking stage 2 into it. Neither waits for the RCU grace
-    // period a process move does (see cgroup_join.rs), on every container start's path.
-    let (v2, joined) = CgroupLayout::detect().enter_self_v1(MONITORS_CGROUP);
-    if let Err(e) = joined {
+    if let Err(e) = CgroupLayout::detect().enter(MONITORS_CGROUP, 0) {
         eprintln!("rootstock-monitor {}: {e}", args.id);
     }
     // SAFETY: no thread has been started yet, so the child is a complete copy of a
     // single-threaded process and may run arbitrary code.
-    match unsafe { cgroup_join::fork_into(v2.as_deref()) } {
-        Ok(0) => {}
-        Ok(_) => return ExitCode::SUCCESS,
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { .. }) => return ExitCode::SUCCESS,
+        Ok(ForkResult::Child) => {}
         Err(e) => {
             report(&format!("error monitor: fork: {e}"));
             return ExitCode::FAILURE;

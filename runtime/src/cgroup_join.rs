@@ -107,92 +107,9 @@ impl CgroupLayout {
         }
         Ok(())
     }
-
-    /// [`CgroupLayout::enter`] for the calling process, which must be single-threaded,
-    /// without the RCU grace period a `cgroup.procs` write waits for (the global threadgroup
-    /// lock: 5–16 ms per burst of moves, measured here, on every pod start's path). On each
-    /// v1 hierarchy the one thread moves itself through `tasks` ("0": the kernel skips that
-    /// lock for the current thread). A v2 hierarchy (the whole tree, or hybrid's `unified`)
-    /// has no such file: its `cgroup` directory is made and returned, for the caller to fork
-    /// into with [`fork_into`]; the caller itself stays where it is there. Every hierarchy
-    /// is tried; the errors of those that failed come back together beside the v2 directory.
-    pub fn enter_self_v1(
-        &self,
-        cgroup: &str,
-    ) -> (Option<PathBuf>, std::result::Result<(), String>) {
-        let mut errors = Vec::new();
-        let mut v2 = None;
-        for h in self.hierarchies() {
-            let made = make_dirs(&h, cgroup).and_then(|dir| {
-                if h.join("tasks").exists() {
-                    fs::write(dir.join("tasks"), "0")
-                } else {
-                    v2 = Some(dir);
-                    Ok(())
-                }
-            });
-            if let Err(e) = made {
-                errors.push(format!("{}: {e}", h.display()));
-            }
-        }
-        let joined = if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("join cgroup {cgroup}: {}", errors.join("; ")))
-        };
-        (v2, joined)
-    }
 }
 
-/// fork(2) whose child starts in the v2 cgroup directory `into` (clone3 with
-/// CLONE_INTO_CGROUP, Linux 5.7): no process is moved, so there is no grace period to wait
-/// for. Where clone3 refuses (an older kernel, a cgroup that takes no process), a plain fork
-/// whose child writes itself into `into/cgroup.procs`, as [`CgroupLayout::enter`] would.
-/// Returns the child's pid in the parent and 0 in the child.
-///
-/// # Safety
-/// As for fork(2): the caller is single-threaded, so the child is a complete copy of it.
-pub unsafe fn fork_into(into: Option<&Path>) -> io::Result<libc::pid_t> {
-    if let Some(dir) = into
-        && let Ok(fd) = fs::File::open(dir)
-    {
-        use std::os::fd::AsRawFd;
-        // struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER2).
-        let mut args = [0u64; 11];
-        args[0] = 0x2_0000_0000; // CLONE_INTO_CGROUP
-        args[4] = libc::SIGCHLD as u64; // exit_signal
-        args[10] = fd.as_raw_fd() as u64; // cgroup
-        // SAFETY: `args` is a valid clone_args of the size passed; without CLONE_VM
-        // the child gets a copy of this (single-threaded, per the caller) process, as
-        // with fork. Nothing in this crate relies on glibc's cached thread id, which a
-        // raw clone3 leaves stale in the child.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                args.as_mut_ptr(),
-                std::mem::size_of_val(&args),
-            )
-        };
-        if pid >= 0 {
-            return Ok(pid as libc::pid_t);
-        }
-    }
-    // SAFETY: the caller is single-threaded (this function's contract).
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0
-        && let Some(dir) = into
-        && let Err(e) = fs::write(dir.join("cgroup.procs"), "0")
-    {
-        eprintln!("join cgroup {}: {e}", dir.display());
-    }
-    Ok(pid)
-}
-
-/// Makes `cgroup` in `hierarchy` (each level), returning its directory.
-fn make_dirs(hierarchy: &Path, cgroup: &str) -> io::Result<PathBuf> {
+fn enter_one(hierarchy: &Path, cgroup: &str, pid: u32) -> io::Result<()> {
     let mut dir = hierarchy.to_owned();
     // A v1 cpuset cgroup starts with empty cpus/mems and takes no process until they are
     // set: copy the parent's at each level (as runc does).
@@ -214,11 +131,6 @@ fn make_dirs(hierarchy: &Path, cgroup: &str) -> io::Result<PathBuf> {
             }
         }
     }
-    Ok(dir)
-}
-
-fn enter_one(hierarchy: &Path, cgroup: &str, pid: u32) -> io::Result<()> {
-    let dir = make_dirs(hierarchy, cgroup)?;
     fs::write(dir.join("cgroup.procs"), pid.to_string())
 }
 
@@ -265,30 +177,6 @@ mod tests {
         }
         let cpus = fs::read_to_string(root.path().join("cpuset/pod/init/cpuset.cpus")).unwrap();
         assert_eq!(cpus, "0-1\n");
-    }
-
-    #[test]
-    fn enter_self_v1_moves_the_thread_through_tasks_and_hands_back_the_v2_directory() {
-        let root = tempfile::tempdir().unwrap();
-        // Hybrid: two v1 hierarchies (with `tasks`) and `unified` (cgroup2, without).
-        for h in ["pids", "systemd", "unified"] {
-            fs::create_dir(root.path().join(h)).unwrap();
-            fs::write(root.path().join(h).join("cgroup.procs"), "").unwrap();
-            if h != "unified" {
-                fs::write(root.path().join(h).join("tasks"), "").unwrap();
-            }
-        }
-        let layout = CgroupLayout::detect_at(root.path());
-        let (v2, joined) = layout.enter_self_v1(MONITORS_CGROUP);
-        joined.unwrap();
-        for h in ["pids", "systemd"] {
-            let dir = root.path().join(h).join("rootstock-monitors");
-            assert_eq!(fs::read_to_string(dir.join("tasks")).unwrap(), "0");
-            assert!(!dir.join("cgroup.procs").exists(), "{h}: no process move");
-        }
-        let unified = root.path().join("unified/rootstock-monitors");
-        assert_eq!(v2, Some(unified.clone()));
-        assert!(!unified.join("cgroup.procs").exists());
     }
 
     #[test]
