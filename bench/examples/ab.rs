@@ -6,7 +6,9 @@
 //!     cargo run --release -p rootstock-bench --example ab -- A/rootstock B/rootstock [runs] [runc,crun]
 //!
 //! Prints per handler the median and quartiles of each, and the median of the paired
-//! differences B − A. Asserts nothing.
+//! differences B − A. Asserts nothing. With `AB_TRACE=<dir>`, one more pod per handler is
+//! started on B under `strace -f -tt` attached to its daemon (children included), written
+//! to `<dir>/<handler>.strace`: the timeline of one pod start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -120,6 +122,35 @@ async fn main() {
             "{handler} B - A: median of paired differences {:+.1} ms",
             diffs[diffs.len() / 2]
         );
+        if let Some(dir) = std::env::var_os("AB_TRACE") {
+            let out = PathBuf::from(dir).join(format!("{handler}.strace"));
+            let mut strace = std::process::Command::new("strace")
+                .args(["-f", "-tt", "-s", "200", "-o"])
+                .arg(&out)
+                .args(["-p", &targets[1].pid.to_string()])
+                .spawn()
+                .expect("strace");
+            // strace attaches to every thread before its first line; give it that time.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let name = format!("ab-{handler}-traced");
+            let (pod, up) = start_pod(&mut clients[1], handler, &name, &busybox)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(strace.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = strace.wait();
+            remove_pod(&mut clients[1], &pod.sandbox).await.unwrap();
+            println!(
+                "{handler} traced pod start on B: {:.1} ms (run {:.1} + create/start {:.1}), {}",
+                ms(up.total()),
+                ms(up.run),
+                ms(up.create_start),
+                out.display()
+            );
+        }
     }
 }
 

@@ -547,6 +547,16 @@ async fn runtimes_run_from_one_sealed_copy_that_only_the_daemon_holds() {
     let needle = daemon.state_dir.to_string_lossy().into_owned();
     let monitors = monitors_of(&needle);
     assert_eq!(monitors.len(), 4, "{monitors:?}");
+    for &pid in &monitors {
+        // Out of the daemon's cgroup in every hierarchy, v1 and hybrid's cgroup2 alike.
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        for line in cgroups.lines() {
+            assert!(
+                line.ends_with(":/rootstock-monitors"),
+                "monitor {pid}: {line}"
+            );
+        }
+    }
     for pid in monitors.into_iter().chain(inits) {
         assert_eq!(memfds_of(pid), Vec::new(), "pid {pid}");
     }
