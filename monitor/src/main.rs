@@ -21,9 +21,9 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -98,7 +98,7 @@ use cgroup_layout::CgroupLayout;
 use crilog::{CriLogFile, Stream};
 use monitor_proto::{
     ATTACH_SOCKET_FILE, CONSOLE_SOCKET_FILE, EXIT_FILE, ExitRecord, INIT_PID_FILE, MonitorArgs,
-    RUNTIME_LOG_FILE, STDIN_SOCKET_FILE,
+    RUNTIME_FROM_STDIN, RUNTIME_LOG_FILE, STDIN_SOCKET_FILE,
 };
 use stdin::StdinRelay;
 
@@ -389,6 +389,32 @@ fn pump(
     }
 }
 
+/// The runtime `create` runs: `--runtime` itself, or for [`RUNTIME_FROM_STDIN`] the daemon's
+/// sealed copy of it, passed as our stdin (see the daemon's `sealed_exe.rs`). The copy moves
+/// to a close-on-exec fd, so the runtime's children do not inherit it (an ELF binary still
+/// runs from `/proc/self/fd/N`), and stdin goes back to /dev/null. The caller drops the fd
+/// once `create` is spawned: a copy the daemon has since replaced (an upgraded runtime) must
+/// not stay in memory as long as the container runs.
+fn runtime_to_run(runtime: &Path) -> Result<(PathBuf, Option<OwnedFd>), String> {
+    if runtime != Path::new(RUNTIME_FROM_STDIN) {
+        return Ok((runtime.to_owned(), None));
+    }
+    // fd 0 directly: `io::stdin()` would allocate its 8 KiB buffer for nothing.
+    // SAFETY: fcntl(2) on an fd number, no memory passed.
+    let raw = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
+    if raw < 0 {
+        return Err(format!(
+            "monitor: the runtime passed as stdin: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new fd, which nothing else owns.
+    let copy = unsafe { OwnedFd::from_raw_fd(raw) };
+    let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    nix::unistd::dup2_stdin(null.as_fd()).map_err(|e| format!("dup2 stdin: {e}"))?;
+    Ok((PathBuf::from(format!("/proc/self/fd/{raw}")), Some(copy)))
+}
+
 /// Runs `<runtime> create` with the container's stdio on our pipes.
 fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), String> {
     nix::unistd::chdir(&args.run_dir)
@@ -432,7 +458,8 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
     let attach = UnixListener::bind(ATTACH_SOCKET_FILE)
         .and_then(AttachFanout::new)
         .map_err(|e| format!("monitor: bind {ATTACH_SOCKET_FILE}: {e}"))?;
-    let mut cmd = Command::new(&args.runtime);
+    let (runtime, runtime_copy) = runtime_to_run(&args.runtime)?;
+    let mut cmd = Command::new(&runtime);
     cmd.arg("--root")
         .arg(&args.runtime_root)
         .arg("--log")
@@ -459,13 +486,14 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
         }
     };
     let spawned = cmd.spawn();
+    drop(runtime_copy);
     // Drop our copies of the write ends (held by the Command): from here on only the
     // container holds them, so EOF means the container's side is closed.
     drop(cmd);
-    let mut child = spawned.map_err(|e| format!("run {}: {e}", args.runtime.display()))?;
+    let mut child = spawned.map_err(|e| format!("run {}: {e}", runtime.display()))?;
     let status = child
         .wait()
-        .map_err(|e| format!("wait for {} create: {e}", args.runtime.display()))?;
+        .map_err(|e| format!("wait for {} create: {e}", runtime.display()))?;
     if !status.success() {
         // The runtime's own stderr went to our pipe; we never copied it into the
         // container's log. Its JSON log has the clearest message.
@@ -474,7 +502,7 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
             message = read_available(&mut err_r);
         }
         if message.is_empty() {
-            message = format!("{} create: {status}", args.runtime.display());
+            message = format!("{} create: {status}", runtime.display());
         }
         return Err(message);
     }

@@ -93,7 +93,7 @@ impl OciRuntime {
         &self,
         req: &ExecRequest,
         scratch_dir: &Path,
-    ) -> Result<(std::process::Command, PathBuf)> {
+    ) -> Result<(crate::oci::RuntimeCommand, PathBuf)> {
         if req.args.is_empty() {
             return Err(Error::InvalidArgument("exec: empty command".to_owned()));
         }

@@ -67,6 +67,7 @@ pub mod resident;
 pub mod rootfs;
 pub mod runtime;
 pub mod sandbox;
+pub mod sealed_exe;
 pub mod seccomp_default;
 pub mod signal;
 pub mod spec;

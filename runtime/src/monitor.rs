@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,13 +51,29 @@ pub struct Created {
 
 /// Runs the monitor, which runs `<runtime> create`, and waits (up to `timeout`) for its
 /// report. `Err(message)` carries the runtime's own error (e.g. the executable is missing).
-pub fn spawn(monitor_bin: &Path, args: &MonitorArgs, timeout: Duration) -> Result<Created, String> {
+/// `runtime_copy` is the runtime's sealed copy, passed as the monitor's stdin when
+/// `args.runtime` is [`RUNTIME_FROM_STDIN`] (stdin, not an fd number of our choosing: std
+/// spawns through posix_spawn only without a pre-exec hook, and a fork of the daemon copies
+/// its page tables and write-protects its heap).
+pub fn spawn(
+    monitor_bin: &Path,
+    args: &MonitorArgs,
+    runtime_copy: Option<&OwnedFd>,
+    timeout: Duration,
+) -> Result<Created, String> {
     let (mut reader, writer) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let stderr = File::create(args.run_dir.join(MONITOR_LOG_FILE))
         .map_err(|e| format!("create {MONITOR_LOG_FILE}: {e}"))?;
     let mut cmd = Command::new(monitor_bin);
+    let stdin = match runtime_copy {
+        Some(copy) => Stdio::from(
+            copy.try_clone()
+                .map_err(|e| format!("dup the runtime's sealed copy: {e}"))?,
+        ),
+        None => Stdio::null(),
+    };
     cmd.args(args.to_args())
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(writer)
         .stderr(stderr);
     let mut child = cmd

@@ -25,11 +25,14 @@ pub const STDIN_SOCKET_FILE: &str = "stdin.sock";
 pub const ATTACH_SOCKET_FILE: &str = "attach.sock";
 /// Written atomically by the monitor when the container's init has exited.
 pub const EXIT_FILE: &str = "exit.json";
+/// `--runtime` naming the monitor's stdin: the daemon passed the runtime's sealed copy there
+/// (see the daemon's `sealed_exe.rs`), and the monitor runs `create` from it.
+pub const RUNTIME_FROM_STDIN: &str = "/proc/self/fd/0";
 
 /// The monitor's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorArgs {
-    /// OCI runtime binary (`runc`, `crun`, or a path).
+    /// OCI runtime binary (`runc`, `crun`, a path, or [`RUNTIME_FROM_STDIN`]).
     pub runtime: PathBuf,
     /// The runtime's `--root` (its state directory, one per handler).
     pub runtime_root: PathBuf,

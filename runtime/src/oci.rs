@@ -3,23 +3,58 @@
 //! `create` is not here: the monitor runs it, so that it becomes the container's parent.
 
 use std::ffi::OsString;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::id::ContainerId;
+use crate::sealed_exe::{self, SealedExe};
 use crate::signal::Signal;
 
 /// One configured OCI runtime: handler name, binary, and its state root (`--root`), kept
 /// apart from the runtime's default root so other users of runc on the node never see or
 /// collide with our containers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct OciRuntime {
     handler: String,
     binary: PathBuf,
     root: PathBuf,
+    /// The binary's sealed in-memory copy, which every call runs (shared by the clones).
+    exe: Arc<SealedExe>,
+}
+
+impl PartialEq for OciRuntime {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.handler, &self.binary, &self.root) == (&other.handler, &other.binary, &other.root)
+    }
+}
+
+impl Eq for OciRuntime {}
+
+/// A runtime command line ready for its arguments, holding the sealed copy it runs until
+/// it is dropped (after the spawn).
+pub(crate) struct RuntimeCommand {
+    cmd: Command,
+    _copy: Option<Arc<OwnedFd>>,
+}
+
+impl Deref for RuntimeCommand {
+    type Target = Command;
+    fn deref(&self) -> &Command {
+        &self.cmd
+    }
+}
+
+impl DerefMut for RuntimeCommand {
+    fn deref_mut(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
 }
 
 /// The part of `<runtime> state` we use.
@@ -61,9 +96,11 @@ impl OciRuntime {
         binary: impl Into<PathBuf>,
         root: impl Into<PathBuf>,
     ) -> Self {
+        let binary = binary.into();
         Self {
             handler: handler.into(),
-            binary: binary.into(),
+            exe: Arc::new(SealedExe::new(&binary)),
+            binary,
             root: root.into(),
         }
     }
@@ -83,10 +120,29 @@ impl OciRuntime {
         &self.root
     }
 
-    pub(crate) fn command(&self) -> Command {
-        let mut c = Command::new(&self.binary);
+    /// The binary's sealed copy to run now (see [`crate::sealed_exe`]); `None`: run the
+    /// binary by its path.
+    pub fn sealed_copy(&self) -> Option<Arc<OwnedFd>> {
+        self.exe.copy()
+    }
+
+    /// `<runtime> --root <root>`, run from the sealed copy where there is one (`argv[0]`
+    /// stays the configured binary, as `ps` and the runtime's messages show it).
+    pub(crate) fn command(&self) -> RuntimeCommand {
+        let copy = self.sealed_copy();
+        let mut c = match &copy {
+            Some(fd) => {
+                let mut c = Command::new(sealed_exe::fd_path(fd));
+                c.arg0(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
         c.arg("--root").arg(&self.root).stdin(Stdio::null());
-        c
+        RuntimeCommand {
+            cmd: c,
+            _copy: copy,
+        }
     }
 
     fn run(&self, id: &ContainerId, action: &'static str, args: &[OsString]) -> Result<Vec<u8>> {

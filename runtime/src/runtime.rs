@@ -383,8 +383,14 @@ impl Runtime {
         rootstock_fsutil::failpoint::hit("container.spec-written");
 
         let kill_all = req.spec.namespaces.needs_kill_all();
+        // The monitor runs `create` from the runtime's sealed copy (its stdin), so neither
+        // `runc init` nor crun copy and re-exec themselves (see sealed_exe.rs).
+        let runtime_copy = oci.sealed_copy();
         let args = MonitorArgs {
-            runtime: oci.binary().to_owned(),
+            runtime: match runtime_copy {
+                Some(_) => monitor::RUNTIME_FROM_STDIN.into(),
+                None => oci.binary().to_owned(),
+            },
             runtime_root: oci.root().to_owned(),
             id: id.to_string(),
             bundle: run_dir.clone(),
@@ -399,11 +405,16 @@ impl Runtime {
         // Pushed before the spawn: a monitor that fails half-way may have left `runc init`.
         undo.push("delete the runtime's container", || oci.delete(&id, true));
         let timeout = Duration::from_secs(self.opts.config.create_timeout_secs.max(1));
-        let created = monitor::spawn(&self.monitor_binary, &args, timeout).map_err(|message| {
-            Error::CreateFailed {
-                id: id.to_string(),
-                message,
-            }
+        let spawned = monitor::spawn(
+            &self.monitor_binary,
+            &args,
+            runtime_copy.as_deref(),
+            timeout,
+        );
+        drop(runtime_copy);
+        let created = spawned.map_err(|message| Error::CreateFailed {
+            id: id.to_string(),
+            message,
         })?;
         // The container's mount namespace holds its own copies of the staged mounts.
         if let Err(e) = crate::userns::detach_all_in(&staged) {

@@ -3,7 +3,8 @@
 //! PID and host namespaces are what the pod asked for; a container that exits while the
 //! daemon is dead reports its code; the crun handler runs the same pod; a stopped pod's
 //! containers stay Exited while the OCI runtime forgets them; the harness cleans up
-//! what a failed test left; logs reopen and resources update.
+//! what a failed test left; logs reopen and resources update; both runtimes run from one
+//! sealed in-memory copy of their binary that only the daemon holds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -488,6 +489,114 @@ async fn a_stopped_pods_containers_stay_exited_while_the_runtime_forgets_them() 
         assert!(left.is_empty(), "{left:?}");
     }
     assert_eq!(mounts_under(&daemon.state_dir), Vec::<String>::new());
+}
+
+/// Each OCI runtime runs from one sealed in-memory copy of its binary (so neither copies
+/// itself again on each call): while an exec runs, the runtime's process executes
+/// `/memfd:<name>`; after pods ran with both handlers the daemon holds exactly one copy per
+/// runtime, sealed as runc and crun check it (write, grow, shrink, seal); no monitor and
+/// no container holds one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_run_from_one_sealed_copy_that_only_the_daemon_holds() {
+    let registry = rootstock_test_e2e::registry::Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    let mut inits = Vec::new();
+    for handler in ["runc", "crun", "runc", "crun"] {
+        let pod = pod_config(
+            &format!("sealed-{handler}-{}", inits.len()),
+            NamespaceMode::Container,
+        );
+        let pod_id = run_pod_on(&mut rt, pod.clone(), handler).await.unwrap();
+        let c = start_container(
+            &mut rt,
+            &pod_id,
+            &pod,
+            container_config("c", &image, &["sleep", "3600"]),
+        )
+        .await;
+        inits.push(container_info(&mut rt, &c).await["pid"].as_i64().unwrap() as i32);
+        // `<runtime> exec` waits for its process: look for it while `sleep 3` runs.
+        let mut client = rt.clone();
+        let id = c.clone();
+        let running =
+            tokio::spawn(async move { exec(&mut client, &id, &["sleep", "3"], 20).await });
+        let wanted = format!("/memfd:{handler} (deleted)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let mut seen = Vec::new();
+        while seen.is_empty() && std::time::Instant::now() < deadline {
+            seen = processes_running(&wanted, &c);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !seen.is_empty(),
+            "no `{handler} exec` of {c} runs from {wanted}"
+        );
+        assert_eq!(running.await.unwrap().unwrap().exit_code, 0);
+    }
+    let mut held = memfds_of(daemon.pid().as_raw());
+    held.sort();
+    let names: Vec<&str> = held.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["/memfd:crun (deleted)", "/memfd:runc (deleted)"]);
+    let all_seals =
+        libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    for (name, seals) in &held {
+        assert_eq!(*seals, all_seals, "{name}");
+    }
+    let needle = daemon.state_dir.to_string_lossy().into_owned();
+    let monitors = monitors_of(&needle);
+    assert_eq!(monitors.len(), 4, "{monitors:?}");
+    for &pid in &monitors {
+        // Out of the daemon's cgroup in every hierarchy, v1 and hybrid's cgroup2 alike.
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        for line in cgroups.lines() {
+            assert!(
+                line.ends_with(":/rootstock-monitors"),
+                "monitor {pid}: {line}"
+            );
+        }
+    }
+    for pid in monitors.into_iter().chain(inits) {
+        assert_eq!(memfds_of(pid), Vec::new(), "pid {pid}");
+    }
+}
+
+/// Pids whose executable is `exe` and whose command line mentions `needle`.
+fn processes_running(exe: &str, needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let running = std::fs::read_link(e.path().join("exe")).is_ok_and(|p| p.as_os_str() == exe);
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if running && String::from_utf8_lossy(&cmd).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The memfds process `pid` holds open: their names and their seals.
+fn memfds_of(pid: i32) -> Vec<(String, i32)> {
+    let mut held = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let name = target.to_string_lossy().into_owned();
+        if name.starts_with("/memfd:") {
+            // Opening the link opens the memfd itself; seals belong to the file.
+            let file = std::fs::File::open(e.path()).unwrap();
+            let seals = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GET_SEALS).unwrap();
+            held.push((name, seals));
+        }
+    }
+    held
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
