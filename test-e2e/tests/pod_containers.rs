@@ -459,15 +459,8 @@ async fn a_stopped_pods_containers_stay_exited_while_the_runtime_forgets_them() 
     loopback_network(&daemon).await;
     let mut rt = daemon.runtime().await;
     for handler in ["runc", "crun"] {
-        let pod = pod_config(&format!("forget-{handler}"), NamespaceMode::Container);
-        let pod_id = run_pod_on(&mut rt, pod.clone(), handler).await.unwrap();
-        let c = start_container(
-            &mut rt,
-            &pod_id,
-            &pod,
-            container_config("c", &image, &["sleep", "3600"]),
-        )
-        .await;
+        let (pod_id, c) =
+            sleeping_pod(&mut rt, &image, &format!("forget-{handler}"), handler).await;
         let oci_state = daemon.state_dir.join("runtime").join(handler).join(&c);
         assert!(oci_state.exists(), "{}", oci_state.display());
         stop_pod(&mut rt, &pod_id).await;
@@ -504,18 +497,8 @@ async fn runtimes_run_from_one_sealed_copy_that_only_the_daemon_holds() {
     let mut rt = daemon.runtime().await;
     let mut inits = Vec::new();
     for handler in ["runc", "crun", "runc", "crun"] {
-        let pod = pod_config(
-            &format!("sealed-{handler}-{}", inits.len()),
-            NamespaceMode::Container,
-        );
-        let pod_id = run_pod_on(&mut rt, pod.clone(), handler).await.unwrap();
-        let c = start_container(
-            &mut rt,
-            &pod_id,
-            &pod,
-            container_config("c", &image, &["sleep", "3600"]),
-        )
-        .await;
+        let name = format!("sealed-{handler}-{}", inits.len());
+        let (_, c) = sleeping_pod(&mut rt, &image, &name, handler).await;
         inits.push(container_info(&mut rt, &c).await["pid"].as_i64().unwrap() as i32);
         // `<runtime> exec` waits for its process: look for it while `sleep 3` runs.
         let mut client = rt.clone();
@@ -560,6 +543,20 @@ async fn runtimes_run_from_one_sealed_copy_that_only_the_daemon_holds() {
     for pid in monitors.into_iter().chain(inits) {
         assert_eq!(memfds_of(pid), Vec::new(), "pid {pid}");
     }
+}
+
+/// A pod `name` on `handler` with one `sleep 3600` container: (pod id, container id).
+async fn sleeping_pod(rt: &mut Rt, image: &str, name: &str, handler: &str) -> (String, String) {
+    let pod = pod_config(name, NamespaceMode::Container);
+    let pod_id = run_pod_on(rt, pod.clone(), handler).await.unwrap();
+    let c = start_container(
+        rt,
+        &pod_id,
+        &pod,
+        container_config("c", image, &["sleep", "3600"]),
+    )
+    .await;
+    (pod_id, c)
 }
 
 /// Pids whose executable is `exe` and whose command line mentions `needle`.
