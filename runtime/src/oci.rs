@@ -25,8 +25,9 @@ pub struct OciRuntime {
     handler: String,
     binary: PathBuf,
     root: PathBuf,
-    /// The binary's sealed in-memory copy, which every call runs (shared by the clones).
-    exe: Arc<SealedExe>,
+    /// The binary's sealed in-memory copy, which every call runs (shared by the clones);
+    /// `None`: the binary runs from its path.
+    exe: Option<Arc<SealedExe>>,
 }
 
 impl PartialEq for OciRuntime {
@@ -96,12 +97,19 @@ impl OciRuntime {
         binary: impl Into<PathBuf>,
         root: impl Into<PathBuf>,
     ) -> Self {
-        let binary = binary.into();
         Self {
             handler: handler.into(),
-            exe: Arc::new(SealedExe::new(&binary)),
-            binary,
+            binary: binary.into(),
             root: root.into(),
+            exe: None,
+        }
+    }
+
+    /// The same runtime, run from a sealed in-memory copy of its binary.
+    pub fn sealed(self) -> Self {
+        Self {
+            exe: Some(Arc::new(SealedExe::new(&self.binary))),
+            ..self
         }
     }
 
@@ -123,7 +131,7 @@ impl OciRuntime {
     /// The binary's sealed copy to run now (see [`crate::sealed_exe`]); `None`: run the
     /// binary by its path.
     pub fn sealed_copy(&self) -> Option<Arc<OwnedFd>> {
-        self.exe.copy()
+        self.exe.as_ref()?.copy()
     }
 
     /// `<runtime> --root <root>`, run from the sealed copy where there is one (`argv[0]`

@@ -151,10 +151,9 @@ impl Runtime {
             .handlers
             .iter()
             .map(|(name, h)| {
-                (
-                    name.clone(),
-                    OciRuntime::new(name, &h.binary, opts.state_dir.join("runtime").join(name)),
-                )
+                let root = opts.state_dir.join("runtime").join(name);
+                let oci = OciRuntime::new(name, &h.binary, root);
+                (name.clone(), if h.sealed_copy { oci.sealed() } else { oci })
             })
             .collect();
         let monitor_binary = if opts.config.monitor_binary.as_os_str().is_empty() {

@@ -7,8 +7,9 @@
 //! `runc init`: a read-only bind mount of itself and a second exec. Both skip the step when
 //! `/proc/self/exe` already is a memfd sealed against writes, growing, shrinking and further
 //! seals (`is_self_cloned` in their `cloned_binary.c`; runc's comment on it: "you cannot write
-//! to a sealed memfd no matter what, so sharing it isn't a bad thing"). So the daemon makes
-//! that copy once, and runs the runtime from it: `/proc/self/fd/N` in the process that execs.
+//! to a sealed memfd no matter what, so sharing it isn't a bad thing"). So, for a handler with
+//! `sealed_copy` (on for the built-in crun), the daemon makes that copy once, and runs the
+//! runtime from it: `/proc/self/fd/N` in the process that execs.
 //! The protection is the same (the copy cannot be written, a container never holds the fd);
 //! the per-call copy and re-exec are gone (measured: `crun run` of `true` 24.5 → 19.4 ms).
 //!

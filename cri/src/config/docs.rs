@@ -45,6 +45,11 @@ pub const DOCS: &[(&str, &str)] = &[
         "Path of the runtime binary, or a bare name looked up in PATH.",
     ),
     (
+        "runtime.handlers.<name>.sealed_copy",
+        "Run the binary from one sealed in-memory copy (costs its size once; pays for crun, \
+         which otherwise copies itself on every call). Default false; true for the built-in crun.",
+    ),
+    (
         "runtime.monitor_binary",
         "rootstock-monitor binary; empty means the one next to the rootstock binary.",
     ),
