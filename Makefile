@@ -58,6 +58,7 @@ test-reliability: deps-test host-prep
 ## saves it with the JSON under target/bench-results/full/<unix time>/.
 bench: deps-bench host-prep
 	$(CARGO) build --release --bins
+	python3 cri/hot-text/remap.py --check target/release/rootstock
 	$(CARGO) bench -p rootstock-bench --bench compare
 
 ## The cgroup v2 suite (test-e2e/tests/cgroup2.rs) in a cgroup-v2-only qemu VM booted on the

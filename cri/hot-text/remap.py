@@ -9,6 +9,9 @@ given binary with the same key (all of them for generic instances), keeping the 
     cargo build --release --bin rootstock
     python3 cri/hot-text/remap.py target/release/rootstock
     cargo build --release --bin rootstock    # links with the refreshed order
+
+With --check it only says how many of the listed names the binary has (`make bench` prints
+it: well under all of them means the ordering is stale and the daemon's idle RSS grows).
 """
 import re
 import subprocess
@@ -24,9 +27,17 @@ def key(name):
 
 
 def main():
-    out = subprocess.run(["nm", "--defined-only", sys.argv[1]], capture_output=True, text=True, check=True)
+    check = sys.argv[1] == "--check"
+    binary = sys.argv[-1]
+    out = subprocess.run(["nm", "--defined-only", binary], capture_output=True, text=True, check=True)
     names = [l.split()[-1] for l in out.stdout.splitlines() if len(l.split()) == 3 and l.split()[1] in "tTwW"]
     present = set(names)
+    if check:
+        hot = [l.strip() for l in HOT.read_text().splitlines() if l.strip()]
+        found = sum(h in present for h in hot)
+        stale = "" if found >= 0.9 * len(hot) else " (stale: refresh with cri/hot-text/remap.py, see README)"
+        print(f"hot-text ordering: {found} of {len(hot)} names in {binary}{stale}")
+        return
     by_key = {}
     for n in names:
         by_key.setdefault(key(n), []).append(n)
