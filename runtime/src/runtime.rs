@@ -382,8 +382,9 @@ impl Runtime {
         rootstock_fsutil::failpoint::hit("container.spec-written");
 
         let kill_all = req.spec.namespaces.needs_kill_all();
-        // The monitor runs `create` from the runtime's sealed copy (its stdin), so neither
-        // `runc init` nor crun copy and re-exec themselves (see sealed_exe.rs).
+        // For a handler with `sealed_copy`, the monitor runs `create` from the runtime's
+        // sealed copy (its stdin), so the runtime does not copy and re-exec itself
+        // (see sealed_exe.rs).
         let runtime_copy = oci.sealed_copy();
         let args = MonitorArgs {
             runtime: match runtime_copy {
