@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod error;
 mod image;
+mod malloc;
 mod metrics;
 mod notify;
 mod recovery;
@@ -119,9 +120,10 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    // First: before any thread exists, and before anything could spawn a child with it.
+    // First: before any thread exists, and before anything could spawn a child with what
+    // they take out of the environment.
+    malloc::tune();
     notify::take_socket();
-    limit_malloc_arenas();
     // Printed by hand: anyhow's `Termination` would add a backtrace when RUST_BACKTRACE is set.
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,21 +131,6 @@ fn main() -> ExitCode {
             eprintln!("rootstock: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// glibc gives threads that allocate arenas of their own (up to 8 per core); tokio's blocking
-/// threads come and go with the RPCs, and what they free stays scattered over those arenas:
-/// over 1,000 pod cycles the daemon's RSS grew 2.9 MiB with the default and 1.6 MiB with two
-/// (`make test-reliability`'s soak). One is smaller still: with 100 pods started at once the
-/// heap held 6.6 MiB after the burst (trimmed) against 8.1 MiB in two arenas. Contention
-/// stays low: small allocations come from each thread's cache without the arena lock, and
-/// the daemon's threads mostly wait on child processes. An operator's `MALLOC_ARENA_MAX`
-/// still wins.
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter, and no other thread exists yet.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     }
 }
 

@@ -40,6 +40,7 @@ pub mod cdi;
 pub mod cgroup;
 pub mod cgroup_join;
 pub mod cgroup_layout;
+pub mod cgroup_warm;
 pub mod client_data;
 pub mod clock;
 pub mod config;

@@ -299,6 +299,7 @@ impl Runtime {
     /// `<runtime> create`. A spec the runtime rejects (missing executable…) fails here with
     /// [`Error::CreateFailed`], and everything made so far is undone.
     pub fn create_container(&self, mut req: CreateRequest) -> Result<ContainerInfo> {
+        crate::cgroup_warm::warm();
         let id = req.id.clone();
         let oci = self.handler(&req.handler)?.clone();
         self.check_unified(&req.spec.resources)?;

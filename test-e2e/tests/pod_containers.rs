@@ -549,6 +549,42 @@ async fn crun_runs_from_one_sealed_copy_that_only_the_daemon_holds() {
     }
 }
 
+/// The daemon re-executes itself with glibc's per-thread caches off (its heap after a burst
+/// of pods depends on it) and hands none of that to what it starts: the monitors, and
+/// through them the OCI runtime, run with glibc's defaults.
+#[tokio::test]
+async fn the_daemon_alone_runs_with_its_allocator_tunables() {
+    let registry = rootstock_test_e2e::registry::Registry::start().await;
+    let (daemon, image) = daemon_with_busybox(&registry, "").await;
+    loopback_network(&daemon).await;
+    let mut rt = daemon.runtime().await;
+    sleeping_pod(&mut rt, &image, "tunables", "runc").await;
+    // /proc/<pid>/environ is the environment the process was executed with.
+    let environ = |pid: i32| -> Vec<String> {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let env = String::from_utf8_lossy(&env).into_owned();
+        env.split('\0').map(str::to_owned).collect()
+    };
+    let daemon_env = environ(daemon.pid().as_raw());
+    assert!(
+        daemon_env
+            .iter()
+            .any(|v| v == "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        "the daemon was not re-executed with its tunables: {daemon_env:?}"
+    );
+    let monitors = monitors_of(&daemon.state_dir.to_string_lossy());
+    assert_eq!(monitors.len(), 1, "{monitors:?}");
+    for pid in monitors {
+        let env = environ(pid);
+        assert!(
+            !env.iter()
+                .any(|v| v.starts_with("GLIBC_TUNABLES=")
+                    || v.starts_with("ROOTSTOCK_MALLOC_TUNED=")),
+            "pid {pid} inherited the daemon's tunables: {env:?}"
+        );
+    }
+}
+
 /// A pod `name` on `handler` with one `sleep 3600` container: (pod id, container id).
 async fn sleeping_pod(rt: &mut Rt, image: &str, name: &str, handler: &str) -> (String, String) {
     let pod = pod_config(name, NamespaceMode::Container);

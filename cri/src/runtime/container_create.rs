@@ -45,6 +45,9 @@ impl RuntimeApi {
         if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
             validate::check_resources(r, "CreateContainer: linux")?;
         }
+        // The monitor and the runtime will move processes into cgroups: started before the
+        // image lease, so that the lock's wait overlaps it (see cgroup_warm).
+        rootstock_runtime::cgroup_warm::warm();
         // Held until the container is recorded: a concurrent StopPodSandbox then sees it.
         let _locked = self.lock_sandbox(sandbox_id.as_str()).await;
         let sandbox = self.rt.sandbox(&sandbox_id)?;

@@ -61,6 +61,7 @@ impl Runtime {
         spec: SandboxSpec,
         pinned: impl FnOnce(&SandboxInfo),
     ) -> Result<SandboxInfo> {
+        crate::cgroup_warm::warm();
         let id = spec.id.clone();
         let own = sysctl::OwnNamespaces {
             net: !spec.host_network,
