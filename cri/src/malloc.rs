@@ -35,17 +35,34 @@ pub fn tune() {
             std::env::remove_var("GLIBC_TUNABLES");
         }
     } else if std::env::var_os("GLIBC_TUNABLES").is_none() {
-        let mut args = std::env::args_os();
-        let argv0 = args.next().unwrap_or_default();
-        let err = std::process::Command::new("/proc/self/exe")
-            .arg0(argv0)
-            .args(args)
-            .env("GLIBC_TUNABLES", TUNABLES)
-            .env(REEXECUTED, "1")
-            .exec();
-        // Not fatal: the daemon just runs with glibc's caches.
-        eprintln!("rootstock: re-executing with {TUNABLES}: {err}");
+        reexecute();
     }
+    limit_arenas();
+}
+
+/// Returns only when the daemon could not be re-executed: it then runs with glibc's caches.
+fn reexecute() {
+    // By its path, not /proc/self/exe: the process's name (`comm`, what ps, top and pgrep
+    // show) is the executed file's.
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return eprintln!("rootstock: not re-executed with {TUNABLES}: {e}"),
+    };
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new(&exe)
+        .arg0(argv0)
+        .args(args)
+        .env("GLIBC_TUNABLES", TUNABLES)
+        .env(REEXECUTED, "1")
+        .exec();
+    eprintln!(
+        "rootstock: not re-executed with {TUNABLES}: {}: {err}",
+        exe.display()
+    );
+}
+
+fn limit_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter, and no other thread exists yet.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };

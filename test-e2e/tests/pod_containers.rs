@@ -572,6 +572,9 @@ async fn the_daemon_alone_runs_with_its_allocator_tunables() {
             .any(|v| v == "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
         "the daemon was not re-executed with its tunables: {daemon_env:?}"
     );
+    // Under its own name for ps and pgrep, as before the re-execution.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", daemon.pid())).unwrap();
+    assert_eq!(comm.trim_end(), "rootstock");
     let monitors = monitors_of(&daemon.state_dir.to_string_lossy());
     assert_eq!(monitors.len(), 1, "{monitors:?}");
     for pid in monitors {
