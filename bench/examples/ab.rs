@@ -5,10 +5,11 @@
 //!     cargo build --release --bins    # B, and a copy of another build's daemon + monitor as A
 //!     cargo run --release -p rootstock-bench --example ab -- A/rootstock B/rootstock [runs] [runc,crun]
 //!
-//! Prints per handler the median and quartiles of each, and the median of the paired
-//! differences B − A. Asserts nothing. With `AB_TRACE=<dir>`, one more pod per handler is
-//! started on B under `strace -f -tt` attached to its daemon (children included), written
-//! to `<dir>/<handler>.strace`: the timeline of one pod start.
+//! Prints per handler, for pod start and for stop+remove, the median and quartiles of each,
+//! and the median of the paired differences B − A. Asserts nothing. With `AB_TRACE=<dir>`,
+//! one more pod per handler is started and removed on B under `strace -f -tt` attached to
+//! its daemon (children included), written to `<dir>/<handler>.strace`: the timeline of one
+//! pod's start and stop.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -85,7 +86,8 @@ async fn main() {
         b.display()
     );
     for handler in &handlers {
-        let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+        // [start, stop+remove] of A and of B.
+        let mut times: [[Vec<Duration>; 2]; 2] = Default::default();
         for n in 0..=runs {
             let order = if n % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
@@ -93,35 +95,34 @@ async fn main() {
                 let (pod, up) = start_pod(&mut clients[i], handler, &name, &busybox)
                     .await
                     .unwrap_or_else(|e| panic!("{} {handler}: {e}", ["A", "B"][i]));
+                let stopping = std::time::Instant::now();
                 remove_pod(&mut clients[i], &pod.sandbox).await.unwrap();
                 // The first of each is the warm-up (the runtime's binary read from disk).
                 if n > 0 {
-                    times[i].push(up.total());
+                    times[0][i].push(up.total());
+                    times[1][i].push(stopping.elapsed());
                 }
             }
         }
-        let mut diffs: Vec<f64> = times[0]
-            .iter()
-            .zip(&times[1])
-            .map(|(x, y)| ms(*y) - ms(*x))
-            .collect();
-        diffs.sort_by(f64::total_cmp);
-        for (i, t) in times.iter_mut().enumerate() {
-            t.sort();
-            let q = |f: f64| ms(t[((t.len() - 1) as f64 * f).round() as usize]);
+        for (what, [ta, tb]) in ["start", "stop+remove"].iter().zip(&mut times) {
+            let mut diffs: Vec<f64> = ta.iter().zip(&*tb).map(|(x, y)| ms(*y) - ms(*x)).collect();
+            diffs.sort_by(f64::total_cmp);
+            for (name, t) in [("A", ta), ("B", tb)] {
+                t.sort();
+                let q = |f: f64| ms(t[((t.len() - 1) as f64 * f).round() as usize]);
+                println!(
+                    "{handler} {what} {name}: median {:.1} ms (p25 {:.1}, p75 {:.1}, min {:.1})",
+                    q(0.5),
+                    q(0.25),
+                    q(0.75),
+                    q(0.0)
+                );
+            }
             println!(
-                "{handler} {}: median {:.1} ms (p25 {:.1}, p75 {:.1}, min {:.1})",
-                ["A", "B"][i],
-                q(0.5),
-                q(0.25),
-                q(0.75),
-                q(0.0)
+                "{handler} {what} B - A: median of paired differences {:+.1} ms",
+                diffs[diffs.len() / 2]
             );
         }
-        println!(
-            "{handler} B - A: median of paired differences {:+.1} ms",
-            diffs[diffs.len() / 2]
-        );
         if let Some(dir) = std::env::var_os("AB_TRACE") {
             let out = PathBuf::from(dir).join(format!("{handler}.strace"));
             let mut strace = std::process::Command::new("strace")
@@ -137,17 +138,22 @@ async fn main() {
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(200)).await;
+            let stopping = std::time::Instant::now();
+            remove_pod(&mut clients[1], &pod.sandbox).await.unwrap();
+            let stopped = stopping.elapsed();
+            tokio::time::sleep(Duration::from_millis(200)).await;
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(strace.id() as i32),
                 nix::sys::signal::Signal::SIGINT,
             );
             let _ = strace.wait();
-            remove_pod(&mut clients[1], &pod.sandbox).await.unwrap();
             println!(
-                "{handler} traced pod start on B: {:.1} ms (run {:.1} + create/start {:.1}), {}",
+                "{handler} traced pod on B: start {:.1} ms (run {:.1} + create/start {:.1}), \
+                 stop+remove {:.1} ms, {}",
                 ms(up.total()),
                 ms(up.run),
                 ms(up.create_start),
+                ms(stopped),
                 out.display()
             );
         }
