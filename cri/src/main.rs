@@ -48,6 +48,11 @@ SIGNALS:
 ENVIRONMENT:
   RUST_LOG          Overrides `log_level`.
   NOTIFY_SOCKET     Set by systemd: READY=1 is sent once the socket serves calls.
+  GLIBC_TUNABLES    When unset, the daemon re-executes itself once (same pid) with
+                    glibc.malloc.tcache_count=0, which keeps its heap small after bursts
+                    of pods, and keeps that setting from the processes it starts. A value
+                    set by the operator is used as it is.
+  MALLOC_ARENA_MAX  glibc's arenas for the daemon; one when unset.
 
 EXIT STATUS:
   0 on success; 1 on an error (printed on stderr) or a store with problems.";
