@@ -9,7 +9,7 @@
 //!   6.6 MiB after the burst against 8.1 MiB in two arenas.
 //! - Each thread's cache of freed small chunks (tcache, up to 7 per size) keeps them out of
 //!   the arena, where `malloc_trim` could coalesce and release their pages: with it off the
-//!   daemon held 14.9 MiB instead of 17.0 MiB after the burst. Every allocation then takes
+//!   daemon held 14.5 MiB instead of 16.8 MiB after the burst. Every allocation then takes
 //!   the arena's lock, which cost nothing measurable in pod start (the daemon's threads
 //!   mostly wait on child processes).
 //!
