@@ -7,10 +7,14 @@
 //! first waits a whole grace period: 8 ms median, up to 16 ms, measured on the dev VM
 //! (0.2 ms when the lock is warm). A pod start makes its moves (pod-init, the monitor,
 //! the OCI runtime's own) tens of milliseconds apart, so nearly each of them paid that
-//! wait. While a start or exec is under way, a thread of the daemon therefore moves
-//! itself into the cgroup it is already in every 2 ms: a no-op migration that keeps the
-//! lock warm (what cgroup2's `favordynmods` mount option does for good), and the one
+//! wait. While a sandbox or container is being created, a thread of the daemon therefore
+//! moves itself into the cgroup it is already in every 2 ms: a no-op migration that keeps
+//! the lock warm (what cgroup2's `favordynmods` mount option does for good), and the one
 //! grace period left is waited out by that thread while the RPC does its own work.
+//!
+//! Execs are left cold on purpose: kubelet's exec probes would keep the thread (and every
+//! fork on the node on the lock's slower read path) busy for good on a node full of them,
+//! to save a few milliseconds of a probe that has seconds to answer.
 
 use std::fs;
 use std::path::PathBuf;

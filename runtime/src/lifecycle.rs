@@ -265,7 +265,6 @@ impl Runtime {
     /// The OCI runtime to exec with in container `id`, which must be running. The exec
     /// itself runs without the operation lock: it may last as long as the caller wants.
     fn exec_handler(&self, id: &ContainerId) -> Result<OciRuntime> {
-        crate::cgroup_warm::warm();
         self.running_entry(id, Action::Exec, |_, _, oci| Ok(oci.clone()))
     }
 
