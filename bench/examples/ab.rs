@@ -10,6 +10,11 @@
 //! one more pod per handler is started and removed on B under `strace -f -tt` attached to
 //! its daemon (children included), written to `<dir>/<handler>.strace`: the timeline of one
 //! pod's start and stop.
+//!
+//! Interleaving is only fair for a change confined to the daemon's own process. One with a
+//! host-wide effect leaks into the other build's pods: B's warming of the kernel's cgroup
+//! lock (`runtime/src/cgroup_warm.rs`) also sped up A's next pod, and the A/B showed no
+//! difference where whole runs of each showed 5–8 ms. Compare whole runs for those.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
