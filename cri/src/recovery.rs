@@ -65,6 +65,7 @@ async fn open_runtime(config: &Config) -> anyhow::Result<(Runtime, Vec<SandboxId
     info!(
         loaded = report.loaded.len(),
         cleaned_up = report.cleaned_up.len(),
+        torn = report.torn.len(),
         previous_boot = report.previous_boot.len(),
         unreadable = report.unreadable.len(),
         started = report.started.len(),
@@ -78,6 +79,9 @@ async fn open_runtime(config: &Config) -> anyhow::Result<(Runtime, Vec<SandboxId
     }
     for id in &report.cleaned_up {
         info!(container = %id, "recovery: removed a half-created container");
+    }
+    for id in &report.torn {
+        warn!(container = %id, "recovery: removed a container whose record a power loss tore");
     }
     for id in &report.previous_boot {
         info!(container = %id, "recovery: container of a previous boot marked exited");

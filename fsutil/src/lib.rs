@@ -1,5 +1,5 @@
 //! The basics more than one rootstock crate needs, written once: the one alphabet of object
-//! ids ([`validate_id`]), crash-safe file replacement ([`write_atomic`], [`sync_dir`]) and
+//! ids ([`validate_id`]), crash-safe file replacement ([`write_atomic`], [`write_per_boot`], [`sync_dir`]) and
 //! root-only directories ([`create_private_dir`]), and the pod's [`DnsConfig`], which the
 //! runtime and CNI both take, and [`release_dead_stack`] for threads that end.
 //!
@@ -26,6 +26,18 @@ use std::path::Path;
 /// fsync, rename, fsync the directory (without the last step the rename itself may be lost
 /// on power failure). A leftover temp file from a crash is simply overwritten next time.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+/// [`write_atomic`] without the two fsyncs, for per-boot state (the state dir, tmpfs under
+/// `/run` on a node): readers and a process crash still see the old or the new content (the
+/// page cache holds both), and a power loss that could tear or lose the file ends the boot
+/// it belongs to, so recovery must (and does) treat such a file as unreadable.
+pub fn write_per_boot(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -43,10 +55,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(data)?;
-    file.sync_all()?;
+    if durable {
+        file.sync_all()?;
+    }
     drop(file);
     fs::rename(&tmp, path)?;
-    sync_dir(dir)
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// fsyncs a directory, so that a rename or unlink in it is durable.

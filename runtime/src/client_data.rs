@@ -65,7 +65,7 @@ impl From<serde_json::Value> for ClientData {
 impl Serialize for ClientData {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // Written as the JSON value it holds (records are written a few times per container,
-        // each followed by an fsync: the parse is not what they wait for).
+        // each a file write and rename: the parse is not what they wait for).
         self.to_value().serialize(serializer)
     }
 }

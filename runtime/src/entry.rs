@@ -4,13 +4,13 @@
 //! ```text
 //!   readers (status, list, stats)    current.read() → clone an Arc                   (ns)
 //!   operations (start, stop, kill, update, remove)
-//!        op.lock() → runc … → write.lock() → persist (fsync) → current.write() = next (s)
+//!        op.lock() → runc … → write.lock() → persist (rename) → current.write() = next (s)
 //!   exit watcher (the monitor's pidfd became readable)
 //!                       write.lock() → read exit.json → persist → current.write() = next (ms)
 //! ```
 //! Lock order: `op` → `write` → `current`. `current` is held only to copy or swap an `Arc`;
 //! `write` for one record write; `op` across runtime invocations. So a reader never waits
-//! behind an operation or an fsync, and the exit watcher never waits behind an operation.
+//! behind an operation or a record write, and the exit watcher never waits behind an operation.
 //! Memory changes only after the disk write (rule 6): a reader sees a state that survives a
 //! crash.
 
@@ -325,7 +325,7 @@ pub(crate) mod tests {
         let entry = live(dir.path(), "c4");
         let _op = entry.lock_op();
         let _write = lock(&entry.write);
-        // Both writer locks held (as during `runc start` and an fsync): a snapshot is served.
+        // Both writer locks held (as during `runc start` and a record write): a snapshot is served.
         assert_eq!(entry.snapshot().state, ContainerState::Running);
     }
 }

@@ -1,7 +1,7 @@
 //! Pod sandboxes and containers: namespaces, cgroups, mounts, the OCI runtime spec, the
 //! per-container monitor, state persistence and recovery. Knows nothing about gRPC.
 //!
-//! Operations block (fork/exec, waitpid, fsync): the daemon calls them from
+//! Operations block (fork/exec, waitpid, mounts): the daemon calls them from
 //! `spawn_blocking`. Reads of containers and sandboxes (status, list, spec) serve memory and
 //! return at once, whatever operation is in progress; exits are recorded by a thread of the
 //! runtime's own as the monitors end (`exit_watch.rs`). The crate has no async runtime and no

@@ -8,7 +8,10 @@
 //!   Exited(Unknown), and the OCI runtime's leftover state is deleted.
 //! - Created/Running records: the exit file, if the monitor wrote one meanwhile, decides;
 //!   a monitor that is gone without one means Exited(Unknown).
-//! - A record that cannot be parsed is kept as Unknown (listable, removable), never fatal.
+//! - A torn record (empty or cut short: records are per-boot state, written without fsync,
+//!   so a power loss can leave one so) is no record: the container is removed as above. A
+//!   record of another shape (a newer version's) is kept as Unknown (listable, removable),
+//!   never fatal.
 //! - A record written before the runtime kept the container's sandbox takes it over from
 //!   the daemon's data, once, and is persisted with it.
 
@@ -28,6 +31,8 @@ pub struct RecoveryReport {
     pub loaded: Vec<ContainerId>,
     /// Half-created containers that were cleaned up.
     pub cleaned_up: Vec<ContainerId>,
+    /// Containers whose record was torn (a power loss), removed like half-created ones.
+    pub torn: Vec<ContainerId>,
     /// Containers from a previous boot, now Exited(Unknown).
     pub previous_boot: Vec<ContainerId>,
     /// Records that could not be read (kept as Unknown), with the reason.
@@ -98,8 +103,8 @@ impl Runtime {
         report: &mut RecoveryReport,
     ) -> Result<Option<ContainerRecord>> {
         let path = self.run_dir(id).join(STATE_FILE);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
+        let parsed = match fs::read(&path) {
+            Ok(data) => serde_json::from_slice::<ContainerRecord>(&data),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.clean_half_created(id)?;
                 report.cleaned_up.push(id.clone());
@@ -107,11 +112,21 @@ impl Runtime {
             }
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        let mut rec: ContainerRecord =
-            serde_json::from_slice(&data).map_err(|e| Error::ReadState {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let mut rec = match parsed {
+            Ok(rec) => rec,
+            Err(e) if e.is_eof() || e.is_syntax() => {
+                tracing::warn!(container = %id, "recovery: torn record {}: {e}", path.display());
+                self.clean_half_created(id)?;
+                report.torn.push(id.clone());
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(Error::ReadState {
+                    path,
+                    message: e.to_string(),
+                });
+            }
+        };
         if rec.version != RECORD_VERSION {
             return Err(Error::ReadState {
                 path,

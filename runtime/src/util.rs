@@ -8,14 +8,16 @@ use std::path::Path;
 pub use crate::clock::now_unix_nanos;
 use crate::error::{Error, Result};
 
-/// Writes a persisted record (container or sandbox) as JSON, atomically (temp, fsync,
-/// rename, fsync the directory): callers change memory only after this succeeded.
+/// Writes a record (container or sandbox) as JSON, atomically, under the per-boot state dir
+/// (`rootstock_fsutil::write_per_boot`: temp, rename, no fsync; recovery keeps an
+/// unreadable container record as Unknown and removes an unreadable sandbox, whose network
+/// the durable CNI cache still names): callers change memory only after this succeeded.
 pub(crate) fn write_record<T: serde::Serialize>(path: &Path, rec: &T) -> Result<()> {
     let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::WriteState {
         path: path.to_owned(),
         source: std::io::Error::other(e),
     })?;
-    rootstock_fsutil::write_atomic(path, &data).map_err(|source| Error::WriteState {
+    rootstock_fsutil::write_per_boot(path, &data).map_err(|source| Error::WriteState {
         path: path.to_owned(),
         source,
     })

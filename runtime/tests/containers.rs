@@ -350,6 +350,40 @@ fn half_created_container_is_cleaned_up_on_reload() {
     env.rt.remove_container(&c.record.id).unwrap();
 }
 
+/// Records are written without fsync (per-boot state): a power loss can leave one empty or
+/// cut short. Such a record is no record, so its container goes like a half-created one;
+/// a record that is whole JSON of another shape (a newer version's) is kept as Unknown.
+#[test]
+fn torn_records_are_removed_and_foreign_ones_kept_unknown() {
+    let env = Env::new();
+    let create = |name: &str| {
+        env.rt
+            .create_container(env.request(name, "runc", env.spec(&["true"])))
+            .unwrap()
+    };
+    let (empty, cut, foreign) = (create("empty"), create("cut"), create("foreign"));
+    std::fs::write(empty.run_dir.join("state.json"), b"").unwrap();
+    let whole = std::fs::read(cut.run_dir.join("state.json")).unwrap();
+    std::fs::write(cut.run_dir.join("state.json"), &whole[..whole.len() / 2]).unwrap();
+    std::fs::write(foreign.run_dir.join("state.json"), br#"{"version": 99}"#).unwrap();
+
+    let (rt2, report) = Runtime::open(common::options(env.dir.path())).unwrap();
+    let mut torn = report.torn.clone();
+    torn.sort();
+    let mut want = vec![empty.record.id.clone(), cut.record.id.clone()];
+    want.sort();
+    assert_eq!(torn, want, "{report:?}");
+    for c in [&empty, &cut] {
+        assert!(rt2.container(&c.record.id).is_err());
+        assert!(!c.run_dir.exists(), "{} left", c.run_dir.display());
+    }
+    assert_eq!(report.unreadable.len(), 1, "{report:?}");
+    let kept = rt2.container(&foreign.record.id).unwrap();
+    assert_eq!(kept.record.state, ContainerState::Unknown);
+    rt2.remove_container(&foreign.record.id).unwrap();
+    assert!(!foreign.run_dir.exists());
+}
+
 const HELPER_DIR: &str = "ROOTSTOCK_TEST_HELPER_DIR";
 const HELPER_CGROUP: &str = "ROOTSTOCK_TEST_HELPER_CGROUP";
 

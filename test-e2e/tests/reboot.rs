@@ -6,6 +6,10 @@
 //! - **Same boot** (a clean-up script or an OOM-killer storm): recovery finds the pinned
 //!   namespaces gone (`ns/net` a plain empty file, pod-init dead) and reports the sandboxes
 //!   NotReady instead of Ready with their old IPs, so kubelet recreates them.
+//! - **Power loss** (a reboot that also tore records: the state dir is per-boot and not
+//!   fsynced, so a record may be left empty or cut short): a torn sandbox or container is
+//!   gone as if never made, its IP released all the same (the CNI cache is durable), and
+//!   what is left is what kubelet removes and runs again.
 //!
 //! The boot id comes from `$ROOTSTOCK_BOOT_ID_FILE` in builds with `rootstock-cri/failpoints`.
 #![cfg(feature = "failpoints")]
@@ -25,16 +29,34 @@ use rootstock_test_e2e::registry::Registry;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_reboot_every_pod_is_notready_its_ip_released_and_it_runs_again() {
-    lose_the_boot(true).await;
+    lose_the_boot(Loss::Reboot).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_whose_namespace_pins_were_lost_in_the_same_boot_are_notready() {
-    lose_the_boot(false).await;
+    lose_the_boot(Loss::SameBoot).await;
 }
 
-async fn lose_the_boot(new_boot_id: bool) {
-    let tag = if new_boot_id { "reboot" } else { "pinloss" };
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_power_loss_torn_records_are_gone_and_every_pod_runs_again() {
+    lose_the_boot(Loss::PowerLoss).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loss {
+    SameBoot,
+    Reboot,
+    /// A reboot that also tore the solo pod's sandbox record and the shared pod's
+    /// container record.
+    PowerLoss,
+}
+
+async fn lose_the_boot(loss: Loss) {
+    let tag = match loss {
+        Loss::SameBoot => "pinloss",
+        Loss::Reboot => "reboot",
+        Loss::PowerLoss => "powerloss",
+    };
     let registry = Registry::start().await;
     let net = TestNet::new(tag);
     let cgroups = CgroupRoot::new(tag);
@@ -73,8 +95,20 @@ async fn lose_the_boot(new_boot_id: bool) {
         !unmounted.is_empty(),
         "nothing was mounted: not simulating a loss"
     );
+    let torn = loss == Loss::PowerLoss;
+    if torn {
+        let sandbox = daemon.state_dir.join("sandboxes").join(&ids[0].0);
+        std::fs::write(sandbox.join("sandbox.json"), b"").unwrap();
+        let record = daemon
+            .state_dir
+            .join("containers")
+            .join(&ids[1].1)
+            .join("state.json");
+        let whole = std::fs::read(&record).unwrap();
+        std::fs::write(&record, &whole[..whole.len() / 2]).unwrap();
+    }
     let boot = tempfile::NamedTempFile::new().unwrap();
-    if new_boot_id {
+    if loss != Loss::SameBoot {
         std::fs::write(boot.path(), "7d3c1f4e-0000-4000-8000-000000000001\n").unwrap();
         daemon.set_env(
             "ROOTSTOCK_BOOT_ID_FILE",
@@ -84,7 +118,37 @@ async fn lose_the_boot(new_boot_id: bool) {
     daemon.start_again().await;
 
     let mut rt = daemon.runtime().await;
-    for (id, c) in &ids {
+    if torn {
+        // The solo pod is gone; its container, whose record is whole, is an exited one of
+        // a pod kubelet no longer has, which its garbage collection removes.
+        let (pod, c) = &ids[0];
+        let gone = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::NotFound, "{gone}");
+        let s = container_status(&mut rt, c).await;
+        assert_eq!(s.state, ContainerState::ContainerExited as i32);
+        rt.remove_container(RemoveContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .unwrap();
+        // The shared pod's container is gone; the pod is NotReady.
+        let (pod, c) = &ids[1];
+        let listed: Vec<String> = list_containers(&mut rt)
+            .await
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert!(!listed.contains(c), "torn container {c} still listed");
+        let status = pod_status(&mut rt, pod).await.status.unwrap();
+        assert_eq!(status.state, PodSandboxState::SandboxNotready as i32);
+    }
+    for (id, c) in ids.iter().filter(|_| !torn) {
         let status = pod_status(&mut rt, id).await.status.unwrap();
         assert_eq!(
             status.state,
@@ -121,7 +185,7 @@ async fn lose_the_boot(new_boot_id: bool) {
     );
 
     // kubelet's flow: stop and remove the dead pods, run them again.
-    for (id, _) in &ids {
+    for (id, _) in ids.iter().skip(usize::from(torn)) {
         stop_pod(&mut rt, id).await;
         remove_pod(&mut rt, id).await;
     }

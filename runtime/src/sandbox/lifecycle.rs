@@ -157,7 +157,7 @@ impl Runtime {
     /// unknown or stopped sandbox is OK (CRI idempotence).
     ///
     /// The map is locked only to copy the record out and the new one in, never across the
-    /// kill, unmounts and fsync: PodSandboxStatus and ListPodSandbox read it meanwhile. The
+    /// kill, unmounts and record write: PodSandboxStatus and ListPodSandbox read it meanwhile. The
     /// caller serializes stop and remove of one sandbox (the daemon's per-sandbox lock).
     pub fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
         let Some(rec) = lock(&self.sandboxes).get(id).cloned() else {
@@ -267,7 +267,8 @@ impl Runtime {
                     lock(&self.sandboxes).insert(id, rec);
                 }
                 Err(msg) => {
-                    // A sandbox whose create never completed: release what it pinned.
+                    // A sandbox whose create never completed, or whose record a power loss
+                    // tore (records are not fsynced): release what it pinned.
                     tracing::warn!(sandbox = %id, "removing unreadable sandbox {}: {msg}", path.display());
                     let info = SandboxInfo {
                         record: SandboxRecord::unknown(id.clone()),
