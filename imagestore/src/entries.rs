@@ -523,10 +523,19 @@ impl<'a> Unpack<'a> {
         })?;
         let mut left = declared;
         while left > 0 {
+            // Each chunk filled whole (the inflater hands out less at a time): a short chunk
+            // would be zeroed again up to its length when the pool lends it out next.
             let mut chunk = w.buffer(left.min(crate::writers::CHUNK as u64) as usize);
-            let n = tar
-                .read_data(&mut chunk)
-                .map_err(|e| tar_error(self.layer, e, path))?;
+            let mut n = 0;
+            while n < chunk.len() {
+                let got = tar
+                    .read_data(&mut chunk[n..])
+                    .map_err(|e| tar_error(self.layer, e, path))?;
+                if got == 0 {
+                    break;
+                }
+                n += got;
+            }
             if n == 0 {
                 break;
             }
