@@ -1,7 +1,8 @@
 //! The basics more than one rootstock crate needs, written once: the one alphabet of object
-//! ids ([`validate_id`]), crash-safe file replacement ([`write_atomic`], [`write_per_boot`], [`sync_dir`]) and
-//! root-only directories ([`create_private_dir`]), and the pod's [`DnsConfig`], which the
-//! runtime and CNI both take, and [`release_dead_stack`] for threads that end.
+//! ids ([`validate_id`]), crash-safe file replacement ([`write_atomic`], [`write_per_boot`],
+//! [`sync_dir`]) and root-only directories ([`create_private_dir`]), and the pod's
+//! [`DnsConfig`], which the runtime and CNI both take, and [`release_dead_stack`] for
+//! threads that end.
 //!
 //! Std and libc only, no domain knowledge: every domain crate may depend on it, and it depends on
 //! none of them. Errors are plain `io::Error`s (and [`IdError`]); each crate wraps them in

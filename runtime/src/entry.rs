@@ -10,7 +10,8 @@
 //! ```
 //! Lock order: `op` → `write` → `current`. `current` is held only to copy or swap an `Arc`;
 //! `write` for one record write; `op` across runtime invocations. So a reader never waits
-//! behind an operation or a record write, and the exit watcher never waits behind an operation.
+//! behind an operation or a record write, and the exit watcher never waits behind an
+//! operation.
 //! Memory changes only after the disk write (rule 6): a reader sees a state that survives a
 //! crash.
 
@@ -325,7 +326,8 @@ pub(crate) mod tests {
         let entry = live(dir.path(), "c4");
         let _op = entry.lock_op();
         let _write = lock(&entry.write);
-        // Both writer locks held (as during `runc start` and a record write): a snapshot is served.
+        // Both writer locks held (as during `runc start` and a record write): a snapshot is
+        // served.
         assert_eq!(entry.snapshot().state, ContainerState::Running);
     }
 }

@@ -9,9 +9,9 @@ pub use crate::clock::now_unix_nanos;
 use crate::error::{Error, Result};
 
 /// Writes a record (container or sandbox) as JSON, atomically, under the per-boot state dir
-/// (`rootstock_fsutil::write_per_boot`: temp, rename, no fsync; recovery keeps an
-/// unreadable container record as Unknown and removes an unreadable sandbox, whose network
-/// the durable CNI cache still names): callers change memory only after this succeeded.
+/// (`rootstock_fsutil::write_per_boot`: temp, rename, no fsync; recovery removes a container
+/// or sandbox whose record a power loss tore, and the durable CNI cache still names the
+/// sandbox's network for its DEL): callers change memory only after this succeeded.
 pub(crate) fn write_record<T: serde::Serialize>(path: &Path, rec: &T) -> Result<()> {
     let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::WriteState {
         path: path.to_owned(),

@@ -13,7 +13,8 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "state_dir",
-        "Per-boot state: sandboxes, containers, monitor sockets (tmpfs is fine).",
+        "Per-boot state: sandboxes, containers, monitor sockets. Written without fsync: a power \
+         loss ends the boot it belongs to (tmpfs is fine).",
     ),
     (
         "socket",

@@ -157,8 +157,9 @@ impl Runtime {
     /// unknown or stopped sandbox is OK (CRI idempotence).
     ///
     /// The map is locked only to copy the record out and the new one in, never across the
-    /// kill, unmounts and record write: PodSandboxStatus and ListPodSandbox read it meanwhile. The
-    /// caller serializes stop and remove of one sandbox (the daemon's per-sandbox lock).
+    /// kill, unmounts and record write: PodSandboxStatus and ListPodSandbox read it
+    /// meanwhile. The caller serializes stop and remove of one sandbox (the daemon's
+    /// per-sandbox lock).
     pub fn stop_sandbox(&self, id: &SandboxId) -> Result<()> {
         let Some(rec) = lock(&self.sandboxes).get(id).cloned() else {
             return Ok(());
