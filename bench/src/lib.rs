@@ -14,6 +14,7 @@ pub mod peer;
 pub mod pods;
 mod report;
 mod steps;
+mod targets;
 mod tracker;
 
 use std::path::{Path, PathBuf};

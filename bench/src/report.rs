@@ -140,6 +140,11 @@ impl Report {
                 row.ratio.map(|r| format!("{r:.2}")).unwrap_or("–".into())
             ));
         }
+        // Judged only in a full run: the smoke run's debug build and small fixtures are not
+        // what the bounds are about.
+        if self.options.peer {
+            out.push_str(&super::targets::markdown(self));
+        }
         out
     }
 
@@ -180,7 +185,7 @@ impl Report {
 }
 
 /// A figure with the decimals its size deserves.
-fn number(v: f64) -> String {
+pub(super) fn number(v: f64) -> String {
     if !v.is_finite() {
         return format!("{v}");
     }
