@@ -2,8 +2,8 @@
 //! rows against containerd with runc, memory and files per second as absolute bounds), so
 //! that the acceptance table is `make bench`'s output rather than a note's arithmetic.
 
-use super::report::{Report, Row, number};
 use super::Outcome;
+use super::report::{Report, Row, number};
 
 /// What a target row asks of rootstock's figure.
 #[derive(Clone, Copy, Debug, PartialEq)]
