@@ -39,7 +39,7 @@ async fn pods_whose_namespace_pins_were_lost_in_the_same_boot_are_notready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_power_loss_torn_records_are_gone_and_every_pod_runs_again() {
-    lose_the_boot(Loss::PowerLoss).await;
+    lose_the_boot(Loss::PowerOff).await;
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,14 +48,14 @@ enum Loss {
     Reboot,
     /// A reboot that also tore the solo pod's sandbox record and the shared pod's
     /// container record.
-    PowerLoss,
+    PowerOff,
 }
 
 async fn lose_the_boot(loss: Loss) {
     let tag = match loss {
         Loss::SameBoot => "pinloss",
         Loss::Reboot => "reboot",
-        Loss::PowerLoss => "powerloss",
+        Loss::PowerOff => "powerloss",
     };
     let registry = Registry::start().await;
     let net = TestNet::new(tag);
@@ -95,7 +95,7 @@ async fn lose_the_boot(loss: Loss) {
         !unmounted.is_empty(),
         "nothing was mounted: not simulating a loss"
     );
-    let torn = loss == Loss::PowerLoss;
+    let torn = loss == Loss::PowerOff;
     if torn {
         let sandbox = daemon.state_dir.join("sandboxes").join(&ids[0].0);
         std::fs::write(sandbox.join("sandbox.json"), b"").unwrap();
