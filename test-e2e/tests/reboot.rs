@@ -148,6 +148,7 @@ async fn lose_the_boot(loss: Loss) {
         let status = pod_status(&mut rt, pod).await.status.unwrap();
         assert_eq!(status.state, PodSandboxState::SandboxNotready as i32);
     }
+    // Untorn, each pod is NotReady and its container Exited.
     for (id, c) in ids.iter().filter(|_| !torn) {
         let status = pod_status(&mut rt, id).await.status.unwrap();
         assert_eq!(
@@ -185,6 +186,7 @@ async fn lose_the_boot(loss: Loss) {
     );
 
     // kubelet's flow: stop and remove the dead pods, run them again.
+    // (Torn, the solo pod is gone already.)
     for (id, _) in ids.iter().skip(usize::from(torn)) {
         stop_pod(&mut rt, id).await;
         remove_pod(&mut rt, id).await;
