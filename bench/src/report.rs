@@ -110,11 +110,12 @@ impl Report {
             out.push_str(&format!("- {what}: {value}\n"));
         }
         out.push_str(&format!(
-            "- handlers: {}; {} runs per latency figure; {} pods at once; {} pods for memory; \
-             {} pods in the many-pods family\n",
+            "- handlers: {}; {} runs per latency figure; {} pods at once (median of {} bursts); \
+             {} pods for memory; {} pods in the many-pods family\n",
             self.options.handlers.join(", "),
             self.options.runs,
             self.options.concurrent,
+            self.options.bursts,
             self.options.memory_pods,
             self.options.many_pods
         ));
