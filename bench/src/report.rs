@@ -267,11 +267,12 @@ fn environment(opts: &Options) -> Vec<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::Measure;
 
-    fn run(kind: Kind, measures: Vec<Measure>) -> RuntimeRun {
+    /// A run of `kind` that measured `measures` (for the report's and the targets' tests).
+    pub(crate) fn run(kind: Kind, measures: Vec<Measure>) -> RuntimeRun {
         RuntimeRun {
             measures,
             ..RuntimeRun::new(kind)

@@ -172,17 +172,14 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{Kind, Measure, Options, RuntimeRun};
+    use crate::report::tests::run;
+    use crate::{Kind, Measure, Options};
 
     #[test]
     fn crun_is_held_against_containerd_with_runc_and_bounds_are_absolute() {
         let mut opts = Options::smoke(Path::new("/nonexistent"));
         opts.handlers = vec!["runc".into(), "crun".into()];
         let mut report = Report::new(&opts);
-        let run = |kind, measures| RuntimeRun {
-            measures,
-            ..RuntimeRun::new(kind)
-        };
         report.runtimes = vec![
             run(
                 Kind::Rootstock,
