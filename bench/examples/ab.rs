@@ -64,7 +64,7 @@ async fn main() {
         // SAFETY: one thread (current_thread runtime, no blocking task running): nothing
         // reads the environment concurrently.
         unsafe { std::env::set_var("ROOTSTOCK_BIN", bin) };
-        let mut d = Daemon::start_with_config(&config).await;
+        let mut d = Daemon::start_with_state_on_tmpfs(&config).await;
         d.set_env("RUST_LOG", Some("info"));
         d.restart().await;
         pull(&mut d.images().await, &busybox).await.unwrap();

@@ -47,7 +47,7 @@ async fn main() {
         "[images.registries.\"{}\"]\ninsecure = true\n",
         registry.host()
     );
-    let mut daemon = Daemon::start_with_config(&config).await;
+    let mut daemon = Daemon::start_with_state_on_tmpfs(&config).await;
     let log = std::env::var("PULLS_LOG").ok();
     let level = if log.is_some() {
         "debug,h2=info,hyper=info,tower=info"

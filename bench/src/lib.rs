@@ -310,7 +310,7 @@ async fn measure_rootstock(ctx: &Ctx) -> RuntimeRun {
         ctx.registry.host(),
         ctx.net.daemon_config()
     );
-    let mut daemon = Daemon::start_with_config(&config).await;
+    let mut daemon = Daemon::start_with_state_on_tmpfs(&config).await;
     // The harness starts the daemon with debug logs for the tests' sake; measure it at the
     // level containerd runs at (info), the default of both.
     daemon.set_env("RUST_LOG", Some("info"));

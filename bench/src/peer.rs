@@ -13,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use rootstock_testkit::mounts::unmount_under;
+use rootstock_testkit::mounts::{mount_tmpfs, unmount_under};
 use rootstock_testkit::process;
 
 use super::{Ctx, Kind, Target};
@@ -39,7 +39,7 @@ pub struct Containerd {
     pub socket: PathBuf,
     /// `root`: content store, snapshots, metadata.
     pub root: PathBuf,
-    /// `state`: per-boot state, task bundles and rootfs mounts.
+    /// `state`: per-boot state, task bundles and rootfs mounts, on a tmpfs.
     pub state: PathBuf,
 }
 
@@ -113,6 +113,8 @@ impl Containerd {
     }
 
     fn spawn(&mut self, ctx: &Ctx) -> std::io::Result<()> {
+        // Its per-boot state on a tmpfs, as under a node's `/run`: rootstock's is too.
+        mount_tmpfs(&self.state)?;
         let certs = self.dir.path().join("certs.d");
         let host = ctx.registry.host();
         fs::create_dir_all(certs.join(&host))?;
@@ -168,8 +170,11 @@ impl Containerd {
             process::terminate(&mut child, Duration::from_secs(10));
         }
         self.kill_shims();
+        let state = self.state.display().to_string();
         for m in unmount_under(self.dir.path()) {
-            eprintln!("bench[containerd] unmounted leftover {m}");
+            if m != state {
+                eprintln!("bench[containerd] unmounted leftover {m}");
+            }
         }
     }
 

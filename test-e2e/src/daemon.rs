@@ -93,6 +93,17 @@ impl Daemon {
     /// Starts a daemon whose config file holds `extra_config` (TOML); the paths are always
     /// the private ones, given as command-line overrides.
     pub async fn start_with_config(extra_config: &str) -> Self {
+        Self::start_in(extra_config, false).await
+    }
+
+    /// [`Daemon::start_with_config`] with `state_dir` on a tmpfs of its own, as under a
+    /// node's `/run` (the dev VM's `/run` is disk): what a benchmark of a node should see.
+    /// The tmpfs goes with the daemon's dirs when it is dropped.
+    pub async fn start_with_state_on_tmpfs(extra_config: &str) -> Self {
+        Self::start_in(extra_config, true).await
+    }
+
+    async fn start_in(extra_config: &str, state_on_tmpfs: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("rootstock-e2e-")
             .tempdir()
@@ -114,6 +125,10 @@ impl Daemon {
             nofile_soft: None,
             dir,
         };
+        if state_on_tmpfs {
+            rootstock_testkit::mounts::mount_tmpfs(&daemon.state_dir)
+                .expect("mounting a tmpfs on the daemon's state dir");
+        }
         daemon.spawn().await;
         daemon
     }

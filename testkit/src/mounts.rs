@@ -27,3 +27,18 @@ pub fn unmount_under(dir: &Path) -> Vec<String> {
     }
     mounts
 }
+
+/// Mounts a fresh tmpfs on `dir` (created if missing), searchable by all: the per-boot
+/// state dir a node keeps under `/run`, which is a tmpfs there and plain disk on the dev VM.
+/// [`unmount_under`] of a parent removes it.
+pub fn mount_tmpfs(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0711,size=2g"),
+    )
+    .map_err(std::io::Error::from)
+}
