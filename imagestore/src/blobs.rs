@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,27 +239,29 @@ impl FlightLocks {
     }
 }
 
-/// A `Read` over a blob's bytes that checks, as they pass, that there are no more than `size`
-/// of them and, at the end, exactly `size` hashing to `digest`. End-of-stream (`Ok(0)`) is
-/// reported only after both checks passed; a failure comes out as an `io::Error` carrying the
-/// typed [`Error`] (recover it with `Error::from_io`). A consumer that commits only after
-/// reading to the end therefore never commits unverified content.
+/// A reader over a blob's bytes that checks, as they pass, that there are no more than `size`
+/// of them and, at the end, exactly `size` hashing to `digest`. End-of-stream (an empty
+/// `fill_buf`, `Ok(0)`) is reported only after both checks passed; a failure comes out as an
+/// `io::Error` carrying the typed [`Error`] (recover it with `Error::from_io`). A consumer
+/// that commits only after reading to the end therefore never commits unverified content.
+///
+/// It is a `BufRead` over its inner one: the bytes are hashed where they lie, never copied.
 pub struct VerifyingReader<R> {
     inner: R,
     hasher: Sha256,
-    count: u64,
+    seen: Seen,
     size: u64,
     digest: Digest,
     verified: bool,
 }
 
-impl<R: Read> VerifyingReader<R> {
+impl<R: BufRead> VerifyingReader<R> {
     /// Wrap `inner`, expecting `size` bytes hashing to `digest`.
     pub fn new(inner: R, digest: Digest, size: u64) -> Self {
         VerifyingReader {
             inner,
             hasher: Sha256::new(),
-            count: 0,
+            seen: Seen::default(),
             size,
             digest,
             verified: false,
@@ -270,50 +272,101 @@ impl<R: Read> VerifyingReader<R> {
     pub fn digest(&self) -> &Digest {
         &self.digest
     }
-}
 
-impl<R: Read> Read for VerifyingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.verified {
-            return Ok(0);
-        }
-        let n = self.inner.read(buf)?;
-        if n == 0 {
-            if self.count != self.size {
-                return Err(Error::BlobSizeMismatch {
-                    digest: self.digest.clone(),
-                    expected: self.size,
-                    actual: self.count,
-                }
-                .into_io());
-            }
-            let actual = Digest::from_sha256(self.hasher.clone().finalize().into());
-            if actual != self.digest {
-                return Err(Error::BlobDigestMismatch {
-                    digest: self.digest.clone(),
-                    actual,
-                }
-                .into_io());
-            }
-            self.verified = true;
-            return Ok(0);
-        }
-        self.count += n as u64;
-        if self.count > self.size {
+    fn check_end(&mut self) -> std::io::Result<()> {
+        if self.seen.total != self.size {
             return Err(Error::BlobSizeMismatch {
                 digest: self.digest.clone(),
                 expected: self.size,
-                actual: self.count,
+                actual: self.seen.total,
             }
             .into_io());
         }
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+        let actual = Digest::from_sha256(self.hasher.clone().finalize().into());
+        if actual != self.digest {
+            return Err(Error::BlobDigestMismatch {
+                digest: self.digest.clone(),
+                actual,
+            }
+            .into_io());
+        }
+        self.verified = true;
+        Ok(())
     }
 }
 
-/// A blocking `Read` fed by an async download task through a bounded channel: the network
-/// side stays on the runtime, hashing and decompression run on a blocking thread.
+impl<R: BufRead> BufRead for VerifyingReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        if self.verified {
+            return Ok(&[]);
+        }
+        if self.inner.fill_buf()?.is_empty() {
+            self.check_end()?;
+            return Ok(&[]);
+        }
+        let buf = self.inner.fill_buf()?;
+        let fresh = self.seen.fresh(buf);
+        if self.seen.total > self.size {
+            return Err(Error::BlobSizeMismatch {
+                digest: self.digest.clone(),
+                expected: self.size,
+                actual: self.seen.total,
+            }
+            .into_io());
+        }
+        self.hasher.update(fresh);
+        Ok(buf)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.seen.consume(n);
+        self.inner.consume(n);
+    }
+}
+
+impl<R: BufRead> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        read_via_fill_buf(self, buf)
+    }
+}
+
+/// How much of a `BufRead`'s current buffer an adapter has already looked at, so that each
+/// byte is hashed (or copied aside) once however often `fill_buf` is called before
+/// `consume`.
+#[derive(Default)]
+pub(crate) struct Seen {
+    /// Bytes at the front of the inner buffer already seen, not yet consumed.
+    ahead: usize,
+    /// Bytes seen in all.
+    pub(crate) total: u64,
+}
+
+impl Seen {
+    /// The part of `buf` (the inner buffer) not seen before, now counted as seen.
+    pub(crate) fn fresh<'b>(&mut self, buf: &'b [u8]) -> &'b [u8] {
+        let fresh = &buf[self.ahead.min(buf.len())..];
+        self.total += fresh.len() as u64;
+        self.ahead = buf.len();
+        fresh
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.ahead = self.ahead.saturating_sub(n);
+    }
+}
+
+/// `Read::read` for an adapter whose work happens in `fill_buf`.
+pub(crate) fn read_via_fill_buf(r: &mut impl BufRead, buf: &mut [u8]) -> std::io::Result<usize> {
+    let available = r.fill_buf()?;
+    let n = available.len().min(buf.len());
+    buf[..n].copy_from_slice(&available[..n]);
+    r.consume(n);
+    Ok(n)
+}
+
+/// A blocking reader fed by an async download task through a bounded channel: the network
+/// side stays on the runtime, hashing and decompression run on a blocking thread. Its
+/// `fill_buf` lends out each received chunk as it is.
 pub struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>,
     current: bytes::Bytes,
@@ -329,19 +382,27 @@ impl ChannelReader {
     }
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => self.current = chunk,
                 Some(Err(e)) => return Err(e.into_io()),
-                None => return Ok(0),
+                None => break,
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
-        Ok(n)
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.current.len());
+        bytes::Buf::advance(&mut self.current, n);
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        read_via_fill_buf(self, buf)
     }
 }
 
@@ -370,6 +431,23 @@ mod tests {
             Path::new("x"),
         );
         assert!(matches!(err, Error::BlobSizeMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn verifying_reader_hashes_each_byte_once_however_it_is_consumed() {
+        let data = b"hello world, in small and uneven pieces";
+        // Looked at twice before each consume, consumed half at a time: a byte hashed
+        // twice (or skipped) would end in a digest mismatch instead of end-of-stream.
+        let inner = std::io::BufReader::with_capacity(5, &data[..]);
+        let mut r = VerifyingReader::new(inner, Digest::of(data), data.len() as u64);
+        let mut out = Vec::new();
+        while !r.fill_buf().unwrap().is_empty() {
+            let buf = r.fill_buf().unwrap();
+            let n = buf.len().div_ceil(2);
+            out.extend_from_slice(&buf[..n]);
+            r.consume(n);
+        }
+        assert_eq!(out, data);
     }
 
     #[test]

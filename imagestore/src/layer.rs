@@ -1,12 +1,12 @@
 //! The seam between the registry side and what becomes of a layer: [`LayerSink`].
 //!
-//! The pull hands a sink each layer it does not already have, as a blocking `Read` of the
+//! The pull hands a sink each layer it does not already have, as a blocking `BufRead` of the
 //! compressed blob that verifies size and digest as it goes and reports end-of-stream only
 //! when both checks passed ([`crate::blobs::VerifyingReader`]). The sink decompresses, checks
 //! the uncompressed tar against the config's diff_id, and commits. The store's one sink is
 //! [`crate::TreeLayerSink`] (file objects and layer trees).
 
-use std::io::Read;
+use std::io::BufRead;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -99,13 +99,13 @@ pub trait LayerSink: Send + Sync + 'static {
     /// The layer committed under `diff_id`, if any; the pull then skips its download.
     fn lookup(&self, diff_id: &Digest) -> Result<Option<LayerRecord>>;
 
-    /// Commit a layer from `blob`, the compressed bytes. `blob` returns an error instead of
-    /// end-of-stream when the bytes fail size or digest verification, so a sink must read it
+    /// Commit a layer from `blob`, the compressed bytes (a `BufRead`, so that they are
+    /// decoded where they lie). `blob` returns an error instead of end-of-stream when the bytes fail size or digest verification, so a sink must read it
     /// to the end (`Ok(0)`) before committing anything. The sink must also check that the
     /// uncompressed content hashes to `layer.diff_id` and fail with
     /// [`Error::DiffIdMismatch`] otherwise. On any error, nothing may be left outside `tmp/`
     /// and no layer record may exist.
-    fn commit(&self, layer: &LayerInput, blob: &mut dyn Read) -> Result<LayerRecord>;
+    fn commit(&self, layer: &LayerInput, blob: &mut dyn BufRead) -> Result<LayerRecord>;
 
     /// Remove layers no image holds any more (record first, then content).
     fn remove(&self, layers: &[LayerRecord]) -> Result<()>;

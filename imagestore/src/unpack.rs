@@ -11,7 +11,7 @@
 //! root-relative: a leading `/` is contained like `tar -x` and umoci do, `..` is refused.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobStore, Seen, read_via_fill_buf};
 use crate::entries::{Unpack, tar_error};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -96,41 +96,50 @@ impl TreeLayerSink {
     }
 }
 
-/// Counts what passes and optionally copies it to a kept blob.
+/// The compressed stream on its way to the decoder, optionally copied to a kept blob.
 /// The first typed error of the blob stream is kept: decoders and the tar reader wrap the
 /// errors they pass on, and the real cause (a cut connection, a digest mismatch) must
 /// survive to decide retries and messages.
 struct BlobSide<'a> {
-    inner: &'a mut dyn Read,
+    inner: &'a mut dyn BufRead,
     keep: Option<&'a mut crate::blobs::TempBlob>,
+    seen: Seen,
     first_error: Option<Error>,
+}
+
+impl BufRead for BlobSide<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if let Some(e) = &self.first_error {
+            return Err(io::Error::other(e.to_string()));
+        }
+        let err = match self.inner.fill_buf() {
+            Ok(buf) => match self
+                .keep
+                .as_mut()
+                .map(|k| k.write_all(self.seen.fresh(buf)))
+            {
+                // Typed, as a read error: a full disk must come out as one, not as a bad
+                // stream.
+                Some(Err(e)) => Error::io("write layer blob", Path::new("tmp"), e),
+                _ => return Ok(buf),
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => Error::from_io(e, "read layer", Path::new("layer stream")),
+        };
+        let msg = err.to_string();
+        self.first_error = Some(err);
+        Err(io::Error::other(msg))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.seen.consume(n);
+        self.inner.consume(n);
+    }
 }
 
 impl Read for BlobSide<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(e) = &self.first_error {
-            return Err(io::Error::other(e.to_string()));
-        }
-        let n = match self.inner.read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => {
-                let err = Error::from_io(e, "read layer", Path::new("layer stream"));
-                let msg = err.to_string();
-                self.first_error = Some(err);
-                return Err(io::Error::other(msg));
-            }
-        };
-        if let Some(k) = self.keep.as_mut()
-            && let Err(e) = k.write_all(&buf[..n])
-        {
-            // Typed, as a read error: a full disk must come out as one, not as a bad stream.
-            let err = Error::io("write layer blob", Path::new("tmp"), e);
-            let msg = err.to_string();
-            self.first_error = Some(err);
-            return Err(io::Error::other(msg));
-        }
-        Ok(n)
+        read_via_fill_buf(self, buf)
     }
 }
 
@@ -151,7 +160,7 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 impl TreeLayerSink {
-    fn unpack(&self, layer: &LayerInput, blob: &mut dyn Read) -> Result<(LayerRecord, u64)> {
+    fn unpack(&self, layer: &LayerInput, blob: &mut dyn BufRead) -> Result<(LayerRecord, u64)> {
         let compression = Compression::of_layer_media_type(&layer.media_type).ok_or_else(|| {
             Error::UnsupportedMediaType {
                 reference: String::new(),
@@ -176,6 +185,7 @@ impl TreeLayerSink {
         let mut side = BlobSide {
             inner: blob,
             keep: kept.as_mut(),
+            seen: Seen::default(),
             first_error: None,
         };
         let open = |p: &Path| fsutil::open_dir(p).map_err(|e| Error::io("open directory", p, e));
@@ -300,9 +310,11 @@ fn read_entries(
     };
     let decoder: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(side),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(side)),
+        // The decoders read the stream where it lies (`bufread`, `with_buffer`): no copy.
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(side)),
         Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(side).map_err(|e| decompress_err(e.to_string()))?,
+            zstd::stream::read::Decoder::with_buffer(side)
+                .map_err(|e| decompress_err(e.to_string()))?,
         ),
     };
     let mut hashing = HashingReader {
@@ -375,7 +387,7 @@ impl LayerSink for TreeLayerSink {
         }
     }
 
-    fn commit(&self, layer: &LayerInput, blob: &mut dyn Read) -> Result<LayerRecord> {
+    fn commit(&self, layer: &LayerInput, blob: &mut dyn BufRead) -> Result<LayerRecord> {
         let started = std::time::Instant::now();
         let (record, entries) = self.unpack(layer, blob)?;
         if let Err(e) = self.meta.put_layer(&record) {
