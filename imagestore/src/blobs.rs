@@ -304,6 +304,7 @@ impl<R: BufRead> BufRead for VerifyingReader<R> {
             self.check_end()?;
             return Ok(&[]);
         }
+        // Asked again (for the borrow's sake): a buffer that is not empty is not refilled.
         let buf = self.inner.fill_buf()?;
         let fresh = self.seen.fresh(buf);
         if self.seen.total > self.size {

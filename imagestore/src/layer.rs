@@ -100,11 +100,11 @@ pub trait LayerSink: Send + Sync + 'static {
     fn lookup(&self, diff_id: &Digest) -> Result<Option<LayerRecord>>;
 
     /// Commit a layer from `blob`, the compressed bytes (a `BufRead`, so that they are
-    /// decoded where they lie). `blob` returns an error instead of end-of-stream when the bytes fail size or digest verification, so a sink must read it
-    /// to the end (`Ok(0)`) before committing anything. The sink must also check that the
-    /// uncompressed content hashes to `layer.diff_id` and fail with
-    /// [`Error::DiffIdMismatch`] otherwise. On any error, nothing may be left outside `tmp/`
-    /// and no layer record may exist.
+    /// decoded where they lie). `blob` returns an error instead of end-of-stream when the
+    /// bytes fail size or digest verification, so a sink must read it to the end (`Ok(0)`)
+    /// before committing anything. The sink must also check that the uncompressed content
+    /// hashes to `layer.diff_id` and fail with [`Error::DiffIdMismatch`] otherwise. On any
+    /// error, nothing may be left outside `tmp/` and no layer record may exist.
     fn commit(&self, layer: &LayerInput, blob: &mut dyn BufRead) -> Result<LayerRecord>;
 
     /// Remove layers no image holds any more (record first, then content).
