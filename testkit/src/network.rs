@@ -41,8 +41,14 @@ impl TestNet {
             .unwrap();
         let pid = std::process::id();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        // A /24 in 10.199.128.0/17; the lock keeps two live networks from sharing one.
-        let octet = 128 + (pid.wrapping_mul(7) + n) % 126;
+        // A /24 in 10.199.128.0/17; the lock keeps two live networks from sharing one, and
+        // the route check a network left by a killed test or benchmark (a second route to the
+        // same /24 makes the host's packets miss the pods: "No route to host").
+        let start = pid.wrapping_mul(7) + n;
+        let octet = (0..126)
+            .map(|i| 128 + (start + i) % 126)
+            .find(|&octet| !routed(octet))
+            .expect("a /24 in 10.199.128.0/17 with no route yet");
         let bridge = format!("rse{}{}", pid % 10000, n);
         assert!(bridge.len() <= 15);
         let dir = tempfile::tempdir().unwrap();
@@ -180,6 +186,17 @@ impl TestNet {
             })
             .unwrap_or_default()
     }
+}
+
+/// Whether the host has a route to 10.199.`octet`.0/24 (from `/proc/net/route`, whose
+/// destinations are hex in the kernel's little-endian order).
+fn routed(octet: u32) -> bool {
+    let want = format!("{:08X}", u32::from_le_bytes([10, 199, octet as u8, 0]));
+    std::fs::read_to_string("/proc/net/route")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
 }
 
 impl Drop for TestNet {
