@@ -39,7 +39,6 @@ impl Key {
 
 /// The rows for the handlers measured; runc is the peer's handler throughout.
 fn targets(handlers: &[String], concurrent: usize, many: usize) -> Vec<Target> {
-    let exact = |k: String| Key::Exact(k);
     let mut out = Vec::new();
     for h in handlers {
         let (start, stop, burst) = match h.as_str() {
@@ -53,16 +52,16 @@ fn targets(handlers: &[String], concurrent: usize, many: usize) -> Vec<Target> {
         ] {
             out.push(Target {
                 what: format!("{what}, {h}"),
-                ours: exact(format!("{key} ({h})")),
-                peer: Some(exact(format!("{key} (runc)"))),
+                ours: Key::Exact(format!("{key} ({h})")),
+                peer: Some(Key::Exact(format!("{key} (runc)"))),
                 goal: Goal::Ratio(goal),
             });
         }
         let burst_key = |h: &str| format!("{concurrent} pods started at once: wall ({h})");
         out.push(Target {
             what: format!("{concurrent} pods started at once, {h}"),
-            ours: exact(burst_key(h)),
-            peer: Some(exact(burst_key("runc"))),
+            ours: Key::Exact(burst_key(h)),
+            peer: Some(Key::Exact(burst_key("runc"))),
             goal: Goal::Ratio(burst),
         });
     }
@@ -103,7 +102,7 @@ fn targets(handlers: &[String], concurrent: usize, many: usize) -> Vec<Target> {
         ] {
             out.push(Target {
                 what: what.into(),
-                ours: exact(key),
+                ours: Key::Exact(key),
                 peer: None,
                 goal: Goal::AtMost(bound),
             });
