@@ -52,7 +52,7 @@ fn stages() {
     let zst = zstd::encode_all(&data[..], 3).unwrap();
     let n = data.len();
     let gunzip = rate(n, || {
-        let mut d = flate2::read::MultiGzDecoder::new(&gz[..]);
+        let mut d = rootstock_imagestore::gzip::Members::new(&gz[..]);
         std::io::copy(&mut d, &mut std::io::sink()).unwrap();
     });
     let unzstd = rate(n, || {

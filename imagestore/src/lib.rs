@@ -29,6 +29,7 @@ mod entries;
 pub mod error;
 pub mod failpoint;
 mod fsutil;
+pub mod gzip;
 pub mod layer;
 mod layout;
 pub mod leases;

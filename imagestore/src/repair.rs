@@ -311,7 +311,7 @@ fn extract(
 ) -> io::Result<()> {
     let decoder: Box<dyn Read> = match compression {
         Compression::None => Box::new(blob),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        Compression::Gzip => Box::new(crate::gzip::Members::new(io::BufReader::new(blob))),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob)?),
     };
     let tar_err = |e: TarError| match e {

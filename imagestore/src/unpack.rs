@@ -1,7 +1,7 @@
 //! [`TreeLayerSink`]: the tree cache's layer sink. One pass per layer blob:
-//! verified download → decompress (gzip via zlib-rs, zstd) → hash the tar (diff_id) → tar
-//! entries → file objects and the layer tree, written under `tmp/` and renamed into
-//! `layers/<diffid-hex>/` only after the diff_id matched and the file system was synced.
+//! verified download → decompress (gzip via zlib-rs, [`crate::gzip`]; zstd) → hash the tar
+//! (diff_id) → tar entries → file objects and the layer tree, written under `tmp/` and renamed
+//! into `layers/<diffid-hex>/` only after the diff_id matched and the file system was synced.
 //!
 //! What a layer directory and an object are is [`crate::layout`]'s.
 //!
@@ -311,7 +311,7 @@ fn read_entries(
     let decoder: Box<dyn Read + '_> = match compression {
         Compression::None => Box::new(side),
         // The decoders read the stream where it lies (`bufread`, `with_buffer`): no copy.
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(side)),
+        Compression::Gzip => Box::new(crate::gzip::Members::new(side)),
         Compression::Zstd => Box::new(
             zstd::stream::read::Decoder::with_buffer(side)
                 .map_err(|e| decompress_err(e.to_string()))?,

@@ -322,8 +322,10 @@ fn umoci_case(src: &Path, work: &Path) -> (Vec<u8>, PathBuf) {
     let index = read_json(layout.join("index.json"));
     let manifest = read_json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
     let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    // Go's gzip, through the store's own decoder.
     let mut tar = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(layer).unwrap())
+    let blob = std::io::BufReader::new(std::fs::File::open(layer).unwrap());
+    rootstock_imagestore::gzip::Members::new(blob)
         .read_to_end(&mut tar)
         .unwrap();
     let reference = work.join("umoci-ref");
