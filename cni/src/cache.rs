@@ -5,6 +5,12 @@
 //!
 //! The entry is written *before* ADD runs (without a result) and rewritten with the result
 //! afterwards: a crash in the middle of ADD still leaves the config DEL needs.
+//!
+//! Entries are replaced atomically but not fsynced, as libcni's are not: a daemon crash
+//! leaves the page cache, and so the entry, intact; a power loss may tear it, but then the
+//! netns is gone too and DEL only has to release what the plugins keep on disk (host-local's
+//! addresses), which [`ResultCache::find`]'s caller does from the file's name and the
+//! network in use. Two fsync pairs per pod start were ~1 ms of RunPodSandbox (#18).
 
 use std::path::{Path, PathBuf};
 
@@ -89,9 +95,8 @@ impl ResultCache {
             .join(format!("{network}-{container_id}-{ifname}.json"))
     }
 
-    /// Writes `entry` atomically (`rootstock_fsutil::write_atomic`: temp file, fsync,
-    /// rename, fsync the dir) — a crash leaves either the old or the new entry, never a torn
-    /// one.
+    /// Writes `entry` atomically (temp file, rename; no fsync, see the module's doc): a
+    /// reader or a daemon crash sees the old or the new entry, never a torn one.
     pub(crate) fn store(&self, entry: &CacheEntry) -> Result<PathBuf> {
         // Root only, as libcni's: the entries name pods and their addresses.
         rootstock_fsutil::create_private_dir(&self.dir).map_err(Self::cache_err(&self.dir))?;
@@ -100,17 +105,18 @@ impl ResultCache {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        rootstock_fsutil::write_atomic(&path, &data).map_err(Self::cache_err(&path))?;
+        rootstock_fsutil::write_per_boot(&path, &data).map_err(Self::cache_err(&path))?;
         Ok(path)
     }
 
     /// Finds the entry of `container_id`/`ifname` whatever its network (the network's name
-    /// may have changed since ADD).
+    /// may have changed since ADD): its path and content, or why the file named for it could
+    /// not be read (torn by a power loss).
     pub(crate) fn find(
         &self,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Option<(PathBuf, CacheEntry)>> {
+    ) -> Result<Option<(PathBuf, std::result::Result<CacheEntry, CniError>)>> {
         let suffix = format!("-{container_id}-{ifname}.json");
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -125,9 +131,13 @@ impl ResultCache {
                 continue;
             }
             let path = e.path();
-            let entry = Self::load(&path)?;
-            if entry.container_id == container_id && entry.ifname == ifname {
-                return Ok(Some((path, entry)));
+            match Self::load(&path) {
+                Ok(entry) if entry.container_id == container_id && entry.ifname == ifname => {
+                    return Ok(Some((path, Ok(entry))));
+                }
+                Ok(_) => {}
+                Err(err @ CniError::CorruptCache { .. }) => return Ok(Some((path, Err(err)))),
+                Err(err) => return Err(err),
             }
         }
         Ok(None)
@@ -149,19 +159,19 @@ impl ResultCache {
         Ok(entry)
     }
 
-    /// Removes an entry; absent is fine (DEL is idempotent).
+    /// Removes an entry; absent is fine (DEL is idempotent, and one a power loss brings back
+    /// is DELed again).
     pub(crate) fn remove(&self, path: &Path) -> Result<()> {
         match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Self::cache_err(path)(e)),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Self::cache_err(path)(e)),
         }
-        rootstock_fsutil::sync_dir(&self.dir).map_err(Self::cache_err(&self.dir))
     }
 
     /// The container ids that have an entry (for DEL of sandboxes whose teardown a crash
-    /// interrupted). Unreadable entries are skipped with a warning. Called at start-up, before
-    /// any ADD: a `write_atomic` temp file (`.<name>.tmp`) is then a crash's leftover that
+    /// interrupted); an unreadable entry counts under the id its name gives. Called at
+    /// start-up, before any ADD: a temp file (`.<name>.tmp`) is then a crash's leftover that
     /// nothing would ever overwrite (its sandbox id is not reused), so it is removed.
     pub(crate) fn container_ids(&self) -> Result<Vec<String>> {
         let entries = match std::fs::read_dir(&self.dir) {
@@ -190,13 +200,29 @@ impl ResultCache {
             }
             match Self::load(&path) {
                 Ok(entry) => ids.push(entry.container_id),
-                Err(err) => tracing::warn!(%err, "skipping unreadable CNI cache entry"),
+                Err(err) => match id_in_name(&path) {
+                    Some(id) => {
+                        tracing::warn!(%err, "unreadable CNI cache entry, DEL from its name");
+                        ids.push(id);
+                    }
+                    None => tracing::warn!(%err, "skipping unreadable CNI cache entry"),
+                },
             }
         }
         ids.sort();
         ids.dedup();
         Ok(ids)
     }
+}
+
+/// The container id in an entry's file name, `<network>-<container id>-<ifname>.json`: ids
+/// are hex (the runtime's) and ifnames have no `-` (the runtime's `eth0`), networks may.
+fn id_in_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".json")?;
+    let (rest, _ifname) = name.rsplit_once('-')?;
+    let (_network, id) = rest.rsplit_once('-')?;
+    rootstock_fsutil::validate_id(id).ok()?;
+    Some(id.to_owned())
 }
 
 #[cfg(test)]
@@ -222,7 +248,7 @@ mod tests {
         e.result = Some(serde_json::json!({"cniVersion": "1.0.0"}));
         c.store(&e).unwrap();
         let (p, got) = c.find("abc", "eth0").unwrap().unwrap();
-        assert_eq!(got, e);
+        assert_eq!(got.unwrap(), e);
         assert!(c.find("bc", "eth0").unwrap().is_none());
         // A temp file left by a crash in the middle of a store is swept at start-up.
         let leftover = d.path().join("cache").join(".net-def-eth0.json.tmp");
@@ -232,5 +258,29 @@ mod tests {
         c.remove(&p).unwrap();
         c.remove(&p).unwrap();
         assert!(c.find("abc", "eth0").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_torn_entry_is_found_by_its_name() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ResultCache::new(d.path().join("cache"));
+        std::fs::create_dir_all(d.path().join("cache")).unwrap();
+        let id = "0123456789abcdef".repeat(4);
+        let torn = d
+            .path()
+            .join("cache")
+            .join(format!("my-net-{id}-eth0.json"));
+        for content in [&b""[..], b"{\n  \"version\": 1,\n  \"netw"] {
+            std::fs::write(&torn, content).unwrap();
+            let (p, got) = c.find(&id, "eth0").unwrap().unwrap();
+            assert_eq!(p, torn);
+            assert!(matches!(got, Err(CniError::CorruptCache { .. })), "{got:?}");
+            assert_eq!(c.container_ids().unwrap(), vec![id.clone()]);
+        }
+        assert!(c.find("0123", "eth0").unwrap().is_none());
+        // A name without an id in it is left alone.
+        std::fs::remove_file(&torn).unwrap();
+        std::fs::write(d.path().join("cache").join("junk.json"), b"").unwrap();
+        assert!(c.container_ids().unwrap().is_empty());
     }
 }

@@ -353,12 +353,34 @@ impl CniManager {
         Duration::from_secs(self.config.plugin_timeout_secs.max(1))
     }
 
+    /// The sandbox's cache entry. One a power loss tore is rebuilt for DEL from what is
+    /// known: the id, the network in use now, no netns (it died with the boot) and no result,
+    /// which plugins take on DEL (host-local releases by id and ifname, as after libcni loses
+    /// its cache).
     async fn find_entry(&self, id: &str) -> Result<Option<(PathBuf, CacheEntry)>> {
         let cache = self.cache.clone();
         let id2 = id.to_string();
-        tokio::task::spawn_blocking(move || cache.find(&id2, POD_IFNAME))
+        let found = tokio::task::spawn_blocking(move || cache.find(&id2, POD_IFNAME))
             .await
-            .map_err(join_err(Path::new(id)))?
+            .map_err(join_err(Path::new(id)))??;
+        match found {
+            None => Ok(None),
+            Some((path, Ok(entry))) => Ok(Some((path, entry))),
+            Some((path, Err(err))) => {
+                tracing::warn!(sandbox = id, %err, "CNI cache entry unreadable, DEL with the network in use");
+                let network = self.current_network().await?;
+                let entry = CacheEntry::new(
+                    &network.name,
+                    id,
+                    POD_IFNAME,
+                    Path::new(""),
+                    network.raw.clone(),
+                    String::new(),
+                    serde_json::Map::new(),
+                );
+                Ok(Some((path, entry)))
+            }
+        }
     }
 
     async fn store(&self, entry: CacheEntry) -> Result<PathBuf> {

@@ -195,6 +195,37 @@ async fn del_after_restart_conflist_removal_and_netns_removal_still_releases_the
     m.teardown("podgone").await.unwrap();
 }
 
+/// Cache entries are not fsynced (as libcni's): after a power loss one may be empty or cut.
+/// Its netns died with the boot, and DEL from its name with the network in use still gives
+/// host-local's address back, at start-up and on StopPodSandbox alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_entry_torn_by_a_power_loss_still_releases_the_ip() {
+    require_root!();
+    let t = TestNet::new("torn");
+    t.write_conflist_file("10-test.conflist", &t.conflist_with(false, vec![]));
+    for (pod, keep) in [("podtorn1", 0), ("podtorn2", 100)] {
+        let ns = t.netns(pod).await;
+        t.manager().setup(&t.pod(pod, &ns)).await.unwrap();
+        t.drop_netns(&ns);
+        let entry = t.cache_dir.join(format!("{}-{pod}-eth0.json", t.name));
+        let data = std::fs::read(&entry).unwrap();
+        std::fs::write(&entry, &data[..keep]).unwrap();
+    }
+    assert_eq!(t.reserved_ips().len(), 2);
+
+    let m = t.manager();
+    assert_eq!(
+        m.attached_sandbox_ids().await.unwrap(),
+        vec!["podtorn1".to_string(), "podtorn2".to_string()]
+    );
+    assert_eq!(m.attachment("podtorn1").await.unwrap(), None);
+    for pod in ["podtorn1", "podtorn2"] {
+        m.teardown(pod).await.unwrap();
+    }
+    assert!(t.reserved_ips().is_empty(), "{:?}", t.reserved_ips());
+    assert!(t.cache_entries().is_empty(), "{:?}", t.cache_entries());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_plugin_fails_naming_it_and_leaves_nothing() {
     require_root!();
