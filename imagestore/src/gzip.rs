@@ -87,7 +87,7 @@ impl<R: BufRead> Members<R> {
     fn skip(&mut self, n: u64) -> io::Result<()> {
         let skipped = io::copy(&mut (&mut self.inner).take(n), &mut io::sink())?;
         if skipped < n {
-            return Err(truncated(io::ErrorKind::UnexpectedEof.into()));
+            return Err(cut());
         }
         Ok(())
     }
@@ -97,7 +97,7 @@ impl<R: BufRead> Members<R> {
         loop {
             let buf = self.inner.fill_buf()?;
             if buf.is_empty() {
-                return Err(truncated(io::ErrorKind::UnexpectedEof.into()));
+                return Err(cut());
             }
             match buf.iter().position(|&b| b == 0) {
                 Some(end) => {
@@ -146,7 +146,7 @@ impl<R: BufRead> Read for Members<R> {
                         self.state = State::Header { first: false };
                     } else if written == 0 && consumed == 0 {
                         return Err(if at_eof {
-                            truncated(io::ErrorKind::UnexpectedEof.into())
+                            cut()
                         } else {
                             invalid("gzip member: inflate makes no progress")
                         });
@@ -164,12 +164,18 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
+/// What a stream that ends inside a member reads as.
+fn cut() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "gzip stream ends inside a member",
+    )
+}
+
+/// `read_exact`'s early end, said as [`cut`].
 fn truncated(e: io::Error) -> io::Error {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "gzip stream ends inside a member",
-        )
+        cut()
     } else {
         e
     }
