@@ -1,7 +1,7 @@
 //! [`Members`] against what gzip tools write, and against damaged streams.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::process::{Command, Stdio};
 
 use super::Members;
@@ -139,67 +139,23 @@ fn damaged_streams_are_errors_naming_what_is_wrong() {
     reserved[3] |= 0x20;
     let mut corrupt = good.clone();
     corrupt[10] = 0xff; // a reserved deflate block type
-    let cases: Vec<(&str, Vec<u8>, std::io::ErrorKind, &str)> = vec![
-        (
-            "empty",
-            vec![],
-            std::io::ErrorKind::UnexpectedEof,
-            "ends inside",
-        ),
-        (
-            "a tar, not gzip",
-            vec![0u8; 1024],
-            std::io::ErrorKind::InvalidData,
-            "magic",
-        ),
-        (
-            "method",
-            bad_method,
-            std::io::ErrorKind::InvalidData,
-            "method",
-        ),
-        (
-            "reserved flags",
-            reserved,
-            std::io::ErrorKind::InvalidData,
-            "reserved",
-        ),
-        (
-            "corrupt deflate",
-            corrupt,
-            std::io::ErrorKind::InvalidData,
-            "gzip member",
-        ),
-        (
-            "cut in the data",
-            good[..good.len() / 2].to_vec(),
-            std::io::ErrorKind::UnexpectedEof,
-            "ends inside",
-        ),
-        (
-            "cut in the trailer",
-            good[..good.len() - 3].to_vec(),
-            std::io::ErrorKind::UnexpectedEof,
-            "ends inside",
-        ),
-        (
-            "cut in the name",
-            with_name[..12].to_vec(),
-            std::io::ErrorKind::UnexpectedEof,
-            "ends inside",
-        ),
-        (
-            "garbage after",
-            [&good[..], b"\0\0\0\0"].concat(),
-            std::io::ErrorKind::InvalidData,
-            "magic",
-        ),
-        (
-            "a second header cut",
-            [&good[..], &good[..5]].concat(),
-            std::io::ErrorKind::UnexpectedEof,
-            "ends inside",
-        ),
+    let half = good[..good.len() / 2].to_vec();
+    let no_trailer = good[..good.len() - 3].to_vec();
+    let name_cut = with_name[..12].to_vec();
+    let garbage_after = [&good[..], b"\0\0\0\0"].concat();
+    let header_cut = [&good[..], &good[..5]].concat();
+    let (cut, bad) = (ErrorKind::UnexpectedEof, ErrorKind::InvalidData);
+    let cases: Vec<(&str, Vec<u8>, ErrorKind, &str)> = vec![
+        ("empty", vec![], cut, "ends inside"),
+        ("a tar, not gzip", vec![0u8; 1024], bad, "magic"),
+        ("method", bad_method, bad, "method"),
+        ("reserved flags", reserved, bad, "reserved"),
+        ("corrupt deflate", corrupt, bad, "gzip member"),
+        ("cut in the data", half, cut, "ends inside"),
+        ("cut in the trailer", no_trailer, cut, "ends inside"),
+        ("cut in the name", name_cut, cut, "ends inside"),
+        ("garbage after", garbage_after, bad, "magic"),
+        ("a second header cut", header_cut, cut, "ends inside"),
     ];
     for (what, stream, kind, says) in cases {
         // No stricter than the decoder this one replaced: flate2's refuses each of them too.
