@@ -354,9 +354,9 @@ impl CniManager {
     }
 
     /// The sandbox's cache entry. One a power loss tore is rebuilt for DEL from what is
-    /// known: the id, the network in use now, no netns (it died with the boot) and no result,
-    /// which plugins take on DEL (host-local releases by id and ifname, as after libcni loses
-    /// its cache).
+    /// known: the id, the network in use now, no netns (it died with the boot), no capability
+    /// arguments and no result, which plugins take on DEL (host-local releases by id and
+    /// ifname, as after libcni loses its cache).
     async fn find_entry(&self, id: &str) -> Result<Option<(PathBuf, CacheEntry)>> {
         let cache = self.cache.clone();
         let id2 = id.to_string();
@@ -375,7 +375,8 @@ impl CniManager {
                     POD_IFNAME,
                     Path::new(""),
                     network.raw.clone(),
-                    String::new(),
+                    // The pod's name and namespace went with the entry.
+                    format!("IgnoreUnknown=1;K8S_POD_INFRA_CONTAINER_ID={id}"),
                     serde_json::Map::new(),
                 );
                 Ok(Some((path, entry)))
