@@ -101,18 +101,30 @@ impl OverlayRootfs {
             check_option_path(&me.upper)?,
             check_option_path(&me.work)?
         );
-        mount(
-            Some("overlay"),
-            &me.target,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(opts.as_str()),
-        )
-        .map_err(|source| Error::Mount {
-            op: "mount overlay at",
-            target: me.target.clone(),
-            source,
-        })
+        // `volatile`: no sync of the upper layer is ever waited for, neither the container's
+        // own fsync nor the unmount's, which otherwise syncs the whole upper file system, with
+        // every other writer's dirty data (#18). The writable layer never outlives its
+        // container (per-boot records; a restarted container gets a new one), and the upper
+        // dir is never mounted twice, which `volatile` forbids. Kernels before 5.10 say EINVAL.
+        let mount_with = |opts: &str| {
+            mount(
+                Some("overlay"),
+                &me.target,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(opts),
+            )
+        };
+        mount_with(&format!("{opts},volatile"))
+            .or_else(|e| match e {
+                nix::errno::Errno::EINVAL => mount_with(&opts),
+                e => Err(e),
+            })
+            .map_err(|source| Error::Mount {
+                op: "mount overlay at",
+                target: me.target.clone(),
+                source,
+            })
     }
 
     /// The mount point (the bundle's rootfs).
@@ -180,6 +192,7 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -187,6 +200,34 @@ mod tests {
     fn mountinfo_unescape() {
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
         assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    /// The container's layer is mounted `volatile`, and a file written and synced in it is
+    /// there until the unmount.
+    #[test]
+    fn the_writable_layer_is_volatile() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        fs::create_dir_all(lower.join("etc")).unwrap();
+        let target = dir.path().join("rootfs");
+        let rootfs =
+            OverlayRootfs::mount(&lower, &target, &dir.path().join("layer"), None).unwrap();
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == target.to_str())
+            .unwrap();
+        assert!(line.contains("volatile"), "{line}");
+        let mut f = fs::File::create(target.join("etc/written")).unwrap();
+        std::io::Write::write_all(&mut f, b"x").unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        assert_eq!(fs::read(rootfs.upper().join("etc/written")).unwrap(), b"x");
+        rootfs.unmount().unwrap();
+        assert!(!is_mountpoint(&target));
     }
 
     #[test]
