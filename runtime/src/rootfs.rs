@@ -158,15 +158,20 @@ impl OverlayRootfs {
 
 /// Whether something is mounted exactly at `path` (from `/proc/self/mountinfo`).
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let Some(want) = path.to_str() else {
-        return false;
-    };
+    mountinfo_line(path).is_some()
+}
+
+/// The `/proc/self/mountinfo` line of the mount exactly at `path`, if any.
+fn mountinfo_line(path: &Path) -> Option<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_str()?;
     info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape_mountinfo(mp) == want)
+        .find(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| unescape_mountinfo(mp) == want)
+        })
+        .map(str::to_owned)
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -215,11 +220,7 @@ mod tests {
         let target = dir.path().join("rootfs");
         let rootfs =
             OverlayRootfs::mount(&lower, &target, &dir.path().join("layer"), None).unwrap();
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let line = info
-            .lines()
-            .find(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == target.to_str())
-            .unwrap();
+        let line = mountinfo_line(&target).unwrap();
         assert!(line.contains("volatile"), "{line}");
         let mut f = fs::File::create(target.join("etc/written")).unwrap();
         std::io::Write::write_all(&mut f, b"x").unwrap();
