@@ -60,6 +60,7 @@ pub mod inspect;
 mod lifecycle;
 pub mod monitor;
 pub mod monitor_proto;
+mod netns_reaper;
 pub mod oci;
 pub mod pod_helpers;
 mod query;

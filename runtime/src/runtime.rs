@@ -19,6 +19,7 @@ use crate::events::{EventBus, EventKind};
 use crate::exit_watch::ExitWatcher;
 use crate::id::{ContainerId, SandboxId};
 use crate::monitor::{self, MonitorArgs};
+use crate::netns_reaper::NetnsReaper;
 use crate::oci::OciRuntime;
 use crate::rootfs::OverlayRootfs;
 use crate::sandbox::SandboxRecord;
@@ -105,6 +106,8 @@ pub struct Runtime {
     userns: std::result::Result<(), String>,
     /// Container lifecycle events (GetContainerEvents).
     pub(crate) events: Arc<EventBus>,
+    /// Holds stopped pods' network namespaces to let them go together.
+    pub(crate) netns_reaper: NetnsReaper,
 }
 
 /// A container's usage, for the CRI stats RPCs.
@@ -198,6 +201,9 @@ impl Runtime {
                 .map_err(|e| Error::io("start the exit watcher for", &opts_state_dir, e))?,
             userns,
             events: Arc::default(),
+            netns_reaper: NetnsReaper::start().map_err(|e| {
+                Error::io("start the network namespace reaper for", &opts_state_dir, e)
+            })?,
         })
     }
 

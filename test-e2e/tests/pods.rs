@@ -348,6 +348,17 @@ async fn fifty_pod_cycles_keep_fds_mounts_and_cgroups_flat() {
         remove_pod(&mut rt, &id).await;
         ids.push(id);
     }
+    // Stopped pods' network namespaces are held a moment to be let go together
+    // (runtime/src/netns_reaper.rs), then every one must be let go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while namespace_fds(pid) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon still holds {} stopped pods' network namespaces",
+            namespace_fds(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (fds0, mounts0) = before;
     let (fds1, mounts1) = (fds(), mount_count());
     eprintln!("50 cycles: daemon fds {fds0} -> {fds1}, host mounts {mounts0} -> {mounts1}");

@@ -156,15 +156,16 @@ impl Runtime {
         }
         kinds.into_iter().find_map(|(kind, want)| {
             let path = dir.join(kind);
-            check_pin(&path, want)
+            open_pin(&path, want)
                 .err()
                 .map(|why| format!("{}: {why}", path.display()))
         })
     }
 }
 
-/// `path` must be a pinned namespace (an nsfs file, i.e. a live bind mount) of type `want`.
-fn check_pin(path: &Path, want: libc::c_int) -> std::result::Result<(), String> {
+/// The namespace pinned at `path` (an nsfs file, i.e. a live bind mount) if it is of type
+/// `want`.
+pub(super) fn open_pin(path: &Path, want: libc::c_int) -> std::result::Result<File, String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let fd = file.as_raw_fd();
     // SAFETY: a zeroed statfs is a valid out-buffer; `fd` is open for the whole call.
@@ -185,7 +186,7 @@ fn check_pin(path: &Path, want: libc::c_int) -> std::result::Result<(), String> 
     if got != want {
         return Err(format!("a namespace of type {got:#x}, not {want:#x}"));
     }
-    Ok(())
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -199,14 +200,14 @@ mod tests {
         let plain = dir.path().join("net");
         fs::write(&plain, "").unwrap();
         assert!(
-            check_pin(&plain, libc::CLONE_NEWNET)
+            open_pin(&plain, libc::CLONE_NEWNET)
                 .unwrap_err()
                 .contains("not a mounted")
         );
         let own = Path::new("/proc/self/ns/net");
-        check_pin(own, libc::CLONE_NEWNET).unwrap();
+        open_pin(own, libc::CLONE_NEWNET).unwrap();
         assert!(
-            check_pin(own, libc::CLONE_NEWIPC)
+            open_pin(own, libc::CLONE_NEWIPC)
                 .unwrap_err()
                 .contains("type")
         );

@@ -459,3 +459,15 @@ pub async fn wait_file(path: &Path, pred: impl Fn(&str) -> bool) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// How many namespace files (nsfs: `/proc/*/ns/*` and their bind mounts) process `pid` holds
+/// open.
+pub fn namespace_fds(pid: impl std::fmt::Display) -> usize {
+    use std::os::unix::fs::MetadataExt as _;
+    let nsfs = std::fs::metadata("/proc/self/ns/net").unwrap().dev();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == nsfs))
+        .count()
+}
