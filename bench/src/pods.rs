@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
-use super::{Ctx, Kind, Measure, Target, WORKLOAD, quantiles, remove_all_pods};
+use super::{Ctx, Kind, Measure, StartTimes, Target, WORKLOAD, quantiles, remove_all_pods};
 
 /// How long what a pod start runs briefly (the OCI runtime, CNI plugins) gets to exit before
 /// processes are counted, and the daemon gets to settle before its memory is read.
@@ -53,18 +53,29 @@ pub async fn lifecycle(t: &Target, ctx: &Ctx) -> Vec<Measure> {
             Err(why) => Err(why.clone()),
         };
         let figures = samples.and_then(|(up, down)| {
-            let ((up50, up90), (down50, down90)) = quantiles(&up)
-                .zip(quantiles(&down))
-                .ok_or_else(|| "no runs (runs = 0)".to_owned())?;
-            Ok([up50, up90, down50, down90])
+            let median = |part: fn(&StartTimes) -> Duration| {
+                quantiles(&up.iter().map(part).collect::<Vec<_>>()).map(|(m, _)| m)
+            };
+            let ((up50, up90), (down50, down90)) =
+                quantiles(&up.iter().map(StartTimes::total).collect::<Vec<_>>())
+                    .zip(quantiles(&down))
+                    .ok_or_else(|| "no runs (runs = 0)".to_owned())?;
+            let parts = median(|s| s.run)
+                .zip(median(|s| s.create_start))
+                .unwrap_or_default();
+            Ok(([up50, up90, down50, down90], parts))
         });
         match figures {
-            Ok(figures) => {
+            Ok((figures, (run, create_start))) => {
+                // The parts tell a change in the runtime's own work from one in CNI ADD.
                 eprintln!(
-                    "bench[{}] pod lifecycle ({handler}): start median {:.1} ms, p90 {:.1} ms; \
+                    "bench[{}] pod lifecycle ({handler}): start median {:.1} ms (medians: \
+                     RunPodSandbox {:.1}, CreateContainer + StartContainer {:.1}), p90 {:.1} ms; \
                      stop+remove median {:.1} ms, p90 {:.1} ms",
                     t.kind.name(),
                     figures[0].as_secs_f64() * 1e3,
+                    run.as_secs_f64() * 1e3,
+                    create_start.as_secs_f64() * 1e3,
                     figures[1].as_secs_f64() * 1e3,
                     figures[2].as_secs_f64() * 1e3,
                     figures[3].as_secs_f64() * 1e3,
@@ -92,7 +103,7 @@ async fn cycles(
     rt: &mut RuntimeServiceClient<Channel>,
     handler: &str,
     ctx: &Ctx,
-) -> Result<(Vec<Duration>, Vec<Duration>), String> {
+) -> Result<(Vec<StartTimes>, Vec<Duration>), String> {
     cycle(
         rt,
         handler,
@@ -119,10 +130,10 @@ async fn cycle(
     handler: &str,
     name: &str,
     image: &str,
-) -> Result<(Duration, Duration), String> {
+) -> Result<(StartTimes, Duration), String> {
     let (pod, up) = super::start_pod(rt, handler, name, image).await?;
     let down = super::remove_pod(rt, &pod.sandbox).await?;
-    Ok((up.total(), down))
+    Ok((up, down))
 }
 
 // ---------------------------------------------------------------------------------------------
