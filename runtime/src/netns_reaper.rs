@@ -17,11 +17,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long the first namespace of a batch is held.
-pub(crate) const WINDOW: Duration = Duration::from_millis(500);
+const WINDOW: Duration = Duration::from_millis(500);
 /// A batch this big is let go at once: a burst of stops tears down as it goes, not all in
 /// one pass that then lands on whatever the node does next (measured: a pass of 20 right
 /// in the next burst of 20 pod starts slowed it by a quarter).
-pub(crate) const BATCH: usize = 4;
+const BATCH: usize = 4;
 
 /// The thread that holds namespaces and closes them; dropping this closes what it holds and
 /// joins it.
@@ -56,7 +56,7 @@ impl NetnsReaper {
         })
     }
 
-    /// Closes `ns` with the others of its window (at once if the thread is gone: the failed
+    /// Closes `ns` with the others of its batch (at once if the thread is gone: the failed
     /// send drops it).
     pub(crate) fn let_go(&self, ns: OwnedFd) {
         if let Some(tx) = &self.tx {
