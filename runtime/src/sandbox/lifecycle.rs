@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use super::namespaces::node_hostname;
+use super::recovery::open_pin;
 use super::{
     SANDBOX_FILE, SANDBOX_RECORD_VERSION, SandboxInfo, SandboxPidMode, SandboxRecord, SandboxSpec,
     SandboxState,
@@ -167,6 +168,12 @@ impl Runtime {
         let info = self.sandbox_info(&rec);
         // SIGKILL of a PID namespace's init kills every process left in it.
         self.stop_pod_init(&rec);
+        // DEL emptied the network namespace: it is let go with others' (netns_reaper). Every
+        // other teardown (recovery, a failed start) lets it go at once, since its end is
+        // also what removes an interface DEL did not.
+        if let Ok(net) = open_pin(&info.dir.join("ns/net"), libc::CLONE_NEWNET) {
+            self.netns_reaper.let_go(net.into());
+        }
         self.teardown_sandbox(&info, false)?;
         rootstock_fsutil::failpoint::hit("sandbox-stop.namespaces-released");
         if rec.state != SandboxState::NotReady || rec.pod_init.is_some() {

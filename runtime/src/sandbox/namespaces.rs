@@ -10,7 +10,6 @@ use std::process::{Command, Stdio};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::pin::PinRequest;
-use super::recovery::open_pin;
 use super::{KINDS, SandboxInfo, SandboxRecord, SandboxSpec, hosts_file, resolv_conf};
 use crate::error::{Error, Result};
 use crate::monitor::ProcessIdentity;
@@ -237,13 +236,8 @@ impl Runtime {
     /// Unmounts namespaces and `/dev/shm`; with `remove`, deletes the directory too.
     /// Every step tolerates "already gone".
     pub(super) fn teardown_sandbox(&self, info: &SandboxInfo, remove: bool) -> Result<()> {
-        let nsdir = info.dir.join("ns");
-        // Held past the unmount: the kernel then tears it down with others (netns_reaper).
-        if let Ok(net) = open_pin(&nsdir.join("net"), libc::CLONE_NEWNET) {
-            self.netns_reaper.let_go(net.into());
-        }
         for kind in KINDS {
-            unmount_if_mounted(&nsdir.join(kind))?;
+            unmount_if_mounted(&info.dir.join("ns").join(kind))?;
         }
         unmount_if_mounted(&info.dir.join("shm"))?;
         if remove {
