@@ -8,6 +8,7 @@
 //! (rootstock only, [`Options::smoke`]).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod floor;
 pub mod images;
 pub mod many;
 pub mod peer;
@@ -383,6 +384,10 @@ async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
         .await;
     run.family(t, "concurrent pods", pods::concurrent(t, ctx))
         .await;
+    if t.kind == Kind::Rootstock {
+        // No runtime's figure: measured once, in the first runtime's turn.
+        run.family(t, "pod floor", floor::floor(ctx)).await;
+    }
     run.family(t, "memory per pod", pods::memory_per_pod(t, ctx))
         .await;
     run.family(t, "many pods", many::many_pods(t, ctx)).await;

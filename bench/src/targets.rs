@@ -14,12 +14,14 @@ enum Goal {
     AtLeast(f64),
 }
 
-/// One row of the issue's table: rootstock's key, containerd's (for a ratio), the goal.
+/// One row of the issue's table: rootstock's key, containerd's (for a ratio), the goal, and
+/// the key of the row's floor where one is measured ([`crate::floor`]).
 struct Target {
     what: String,
     ours: Key,
     peer: Option<Key>,
     goal: Goal,
+    floor: Option<Key>,
 }
 
 /// A row's key, or the start and end of one whose middle names a fixture's size.
@@ -46,30 +48,28 @@ fn targets(handlers: &[String], concurrent: usize, many: usize) -> Vec<Target> {
             "crun" => (0.20, 0.30, 0.20),
             _ => continue,
         };
-        for (what, key, goal) in [
-            ("pod start median", "pod start median", start),
-            ("stop+remove median", "pod stop+remove median", stop),
+        let burst_what = format!("{concurrent} pods started at once");
+        let burst_key = format!("{burst_what}: wall");
+        for (what, key, goal, floored) in [
+            ("pod start median", "pod start median", start, true),
+            ("stop+remove median", "pod stop+remove median", stop, false),
+            (burst_what.as_str(), burst_key.as_str(), burst, true),
         ] {
             out.push(Target {
                 what: format!("{what}, {h}"),
                 ours: Key::Exact(format!("{key} ({h})")),
                 peer: Some(Key::Exact(format!("{key} (runc)"))),
                 goal: Goal::Ratio(goal),
+                floor: floored.then(|| Key::Exact(format!("floor: {key} ({h})"))),
             });
         }
-        let burst_key = |h: &str| format!("{concurrent} pods started at once: wall ({h})");
-        out.push(Target {
-            what: format!("{concurrent} pods started at once, {h}"),
-            ours: Key::Exact(burst_key(h)),
-            peer: Some(Key::Exact(burst_key("runc"))),
-            goal: Goal::Ratio(burst),
-        });
     }
     out.push(Target {
         what: "cold pull, median".into(),
         ours: Key::Around("cold pull (", "): median"),
         peer: Some(Key::Around("cold pull (", "): median")),
         goal: Goal::Ratio(0.40),
+        floor: None,
     });
     if let Some(h) = handlers.first() {
         for (what, key, bound) in [
@@ -105,6 +105,7 @@ fn targets(handlers: &[String], concurrent: usize, many: usize) -> Vec<Target> {
                 ours: Key::Exact(key),
                 peer: None,
                 goal: Goal::AtMost(bound),
+                floor: None,
             });
         }
     }
@@ -113,6 +114,7 @@ fn targets(handlers: &[String], concurrent: usize, many: usize) -> Vec<Target> {
         ours: Key::Around("small-file pull (", "): files/s at median"),
         peer: None,
         goal: Goal::AtLeast(15_000.0),
+        floor: None,
     });
     out
 }
@@ -124,15 +126,16 @@ fn value(o: &Option<Outcome>) -> Option<f64> {
     }
 }
 
-/// The targets table in markdown: each row's figures, ratio, goal and whether it is met
-/// ("–" where a figure is missing).
+/// The targets table in markdown: each row's figures, ratio, floor (and the floor's own
+/// ratio: what the row would be with a runtime that cost nothing), goal and whether it is
+/// met ("–" where a figure is missing).
 pub(super) fn markdown(report: &Report) -> String {
     let rows = report.rows();
     let opts = &report.options;
     let mut out = String::from(
         "\n### #18 targets (crun's rows against containerd with runc)\n\n\
-         | target | unit | rootstock | containerd | ratio | goal | met |\n\
-         |---|---|--:|--:|--:|---|---|\n",
+         | target | unit | rootstock | containerd | ratio | floor | floor ratio | goal | met |\n\
+         |---|---|--:|--:|--:|--:|--:|---|---|\n",
     );
     for t in targets(&opts.handlers, opts.concurrent, opts.many_pods) {
         let ours_row = t.ours.find(&rows);
@@ -142,23 +145,32 @@ pub(super) fn markdown(report: &Report) -> String {
             .as_ref()
             .and_then(|k| k.find(&rows))
             .and_then(|r| value(&r.containerd));
-        let ratio = match (ours, peer) {
-            (Some(o), Some(p)) if p != 0.0 => Some(o / p),
+        let floor = t
+            .floor
+            .as_ref()
+            .and_then(|k| k.find(&rows))
+            .and_then(|r| value(&r.rootstock));
+        let to_peer = |v: Option<f64>| match (v, peer) {
+            (Some(v), Some(p)) if p != 0.0 => Some(v / p),
             _ => None,
         };
+        let (ratio, floor_ratio) = (to_peer(ours), to_peer(floor));
         let (goal, met) = match t.goal {
             Goal::Ratio(g) => (format!("≤ {g:.2}×"), ratio.map(|r| r <= g)),
             Goal::AtMost(b) => (format!("≤ {}", number(b)), ours.map(|o| o <= b)),
             Goal::AtLeast(b) => (format!("≥ {}", number(b)), ours.map(|o| o >= b)),
         };
         let show = |v: Option<f64>| v.map_or("–".to_owned(), number);
+        let times = |r: Option<f64>| r.map_or("–".to_owned(), |r| format!("{r:.2}"));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {goal} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {goal} | {} |\n",
             t.what,
             ours_row.map_or("–", |r| r.unit),
             show(ours),
             show(peer),
-            ratio.map_or("–".to_owned(), |r| format!("{r:.2}")),
+            times(ratio),
+            show(floor),
+            times(floor_ratio),
             met.map_or("–", |m| if m { "yes" } else { "no" }),
         ));
     }
@@ -175,7 +187,7 @@ mod tests {
     use crate::{Kind, Measure, Options};
 
     #[test]
-    fn crun_is_held_against_containerd_with_runc_and_bounds_are_absolute() {
+    fn crun_is_held_against_containerd_with_runc_floors_likewise_and_bounds_are_absolute() {
         let mut opts = Options::smoke(Path::new("/nonexistent"));
         opts.handlers = vec!["runc".into(), "crun".into()];
         let mut report = Report::new(&opts);
@@ -185,6 +197,7 @@ mod tests {
                 vec![
                     Measure::value("pod start median (runc)", "ms", 40.0),
                     Measure::value("pod start median (crun)", "ms", 25.0),
+                    Measure::value("floor: pod start median (runc)", "ms", 35.0),
                     Measure::value("daemon idle RSS", "MiB", 10.5),
                     Measure::value(
                         "small-file pull (9 x 1 KiB, 1 layer): files/s at median",
@@ -203,20 +216,24 @@ mod tests {
         ];
         let table = markdown(&report);
         assert!(
-            table.contains("| pod start median, runc | ms | 40.0 | 125 | 0.32 | ≤ 0.25× | no |"),
+            table.contains(
+                "| pod start median, runc | ms | 40.0 | 125 | 0.32 | 35.0 | 0.28 | ≤ 0.25× | no |"
+            ),
             "{table}"
         );
         assert!(
-            table.contains("| pod start median, crun | ms | 25.0 | 125 | 0.20 | ≤ 0.20× | yes |"),
+            table.contains(
+                "| pod start median, crun | ms | 25.0 | 125 | 0.20 | – | – | ≤ 0.20× | yes |"
+            ),
             "{table}"
         );
         assert!(
-            table.contains("| daemon RSS, idle | MiB | 10.5 | – | – | ≤ 10.0 | no |"),
+            table.contains("| daemon RSS, idle | MiB | 10.5 | – | – | – | – | ≤ 10.0 | no |"),
             "{table}"
         );
         assert!(table.contains("| ≥ 15000 | yes |"), "{table}");
         assert!(
-            table.contains("| cold pull, median | – | – | – | – | ≤ 0.40× | – |"),
+            table.contains("| cold pull, median | – | – | – | – | – | – | ≤ 0.40× | – |"),
             "{table}"
         );
     }

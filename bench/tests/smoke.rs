@@ -41,6 +41,8 @@ async fn smoke_run_measures_every_family_on_rootstock() {
         format!("pod stop+remove p90 ({handler})"),
         format!("{n} pods started at once: wall ({handler})"),
         format!("{n} pods stopped+removed at once: wall ({handler})"),
+        format!("floor: pod start median ({handler})"),
+        format!("floor: {n} pods started at once: wall ({handler})"),
         format!("memory per running pod: RSS ({handler})"),
         format!("memory per running pod: PSS ({handler})"),
         format!("memory per running pod: processes ({handler})"),

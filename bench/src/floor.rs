@@ -1,0 +1,362 @@
+//! The floor under a pod start (issue 18): what the external tools a pod needs take with no
+//! runtime around them, measured in the same run and on the same network as the daemons.
+//!
+//! Per pod: a network namespace pinned in-process (as rootstock pins it), CNI ADD through the
+//! bench's conflist, then `<handler> create` and `<handler> start` of a bundle from
+//! `<handler> spec` with the pod's network namespace, the three `/etc` files bind-mounted,
+//! and a read-only busybox directory as its root (no overlay, no log, no monitor). The tools
+//! run as cheaply as rootstock runs them: crun from a sealed copy of its binary, and the
+//! kernel's cgroup-migration lock kept warm ([`rootstock_runtime::sealed_exe`],
+//! [`rootstock_runtime::cgroup_warm`]); without those crun's create alone took 10–25 ms. Measured
+//! one pod at a time and `opts.concurrent` at once, as [`super::pods`] measures the daemons:
+//! a row that sits near its floor has nothing left to remove but the tools' own work.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use rootstock_runtime::cgroup_warm;
+use rootstock_runtime::sealed_exe::{self, SealedExe};
+use rootstock_testkit::netns::{create_netns, remove_netns};
+use rootstock_testkit::network::SYSTEM_PLUGINS;
+
+use super::{Ctx, Measure, WORKLOAD, quantiles};
+
+/// Untimed pause after pods are removed: the kernel tears a released network namespace
+/// down in the background (two RCU barriers, which the next ADD would wait behind), and a
+/// floor is measured without that.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Per handler: the median of `opts.runs` single pod starts after a warm-up, and the median
+/// of `opts.bursts` walls of `opts.concurrent` pods started at once.
+pub async fn floor(ctx: &Ctx) -> Vec<Measure> {
+    let mut out = Vec::new();
+    for handler in &ctx.opts.handlers {
+        let single = format!("floor: pod start median ({handler})");
+        let burst = format!(
+            "floor: {} pods started at once: wall ({handler})",
+            ctx.opts.concurrent
+        );
+        let bed = Bed::new(ctx, handler);
+        let (runs, bursts, n) = (ctx.opts.runs, ctx.opts.bursts.max(1), ctx.opts.concurrent);
+        let measured = tokio::task::spawn_blocking(move || {
+            let bed = bed?;
+            let single = bed.singles(runs)?;
+            let burst = bed.bursts(bursts, n)?;
+            Ok::<_, String>((single, burst))
+        })
+        .await
+        .map_err(|e| format!("task: {e}"))
+        .and_then(|r| r);
+        match measured {
+            Ok((s, b)) => {
+                eprintln!(
+                    "bench[floor] {handler}: one pod {:.1} ms, {n} at once {:.0} ms (medians)",
+                    s.as_secs_f64() * 1e3,
+                    b.as_secs_f64() * 1e3
+                );
+                out.push(Measure::millis(single, s));
+                out.push(Measure::millis(burst, b));
+            }
+            Err(why) => {
+                eprintln!("bench[floor] {handler}: {why}");
+                out.push(Measure::failed(single, "ms", why.clone()));
+                out.push(Measure::failed(burst, "ms", why));
+            }
+        }
+    }
+    out
+}
+
+/// One handler's test bed: the root file system, the runtime's state dir and the CNI chain.
+struct Bed {
+    dir: tempfile::TempDir,
+    handler: String,
+    /// crun's sealed copy (the daemon's default for its built-in crun; runc runs by path).
+    exe: Option<SealedExe>,
+    /// `<handler> spec` with the root, process and `/etc` mounts set; per pod, the network
+    /// namespace and cgroup are added.
+    spec: Value,
+    /// The conflist's plugins, each with the list's name and version (ADD's stdin).
+    plugins: Vec<Value>,
+    cni_path: String,
+    /// Pods made so far (unique names across bursts).
+    made: AtomicUsize,
+}
+
+impl Bed {
+    fn new(ctx: &Ctx, handler: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let root = dir.path().join("rootfs");
+        let dirs = ["bin", "proc", "sys", "dev", "etc", "tmp"].map(|d| root.join(d));
+        for d in dirs
+            .iter()
+            .chain(&["ns", "state", "bundles"].map(|d| dir.path().join(d)))
+        {
+            std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+            .map_err(|e| format!("copying /bin/busybox: {e}"))?;
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(WORKLOAD[0]))
+            .map_err(|e| format!("symlink: {e}"))?;
+        let mut mounts = Vec::new();
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            // The root is read-only: the mount points must be in it.
+            std::fs::write(root.join("etc").join(f), "").map_err(|e| format!("{f}: {e}"))?;
+            let src = dir.path().join(f);
+            std::fs::write(&src, "floor\n").map_err(|e| format!("{f}: {e}"))?;
+            mounts.push(json!({
+                "destination": format!("/etc/{f}"), "type": "bind",
+                "source": src, "options": ["rbind", "rprivate"]
+            }));
+        }
+        let out = Command::new(handler)
+            .arg("spec")
+            .current_dir(dir.path())
+            .output()
+            .map_err(|e| format!("{handler} spec: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("{handler} spec: {}", stderr(&out.stderr)));
+        }
+        let text = std::fs::read(dir.path().join("config.json"))
+            .map_err(|e| format!("{handler} spec's config.json: {e}"))?;
+        let mut spec: Value =
+            serde_json::from_slice(&text).map_err(|e| format!("{handler} spec: {e}"))?;
+        spec["root"] = json!({ "path": root, "readonly": true });
+        spec["process"]["args"] = json!(WORKLOAD);
+        spec["process"]["terminal"] = json!(false);
+        if let Some(m) = spec["mounts"].as_array_mut() {
+            m.extend(mounts);
+        }
+        let list = ctx.net.conflist(Vec::new());
+        let plugins = list["plugins"]
+            .as_array()
+            .ok_or("the bench's conflist has no plugins")?
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p["name"] = list["name"].clone();
+                p["cniVersion"] = list["cniVersion"].clone();
+                p
+            })
+            .collect();
+        let exe = (handler == "crun")
+            .then(|| {
+                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+                    .map(|d| d.join(handler))
+                    .find(|p| p.is_file())
+            })
+            .flatten()
+            .map(SealedExe::new);
+        Ok(Self {
+            handler: handler.to_owned(),
+            exe,
+            spec,
+            plugins,
+            cni_path: format!("{}:{SYSTEM_PLUGINS}", ctx.net.bin_dir.display()),
+            made: AtomicUsize::new(0),
+            dir,
+        })
+    }
+
+    /// A new pod's name with its bundle written (untimed).
+    fn prepare(&self) -> Result<String, String> {
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
+        let id = format!("rsfloor-{}-{}-{n}", std::process::id(), self.handler);
+        let mut spec = self.spec.clone();
+        spec["hostname"] = json!(id);
+        spec["linux"]["cgroupsPath"] = json!(format!("/{id}"));
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+            ns.push(json!({ "type": "network", "path": self.netns(&id) }));
+        }
+        let bundle = self.bundle(&id);
+        std::fs::create_dir_all(&bundle).map_err(|e| format!("bundle: {e}"))?;
+        std::fs::write(bundle.join("config.json"), spec.to_string())
+            .map_err(|e| format!("bundle: {e}"))?;
+        Ok(id)
+    }
+
+    fn netns(&self, id: &str) -> PathBuf {
+        self.dir.path().join("ns").join(id)
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.dir.path().join("bundles").join(id)
+    }
+
+    /// The timed part: pin, ADD, create, start.
+    fn up(&self, id: &str) -> Result<(), String> {
+        cgroup_warm::warm();
+        let ns = self.netns(id);
+        create_netns(&ns).map_err(|e| e.to_string())?;
+        self.cni("ADD", id, &ns)?;
+        let bundle = self.bundle(id);
+        self.runtime(&["create", "--bundle", &bundle.to_string_lossy(), id])?;
+        self.runtime(&["start", id])
+    }
+
+    /// Untimed: the container, its network, its namespace and its bundle removed, each
+    /// tried whatever the others did (a pod whose start failed half-way has some of them);
+    /// the first error.
+    fn down(&self, id: &str) -> Result<(), String> {
+        let ns = self.netns(id);
+        [
+            self.runtime(&["delete", "--force", id]),
+            self.cni("DEL", id, &ns),
+            remove_netns(&ns).map_err(|e| e.to_string()),
+            std::fs::remove_dir_all(self.bundle(id)).map_err(|e| format!("bundle: {e}")),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    /// `<handler> <args>` with its errors in a log file: the container's process inherits
+    /// create's stdio, so a pipe there would stay open as long as it runs.
+    fn runtime(&self, args: &[&str]) -> Result<(), String> {
+        let log = self
+            .dir
+            .path()
+            .join("state")
+            .join(format!("{}.log", args[args.len() - 1]));
+        let copy = self.exe.as_ref().and_then(SealedExe::copy);
+        let mut cmd = match &copy {
+            Some(fd) => Command::new(sealed_exe::fd_path(fd)),
+            None => Command::new(&self.handler),
+        };
+        let status = cmd
+            .arg0(&self.handler)
+            .arg("--root")
+            .arg(self.dir.path().join("state"))
+            .arg("--log")
+            .arg(&log)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("{}: {e}", self.handler))?;
+        if !status.success() {
+            let said = std::fs::read(&log).unwrap_or_default();
+            return Err(format!("{} {}: {}", self.handler, args[0], stderr(&said)));
+        }
+        Ok(())
+    }
+
+    /// The conflist's chain, each plugin given the previous one's result (ADD) or the
+    /// chain in reverse (DEL).
+    fn cni(&self, command: &str, id: &str, netns: &Path) -> Result<(), String> {
+        let mut order: Vec<&Value> = self.plugins.iter().collect();
+        if command == "DEL" {
+            order.reverse();
+        }
+        let mut prev: Option<Value> = None;
+        for plugin in order {
+            let mut stdin = plugin.clone();
+            if let Some(p) = &prev {
+                stdin["prevResult"] = p.clone();
+            }
+            let kind = plugin["type"].as_str().unwrap_or_default();
+            let bin = self
+                .cni_path
+                .split(':')
+                .map(|d| Path::new(d).join(kind))
+                .find(|p| p.is_file())
+                .ok_or_else(|| format!("CNI plugin {kind} not found in {}", self.cni_path))?;
+            let mut child = Command::new(bin)
+                .env("CNI_COMMAND", command)
+                .env("CNI_CONTAINERID", id)
+                .env("CNI_NETNS", netns)
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", &self.cni_path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("{kind}: {e}"))?;
+            {
+                use std::io::Write as _;
+                let mut input = child.stdin.take().ok_or("no stdin")?;
+                input
+                    .write_all(stdin.to_string().as_bytes())
+                    .map_err(|e| format!("{kind} stdin: {e}"))?;
+            }
+            let out = child
+                .wait_with_output()
+                .map_err(|e| format!("{kind}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{kind} {command}: {} {}",
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    stderr(&out.stderr)
+                ));
+            }
+            if command == "ADD" {
+                prev = Some(serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}"))?);
+            }
+        }
+        Ok(())
+    }
+
+    /// A warm-up pod (the tools read from disk), then `runs` pods one at a time: the median
+    /// start.
+    fn singles(&self, runs: usize) -> Result<Duration, String> {
+        let mut times = Vec::new();
+        for n in 0..=runs {
+            let id = self.prepare()?;
+            let started = Instant::now();
+            let up = self.up(&id);
+            let took = started.elapsed();
+            let down = self.down(&id);
+            up.and(down)?;
+            std::thread::sleep(SETTLE);
+            if n > 0 {
+                times.push(took);
+            }
+        }
+        quantiles(&times)
+            .map(|(m, _)| m)
+            .ok_or_else(|| "no runs (runs = 0)".to_owned())
+    }
+
+    /// `bursts` times `n` pods started at once, each on a thread of its own, then removed
+    /// at once: the median wall until the last one runs.
+    fn bursts(&self, bursts: usize, n: usize) -> Result<Duration, String> {
+        let mut walls = Vec::new();
+        for _ in 0..bursts {
+            let ids = (0..n)
+                .map(|_| self.prepare())
+                .collect::<Result<Vec<_>, _>>()?;
+            let started = Instant::now();
+            let ups: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.up(id))).collect();
+                handles.into_iter().map(join).collect()
+            });
+            walls.push(started.elapsed());
+            let downs: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.down(id))).collect();
+                handles.into_iter().map(join).collect()
+            });
+            ups.into_iter()
+                .chain(downs)
+                .collect::<Result<Vec<()>, _>>()?;
+            std::thread::sleep(SETTLE);
+        }
+        quantiles(&walls)
+            .map(|(m, _)| m)
+            .ok_or_else(|| "no bursts".to_owned())
+    }
+}
+
+fn join(h: std::thread::ScopedJoinHandle<'_, Result<(), String>>) -> Result<(), String> {
+    h.join()
+        .unwrap_or_else(|_| Err("a pod's thread panicked".into()))
+}
+
+fn stderr(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).trim().to_owned()
+}
