@@ -19,53 +19,58 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use rootstock_runtime::RuntimeConfig;
 use rootstock_runtime::cgroup_warm;
 use rootstock_runtime::sealed_exe::{self, SealedExe};
 use rootstock_testkit::netns::{create_netns, remove_netns};
 use rootstock_testkit::network::SYSTEM_PLUGINS;
 
-use super::{Ctx, Measure, WORKLOAD, quantiles};
+use super::{Ctx, Measure, WORKLOAD, machine_busy, quantiles};
 
 /// Untimed pause after pods are removed: the kernel tears a released network namespace
 /// down in the background (two RCU barriers, which the next ADD would wait behind), and a
 /// floor is measured without that.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Per handler: the median of `opts.runs` single pod starts after a warm-up, and the median
-/// of `opts.bursts` walls of `opts.concurrent` pods started at once.
+/// Per handler: the median of `opts.runs` single pod starts after a warm-up, and the medians
+/// of `opts.bursts` walls of `opts.concurrent` pods started at once and of the machine's CPU
+/// time per pod in them.
 pub async fn floor(ctx: &Ctx) -> Vec<Measure> {
     let mut out = Vec::new();
+    let n = ctx.opts.concurrent;
     for handler in &ctx.opts.handlers {
-        let single = format!("floor: pod start median ({handler})");
-        let burst = format!(
-            "floor: {} pods started at once: wall ({handler})",
-            ctx.opts.concurrent
-        );
+        let keys = [
+            format!("floor: pod start median ({handler})"),
+            format!("floor: {n} pods started at once: wall ({handler})"),
+            format!("floor: {n} pods started at once: CPU per pod ({handler})"),
+        ];
         let bed = Bed::new(ctx, handler);
-        let (runs, bursts, n) = (ctx.opts.runs, ctx.opts.bursts.max(1), ctx.opts.concurrent);
+        let (runs, bursts) = (ctx.opts.runs, ctx.opts.bursts.max(1));
         let measured = tokio::task::spawn_blocking(move || {
             let bed = bed?;
             let single = bed.singles(runs)?;
-            let burst = bed.bursts(bursts, n)?;
-            Ok::<_, String>((single, burst))
+            let (wall, cpu) = bed.bursts(bursts, n)?;
+            Ok::<_, String>([single, wall, cpu])
         })
         .await
         .map_err(|e| format!("task: {e}"))
         .and_then(|r| r);
         match measured {
-            Ok((s, b)) => {
+            Ok(figures) => {
+                let [single, wall, cpu] = figures.map(|d| d.as_secs_f64() * 1e3);
                 eprintln!(
-                    "bench[floor] {handler}: one pod {:.1} ms, {n} at once {:.0} ms (medians)",
-                    s.as_secs_f64() * 1e3,
-                    b.as_secs_f64() * 1e3
+                    "bench[floor] {handler}: one pod {single:.1} ms, {n} at once {wall:.0} ms \
+                     ({cpu:.1} ms of CPU per pod) (medians)"
                 );
-                out.push(Measure::millis(single, s));
-                out.push(Measure::millis(burst, b));
+                out.extend(
+                    keys.into_iter()
+                        .zip(figures)
+                        .map(|(k, d)| Measure::millis(k, d)),
+                );
             }
             Err(why) => {
                 eprintln!("bench[floor] {handler}: {why}");
-                out.push(Measure::failed(single, "ms", why.clone()));
-                out.push(Measure::failed(burst, "ms", why));
+                out.extend(keys.map(|k| Measure::failed(k, "ms", why.clone())));
             }
         }
     }
@@ -76,7 +81,7 @@ pub async fn floor(ctx: &Ctx) -> Vec<Measure> {
 struct Bed {
     dir: tempfile::TempDir,
     handler: String,
-    /// crun's sealed copy (the daemon's default for its built-in crun; runc runs by path).
+    /// The sealed copy the daemon runs this handler from by default (crun; runc by path).
     exe: Option<SealedExe>,
     /// `<handler> spec` with the root, process and `/etc` mounts set; per pod, the network
     /// namespace and cgroup are added.
@@ -144,14 +149,11 @@ impl Bed {
                 p
             })
             .collect();
-        let exe = (handler == "crun")
-            .then(|| {
-                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                    .map(|d| d.join(handler))
-                    .find(|p| p.is_file())
-            })
-            .flatten()
-            .map(SealedExe::new);
+        // The daemon's built-in handler: its binary, and whether it runs from a sealed copy.
+        let defaults = RuntimeConfig::default().handlers.remove(handler);
+        let exe = defaults
+            .filter(|h| h.sealed_copy)
+            .map(|h| SealedExe::new(h.binary));
         Ok(Self {
             handler: handler.to_owned(),
             exe,
@@ -324,19 +326,22 @@ impl Bed {
     }
 
     /// `bursts` times `n` pods started at once, each on a thread of its own, then removed
-    /// at once: the median wall until the last one runs.
-    fn bursts(&self, bursts: usize, n: usize) -> Result<Duration, String> {
-        let mut walls = Vec::new();
+    /// at once: the medians of the wall until the last one runs and of the machine's CPU
+    /// time per pod started.
+    fn bursts(&self, bursts: usize, n: usize) -> Result<(Duration, Duration), String> {
+        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
         for _ in 0..bursts {
             let ids = (0..n)
                 .map(|_| self.prepare())
                 .collect::<Result<Vec<_>, _>>()?;
+            let busy = machine_busy();
             let started = Instant::now();
             let ups: Vec<_> = std::thread::scope(|s| {
                 let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.up(id))).collect();
                 handles.into_iter().map(join).collect()
             });
             walls.push(started.elapsed());
+            cpus.push(machine_busy().saturating_sub(busy) / n.max(1) as u32);
             let downs: Vec<_> = std::thread::scope(|s| {
                 let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.down(id))).collect();
                 handles.into_iter().map(join).collect()
@@ -346,8 +351,9 @@ impl Bed {
                 .collect::<Result<Vec<()>, _>>()?;
             std::thread::sleep(SETTLE);
         }
-        quantiles(&walls)
-            .map(|(m, _)| m)
+        let median = |d: &[Duration]| quantiles(d).map(|(m, _)| m);
+        median(&walls)
+            .zip(median(&cpus))
             .ok_or_else(|| "no bursts".to_owned())
     }
 }

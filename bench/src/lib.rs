@@ -120,6 +120,26 @@ impl Measure {
     }
 }
 
+/// CPU time the whole machine has spent busy so far (user, nice, system, irq and softirq of
+/// `/proc/stat`, 10 ms resolution): the difference over a burst is what every process of
+/// it cost, the runtime's and the tools' alike.
+pub fn machine_busy() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    Duration::from_millis(ticks * 1000 / hz.max(1))
+}
+
 /// Median and p90 (nearest rank) of durations; `None` for no samples.
 pub fn quantiles(samples: &[Duration]) -> Option<(Duration, Duration)> {
     if samples.is_empty() {

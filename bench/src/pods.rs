@@ -149,22 +149,25 @@ pub async fn concurrent(t: &Target, ctx: &Ctx) -> Vec<Measure> {
     let mut out = Vec::new();
     for handler in &t.handlers {
         let up_key = format!("{n} pods started at once: wall ({handler})");
+        let cpu_key = format!("{n} pods started at once: CPU per pod ({handler})");
         let down_key = format!("{n} pods stopped+removed at once: wall ({handler})");
         let result = match &ready {
             Ok(()) => bursts(t, ctx, handler).await,
             Err(why) => Err(why.clone()),
         };
         match result {
-            Ok((up, down)) => {
+            Ok((up, cpu, down)) => {
                 eprintln!(
-                    "bench[{}] {n} pods at once ({handler}): started in {:.0} ms, removed in \
-                     {:.0} ms (medians of {} bursts)",
+                    "bench[{}] {n} pods at once ({handler}): started in {:.0} ms ({:.1} ms of \
+                     CPU per pod), removed in {:.0} ms (medians of {} bursts)",
                     t.kind.name(),
                     up.as_secs_f64() * 1e3,
+                    cpu.as_secs_f64() * 1e3,
                     down.as_secs_f64() * 1e3,
                     ctx.opts.bursts.max(1)
                 );
                 out.push(Measure::millis(up_key, up));
+                out.push(Measure::millis(cpu_key, cpu));
                 out.push(Measure::millis(down_key, down));
             }
             Err(why) => {
@@ -174,6 +177,7 @@ pub async fn concurrent(t: &Target, ctx: &Ctx) -> Vec<Measure> {
                 );
                 remove_all_pods(t).await;
                 out.push(Measure::failed(up_key, "ms", why.clone()));
+                out.push(Measure::failed(cpu_key, "ms", why.clone()));
                 out.push(Measure::failed(down_key, "ms", why));
             }
         }
@@ -182,30 +186,38 @@ pub async fn concurrent(t: &Target, ctx: &Ctx) -> Vec<Measure> {
 }
 
 /// The medians of `opts.bursts` runs of [`at_once`].
-async fn bursts(t: &Target, ctx: &Ctx, handler: &str) -> Result<(Duration, Duration), String> {
-    let (mut ups, mut downs) = (Vec::new(), Vec::new());
+async fn bursts(
+    t: &Target,
+    ctx: &Ctx,
+    handler: &str,
+) -> Result<(Duration, Duration, Duration), String> {
+    let (mut ups, mut cpus, mut downs) = (Vec::new(), Vec::new(), Vec::new());
     for burst in 0..ctx.opts.bursts.max(1) {
-        let (up, down) = at_once(t, ctx, handler, &format!("bench-at-once{burst}")).await?;
+        let (up, cpu, down) = at_once(t, ctx, handler, &format!("bench-at-once{burst}")).await?;
         ups.push(up);
+        cpus.push(cpu);
         downs.push(down);
     }
     let median = |d: &[Duration]| super::quantiles(d).map_or(Duration::ZERO, |(m, _)| m);
-    Ok((median(&ups), median(&downs)))
+    Ok((median(&ups), median(&cpus), median(&downs)))
 }
 
-/// `(start wall time, stop+remove wall time)` of `opts.concurrent` pods named `<prefix>-…`.
+/// `(start wall time, the machine's CPU time per pod started, stop+remove wall time)` of
+/// `opts.concurrent` pods named `<prefix>-…`.
 async fn at_once(
     t: &Target,
     ctx: &Ctx,
     handler: &str,
     prefix: &str,
-) -> Result<(Duration, Duration), String> {
+) -> Result<(Duration, Duration, Duration), String> {
     // Connected before the clock starts: kubelet keeps its connection.
     let mut clients = Vec::new();
     for _ in 0..ctx.opts.concurrent {
         clients.push(t.runtime().await);
     }
+    let busy = super::machine_busy();
     let (up, started_pods) = start_at_once(clients, handler, &ctx.busybox, prefix).await?;
+    let cpu = super::machine_busy().saturating_sub(busy) / ctx.opts.concurrent.max(1) as u32;
     let mut failures = Vec::new();
     let started = Instant::now();
     let tasks: Vec<_> = started_pods
@@ -229,7 +241,7 @@ async fn at_once(
             ctx.opts.concurrent
         ));
     }
-    Ok((up, down))
+    Ok((up, cpu, down))
 }
 
 /// One pod per client (named `<prefix>-<handler>-<i>`), all started at once, each by its own
