@@ -5,13 +5,13 @@
 //! bench's conflist, then `<handler> create` and `<handler> start` of a bundle from
 //! `<handler> spec` with the pod's network namespace, the three `/etc` files bind-mounted,
 //! and a read-only busybox directory as its root (no overlay, no log, no monitor). The tools
-//! run as cheaply as rootstock runs them: crun from a sealed copy of its binary, and the
-//! kernel's cgroup-migration lock kept warm ([`rootstock_runtime::sealed_exe`],
-//! [`rootstock_runtime::cgroup_warm`]); without those crun's create alone took 10–25 ms. Measured
-//! one pod at a time and `opts.concurrent` at once, as [`super::pods`] measures the daemons:
-//! a row that sits near its floor has nothing left to remove but the tools' own work.
+//! run as cheaply as rootstock runs them: by the daemon's own command line for the handler's
+//! default configuration (crun from a sealed copy of its binary), and with the kernel's
+//! cgroup-migration lock kept warm ([`rootstock_runtime::cgroup_warm`]); without those,
+//! crun's create alone took 10–25 ms. Measured one pod at a time and `opts.concurrent` at
+//! once, as [`super::pods`] measures the daemons: a row that sits near its floor has nothing
+//! left to remove but the tools' own work.
 
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use rootstock_runtime::RuntimeConfig;
 use rootstock_runtime::cgroup_warm;
-use rootstock_runtime::sealed_exe::{self, SealedExe};
+use rootstock_runtime::oci::OciRuntime;
+use rootstock_runtime::{HandlerConfig, RuntimeConfig};
 use rootstock_testkit::netns::{create_netns, remove_netns};
 use rootstock_testkit::network::SYSTEM_PLUGINS;
 
@@ -80,9 +80,9 @@ pub async fn floor(ctx: &Ctx) -> Vec<Measure> {
 /// One handler's test bed: the root file system, the runtime's state dir and the CNI chain.
 struct Bed {
     dir: tempfile::TempDir,
-    handler: String,
-    /// The sealed copy the daemon runs this handler from by default (crun; runc by path).
-    exe: Option<SealedExe>,
+    /// The handler as the daemon runs it by default (crun from a sealed copy, runc by path),
+    /// with its state in the bed.
+    oci: OciRuntime,
     /// `<handler> spec` with the root, process and `/etc` mounts set; per pod, the network
     /// namespace and cgroup are added.
     spec: Value,
@@ -149,14 +149,15 @@ impl Bed {
                 p
             })
             .collect();
-        // The daemon's built-in handler: its binary, and whether it runs from a sealed copy.
-        let defaults = RuntimeConfig::default().handlers.remove(handler);
-        let exe = defaults
-            .filter(|h| h.sealed_copy)
-            .map(|h| SealedExe::new(h.binary));
+        let config = RuntimeConfig::default()
+            .handlers
+            .remove(handler)
+            .unwrap_or(HandlerConfig {
+                binary: handler.into(),
+                sealed_copy: false,
+            });
         Ok(Self {
-            handler: handler.to_owned(),
-            exe,
+            oci: config.runtime(handler, dir.path().join("state")),
             spec,
             plugins,
             cni_path: format!("{}:{SYSTEM_PLUGINS}", ctx.net.bin_dir.display()),
@@ -168,7 +169,7 @@ impl Bed {
     /// A new pod's name with its bundle written (untimed).
     fn prepare(&self) -> Result<String, String> {
         let n = self.made.fetch_add(1, Ordering::Relaxed);
-        let id = format!("rsfloor-{}-{}-{n}", std::process::id(), self.handler);
+        let id = format!("rsfloor-{}-{}-{n}", std::process::id(), self.oci.handler());
         let mut spec = self.spec.clone();
         spec["hostname"] = json!(id);
         spec["linux"]["cgroupsPath"] = json!(format!("/{id}"));
@@ -225,26 +226,20 @@ impl Bed {
             .path()
             .join("state")
             .join(format!("{}.log", args[args.len() - 1]));
-        let copy = self.exe.as_ref().and_then(SealedExe::copy);
-        let mut cmd = match &copy {
-            Some(fd) => Command::new(sealed_exe::fd_path(fd)),
-            None => Command::new(&self.handler),
-        };
-        let status = cmd
-            .arg0(&self.handler)
-            .arg("--root")
-            .arg(self.dir.path().join("state"))
+        let handler = self.oci.handler();
+        let status = self
+            .oci
+            .command()
             .arg("--log")
             .arg(&log)
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map_err(|e| format!("{}: {e}", self.handler))?;
+            .map_err(|e| format!("{handler}: {e}"))?;
         if !status.success() {
             let said = std::fs::read(&log).unwrap_or_default();
-            return Err(format!("{} {}: {}", self.handler, args[0], stderr(&said)));
+            return Err(format!("{handler} {}: {}", args[0], stderr(&said)));
         }
         Ok(())
     }

@@ -40,6 +40,14 @@ pub struct HandlerConfig {
     pub sealed_copy: bool,
 }
 
+impl HandlerConfig {
+    /// The runtime this configures for handler `name`, keeping its state under `root`.
+    pub fn runtime(&self, name: &str, root: PathBuf) -> crate::oci::OciRuntime {
+        let oci = crate::oci::OciRuntime::new(name, &self.binary, root);
+        if self.sealed_copy { oci.sealed() } else { oci }
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         let handler = |binary: &str, sealed_copy| HandlerConfig {

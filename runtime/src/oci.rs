@@ -40,7 +40,7 @@ impl Eq for OciRuntime {}
 
 /// A runtime command line ready for its arguments, holding the sealed copy it runs until
 /// it is dropped (after the spawn).
-pub(crate) struct RuntimeCommand {
+pub struct RuntimeCommand {
     cmd: Command,
     _copy: Option<Arc<OwnedFd>>,
 }
@@ -136,7 +136,7 @@ impl OciRuntime {
 
     /// `<runtime> --root <root>`, run from the sealed copy where there is one (`argv[0]`
     /// stays the configured binary, as `ps` and the runtime's messages show it).
-    pub(crate) fn command(&self) -> RuntimeCommand {
+    pub fn command(&self) -> RuntimeCommand {
         let copy = self.sealed_copy();
         let mut c = match &copy {
             Some(fd) => {

@@ -155,8 +155,7 @@ impl Runtime {
             .iter()
             .map(|(name, h)| {
                 let root = opts.state_dir.join("runtime").join(name);
-                let oci = OciRuntime::new(name, &h.binary, root);
-                (name.clone(), if h.sealed_copy { oci.sealed() } else { oci })
+                (name.clone(), h.runtime(name, root))
             })
             .collect();
         let monitor_binary = if opts.config.monitor_binary.as_os_str().is_empty() {
