@@ -149,6 +149,13 @@ impl Runtime {
             fs::set_permissions(d, fs::Permissions::from_mode(0o711))
                 .map_err(|e| Error::io("chmod", d, e))?;
         }
+        match crate::rootfs::spread_layers(&opts.layers_dir) {
+            Ok(spread) => tracing::debug!(spread, "writable layers spread over block groups"),
+            Err(e) => tracing::warn!(
+                dir = %opts.layers_dir.display(),
+                "cannot mark the writable layers' parent top-level (chattr +T): {e}"
+            ),
+        }
         let handlers = opts
             .config
             .handlers
