@@ -7,6 +7,7 @@
 //!     cargo build --release --bins && cargo bench -p rootstock-bench --bench compare
 //!     cargo bench -p rootstock-bench --bench compare -- --smoke   # rootstock only, small
 //!     cargo bench -p rootstock-bench --bench compare -- --only pod,many   # some families
+//!     cargo bench -p rootstock-bench --bench compare -- --handlers crun --no-peer
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -21,7 +22,7 @@ async fn main() {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the crate lives in the workspace");
-    // `cargo bench` passes `--bench`; anything but `--smoke` and `--only` is ignored.
+    // `cargo bench` passes `--bench`; anything but the flags below is ignored.
     let args: Vec<String> = std::env::args().collect();
     let mut opts = if args.iter().any(|a| a == "--smoke") {
         Options::smoke(workspace)
@@ -34,6 +35,16 @@ async fn main() {
             .get(at + 1)
             .map(|list| list.split(',').map(str::to_owned).collect())
             .unwrap_or_default();
+    }
+    // `--handlers crun`: those runtime handlers only; `--no-peer`: rootstock only.
+    if let Some(at) = args.iter().position(|a| a == "--handlers") {
+        opts.handlers = args
+            .get(at + 1)
+            .map(|list| list.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+    }
+    if args.iter().any(|a| a == "--no-peer") {
+        opts.peer = false;
     }
     bench::run(opts).await;
 }
