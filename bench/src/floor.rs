@@ -9,11 +9,13 @@
 //! default configuration (crun from a sealed copy of its binary), and with the kernel's
 //! cgroup-migration lock kept warm ([`rootstock_runtime::cgroup_warm`]); without those,
 //! crun's create alone took 10–25 ms. Measured one pod at a time and `opts.concurrent` at
-//! once, as [`super::pods`] measures the daemons: a row that sits near its floor has nothing
-//! left to remove but the tools' own work.
+//! once, as [`super::pods`] measures the daemons, each paired with rootstock doing the same a
+//! moment before or after: a row whose excess over its floor is small has nothing left to
+//! remove but the tools' own work.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -25,56 +27,144 @@ use rootstock_runtime::{HandlerConfig, RuntimeConfig};
 use rootstock_testkit::netns::{create_netns, remove_netns};
 use rootstock_testkit::network::SYSTEM_PLUGINS;
 
-use super::{Ctx, Measure, WORKLOAD, machine_busy, quantiles};
+use super::{Ctx, Measure, Target, WORKLOAD, machine_busy, pods, quantiles, remove_pod, start_pod};
 
 /// Untimed pause after pods are removed: the kernel tears a released network namespace
 /// down in the background (two RCU barriers, which the next ADD would wait behind), and a
-/// floor is measured without that.
+/// floor is measured without that. Rootstock's paired pods get the same pause.
 const SETTLE: Duration = Duration::from_millis(100);
 
-/// Per handler: the median of `opts.runs` single pod starts after a warm-up, and the medians
-/// of `opts.bursts` walls of `opts.concurrent` pods started at once and of the machine's CPU
-/// time per pod in them.
-pub async fn floor(ctx: &Ctx) -> Vec<Measure> {
+/// Per handler, in rootstock's turn: `opts.runs` single pod starts (after a warm-up) and
+/// `opts.bursts` bursts of `opts.concurrent` pods, each floor pod or burst paired with one
+/// of rootstock's, taken in alternating order. The rows are the floor's medians and the
+/// median of the pairs' differences (rootstock − floor): on a machine whose speed drifts
+/// within a run, pairs taken a moment apart compare what separate families cannot.
+pub async fn floor(t: &Target, ctx: &Ctx) -> Vec<Measure> {
     let mut out = Vec::new();
     let n = ctx.opts.concurrent;
     for handler in &ctx.opts.handlers {
-        let keys = [
-            format!("floor: pod start median ({handler})"),
-            format!("floor: {n} pods started at once: wall ({handler})"),
-            format!("floor: {n} pods started at once: CPU per pod ({handler})"),
+        let figures = [
+            "pod start median".to_owned(),
+            format!("{n} pods started at once: wall"),
+            format!("{n} pods started at once: CPU per pod"),
         ];
-        let bed = Bed::new(ctx, handler);
-        let (runs, bursts) = (ctx.opts.runs, ctx.opts.bursts.max(1));
-        let measured = tokio::task::spawn_blocking(move || {
-            let bed = bed?;
-            let single = bed.singles(runs)?;
-            let (wall, cpu) = bed.bursts(bursts, n)?;
-            Ok::<_, String>([single, wall, cpu])
-        })
-        .await
-        .map_err(|e| format!("task: {e}"))
-        .and_then(|r| r);
-        match measured {
-            Ok(figures) => {
-                let [single, wall, cpu] = figures.map(|d| d.as_secs_f64() * 1e3);
+        let keys: Vec<String> = figures
+            .iter()
+            .flat_map(|f| {
+                [
+                    format!("floor: {f} ({handler})"),
+                    format!("floor: {f}, rootstock over it, paired ({handler})"),
+                ]
+            })
+            .collect();
+        match paired(t, ctx, handler).await {
+            Ok(pairs) => {
                 eprintln!(
-                    "bench[floor] {handler}: one pod {single:.1} ms, {n} at once {wall:.0} ms \
-                     ({cpu:.1} ms of CPU per pod) (medians)"
+                    "bench[floor] {handler}: one pod {}, {n} at once {}, CPU per pod {} \
+                     (floor median, rootstock over it: median of the pairs)",
+                    pairs[0], pairs[1], pairs[2]
                 );
-                out.extend(
-                    keys.into_iter()
-                        .zip(figures)
-                        .map(|(k, d)| Measure::millis(k, d)),
-                );
+                for (keys, pair) in keys.chunks(2).zip(pairs) {
+                    out.push(Measure::millis(keys[0].clone(), pair.floor));
+                    out.push(Measure::value(keys[1].clone(), "ms", pair.over_ms));
+                }
             }
             Err(why) => {
                 eprintln!("bench[floor] {handler}: {why}");
-                out.extend(keys.map(|k| Measure::failed(k, "ms", why.clone())));
+                out.extend(
+                    keys.into_iter()
+                        .map(|k| Measure::failed(k, "ms", why.clone())),
+                );
             }
         }
     }
     out
+}
+
+/// A floor's median and the median of rootstock's excess over it, pair by pair.
+#[derive(Clone, Copy, Debug)]
+struct Pair {
+    floor: Duration,
+    over_ms: f64,
+}
+
+impl Pair {
+    fn of(samples: &[(Duration, Duration)]) -> Option<Self> {
+        let floors: Vec<Duration> = samples.iter().map(|(f, _)| *f).collect();
+        let mut over: Vec<f64> = samples
+            .iter()
+            .map(|(f, ours)| (ours.as_secs_f64() - f.as_secs_f64()) * 1e3)
+            .collect();
+        over.sort_by(f64::total_cmp);
+        Some(Self {
+            floor: quantiles(&floors)?.0,
+            over_ms: *over.get(over.len() / 2)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let floor = self.floor.as_secs_f64() * 1e3;
+        write!(f, "{floor:.1} ms (rootstock {:+.1} ms)", self.over_ms)
+    }
+}
+
+/// `[single start, burst wall, burst CPU per pod]`, each a floor with rootstock's excess.
+async fn paired(t: &Target, ctx: &Ctx, handler: &str) -> Result<[Pair; 3], String> {
+    let bed = Arc::new(Bed::new(ctx, handler)?);
+    pods::ensure_images(t, ctx).await?;
+    let mut rt = t.runtime().await;
+    let (mut singles, mut walls, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
+    // The first pair warms both up (the tools and the image read from disk).
+    for run in 0..=ctx.opts.runs {
+        let floor_first = run % 2 == 0;
+        let mut took = [Duration::ZERO; 2];
+        for ours in [!floor_first, floor_first] {
+            took[usize::from(ours)] = if ours {
+                let name = format!("bench-paired-{handler}-{run}");
+                let (pod, up) = start_pod(&mut rt, handler, &name, &ctx.busybox).await?;
+                remove_pod(&mut rt, &pod.sandbox).await?;
+                tokio::time::sleep(SETTLE).await;
+                up.total()
+            } else {
+                on_bed(&bed, |bed| bed.single()).await?
+            };
+        }
+        if run > 0 {
+            singles.push((took[0], took[1]));
+        }
+    }
+    for burst in 0..ctx.opts.bursts.max(1) {
+        let floor_first = burst % 2 == 0;
+        let mut took = [(Duration::ZERO, Duration::ZERO); 2];
+        for ours in [!floor_first, floor_first] {
+            took[usize::from(ours)] = if ours {
+                let prefix = format!("bench-paired-{burst}");
+                let (wall, cpu, _) = pods::at_once(t, ctx, handler, &prefix).await?;
+                tokio::time::sleep(SETTLE).await;
+                (wall, cpu)
+            } else {
+                let n = ctx.opts.concurrent;
+                on_bed(&bed, move |bed| bed.burst(n)).await?
+            };
+        }
+        walls.push((took[0].0, took[1].0));
+        cpus.push((took[0].1, took[1].1));
+    }
+    let pair = |s: &[(Duration, Duration)]| Pair::of(s).ok_or("no runs (runs or bursts = 0)");
+    Ok([pair(&singles)?, pair(&walls)?, pair(&cpus)?])
+}
+
+/// Runs `f` on the bed off the async workers (the floor's tools are waited on blocking).
+async fn on_bed<T: Send + 'static>(
+    bed: &Arc<Bed>,
+    f: impl FnOnce(&Bed) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let bed = Arc::clone(bed);
+    tokio::task::spawn_blocking(move || f(&bed))
+        .await
+        .map_err(|e| format!("task: {e}"))?
 }
 
 /// One handler's test bed: the root file system, the runtime's state dir and the CNI chain.
@@ -299,57 +389,42 @@ impl Bed {
         Ok(())
     }
 
-    /// A warm-up pod (the tools read from disk), then `runs` pods one at a time: the median
-    /// start.
-    fn singles(&self, runs: usize) -> Result<Duration, String> {
-        let mut times = Vec::new();
-        for n in 0..=runs {
-            let id = self.prepare()?;
-            let started = Instant::now();
-            let up = self.up(&id);
-            let took = started.elapsed();
-            let down = self.down(&id);
-            up.and(down)?;
-            std::thread::sleep(SETTLE);
-            if n > 0 {
-                times.push(took);
-            }
-        }
-        quantiles(&times)
-            .map(|(m, _)| m)
-            .ok_or_else(|| "no runs (runs = 0)".to_owned())
+    /// One pod started (timed) and removed, then the pause.
+    fn single(&self) -> Result<Duration, String> {
+        let id = self.prepare()?;
+        let started = Instant::now();
+        let up = self.up(&id);
+        let took = started.elapsed();
+        let down = self.down(&id);
+        up.and(down)?;
+        std::thread::sleep(SETTLE);
+        Ok(took)
     }
 
-    /// `bursts` times `n` pods started at once, each on a thread of its own, then removed
-    /// at once: the medians of the wall until the last one runs and of the machine's CPU
-    /// time per pod started.
-    fn bursts(&self, bursts: usize, n: usize) -> Result<(Duration, Duration), String> {
-        let (mut walls, mut cpus) = (Vec::new(), Vec::new());
-        for _ in 0..bursts {
-            let ids = (0..n)
-                .map(|_| self.prepare())
-                .collect::<Result<Vec<_>, _>>()?;
-            let busy = machine_busy();
-            let started = Instant::now();
-            let ups: Vec<_> = std::thread::scope(|s| {
-                let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.up(id))).collect();
-                handles.into_iter().map(join).collect()
-            });
-            walls.push(started.elapsed());
-            cpus.push(machine_busy().saturating_sub(busy) / n.max(1) as u32);
-            let downs: Vec<_> = std::thread::scope(|s| {
-                let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.down(id))).collect();
-                handles.into_iter().map(join).collect()
-            });
-            ups.into_iter()
-                .chain(downs)
-                .collect::<Result<Vec<()>, _>>()?;
-            std::thread::sleep(SETTLE);
-        }
-        let median = |d: &[Duration]| quantiles(d).map(|(m, _)| m);
-        median(&walls)
-            .zip(median(&cpus))
-            .ok_or_else(|| "no bursts".to_owned())
+    /// `n` pods started at once, each on a thread of its own, then removed at once, then
+    /// the pause: the wall until the last one runs and the machine's CPU time per pod
+    /// started.
+    fn burst(&self, n: usize) -> Result<(Duration, Duration), String> {
+        let ids = (0..n)
+            .map(|_| self.prepare())
+            .collect::<Result<Vec<_>, _>>()?;
+        let busy = machine_busy();
+        let started = Instant::now();
+        let ups: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.up(id))).collect();
+            handles.into_iter().map(join).collect()
+        });
+        let wall = started.elapsed();
+        let cpu = machine_busy().saturating_sub(busy) / n.max(1) as u32;
+        let downs: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.down(id))).collect();
+            handles.into_iter().map(join).collect()
+        });
+        ups.into_iter()
+            .chain(downs)
+            .collect::<Result<Vec<()>, _>>()?;
+        std::thread::sleep(SETTLE);
+        Ok((wall, cpu))
     }
 }
 

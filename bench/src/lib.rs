@@ -406,7 +406,7 @@ async fn measure(t: &Target, ctx: &Ctx) -> RuntimeRun {
         .await;
     if t.kind == Kind::Rootstock {
         // No runtime's figure: measured once, in the first runtime's turn.
-        run.family(t, "pod floor", floor::floor(ctx)).await;
+        run.family(t, "pod floor", floor::floor(t, ctx)).await;
     }
     run.family(t, "memory per pod", pods::memory_per_pod(t, ctx))
         .await;

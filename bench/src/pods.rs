@@ -204,7 +204,7 @@ async fn bursts(
 
 /// `(start wall time, the machine's CPU time per pod started, stop+remove wall time)` of
 /// `opts.concurrent` pods named `<prefix>-…`.
-async fn at_once(
+pub(crate) async fn at_once(
     t: &Target,
     ctx: &Ctx,
     handler: &str,

@@ -15,13 +15,14 @@ enum Goal {
 }
 
 /// One row of the issue's table: rootstock's key, containerd's (for a ratio), the goal, and
-/// the key of the row's floor where one is measured ([`crate::floor`]).
+/// the keys of the row's floor and of rootstock's paired excess over it, where measured
+/// ([`crate::floor`]).
 struct Target {
     what: String,
     ours: Key,
     peer: Option<Key>,
     goal: Goal,
-    floor: Option<Key>,
+    floor: Option<[Key; 2]>,
 }
 
 /// A row's key, or the start and end of one whose middle names a fixture's size.
@@ -60,7 +61,12 @@ fn targets(handlers: &[String], concurrent: usize, many: usize) -> Vec<Target> {
                 ours: Key::Exact(format!("{key} ({h})")),
                 peer: Some(Key::Exact(format!("{key} (runc)"))),
                 goal: Goal::Ratio(goal),
-                floor: floored.then(|| Key::Exact(format!("floor: {key} ({h})"))),
+                floor: floored.then(|| {
+                    [
+                        Key::Exact(format!("floor: {key} ({h})")),
+                        Key::Exact(format!("floor: {key}, rootstock over it, paired ({h})")),
+                    ]
+                }),
             });
         }
     }
@@ -127,15 +133,17 @@ fn value(o: &Option<Outcome>) -> Option<f64> {
 }
 
 /// The targets table in markdown: each row's figures, ratio, floor (and the floor's own
-/// ratio: what the row would be with a runtime that cost nothing), goal and whether it is
-/// met ("–" where a figure is missing).
+/// ratio: what the row would be with a runtime that cost nothing; and rootstock's excess
+/// over the floor, the median of pairs taken a moment apart), goal and whether it is met
+/// ("–" where a figure is missing).
 pub(super) fn markdown(report: &Report) -> String {
     let rows = report.rows();
     let opts = &report.options;
     let mut out = String::from(
         "\n### #18 targets (crun's rows against containerd with runc)\n\n\
-         | target | unit | rootstock | containerd | ratio | floor | floor ratio | goal | met |\n\
-         |---|---|--:|--:|--:|--:|--:|---|---|\n",
+         | target | unit | rootstock | containerd | ratio | floor | floor ratio | over floor, paired \
+         | goal | met |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|---|---|\n",
     );
     for t in targets(&opts.handlers, opts.concurrent, opts.many_pods) {
         let ours_row = t.ours.find(&rows);
@@ -145,11 +153,12 @@ pub(super) fn markdown(report: &Report) -> String {
             .as_ref()
             .and_then(|k| k.find(&rows))
             .and_then(|r| value(&r.containerd));
-        let floor = t
-            .floor
-            .as_ref()
-            .and_then(|k| k.find(&rows))
-            .and_then(|r| value(&r.rootstock));
+        let [floor, over] = [0, 1].map(|i| {
+            t.floor
+                .as_ref()
+                .and_then(|k| k[i].find(&rows))
+                .and_then(|r| value(&r.rootstock))
+        });
         let to_peer = |v: Option<f64>| match (v, peer) {
             (Some(v), Some(p)) if p != 0.0 => Some(v / p),
             _ => None,
@@ -163,7 +172,7 @@ pub(super) fn markdown(report: &Report) -> String {
         let show = |v: Option<f64>| v.map_or("–".to_owned(), number);
         let times = |r: Option<f64>| r.map_or("–".to_owned(), |r| format!("{r:.2}"));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {goal} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {goal} | {} |\n",
             t.what,
             ours_row.map_or("–", |r| r.unit),
             show(ours),
@@ -171,6 +180,7 @@ pub(super) fn markdown(report: &Report) -> String {
             times(ratio),
             show(floor),
             times(floor_ratio),
+            over.map_or("–".to_owned(), |o| format!("{o:+.1}")),
             met.map_or("–", |m| if m { "yes" } else { "no" }),
         ));
     }
@@ -198,6 +208,11 @@ mod tests {
                     Measure::value("pod start median (runc)", "ms", 40.0),
                     Measure::value("pod start median (crun)", "ms", 25.0),
                     Measure::value("floor: pod start median (runc)", "ms", 35.0),
+                    Measure::value(
+                        "floor: pod start median, rootstock over it, paired (runc)",
+                        "ms",
+                        -0.4,
+                    ),
                     Measure::value("daemon idle RSS", "MiB", 10.5),
                     Measure::value(
                         "small-file pull (9 x 1 KiB, 1 layer): files/s at median",
@@ -217,23 +232,23 @@ mod tests {
         let table = markdown(&report);
         assert!(
             table.contains(
-                "| pod start median, runc | ms | 40.0 | 125 | 0.32 | 35.0 | 0.28 | ≤ 0.25× | no |"
+                "| pod start median, runc | ms | 40.0 | 125 | 0.32 | 35.0 | 0.28 | -0.4 | ≤ 0.25× | no |"
             ),
             "{table}"
         );
         assert!(
             table.contains(
-                "| pod start median, crun | ms | 25.0 | 125 | 0.20 | – | – | ≤ 0.20× | yes |"
+                "| pod start median, crun | ms | 25.0 | 125 | 0.20 | – | – | – | ≤ 0.20× | yes |"
             ),
             "{table}"
         );
         assert!(
-            table.contains("| daemon RSS, idle | MiB | 10.5 | – | – | – | – | ≤ 10.0 | no |"),
+            table.contains("| daemon RSS, idle | MiB | 10.5 | – | – | – | – | – | ≤ 10.0 | no |"),
             "{table}"
         );
         assert!(table.contains("| ≥ 15000 | yes |"), "{table}");
         assert!(
-            table.contains("| cold pull, median | – | – | – | – | – | – | ≤ 0.40× | – |"),
+            table.contains("| cold pull, median | – | – | – | – | – | – | – | ≤ 0.40× | – |"),
             "{table}"
         );
     }

@@ -43,8 +43,13 @@ async fn smoke_run_measures_every_family_on_rootstock() {
         format!("{n} pods started at once: CPU per pod ({handler})"),
         format!("{n} pods stopped+removed at once: wall ({handler})"),
         format!("floor: pod start median ({handler})"),
+        format!("floor: pod start median, rootstock over it, paired ({handler})"),
         format!("floor: {n} pods started at once: wall ({handler})"),
+        format!("floor: {n} pods started at once: wall, rootstock over it, paired ({handler})"),
         format!("floor: {n} pods started at once: CPU per pod ({handler})"),
+        format!(
+            "floor: {n} pods started at once: CPU per pod, rootstock over it, paired ({handler})"
+        ),
         format!("memory per running pod: RSS ({handler})"),
         format!("memory per running pod: PSS ({handler})"),
         format!("memory per running pod: processes ({handler})"),
