@@ -27,7 +27,7 @@ use rootstock_runtime::{HandlerConfig, RuntimeConfig};
 use rootstock_testkit::netns::{create_netns, remove_netns};
 use rootstock_testkit::network::SYSTEM_PLUGINS;
 
-use super::{Ctx, Measure, Target, WORKLOAD, machine_busy, pods, quantiles, remove_pod, start_pod};
+use super::{BurstMeter, Ctx, Measure, Target, WORKLOAD, pods, quantiles, remove_pod, start_pod};
 
 /// Untimed pause after pods are removed: the kernel tears a released network namespace
 /// down in the background (two RCU barriers, which the next ADD would wait behind), and a
@@ -408,14 +408,14 @@ impl Bed {
         let ids = (0..n)
             .map(|_| self.prepare())
             .collect::<Result<Vec<_>, _>>()?;
-        let busy = machine_busy();
+        let meter = BurstMeter::start();
         let started = Instant::now();
         let ups: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.up(id))).collect();
             handles.into_iter().map(join).collect()
         });
         let wall = started.elapsed();
-        let cpu = machine_busy().saturating_sub(busy) / n.max(1) as u32;
+        let cpu = meter.stop(&format!("floor {}", self.oci.handler()), n);
         let downs: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = ids.iter().map(|id| s.spawn(|| self.down(id))).collect();
             handles.into_iter().map(join).collect()

@@ -120,10 +120,35 @@ impl Measure {
     }
 }
 
+/// One burst measured on the whole machine: the CPU time it cost per pod, and its window on
+/// `CLOCK_MONOTONIC`, printed to stderr as `bench[window] <label> <start> <end>` (seconds),
+/// the clock `perf record -k CLOCK_MONOTONIC` stamps its samples with:
+/// `bench/burst-profile.py` splits such a recording's CPU time by process in each window.
+pub struct BurstMeter {
+    busy: Duration,
+    start: f64,
+}
+
+impl BurstMeter {
+    pub fn start() -> Self {
+        Self {
+            busy: machine_busy(),
+            start: monotonic(),
+        }
+    }
+
+    /// The machine's CPU time per pod since [`BurstMeter::start`].
+    pub fn stop(self, label: &str, pods: usize) -> Duration {
+        let cpu = machine_busy().saturating_sub(self.busy) / pods.max(1) as u32;
+        eprintln!("bench[window] {label} {:.6} {:.6}", self.start, monotonic());
+        cpu
+    }
+}
+
 /// CPU time the whole machine has spent busy so far (user, nice, system, irq and softirq of
 /// `/proc/stat`, 10 ms resolution): the difference over a burst is what every process of
 /// it cost, the runtime's and the tools' alike.
-pub fn machine_busy() -> Duration {
+fn machine_busy() -> Duration {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let ticks: u64 = stat
         .lines()
@@ -138,6 +163,17 @@ pub fn machine_busy() -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
     Duration::from_millis(ticks * 1000 / hz.max(1))
+}
+
+/// `CLOCK_MONOTONIC` now, in seconds.
+fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Median and p90 (nearest rank) of durations; `None` for no samples.

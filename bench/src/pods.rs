@@ -215,9 +215,10 @@ pub(crate) async fn at_once(
     for _ in 0..ctx.opts.concurrent {
         clients.push(t.runtime().await);
     }
-    let busy = super::machine_busy();
+    let meter = super::BurstMeter::start();
     let (up, started_pods) = start_at_once(clients, handler, &ctx.busybox, prefix).await?;
-    let cpu = super::machine_busy().saturating_sub(busy) / ctx.opts.concurrent.max(1) as u32;
+    let label = format!("{} {handler}", t.kind.name());
+    let cpu = meter.stop(&label, ctx.opts.concurrent);
     let mut failures = Vec::new();
     let started = Instant::now();
     let tasks: Vec<_> = started_pods
