@@ -3,11 +3,12 @@
 //! It detaches from the daemon (fork + `setsid`, so a SIGKILL of the daemon or its process
 //! group leaves it running), makes itself child subreaper *before* running
 //! `<runtime> create` (so `runc init`, and every orphan of the container, is reparented to
-//! it rather than to PID 1), reports "created" or the runtime's error on its stdout, then
-//! turns the container's stdout/stderr pipes into the CRI log file (and copies them to
-//! attached clients, `rootstock_runtime::attach`), reopens that file on SIGUSR1, and when
-//! the container's init exits records exit code, time and OOM kill in the run directory
-//! and exits.
+//! it rather than to PID 1), prepares the container's log and sockets while the daemon
+//! still mounts the rootfs, runs `create` when the daemon says so on our stdout (a socket),
+//! reports "created" or the runtime's error there, then turns the container's
+//! stdout/stderr pipes into the CRI log file (and copies them to attached clients,
+//! `rootstock_runtime::attach`), reopens that file on SIGUSR1, and when the container's
+//! init exits records exit code, time and OOM kill in the run directory and exits.
 //!
 //! The same binary serves the pod helpers (`pin-namespaces`, `pod-init` and the confined
 //! `pause` it re-executes as; see `pod_helpers`).
@@ -97,8 +98,8 @@ use cgroup_join::MONITORS_CGROUP;
 use cgroup_layout::CgroupLayout;
 use crilog::{CriLogFile, Stream};
 use monitor_proto::{
-    ATTACH_SOCKET_FILE, CONSOLE_SOCKET_FILE, EXIT_FILE, ExitRecord, INIT_PID_FILE, MonitorArgs,
-    RUNTIME_FROM_STDIN, RUNTIME_LOG_FILE, STDIN_SOCKET_FILE,
+    ATTACH_SOCKET_FILE, CONSOLE_SOCKET_FILE, CREATE_NOW, EXIT_FILE, ExitRecord, INIT_PID_FILE,
+    MonitorArgs, RUNTIME_FROM_STDIN, RUNTIME_LOG_FILE, STDIN_SOCKET_FILE,
 };
 use stdin::StdinRelay;
 
@@ -161,7 +162,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes the one-line report to the daemon (our stdout is its pipe).
+/// Writes the one-line report to the daemon (our stdout is its socket).
 fn report(line: &str) {
     let mut out = io::stdout().lock();
     let _ = out.write_all(line.replace('\n', " ").as_bytes());
@@ -169,7 +170,7 @@ fn report(line: &str) {
     let _ = out.flush();
 }
 
-/// Points stdout at /dev/null so the daemon's pipe sees EOF: the report is complete.
+/// Points stdout at /dev/null so the daemon's socket sees EOF: the report is complete.
 fn close_report_channel() -> Result<(), String> {
     let null = File::options()
         .write(true)
@@ -485,6 +486,7 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
             None
         }
     };
+    await_create()?;
     let spawned = cmd.spawn();
     drop(runtime_copy);
     // Drop our copies of the write ends (held by the Command): from here on only the
@@ -539,6 +541,29 @@ fn create(args: &MonitorArgs) -> Result<(Container, SignalFd, CriLogFile), Strin
     // but reaping now keeps the loop's invariant simple.
     container.reap();
     Ok((container, sfd, log))
+}
+
+/// Waits for the daemon's word that the bundle is complete ([`CREATE_NOW`] on our stdout,
+/// a socket): everything before this overlapped its rootfs mount and spec. EOF means it
+/// gave up (or is gone), and so do we.
+fn await_create() -> Result<(), String> {
+    let mut word = [0u8; CREATE_NOW.len()];
+    let mut got = 0;
+    while got < word.len() {
+        match nix::unistd::read(io::stdout().as_fd(), &mut word[got..]) {
+            Ok(0) => return Err("the daemon gave up before create".into()),
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(format!("monitor: read the daemon's word: {e}")),
+        }
+    }
+    if word != CREATE_NOW {
+        return Err(format!(
+            "monitor: unexpected word from the daemon: {:?}",
+            String::from_utf8_lossy(&word)
+        ));
+    }
+    Ok(())
 }
 
 /// With CRI `stdin`: the pipe the container reads, and the socket clients write to

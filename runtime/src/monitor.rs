@@ -4,17 +4,23 @@
 //!
 //! ```text
 //! daemon ──spawn──▶ monitor (stage 1) ──fork──▶ monitor (stage 2: setsid, subreaper)
-//!    │ waits for stage 1 (exits at once)             │ runs `<runtime> create`, reports
+//!    │ mounts the rootfs, writes the spec            │ opens the log, binds its sockets
+//!    │──────────────── "create" ────────────────────▶│ runs `<runtime> create`, reports
 //!    │◀──────── "ok <monitor pid> <init pid>" ───────┘ then owns stdio, logs, waits for init
 //! ```
+//! The monitor starts before the bundle is ready and waits on its stdout, a socket to the
+//! daemon, for the word to run `create`: its exec, its move out of the daemon's cgroups and
+//! its fork take as long as the rootfs mount and the spec, which they overlap (#18).
+//! If the daemon goes away or gives up first, the monitor reads EOF and exits.
 //! Stage 2 is nobody's child the daemon must reap, and in its own session: a SIGKILL of
 //! the daemon (or its process group) does not reach it.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -49,22 +55,33 @@ pub struct Created {
     pub init_pid: i32,
 }
 
-/// Runs the monitor, which runs `<runtime> create`, and waits (up to `timeout`) for its
-/// report. `Err(message)` carries the runtime's own error (e.g. the executable is missing).
-/// `runtime_copy` is the runtime's sealed copy, passed as the monitor's stdin when
-/// `args.runtime` is [`RUNTIME_FROM_STDIN`] (stdin, not an fd number of our choosing: std
-/// spawns through posix_spawn only without a pre-exec hook, and a fork of the daemon copies
-/// its page tables and write-protects its heap).
-pub fn spawn(
+/// A monitor started ahead of its container's bundle, waiting for [`Starting::create`].
+/// Dropped without it, the monitor is told to give up, and its end is awaited, so that
+/// nothing of it still writes in the run directory when the caller removes that.
+#[derive(Debug)]
+pub struct Starting {
+    /// Stage 1, reaped once it has forked stage 2 (at once).
+    stage1: Option<Child>,
+    /// The monitor's stdout: the word to create goes one way, the report the other.
+    channel: UnixStream,
+    run_dir: PathBuf,
+    timeout: Duration,
+}
+
+/// Starts the monitor for `args` (the bundle need not exist yet); `timeout` bounds the wait
+/// for its report. `runtime_copy` is the runtime's sealed copy, passed as the monitor's
+/// stdin when `args.runtime` is [`RUNTIME_FROM_STDIN`] (stdin, not an fd number of our
+/// choosing: std spawns through posix_spawn only without a pre-exec hook, and a fork of the
+/// daemon copies its page tables and write-protects its heap).
+pub fn start(
     monitor_bin: &Path,
     args: &MonitorArgs,
     runtime_copy: Option<&OwnedFd>,
     timeout: Duration,
-) -> Result<Created, String> {
-    let (mut reader, writer) = io::pipe().map_err(|e| format!("pipe: {e}"))?;
+) -> Result<Starting, String> {
+    let (channel, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let stderr = File::create(args.run_dir.join(MONITOR_LOG_FILE))
         .map_err(|e| format!("create {MONITOR_LOG_FILE}: {e}"))?;
-    let mut cmd = Command::new(monitor_bin);
     let stdin = match runtime_copy {
         Some(copy) => Stdio::from(
             copy.try_clone()
@@ -72,43 +89,80 @@ pub fn spawn(
         ),
         None => Stdio::null(),
     };
-    cmd.args(args.to_args())
+    // The Command's copy of the monitor's end is dropped with it: EOF then means the
+    // monitor is done with the channel.
+    let stage1 = Command::new(monitor_bin)
+        .args(args.to_args())
         .stdin(stdin)
-        .stdout(writer)
-        .stderr(stderr);
-    let mut child = cmd
+        .stdout(OwnedFd::from(theirs))
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", monitor_bin.display()))?;
-    // The Command holds the parent's copy of the pipe's write end until dropped; without
-    // this the read below would never see EOF.
-    drop(cmd);
-    // Stage 1 forks and exits at once; reaping it here leaves no zombie behind.
-    let status = child.wait().map_err(|e| format!("wait for monitor: {e}"))?;
-    rootstock_fsutil::failpoint::hit("container.monitor-spawned");
-    let report = read_report(&mut reader, timeout)?;
-    let report = report.trim_end();
-    if let Some(rest) = report.strip_prefix("ok ") {
-        let mut it = rest.split_whitespace().map(str::parse::<i32>);
-        if let (Some(Ok(pid)), Some(Ok(init_pid))) = (it.next(), it.next()) {
-            let start_time = util::process_start_time(pid)
-                .map_err(|e| format!("monitor {pid} vanished after create: {e}"))?;
-            return Ok(Created {
-                monitor: ProcessIdentity { pid, start_time },
-                init_pid,
-            });
-        }
-    }
-    if let Some(msg) = report.strip_prefix("error ") {
-        return Err(msg.to_owned());
-    }
-    let log = std::fs::read_to_string(args.run_dir.join(MONITOR_LOG_FILE)).unwrap_or_default();
-    Err(format!(
-        "monitor failed ({status}) without a report: {}",
-        log.trim()
-    ))
+    Ok(Starting {
+        stage1: Some(stage1),
+        channel,
+        run_dir: args.run_dir.clone(),
+        timeout,
+    })
 }
 
-fn read_report(reader: &mut io::PipeReader, timeout: Duration) -> Result<String, String> {
+impl Starting {
+    /// Lets the monitor run `<runtime> create` (the bundle is complete) and waits for its
+    /// report. `Err(message)` carries the runtime's own error (e.g. the executable is
+    /// missing).
+    pub fn create(mut self) -> Result<Created, String> {
+        // A monitor that already failed has closed its end: its report says why.
+        let _ = self.channel.write_all(CREATE_NOW);
+        let status = self.reap_stage1();
+        rootstock_fsutil::failpoint::hit("container.monitor-spawned");
+        let report = read_report(&mut self.channel, self.timeout)?;
+        let report = report.trim_end();
+        if let Some(rest) = report.strip_prefix("ok ") {
+            let mut it = rest.split_whitespace().map(str::parse::<i32>);
+            if let (Some(Ok(pid)), Some(Ok(init_pid))) = (it.next(), it.next()) {
+                let start_time = util::process_start_time(pid)
+                    .map_err(|e| format!("monitor {pid} vanished after create: {e}"))?;
+                return Ok(Created {
+                    monitor: ProcessIdentity { pid, start_time },
+                    init_pid,
+                });
+            }
+        }
+        if let Some(msg) = report.strip_prefix("error ") {
+            return Err(msg.to_owned());
+        }
+        let log = std::fs::read_to_string(self.run_dir.join(MONITOR_LOG_FILE)).unwrap_or_default();
+        Err(format!(
+            "monitor failed ({status}) without a report: {}",
+            log.trim()
+        ))
+    }
+
+    /// Stage 1 forks and exits at once; reaping it leaves no zombie behind.
+    fn reap_stage1(&mut self) -> String {
+        match self.stage1.take().map(|mut c| c.wait()) {
+            Some(Ok(status)) => status.to_string(),
+            Some(Err(e)) => format!("wait for monitor: {e}"),
+            None => "reaped".into(),
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if self.stage1.is_none() {
+            return;
+        }
+        // Never told to create: EOF makes it give up; its own EOF says it is gone.
+        let _ = self.channel.shutdown(std::net::Shutdown::Write);
+        if let Err(e) = read_report(&mut self.channel, self.timeout) {
+            tracing::warn!(run_dir = %self.run_dir.display(), "monitor told to give up: {e}");
+        }
+        self.reap_stage1();
+    }
+}
+
+fn read_report(reader: &mut UnixStream, timeout: Duration) -> Result<String, String> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();

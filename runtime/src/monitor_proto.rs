@@ -29,6 +29,10 @@ pub const EXIT_FILE: &str = "exit.json";
 /// (see the daemon's `sealed_exe.rs`), and the monitor runs `create` from it.
 pub const RUNTIME_FROM_STDIN: &str = "/proc/self/fd/0";
 
+/// What the daemon writes to the monitor's stdout (a socket) once the bundle is complete:
+/// run `<runtime> create` now. EOF instead means give up.
+pub const CREATE_NOW: &[u8] = b"create\n";
+
 /// The monitor's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorArgs {

@@ -337,6 +337,44 @@ impl Runtime {
         let userns = userns
             .map(|u| fs::File::open(&u.path).map_err(|e| Error::io("open", &u.path, e)))
             .transpose()?;
+        let kill_all = req.spec.namespaces.needs_kill_all();
+        // For a handler with `sealed_copy`, the monitor runs `create` from the runtime's
+        // sealed copy (its stdin), so the runtime does not copy and re-exec itself
+        // (see sealed_exe.rs).
+        let runtime_copy = oci.sealed_copy();
+        let args = MonitorArgs {
+            runtime: match runtime_copy {
+                Some(_) => monitor::RUNTIME_FROM_STDIN.into(),
+                None => oci.binary().to_owned(),
+            },
+            runtime_root: oci.root().to_owned(),
+            id: id.to_string(),
+            bundle: run_dir.clone(),
+            run_dir: run_dir.clone(),
+            log_path: req.log_path.clone(),
+            cgroup: spec::cgroup_path(&req.spec.cgroup_parent, &id),
+            kill_all,
+            tty: req.spec.tty,
+            stdin: req.spec.stdin,
+            stdin_once: req.spec.stdin_once,
+        };
+        // Pushed before the monitor starts: one that fails half-way may have left `runc init`.
+        undo.push("delete the runtime's container", || oci.delete(&id, true));
+        let timeout = Duration::from_secs(self.opts.config.create_timeout_secs.max(1));
+        // Started before the rootfs and the spec exist, which it waits for (see monitor.rs);
+        // declared after `undo`, so an early return ends it before the directories go.
+        let monitor = monitor::start(
+            &self.monitor_binary,
+            &args,
+            runtime_copy.as_deref(),
+            timeout,
+        )
+        .map_err(|message| Error::CreateFailed {
+            id: id.to_string(),
+            message,
+        })?;
+        drop(runtime_copy);
+        rootstock_fsutil::failpoint::hit("container.monitor-started");
         let rootfs = OverlayRootfs::mount(
             &req.rootfs_lower,
             &run_dir.join("rootfs"),
@@ -394,38 +432,7 @@ impl Runtime {
         fs::write(&config_path, &config).map_err(|e| Error::io("write", &config_path, e))?;
         rootstock_fsutil::failpoint::hit("container.spec-written");
 
-        let kill_all = req.spec.namespaces.needs_kill_all();
-        // For a handler with `sealed_copy`, the monitor runs `create` from the runtime's
-        // sealed copy (its stdin), so the runtime does not copy and re-exec itself
-        // (see sealed_exe.rs).
-        let runtime_copy = oci.sealed_copy();
-        let args = MonitorArgs {
-            runtime: match runtime_copy {
-                Some(_) => monitor::RUNTIME_FROM_STDIN.into(),
-                None => oci.binary().to_owned(),
-            },
-            runtime_root: oci.root().to_owned(),
-            id: id.to_string(),
-            bundle: run_dir.clone(),
-            run_dir: run_dir.clone(),
-            log_path: req.log_path.clone(),
-            cgroup: built.cgroup_path.clone(),
-            kill_all,
-            tty: req.spec.tty,
-            stdin: req.spec.stdin,
-            stdin_once: req.spec.stdin_once,
-        };
-        // Pushed before the spawn: a monitor that fails half-way may have left `runc init`.
-        undo.push("delete the runtime's container", || oci.delete(&id, true));
-        let timeout = Duration::from_secs(self.opts.config.create_timeout_secs.max(1));
-        let spawned = monitor::spawn(
-            &self.monitor_binary,
-            &args,
-            runtime_copy.as_deref(),
-            timeout,
-        );
-        drop(runtime_copy);
-        let created = spawned.map_err(|message| Error::CreateFailed {
+        let created = monitor.create().map_err(|message| Error::CreateFailed {
             id: id.to_string(),
             message,
         })?;

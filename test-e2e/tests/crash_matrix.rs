@@ -53,6 +53,7 @@ const LIFECYCLE: &[(&str, Op)] = &[
     ("sandbox.network-ready", Op::RunPod),
     ("sandbox.cgroup-created", Op::RunSharedPod),
     ("container.lease-taken", Op::Create),
+    ("container.monitor-started", Op::Create),
     ("container.rootfs-mounted", Op::Create),
     ("container.spec-written", Op::Create),
     ("container.monitor-spawned", Op::Create),
@@ -82,11 +83,13 @@ fn all() -> Vec<(&'static str, Op)> {
 }
 
 /// `make test`'s subset: the riskiest point of each lifecycle RPC (a half-done CNI ADD, a
-/// monitor still creating, a start not yet recorded, a kill not yet seen, a half-removed
-/// container, a network released but a sandbox still Ready, a torn-down sandbox).
+/// monitor waiting for its bundle, a monitor still creating, a start not yet recorded, a
+/// kill not yet seen, a half-removed container, a network released but a sandbox still
+/// Ready, a torn-down sandbox).
 const FAST: &[&str] = &[
     "cni.add-done",
     "sandbox.cgroup-created",
+    "container.monitor-started",
     "container.monitor-spawned",
     "container.runc-started",
     "container.kill-sent",
