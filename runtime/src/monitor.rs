@@ -60,7 +60,8 @@ pub struct Created {
 /// nothing of it still writes in the run directory when the caller removes that.
 #[derive(Debug)]
 pub struct Starting {
-    /// Stage 1, reaped once it has forked stage 2 (at once).
+    /// Stage 1, reaped once it has forked stage 2 (at once); `None` once told to create,
+    /// which is how the drop knows the monitor has its word.
     stage1: Option<Child>,
     /// The monitor's stdout: the word to create goes one way, the report the other.
     channel: UnixStream,

@@ -166,7 +166,7 @@ impl OverlayRootfs {
 /// allocates one: with pods coming and going, each new inode cost a scan over all the
 /// layers removed before it (#18). Returns whether the flag is set; file systems without
 /// the flag (tmpfs, xfs, btrfs) are left alone.
-pub fn spread_layers(dir: &Path) -> io::Result<bool> {
+pub(crate) fn spread_layers(dir: &Path) -> io::Result<bool> {
     // `FS_TOPDIR_FL` of <linux/fs.h>, which the libc crate does not name.
     const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
     let f = fs::File::open(dir)?;
