@@ -195,7 +195,30 @@ impl CniManager {
                 ),
             });
         }
-        netns::loopback_up(&pod.netns_path).await?;
+        // `lo` comes up beside the chain, which never touches it, rather than before it.
+        let (lo, added) = tokio::join!(
+            netns::loopback_up(&pod.netns_path),
+            self.add_chain(pod, &network)
+        );
+        let (cache_path, entry, status) = added?;
+        if let Err(err) = lo {
+            if let Err(del_err) = self.del_entry(&cache_path, &entry).await {
+                tracing::error!(sandbox = id, err = %del_err, "CNI DEL after failing to bring lo up failed");
+            }
+            return Err(err);
+        }
+        tracing::info!(sandbox = id, network = %network.name, ips = ?status.ips, "CNI ADD done");
+        Ok(status)
+    }
+
+    /// Writes the intent entry, runs ADD through the chain and caches the result; a failed
+    /// plugin is undone with DEL (of every plugin ADD reached) and its error returned.
+    async fn add_chain(
+        &self,
+        pod: &PodNetwork,
+        network: &NetworkConfigList,
+    ) -> Result<(PathBuf, CacheEntry, PodNetworkStatus)> {
+        let id = pod.sandbox_id.as_str();
         // Resolve every binary first: a missing one fails ADD before anything ran.
         let paths = network
             .plugins
@@ -227,7 +250,7 @@ impl CniManager {
         };
         let mut prev: Option<Value> = None;
         for (i, (plugin, path)) in network.plugins.iter().zip(&paths).enumerate() {
-            let stdin = plugin_stdin(&network, plugin, prev.as_ref(), &entry.capability_args)?;
+            let stdin = plugin_stdin(network, plugin, prev.as_ref(), &entry.capability_args)?;
             match exec::invoke(&plugin.plugin_type, path, &args, &stdin).await {
                 Ok(Some(r)) => prev = Some(r),
                 // A plugin printing nothing passes the previous result on.
@@ -237,7 +260,7 @@ impl CniManager {
                     entry.result = prev;
                     // Cleanup covers the failed plugin too: it may have half-configured.
                     if let Err(del_err) = self
-                        .del_plugins(&network, &entry, i + 1, Some(&pod.netns_path))
+                        .del_plugins(network, &entry, i + 1, Some(&pod.netns_path))
                         .await
                     {
                         // The cache entry stays, so teardown can retry the DEL later.
@@ -264,11 +287,10 @@ impl CniManager {
         };
         rootstock_fsutil::failpoint::hit("cni.add-done");
         entry.result = Some(result.clone());
-        self.store(entry).await?;
+        self.store(entry.clone()).await?;
         rootstock_fsutil::failpoint::hit("cni.result-cached");
         let status = status_from(&network.name, &result, &cache_path)?;
-        tracing::info!(sandbox = id, network = %network.name, ips = ?status.ips, "CNI ADD done");
-        Ok(status)
+        Ok((cache_path, entry, status))
     }
 
     /// Detaches the sandbox: DEL through the cached plugin chain in reverse order with the
