@@ -310,7 +310,18 @@ impl Runtime {
     /// CreateContainer: mounts the rootfs, writes the spec, and has the monitor run
     /// `<runtime> create`. A spec the runtime rejects (missing executable…) fails here with
     /// [`Error::CreateFailed`], and everything made so far is undone.
-    pub fn create_container(&self, mut req: CreateRequest) -> Result<ContainerInfo> {
+    pub fn create_container(&self, req: CreateRequest) -> Result<ContainerInfo> {
+        self.create_container_when(req, || Ok(()))
+    }
+
+    /// [`Self::create_container`] that calls `ready` once the rootfs and the spec are in
+    /// place, just before `<runtime> create`: what the caller does meanwhile (the image
+    /// lease) overlaps the mount, and its error (`Err(message)`) fails and undoes the create.
+    pub fn create_container_when(
+        &self,
+        mut req: CreateRequest,
+        ready: impl FnOnce() -> std::result::Result<(), String>,
+    ) -> Result<ContainerInfo> {
         crate::cgroup_warm::warm();
         let id = req.id.clone();
         let oci = self.handler(&req.handler)?.clone();
@@ -432,6 +443,10 @@ impl Runtime {
         fs::write(&config_path, &config).map_err(|e| Error::io("write", &config_path, e))?;
         rootstock_fsutil::failpoint::hit("container.spec-written");
 
+        ready().map_err(|message| Error::CreateFailed {
+            id: id.to_string(),
+            message,
+        })?;
         let created = monitor.create().map_err(|message| Error::CreateFailed {
             id: id.to_string(),
             message,

@@ -290,22 +290,31 @@ fn spec_error_surfaces_at_create_and_leaves_nothing() {
 }
 
 /// The monitor starts before the rootfs is mounted (it waits for the bundle): a create
-/// that fails in between (here the image's tree is gone) must end that monitor before the
-/// run directory goes, and leave neither behind.
+/// that fails in between (the image's tree is gone, or the caller's `ready` refuses after
+/// the mount, as a failed image lease does) must end that monitor before the run directory
+/// goes, and leave neither it nor the mount behind.
 #[test]
 fn a_create_failing_after_its_monitor_started_ends_the_monitor() {
     let env = Env::new();
-    let mut req = env.request("no-tree", "crun", env.spec(&["true"]));
-    req.rootfs_lower = env.dir.path().join("no-such-tree");
-    let id = req.id.clone();
-    let err = env.rt.create_container(req).unwrap_err();
-    assert!(err.to_string().contains("no-such-tree"), "{err}");
-    // The create awaited the monitor's end: it is gone now, not a moment later.
-    assert_eq!(common::processes_mentioning(id.as_str()), Vec::<i32>::new());
-    assert!(env.rt.container(&id).is_err());
-    let run_dir = env.dir.path().join("state/containers").join(id.as_str());
-    assert!(!run_dir.exists());
-    assert!(!env.dir.path().join("layers").join(id.as_str()).exists());
+    let mut no_tree = env.request("no-tree", "crun", env.spec(&["true"]));
+    no_tree.rootfs_lower = env.dir.path().join("no-such-tree");
+    let refused = env.request("refused", "runc", env.spec(&["true"]));
+    for (req, ready, says) in [
+        (no_tree, Ok(()), "no-such-tree"),
+        (refused, Err("no lease here".to_owned()), "no lease here"),
+    ] {
+        let id = req.id.clone();
+        let err = env.rt.create_container_when(req, || ready).unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+        // The create awaited the monitor's end: it is gone now, not a moment later.
+        assert_eq!(common::processes_mentioning(id.as_str()), Vec::<i32>::new());
+        assert!(env.rt.container(&id).is_err());
+        let run_dir = env.dir.path().join("state/containers").join(id.as_str());
+        assert!(!run_dir.exists(), "{id}");
+        assert!(!env.dir.path().join("layers").join(id.as_str()).exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(id.as_str()), "{id} still mounted");
+    }
 }
 
 #[test]

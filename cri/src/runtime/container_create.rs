@@ -1,8 +1,8 @@
 //! CreateContainer: resolve the image (kubelet sends the `sha256:` id PullImage returned, or
 //! a name), build the runtime crate's `ContainerSpec` from the CRI config, the image config
 //! and the sandbox, check the user against the image's tree, and only then lease the tree
-//! as the overlay's lower directory and create. The lease sits on an undo stack that gives
-//! it back on every way out but success.
+//! as the overlay's lower directory and create, the lease beside the create's first steps.
+//! The lease sits on an undo stack that gives it back on every way out but success.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -105,25 +105,53 @@ impl RuntimeApi {
         let meta = container_meta(&id, &config, &metadata, &requested, &image);
 
         // Everything is checked and built: only now is the tree leased, and the lease is
-        // given back on every way out but success.
-        let rootfs_lower = self.lease_tree(&image, &id).await?;
-        rootstock_fsutil::failpoint::hit("container.lease-taken");
+        // given back on every way out but success. The lease's durable commit overlaps the
+        // monitor's start and the mount of the tree it names; `<runtime> create` waits for it.
+        let Some(rootfs_lower) = image.tree_path().map(ToOwned::to_owned) else {
+            return Err(CriError::NotFound(format!(
+                "image {requested:?} has no layers, so no root filesystem to run"
+            )));
+        };
         let mut undo = AsyncUndo::new(format_args!("container {id}"));
         let (store, lease) = (self.store.clone(), id.to_string());
         undo.push("release the image tree lease", async move {
             store.release(&lease).await
         });
+        let (leased_tx, leased_rx) = std::sync::mpsc::sync_channel(1);
+        let leasing = async {
+            let leased = self.lease_tree(&image, &id).await;
+            rootstock_fsutil::failpoint::hit("container.lease-taken");
+            let _ = leased_tx.send(matches!(&leased, Ok(p) if *p == rootfs_lower));
+            leased
+        };
         let request = CreateRequest {
             id: id.clone(),
             handler: sandbox_meta.runtime_handler.clone(),
             spec,
-            rootfs_lower,
+            rootfs_lower: rootfs_lower.clone(),
             log_path,
             sandbox_id: Some(sandbox_id.clone()),
             client_data: to_json(&meta).into(),
         };
         let rt = self.rt.clone();
-        match blocking(move || rt.create_container(request)).await {
+        let creating = blocking(move || {
+            rt.create_container_when(request, || match leased_rx.recv() {
+                Ok(true) => Ok(()),
+                _ => Err("the image tree lease was not taken".to_owned()),
+            })
+        });
+        let (leased, created) = tokio::join!(leasing, creating);
+        // The lease's own error says best why a create it stopped failed.
+        let created = match leased {
+            Ok(path) if path != rootfs_lower => Err(CriError::Internal(format!(
+                "image {requested:?}: the leased tree {} is not the mounted {}",
+                path.display(),
+                rootfs_lower.display()
+            ))),
+            Ok(_) => created,
+            Err(err) => Err(err),
+        };
+        match created {
             Ok(_) => {
                 undo.commit();
                 reservation.keep();
