@@ -47,7 +47,8 @@ async fn failed_creates_leave_no_tree_lease_mount_layer_or_name() {
     .await
     .unwrap();
 
-    // Refused before anything is leased: the user is looked up in the image's tree.
+    // Refused once the user is looked up in the mounted tree, after the lease and the
+    // monitor's start, which are given back.
     let mut bad_user = container_config("bad-user", &image, &["true"]);
     bad_user.linux = Some(LinuxContainerConfig {
         security_context: Some(LinuxContainerSecurityContext {

@@ -1,8 +1,8 @@
 //! CreateContainer: resolve the image (kubelet sends the `sha256:` id PullImage returned, or
 //! a name), build the runtime crate's `ContainerSpec` from the CRI config, the image config
-//! and the sandbox, check the user against the image's tree, and only then lease the tree
-//! as the overlay's lower directory and create, the lease beside the create's first steps.
-//! The lease sits on an undo stack that gives it back on every way out but success.
+//! and the sandbox, and only then lease the tree as the overlay's lower directory and
+//! create, the lease beside the create's first steps. The lease sits on an undo stack that
+//! gives it back on every way out but success.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -81,20 +81,6 @@ impl RuntimeApi {
         let mut spec = container_spec(&config, &image, &sandbox)?;
         if let Some(target) = self.pid_target(&config, &sandbox_id)? {
             spec.namespaces.pid = PidMode::Target(target);
-        }
-        // The user is looked up in the image's tree before the tree is leased, so a bad
-        // `run_as_username` leaves nothing to undo. (The runtime resolves it again in the
-        // mounted rootfs; a tree collected meanwhile only skips this early check, and the
-        // lease below then says the image is gone.)
-        if let Some(tree) = image.tree_path().map(ToOwned::to_owned) {
-            let checked = spec.clone();
-            blocking(
-                move || match rootstock_runtime::spec::check_user(&checked, &tree) {
-                    Err(_) if !tree.exists() => Ok(()),
-                    checked => checked,
-                },
-            )
-            .await?;
         }
         // kubelet makes the pod's log directory; the container's may be new.
         if let Some(dir) = log_path.parent() {

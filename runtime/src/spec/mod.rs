@@ -27,7 +27,7 @@ use crate::id::ContainerId;
 use crate::seccomp_default;
 
 pub use mounts::{BindMount, NamespaceMode, Namespaces, PidMode, Propagation, UserNamespaceJoin};
-pub use process::{ImageConfig, check_user, process_args, process_env};
+pub use process::{ImageConfig, process_args, process_env};
 pub use resources::{Resources, linux_resources};
 pub use security::{
     AppArmorProfile, Confinement, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS,

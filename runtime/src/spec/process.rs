@@ -70,13 +70,6 @@ pub fn process_env(s: &ContainerSpec) -> Vec<String> {
     out
 }
 
-/// Resolves the container's user and groups in the image's root filesystem `root` (its
-/// `/etc/passwd` and `/etc/group`) as [`super::build`] will: the caller can refuse a bad
-/// `run_as_username` before it acquires anything (the image tree's lease, the mount).
-pub fn check_user(s: &ContainerSpec, root: &Path) -> Result<()> {
-    user::resolve(root, &user_request(s)).map(drop)
-}
-
 fn user_request(s: &ContainerSpec) -> UserRequest<'_> {
     UserRequest {
         image_user: &s.image.user,
