@@ -79,6 +79,7 @@ async fn main() {
             state_dir: d.state_dir.clone(),
             pid: d.pid().as_raw(),
             handlers: handlers.clone(),
+            metrics_url: None,
         })
         .collect();
     let mut clients = Vec::new();

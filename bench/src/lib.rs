@@ -68,6 +68,9 @@ pub struct Target {
     pub pid: i32,
     /// The runtime handlers to measure (`runc`, `crun`); the first is used where one is enough.
     pub handlers: Vec<String>,
+    /// rootstock's Prometheus endpoint (`http://…/metrics`), where its per-step histograms
+    /// are read; containerd has none.
+    pub metrics_url: Option<String>,
 }
 
 impl Target {
@@ -362,8 +365,11 @@ pub async fn run(opts: Options) -> Report {
 }
 
 async fn measure_rootstock(ctx: &Ctx) -> RuntimeRun {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port for the metrics endpoint");
     let config = format!(
-        "[images.registries.\"{}\"]\ninsecure = true\n{}",
+        "[images.registries.\"{}\"]\ninsecure = true\n[metrics]\naddress = \"{metrics}\"\n{}",
         ctx.registry.host(),
         ctx.net.daemon_config()
     );
@@ -379,6 +385,7 @@ async fn measure_rootstock(ctx: &Ctx) -> RuntimeRun {
         state_dir: daemon.state_dir.clone(),
         pid: daemon.pid().as_raw(),
         handlers: ctx.opts.handlers.clone(),
+        metrics_url: Some(format!("http://{metrics}/metrics")),
     };
     let tracker = track(&t);
     let run = measure(&t, ctx).await;

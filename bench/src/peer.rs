@@ -86,6 +86,7 @@ impl Containerd {
             state_dir: self.state.clone(),
             pid: self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0),
             handlers: handlers.to_vec(),
+            metrics_url: None,
         }
     }
 

@@ -48,10 +48,14 @@ pub async fn lifecycle(t: &Target, ctx: &Ctx) -> Vec<Measure> {
             format!("pod stop+remove median ({handler})"),
             format!("pod stop+remove p90 ({handler})"),
         ];
+        let before = step_totals(t).await;
         let samples = match &ready {
             Ok(()) => cycles(&mut rt, handler, ctx).await,
             Err(why) => Err(why.clone()),
         };
+        if samples.is_ok() {
+            out.extend(step_means(t, handler, before, step_totals(t).await));
+        }
         let figures = samples.and_then(|(up, down)| {
             let median = |part: fn(&StartTimes) -> Duration| {
                 quantiles(&up.iter().map(part).collect::<Vec<_>>()).map(|(m, _)| m)
@@ -96,6 +100,104 @@ pub async fn lifecycle(t: &Target, ctx: &Ctx) -> Vec<Measure> {
         }
     }
     out
+}
+
+/// The steps of a pod start that rootstock times, in the order a start takes them (CNI ADD
+/// overlaps everything after `pin_namespaces` in RunPodSandbox; the lease overlaps the monitor's
+/// start, the mount and the spec).
+const STEPS: [&str; 8] = [
+    "pin_namespaces",
+    "cni_add",
+    "image_lease",
+    "monitor_start",
+    "rootfs_mount",
+    "spec",
+    "runtime_create",
+    "runtime_start",
+];
+
+/// Per step, the `(sum, count)` of rootstock's step histograms (CNI ADD's from its own),
+/// read from its metrics endpoint; `None` without one (containerd) or when it cannot be read.
+async fn step_totals(t: &Target) -> Option<HashMap<String, (f64, f64)>> {
+    let url = t.metrics_url.as_ref()?;
+    let text = match reqwest::get(url.as_str()).await {
+        Ok(resp) => resp.text().await,
+        Err(e) => Err(e),
+    };
+    let text = text
+        .map_err(|e| eprintln!("bench[{}] scraping {url}: {e}", t.kind.name()))
+        .ok()?;
+    let mut out: HashMap<String, (f64, f64)> = HashMap::new();
+    // Lines such as `rootstock_pod_start_step_duration_seconds_sum{step="spec"} 0.0012`.
+    for line in text.lines() {
+        let Some((series, value)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((name, labels)) = series.split_once('{') else {
+            continue;
+        };
+        let step = match (name, labels.trim_end_matches('}')) {
+            (
+                "rootstock_pod_start_step_duration_seconds_sum"
+                | "rootstock_pod_start_step_duration_seconds_count",
+                labels,
+            ) => labels
+                .strip_prefix("step=\"")
+                .and_then(|l| l.strip_suffix('"')),
+            (
+                "rootstock_cni_operation_duration_seconds_sum"
+                | "rootstock_cni_operation_duration_seconds_count",
+                "operation=\"add\"",
+            ) => Some("cni_add"),
+            _ => None,
+        };
+        if let (Some(step), Ok(v)) = (step, value.trim().parse::<f64>()) {
+            let entry = out.entry(step.to_owned()).or_default();
+            if name.ends_with("_sum") {
+                entry.0 = v;
+            } else {
+                entry.1 = v;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The mean of each step over the pods started between the two readings, in ms, printed and
+/// as rows "pod start step mean: <step> (<handler>)": where a pod start's time goes, from the
+/// daemon itself. Nothing for a target without a metrics endpoint.
+fn step_means(
+    t: &Target,
+    handler: &str,
+    before: Option<HashMap<String, (f64, f64)>>,
+    after: Option<HashMap<String, (f64, f64)>>,
+) -> Vec<Measure> {
+    if t.metrics_url.is_none() {
+        return Vec::new();
+    }
+    let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
+    let mut printed = Vec::new();
+    let rows = STEPS
+        .iter()
+        .map(|step| {
+            let key = format!("pod start step mean: {step} ({handler})");
+            let (s0, c0) = before.get(*step).copied().unwrap_or_default();
+            let (s1, c1) = after.get(*step).copied().unwrap_or_default();
+            if c1 > c0 {
+                let ms = (s1 - s0) / (c1 - c0) * 1e3;
+                printed.push(format!("{step} {ms:.2}"));
+                Measure::value(key, "ms", ms)
+            } else {
+                Measure::failed(key, "ms", "the daemon timed no such step")
+            }
+        })
+        .collect();
+    eprintln!(
+        "bench[{}] pod start steps ({handler}), mean ms: {}",
+        t.kind.name(),
+        printed.join(", ")
+    );
+    rows
 }
 
 /// The warm-up pod, then `opts.runs` timed start/remove cycles: `(starts, removals)`.

@@ -76,6 +76,7 @@ pub mod spec;
 pub mod state;
 pub mod stats;
 pub mod stdin;
+pub mod steps;
 pub mod sysctl;
 pub mod target;
 pub mod undo;

@@ -15,6 +15,7 @@ use crate::runtime::{ContainerInfo, Runtime, lock};
 use crate::signal::Signal;
 use crate::spec;
 use crate::state::{ContainerRecord, ContainerState};
+use crate::steps::Step;
 use crate::util;
 
 /// Exit files are polled while waiting for a container to stop: first after 1 ms, the
@@ -87,7 +88,7 @@ impl Runtime {
             // Taken before `start`: the process runs from inside that call and may have
             // exited (and the monitor recorded the exit time) before it returns.
             let started_at = util::now_unix_nanos();
-            oci.start(id)?;
+            self.steps.time(Step::RuntimeStart, || oci.start(id))?;
             rootstock_fsutil::failpoint::hit("container.runc-started");
             entry.update(|cur| {
                 let mut next = cur.clone();

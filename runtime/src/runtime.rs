@@ -26,6 +26,7 @@ use crate::sandbox::SandboxRecord;
 use crate::spec::{self, ContainerSpec, HostFacts};
 use crate::state::{ContainerRecord, ContainerState, RECORD_VERSION};
 use crate::stats::{CgroupUsage, DiskUsage, DiskUsageCache};
+use crate::steps::Step;
 use crate::undo::Undo;
 use crate::util;
 
@@ -108,6 +109,8 @@ pub struct Runtime {
     pub(crate) events: Arc<EventBus>,
     /// Holds stopped pods' network namespaces to let them go together.
     pub(crate) netns_reaper: NetnsReaper,
+    /// Reports the duration of each step of a pod's start ([`Runtime::observe_steps`]).
+    pub(crate) steps: crate::steps::Steps,
 }
 
 /// A container's usage, for the CRI stats RPCs.
@@ -210,6 +213,7 @@ impl Runtime {
             netns_reaper: NetnsReaper::start().map_err(|e| {
                 Error::io("start the network namespace reaper for", &opts_state_dir, e)
             })?,
+            steps: Default::default(),
         })
     }
 
@@ -302,6 +306,14 @@ impl Runtime {
         self.exits.watch(entry);
     }
 
+    /// Has `observe` told how long each step of every later pod start took (see
+    /// [`crate::steps`]); only the first observer set counts.
+    pub fn observe_steps(&self, observe: impl Fn(Step, Duration) + Send + Sync + 'static) {
+        if !self.steps.observe(Box::new(observe)) {
+            tracing::warn!("a step observer is already set: the new one is ignored");
+        }
+    }
+
     /// The container lifecycle events: subscribe here (GetContainerEvents).
     pub fn events(&self) -> &EventBus {
         &self.events
@@ -374,24 +386,30 @@ impl Runtime {
         let timeout = Duration::from_secs(self.opts.config.create_timeout_secs.max(1));
         // Started before the rootfs and the spec exist, which it waits for (see monitor.rs);
         // declared after `undo`, so an early return ends it before the directories go.
-        let monitor = monitor::start(
-            &self.monitor_binary,
-            &args,
-            runtime_copy.as_deref(),
-            timeout,
-        )
-        .map_err(|message| Error::CreateFailed {
-            id: id.to_string(),
-            message,
-        })?;
+        let monitor = self
+            .steps
+            .time(Step::MonitorStart, || {
+                monitor::start(
+                    &self.monitor_binary,
+                    &args,
+                    runtime_copy.as_deref(),
+                    timeout,
+                )
+            })
+            .map_err(|message| Error::CreateFailed {
+                id: id.to_string(),
+                message,
+            })?;
         drop(runtime_copy);
         rootstock_fsutil::failpoint::hit("container.monitor-started");
-        let rootfs = OverlayRootfs::mount(
-            &req.rootfs_lower,
-            &run_dir.join("rootfs"),
-            &self.layer_dir(&id),
-            userns.as_ref(),
-        )?;
+        let rootfs = self.steps.time(Step::RootfsMount, || {
+            OverlayRootfs::mount(
+                &req.rootfs_lower,
+                &run_dir.join("rootfs"),
+                &self.layer_dir(&id),
+                userns.as_ref(),
+            )
+        })?;
         undo.push("unmount the rootfs", || self.rootfs(&id).unmount());
         if let Some(ns) = &userns {
             undo.push("detach the staged mounts", || {
@@ -401,6 +419,7 @@ impl Runtime {
         }
         rootstock_fsutil::failpoint::hit("container.rootfs-mounted");
 
+        let spec_started = std::time::Instant::now();
         let built = spec::build(&id, &req.spec, rootfs.target(), &self.host)?;
         if let Some((asked, got)) = built.oom_score_adj_clamped
             && !self.oom_warned.swap(true, Ordering::Relaxed)
@@ -441,16 +460,20 @@ impl Runtime {
         // recovery removes whole. (Two fsyncs here were a tenth of a pod start.)
         let config_path = run_dir.join("config.json");
         fs::write(&config_path, &config).map_err(|e| Error::io("write", &config_path, e))?;
+        self.steps.record(Step::Spec, spec_started.elapsed());
         rootstock_fsutil::failpoint::hit("container.spec-written");
 
         ready().map_err(|message| Error::CreateFailed {
             id: id.to_string(),
             message,
         })?;
-        let created = monitor.create().map_err(|message| Error::CreateFailed {
-            id: id.to_string(),
-            message,
-        })?;
+        let created = self
+            .steps
+            .time(Step::RuntimeCreate, || monitor.create())
+            .map_err(|message| Error::CreateFailed {
+                id: id.to_string(),
+                message,
+            })?;
         // The container's mount namespace holds its own copies of the staged mounts.
         if let Err(e) = crate::userns::detach_all_in(&staged) {
             tracing::warn!(container = %id, "detaching staged mounts: {e}");

@@ -358,6 +358,44 @@ async fn prometheus_scrape_after_a_pull_and_a_pod_start_parses_with_sensible_val
     at_least("rootstock_process_resident_memory_bytes", &[], 1_000_000.0);
     at_least("rootstock_process_open_fds", &[], 3.0);
     at_least("rootstock_process_threads", &[], 2.0);
+    // One pod and one container started: each step of theirs was timed once, and those
+    // CreateContainer runs one after another fit in that call's own latency.
+    for step in [
+        "pin_namespaces",
+        "image_lease",
+        "monitor_start",
+        "rootfs_mount",
+        "spec",
+        "runtime_create",
+        "runtime_start",
+    ] {
+        let labels = [("step", step)];
+        let count = sum(
+            &s,
+            "rootstock_pod_start_step_duration_seconds_count",
+            &labels,
+        );
+        assert_eq!(count, 1.0, "{step}\n{text}");
+    }
+    let create_steps: f64 = ["monitor_start", "rootfs_mount", "spec", "runtime_create"]
+        .iter()
+        .map(|step| {
+            sum(
+                &s,
+                "rootstock_pod_start_step_duration_seconds_sum",
+                &[("step", step)],
+            )
+        })
+        .sum();
+    let create = sum(
+        &s,
+        "rootstock_grpc_request_duration_seconds_sum",
+        &[("method", "CreateContainer")],
+    );
+    assert!(
+        create_steps > 0.0 && create_steps < create,
+        "steps {create_steps} s, CreateContainer {create} s"
+    );
     // A pod start is well under a minute: the latency histogram's sum says so.
     let starts = sum(&s, "rootstock_pod_sandbox_start_duration_seconds_sum", &[]);
     assert!(starts > 0.0 && starts < 60.0, "{starts}");

@@ -105,7 +105,11 @@ impl RuntimeApi {
         });
         let (leased_tx, leased_rx) = std::sync::mpsc::sync_channel(1);
         let leasing = async {
+            let started = std::time::Instant::now();
             let leased = self.lease_tree(&image, &id).await;
+            if leased.is_ok() {
+                self.metrics.step_done("image_lease", started.elapsed());
+            }
             rootstock_fsutil::failpoint::hit("container.lease-taken");
             let _ = leased_tx.send(matches!(&leased, Ok(p) if *p == rootfs_lower));
             leased

@@ -14,6 +14,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::id::SandboxId;
 use crate::runtime::{Runtime, lock};
+use crate::steps::Step;
 use crate::undo::Undo;
 use crate::{sysctl, util};
 
@@ -125,7 +126,9 @@ impl Runtime {
         undo.push("release its namespaces and files", || {
             self.teardown_sandbox(&info, true)
         });
-        self.pin_sandbox_namespaces(&spec, &info)?;
+        self.steps.time(Step::PinNamespaces, || {
+            self.pin_sandbox_namespaces(&spec, &info)
+        })?;
         pinned(&info);
         rootstock_fsutil::failpoint::hit("sandbox.namespaces-pinned");
         // While CNI ADD runs: nothing of it reads these.
