@@ -23,16 +23,6 @@ pub enum Step {
 }
 
 impl Step {
-    /// Every step, in the order a pod's start takes them.
-    pub const ALL: [Step; 6] = [
-        Step::PinNamespaces,
-        Step::MonitorStart,
-        Step::RootfsMount,
-        Step::Spec,
-        Step::RuntimeCreate,
-        Step::RuntimeStart,
-    ];
-
     /// The step's name as metrics label it.
     pub fn name(self) -> &'static str {
         match self {
