@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use rootstock_runtime::steps::Step;
 use tonic::transport::Channel;
 
 use super::{Ctx, Kind, Measure, StartTimes, Target, WORKLOAD, quantiles, remove_all_pods};
@@ -106,15 +107,18 @@ pub async fn lifecycle(t: &Target, ctx: &Ctx) -> Vec<Measure> {
 /// overlaps everything after `pin_namespaces` in RunPodSandbox; the lease overlaps the monitor's
 /// start, the mount and the spec).
 const STEPS: [&str; 8] = [
-    "pin_namespaces",
-    "cni_add",
-    "image_lease",
-    "monitor_start",
-    "rootfs_mount",
-    "spec",
-    "runtime_create",
-    "runtime_start",
+    Step::PinNamespaces.name(),
+    CNI_ADD,
+    Step::ImageLease.name(),
+    Step::MonitorStart.name(),
+    Step::RootfsMount.name(),
+    Step::Spec.name(),
+    Step::RuntimeCreate.name(),
+    Step::RuntimeStart.name(),
 ];
+
+/// CNI ADD, which rootstock times in a histogram of its own.
+const CNI_ADD: &str = "cni_add";
 
 /// Per step, the `(sum, count)` of rootstock's step histograms (CNI ADD's from its own),
 /// read from its metrics endpoint; `None` without one (containerd) or when it cannot be read.
@@ -148,7 +152,7 @@ async fn step_totals(t: &Target) -> Option<HashMap<String, (f64, f64)>> {
                 "rootstock_cni_operation_duration_seconds_sum"
                 | "rootstock_cni_operation_duration_seconds_count",
                 "operation=\"add\"",
-            ) => Some("cni_add"),
+            ) => Some(CNI_ADD),
             _ => None,
         };
         if let (Some(step), Ok(v)) = (step, value.trim().parse::<f64>()) {

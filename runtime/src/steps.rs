@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 pub enum Step {
     /// The sandbox's namespaces made and pinned.
     PinNamespaces,
+    /// The image tree's lease taken (by the caller, who owns the image store; it overlaps the
+    /// next three steps).
+    ImageLease,
     /// The container's monitor spawned (it then readies itself beside the next steps).
     MonitorStart,
     /// The overlay mounted over the image's tree.
@@ -24,9 +27,10 @@ pub enum Step {
 
 impl Step {
     /// The step's name as metrics label it.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Step::PinNamespaces => "pin_namespaces",
+            Step::ImageLease => "image_lease",
             Step::MonitorStart => "monitor_start",
             Step::RootfsMount => "rootfs_mount",
             Step::Spec => "spec",

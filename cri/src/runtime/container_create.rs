@@ -18,6 +18,7 @@ use rootstock_runtime::spec::{
     AppArmorProfile, BindMount, ContainerSpec, ImageConfig, PidMode, Propagation, Resources,
     SeccompProfile, SecurityContext,
 };
+use rootstock_runtime::steps::Step;
 use rootstock_runtime::{ContainerId, CreateRequest, SandboxInfo, SandboxState, Signal};
 
 use super::meta::{ContainerMeta, MountMeta, SandboxMeta, container_name, new_id, to_json};
@@ -108,7 +109,8 @@ impl RuntimeApi {
             let started = std::time::Instant::now();
             let leased = self.lease_tree(&image, &id).await;
             if leased.is_ok() {
-                self.metrics.step_done("image_lease", started.elapsed());
+                let took = started.elapsed();
+                self.metrics.step_done(Step::ImageLease.name(), took);
             }
             rootstock_fsutil::failpoint::hit("container.lease-taken");
             let _ = leased_tx.send(matches!(&leased, Ok(p) if *p == rootfs_lower));
