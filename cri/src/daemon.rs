@@ -80,7 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })?;
     let metrics = Arc::new(DaemonMetrics::new());
     let observer = metrics.clone();
-    rt.observe_steps(move |step, took| observer.step_done(step.name(), took));
+    rt.observe_steps(move |step, took| observer.step_done(step, took));
     if let Some(addr) = config
         .metrics
         .socket_addr()

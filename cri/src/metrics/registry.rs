@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use rootstock_imagestore::ImageStore;
+use rootstock_runtime::steps::Step;
 use rootstock_runtime::{ContainerState, Runtime, SandboxState};
 
 /// `method` (the gRPC method's last segment, `RunPodSandbox`) and `code` (`OK`, `NotFound`…).
@@ -55,7 +56,7 @@ pub struct CniLabels {
 /// A step of a pod's start (`pin_namespaces`, `image_lease`, `runtime_create`…).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
-    pub step: String,
+    pub step: &'static str,
 }
 
 /// What kind of exec session (`exec_sync`, `exec`, `attach`, `port_forward`).
@@ -331,11 +332,9 @@ impl DaemonMetrics {
     }
 
     /// A step of a pod's start took `took`.
-    pub fn step_done(&self, step: &str, took: Duration) {
+    pub fn step_done(&self, step: Step, took: Duration) {
         self.step_seconds
-            .get_or_create(&StepLabels {
-                step: step.to_owned(),
-            })
+            .get_or_create(&StepLabels { step: step.name() })
             .observe(took.as_secs_f64());
     }
 

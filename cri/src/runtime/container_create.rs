@@ -109,8 +109,7 @@ impl RuntimeApi {
             let started = std::time::Instant::now();
             let leased = self.lease_tree(&image, &id).await;
             if leased.is_ok() {
-                let took = started.elapsed();
-                self.metrics.step_done(Step::ImageLease.name(), took);
+                self.metrics.step_done(Step::ImageLease, started.elapsed());
             }
             rootstock_fsutil::failpoint::hit("container.lease-taken");
             let _ = leased_tx.send(matches!(&leased, Ok(p) if *p == rootfs_lower));
